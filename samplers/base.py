@@ -1,0 +1,47 @@
+"""The sampler contract and the shared decoding step."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from flowzoo.registry import Component
+
+if TYPE_CHECKING:
+    from flowzoo.module import FlowLM
+
+DECODES = ("argmax", "sample")
+
+
+@dataclass
+class SampleOutput:
+    tokens: torch.Tensor  # (B, L) int64
+    nfe: int  # network evaluations for the whole batch
+
+
+class Sampler(Component):
+    """Generates ``num_samples`` sequences of ``length`` tokens from ``model``."""
+
+    def sample(self, model: "FlowLM", num_samples: int, length: int, generator: torch.Generator | None = None) -> SampleOutput:
+        raise NotImplementedError
+
+
+def check_decode(decode: str, temperature: float) -> None:
+    if decode not in DECODES:
+        raise ValueError(f"unknown decode {decode!r}; choices: {', '.join(DECODES)}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+
+
+def decode_tokens(prediction: torch.Tensor, decode: str, temperature: float, generator=None) -> torch.Tensor:
+    """Tokens (B, L) from a per-position prediction (B, L, V): its argmax, or a draw from p^(1/T) in float64."""
+    if decode == "argmax":
+        return prediction.argmax(-1)
+    probs = prediction.double().clamp_min(0)
+    if temperature != 1.0:
+        probs = probs.clamp_min(1e-300) ** (1.0 / temperature)
+    probs = probs / probs.sum(-1, keepdim=True).clamp_min(1e-300)
+    flat = torch.multinomial(probs.flatten(0, 1), 1, generator=generator)
+    return flat.view(prediction.shape[:2])

@@ -1,0 +1,5 @@
+import sys
+
+from flowzoo.cli import main
+
+sys.exit(main())

@@ -1,0 +1,174 @@
+"""A DiT-style transformer: adaLN-zero conditioning on a time embedding, rotary positions."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from flowzoo.backbones.base import Backbone, use_plain_attention
+from flowzoo.registry import register
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
+    """Sinusoidal features of t in [0, 1] (scaled by 1000 as in DiT): (B,) -> (B, dim)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = 1000.0 * t.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+class TimeEmbedder(nn.Module):
+    """t -> MLP(sinusoid(t)); ``zero_init`` makes the output start at 0 (used for the s-embedder)."""
+
+    def __init__(self, dim: int, freq_dim: int = 256, zero_init: bool = False) -> None:
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+        if zero_init:
+            nn.init.zeros_(self.mlp[-1].weight)
+            nn.init.zeros_(self.mlp[-1].bias)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return self.mlp(timestep_embedding(t, self.freq_dim))
+
+
+def rotary_tables(length: int, head_dim: int, start: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin of shape (L, head_dim/2) for positions start .. start+L-1."""
+    inv = 1.0 / (10_000 ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim))
+    pos = torch.arange(start, start + length, device=device, dtype=torch.float32)
+    angles = torch.outer(pos, inv)
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (x1, x2) of the head dimension; x: (B, H, L, Dh)."""
+    x1, x2 = x[..., ::2], x[..., 1::2]
+    rotated = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+    return rotated.flatten(-2)
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x * (1 + scale[:, None]) + shift[:, None]
+
+
+class Attention(nn.Module):
+    def __init__(self, width: int, heads: int, causal: bool) -> None:
+        super().__init__()
+        if width % heads:
+            raise ValueError(f"width {width} must be divisible by heads {heads}")
+        self.heads, self.causal = heads, causal
+        self.qkv = nn.Linear(width, 3 * width, bias=False)
+        self.out = nn.Linear(width, width, bias=False)
+
+    def forward(self, x: torch.Tensor, cache: dict | None, start: int) -> torch.Tensor:
+        B, L, D = x.shape
+        q, k, v = self.qkv(x).view(B, L, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)  # each (B, H, L, Dh)
+        cos, sin = rotary_tables(L, D // self.heads, start, x.device, q.dtype)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if cache is not None:
+            if "k" in cache:
+                k = torch.cat([cache["k"], k], dim=2)
+                v = torch.cat([cache["v"], v], dim=2)
+            cache["k"], cache["v"] = k, v
+        causal = self.causal and L > 1
+        if causal and k.shape[2] != L:  # new queries attend to all cached keys and causally among themselves
+            mask = torch.ones(L, k.shape[2], dtype=torch.bool, device=x.device).tril(k.shape[2] - L)
+        else:
+            mask = None
+        if use_plain_attention():
+            scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+            if causal:
+                full = mask if mask is not None else torch.ones(L, L, dtype=torch.bool, device=x.device).tril()
+                scores = scores.masked_fill(~full, float("-inf"))
+            y = scores.softmax(-1) @ v
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None)
+        return self.out(y.transpose(1, 2).reshape(B, L, D))
+
+
+class DiTBlock(nn.Module):
+    def __init__(self, width: int, heads: int, mlp_ratio: float, cond_dim: int, dropout: float, causal: bool) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(width, elementwise_affine=False)
+        self.attn = Attention(width, heads, causal)
+        self.norm2 = nn.LayerNorm(width, elementwise_affine=False)
+        hidden = int(width * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, width))
+        self.dropout = nn.Dropout(dropout)
+        self.ada = nn.Linear(cond_dim, 6 * width)  # adaLN-zero: shift, scale, gate for attention and MLP
+        nn.init.zeros_(self.ada.weight)
+        nn.init.zeros_(self.ada.bias)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor, cache: dict | None, start: int) -> torch.Tensor:
+        sh1, sc1, g1, sh2, sc2, g2 = self.ada(c).chunk(6, dim=-1)
+        x = x + g1[:, None] * self.dropout(self.attn(modulate(self.norm1(x), sh1, sc1), cache, start))
+        x = x + g2[:, None] * self.dropout(self.mlp(modulate(self.norm2(x), sh2, sc2)))
+        return x
+
+
+@register("backbone", "dit")
+class DiT(Backbone):
+    """DiT transformer: adaLN-zero on emb(t) + emb(t - s), rotary positions; bidirectional or causal."""
+
+    def __init__(
+        self,
+        width: int = 256,
+        depth: int = 4,
+        heads: int = 4,
+        mlp_ratio: float = 4.0,
+        cond_dim: int = 128,
+        dropout: float = 0.0,
+        causal: bool = False,
+    ) -> None:
+        super().__init__()
+        self.width, self.depth, self.heads = width, depth, heads
+        self.cond_dim, self.causal = cond_dim, causal
+        self.t_embed = TimeEmbedder(cond_dim)
+        # the gap embedder starts at zero, so a flow (s = t) initialises a flow map exactly
+        self.gap_embed = TimeEmbedder(cond_dim, zero_init=True)
+        self.blocks = nn.ModuleList(DiTBlock(width, heads, mlp_ratio, cond_dim, dropout, causal) for _ in range(depth))
+        self.final_norm = nn.LayerNorm(width, elementwise_affine=False)
+        self.final_ada = nn.Linear(cond_dim, 2 * width)
+        nn.init.zeros_(self.final_ada.weight)
+        nn.init.zeros_(self.final_ada.bias)
+
+    def bind(self, in_dim: int, out_dim: int) -> "DiT":
+        """Create the input projection (V_in -> width) and the zero-initialised output layer (width -> V_out)."""
+        self.in_dim, self.out_dim = in_dim, out_dim
+        self.embed = nn.Linear(in_dim, self.width, bias=False)
+        nn.init.normal_(self.embed.weight, std=0.02)
+        self.unembed = nn.Linear(self.width, out_dim)
+        nn.init.zeros_(self.unembed.weight)
+        nn.init.zeros_(self.unembed.bias)
+        return self
+
+    def embed_input(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, L) ids -> rows of W_in; (B, L, V_in) states -> x @ W_in^T. Both (B, L, width)."""
+        if x.dtype in (torch.int64, torch.int32):
+            return F.embedding(x, self.embed.weight.t())
+        if x.shape[-1] != self.in_dim:
+            raise ValueError(f"backbone expects states of shape (B, L, {self.in_dim}), got {tuple(x.shape)}")
+        return self.embed(x.to(self.embed.weight.dtype) if not torch.is_autocast_enabled() else x)
+
+    def condition(self, batch: int, t: torch.Tensor | None, s: torch.Tensor | None, device) -> torch.Tensor:
+        if t is None:  # AR: no time; the modulation reduces to its learned biases
+            return torch.zeros(batch, self.cond_dim, device=device)
+        c = self.t_embed(t)
+        return c + self.gap_embed(t - (t if s is None else s))
+
+    def forward(self, x, t=None, s=None, cache=None, start=0):
+        if self.in_dim is None:
+            raise RuntimeError("DiT.bind(in_dim, out_dim) must be called before forward")
+        h = self.embed_input(x)  # (B, L, width)
+        c = F.silu(self.condition(h.shape[0], t, s, h.device))
+        for i, block in enumerate(self.blocks):
+            h = block(h, c, None if cache is None else cache[i], start)
+        shift, scale = self.final_ada(c).chunk(2, dim=-1)
+        return self.unembed(modulate(self.final_norm(h), shift, scale)).float()  # (B, L, V_out)
+
+    def new_cache(self) -> list[dict]:
+        """An empty key/value cache, one dict per block, for incremental causal decoding."""
+        return [{} for _ in self.blocks]

@@ -1,0 +1,155 @@
+"""The LightningModule composed from (backbone, path, head, objective, sampler)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+
+import flowzoo
+from flowzoo import registry
+from flowzoo.backbones.base import Backbone
+from flowzoo.heads.base import Head
+from flowzoo.objectives.base import Objective
+from flowzoo.paths.base import ProbabilityPath
+from flowzoo.samplers.base import SampleOutput, Sampler
+from flowzoo.validation import check_state, check_times, check_tokens
+
+DEFAULTS = {"backbone": "dit", "path": "linear", "head": "categorical", "objective": "flow_matching", "sampler": "euler"}
+
+
+class FlowLM(L.LightningModule):
+    """A language model assembled from registered components; every method of flowzoo is one of these.
+
+    ``denoise(x, t, s)`` is the head's prediction from the backbone conditioned on (s, t): the
+    denoiser D_t when s = t (or s is None), the mean denoiser delta_{s,t} otherwise.
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone | None = None,
+        path: ProbabilityPath | None = None,
+        head: Head | None = None,
+        objective: Objective | None = None,
+        sampler: Sampler | None = None,
+        vocab_size: int = 0,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.99),
+        warmup_steps: int = 100,
+        num_val_samples: int = 64,
+    ) -> None:
+        super().__init__()
+        given = {"backbone": backbone, "path": path, "head": head, "objective": objective, "sampler": sampler}
+        parts = {kind: registry.build(kind, value if value is not None else DEFAULTS[kind]) for kind, value in given.items()}
+        registry.check_compatible(parts)
+        if vocab_size < 2:
+            raise ValueError(f"vocab_size must be at least 2 (set it, or let the data module supply it), got {vocab_size}")
+        self.vocab_size = vocab_size
+        self.path, self.head, self.objective, self.sampler = parts["path"], parts["head"], parts["objective"], parts["sampler"]
+        self.backbone = parts["backbone"].bind(vocab_size + self.path.extra_tokens, vocab_size)
+        self.lr, self.weight_decay, self.betas, self.warmup_steps = lr, weight_decay, tuple(betas), warmup_steps
+        self.num_val_samples = num_val_samples
+        self.data_spec: dict[str, Any] | None = None
+        self.save_hyperparameters(ignore=list(given))
+
+    # --- the network ---------------------------------------------------------------
+    def logits(self, x: torch.Tensor, t: torch.Tensor | None, s: torch.Tensor | None = None) -> torch.Tensor:
+        """Backbone logits (B, L, V) for state x at path time t (and source time s for flow maps)."""
+        nt = None if t is None else self.path.network_time(t)
+        ns = None if s is None else self.path.network_time(s)
+        return self.backbone(x, nt, ns)
+
+    def denoise(self, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor | None = None) -> torch.Tensor:
+        """D_t(x) (s None) or the mean denoiser delta_{s,t}(x): (B, L, V)."""
+        if x.dim() == 3:
+            check_state(x, self.vocab_size + self.path.extra_tokens)
+        check_times(t, s, batch=x.shape[0])
+        return self.head.denoise(self.logits(x, t, s))
+
+    # --- training ------------------------------------------------------------------
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        out = self.objective(self, batch)
+        self.log_dict({f"train/{k}": v.detach() for k, v in out.items()}, prog_bar=True, batch_size=batch.shape[0])
+        return out["loss"]
+
+    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+        check_tokens(batch, self.vocab_size)
+        with torch.random.fork_rng(devices=[] if self.device.type == "cpu" else [self.device]):
+            torch.manual_seed(batch_idx)  # the same noise and times every epoch: comparable validation losses
+            out = self.objective(self, batch)
+        self.log_dict({f"val/{k}": v for k, v in out.items()}, prog_bar=True, batch_size=batch.shape[0], sync_dist=True)
+
+    def test_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+        self.validation_step(batch, batch_idx)
+
+    def on_validation_epoch_end(self) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if self.num_val_samples <= 0 or datamodule is None or self.trainer.sanity_checking:
+            return
+        out = self.generate(self.num_val_samples, datamodule.seq_len, seed=0)
+        metrics = datamodule.evaluate_samples(out.tokens)
+        self.log_dict({f"val/sample_{k}": float(v) for k, v in metrics.items()}, sync_dist=True)
+
+    def predict_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        return self.generate(batch.shape[0], batch.shape[1], seed=batch_idx).tokens
+
+    def configure_optimizers(self):
+        decay = [p for n, p in self.named_parameters() if p.requires_grad and p.dim() >= 2]
+        no_decay = [p for n, p in self.named_parameters() if p.requires_grad and p.dim() < 2]
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": self.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=self.lr,
+            betas=self.betas,
+        )
+        warmup = max(1, self.warmup_steps)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # --- sampling ------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(
+        self, num_samples: int, length: int, sampler: Sampler | str | dict | None = None, seed: int | None = None
+    ) -> SampleOutput:
+        """Sample ``num_samples`` sequences of ``length`` tokens with ``sampler`` (default: the model's own)."""
+        if num_samples < 1 or length < 1:
+            raise ValueError(f"num_samples and length must be positive, got {num_samples} and {length}")
+        chosen = self.sampler if sampler is None else registry.build("sampler", sampler)
+        if chosen is not self.sampler:
+            registry.check_compatible({"path": self.path, "head": self.head, "objective": self.objective, "sampler": chosen})
+        generator = None
+        if seed is not None:
+            generator = torch.Generator(device=self.device).manual_seed(seed)
+        was_training = self.training
+        self.eval()
+        try:
+            return chosen.sample(self, num_samples, length, generator=generator)
+        finally:
+            self.train(was_training)
+
+    # --- configuration ---------------------------------------------------------------
+    def config(self) -> dict[str, Any]:
+        """Everything needed to rebuild this model: each component's name and arguments, and the version."""
+        return {
+            "flowzoo_version": flowzoo.__version__,
+            "vocab_size": self.vocab_size,
+            **{kind: registry.spec(getattr(self, kind)) for kind in DEFAULTS},
+            "optim": {"lr": self.lr, "weight_decay": self.weight_decay, "betas": list(self.betas), "warmup_steps": self.warmup_steps},
+            "data": self.data_spec,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "FlowLM":
+        optim = config.get("optim", {})
+        model = cls(vocab_size=config["vocab_size"], **{kind: config[kind] for kind in DEFAULTS}, **optim)
+        model.data_spec = config.get("data")
+        return model
+
+    def on_fit_start(self) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None and isinstance(datamodule, registry.Component):
+            self.data_spec = registry.spec(datamodule)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["flowzoo"] = self.config()
