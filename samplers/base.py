@@ -40,8 +40,7 @@ def decode_tokens(prediction: torch.Tensor, decode: str, temperature: float, gen
     if decode == "argmax":
         return prediction.argmax(-1)
     probs = prediction.double().clamp_min(0)
-    if temperature != 1.0:
-        probs = probs.clamp_min(1e-300) ** (1.0 / temperature)
-    probs = probs / probs.sum(-1, keepdim=True).clamp_min(1e-300)
+    if temperature != 1.0:  # p^(1/T), normalised in log space so small T cannot underflow
+        probs = torch.softmax(probs.clamp_min(1e-300).log() / temperature, dim=-1)
     flat = torch.multinomial(probs.flatten(0, 1), 1, generator=generator)
     return flat.view(prediction.shape[:2])
