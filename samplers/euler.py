@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from flowzoo.progress import progress
 from flowzoo.registry import register
 from flowzoo.samplers.base import SampleOutput, Sampler, check_decode, decode_tokens
 
@@ -29,7 +30,7 @@ class EulerSampler(Sampler):
         x = path.sample_prior(num_samples, length, model.vocab_size, generator=generator, device=model.device)
         # steps evaluations at 0 = t_0 < ... < t_{steps-1} = t_max; the last one is decoded, not integrated
         times = path.schedule(max(self.steps - 1, 1), end=getattr(path, "t_max", 1.0), device=model.device)
-        for i in range(self.steps):
+        for i in progress(range(self.steps), desc="euler"):
             t = times[i].expand(num_samples)
             denoised = model.denoise(x, t)  # (B, L, V)
             if i + 1 < self.steps:

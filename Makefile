@@ -1,0 +1,26 @@
+# Two entry points for a fresh machine (see README.md):
+#   make quickstart   create .venv, train the quickstart model on Shakespeare, sample, print text and metrics
+#   make test         create .venv and run the test suite
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+export HF_HUB_OFFLINE ?= 1
+export HF_HOME ?= $(CURDIR)/.cache/huggingface
+
+.PHONY: env quickstart test
+
+$(BIN)/flowzoo: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	# torch first: the CPU build from local disk (a bare `torch` would pull the CUDA build and its wheels)
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+env: $(BIN)/flowzoo
+
+quickstart: env
+	$(BIN)/flowzoo fit --config configs/quickstart.yaml
+	$(BIN)/flowzoo sample --checkpoint runs/quickstart/checkpoints/last.ckpt --num-samples 64 --show 6
+
+test: env
+	$(BIN)/python -m pytest -q -p no:cacheprovider
