@@ -1,6 +1,42 @@
-"""Triton kernels with PyTorch references; :func:`dispatch` picks Triton on CUDA and the reference elsewhere."""
+"""Triton kernels with PyTorch references; :func:`use_triton` picks Triton on CUDA and the reference elsewhere.
 
+Public entry points (all dispatch automatically; ``backend="triton"|"reference"`` overrides):
+
+- :func:`interpolant` -- x_t = a x0 + b onehot(x1), x0 drawn in the kernel.
+- :func:`noisy_embedding` -- (a x0 + b onehot(ids) + c delta) W_in^T without the (B, L, V) state.
+- :func:`linear_cross_entropy` -- CE of softmax(cap(h W^T + b)) against ids / soft / teacher targets,
+  chunked over V.
+- :func:`flow_map_step_embedding` -- X = alpha x + beta softmax(logits) and X W_in^T in one pass.
+- :func:`softmax_embedding` -- softmax(cap(h W_out^T + b)) W_in^T chunked over V (teacher landing points).
+"""
+
+from flowzoo.kernels.cross_entropy import TeacherTarget, linear_cross_entropy, linear_cross_entropy_reference
 from flowzoo.kernels.dispatch import triton_available, use_triton
+from flowzoo.kernels.embedding import noisy_embedding, noisy_embedding_reference
+from flowzoo.kernels.flow_map_step import (
+    flow_map_step_embedding,
+    flow_map_step_reference,
+    softmax_embedding,
+    softmax_embedding_reference,
+)
 from flowzoo.kernels.interpolant import interpolant, interpolant_reference, interpolant_triton
+from flowzoo.kernels.noise import draw_seed, reference_noise
 
-__all__ = ["interpolant", "interpolant_reference", "interpolant_triton", "triton_available", "use_triton"]
+__all__ = [
+    "TeacherTarget",
+    "draw_seed",
+    "flow_map_step_embedding",
+    "flow_map_step_reference",
+    "interpolant",
+    "interpolant_reference",
+    "interpolant_triton",
+    "linear_cross_entropy",
+    "linear_cross_entropy_reference",
+    "noisy_embedding",
+    "noisy_embedding_reference",
+    "reference_noise",
+    "softmax_embedding",
+    "softmax_embedding_reference",
+    "triton_available",
+    "use_triton",
+]

@@ -9,10 +9,13 @@ from __future__ import annotations
 import torch
 
 from flowzoo.kernels.dispatch import triton_available, use_triton
+from flowzoo.kernels.noise import draw_seed
 
 if triton_available():
     import triton
     import triton.language as tl
+
+    from flowzoo.kernels.noise import normal_tile
 
     @triton.jit
     def _interpolant_kernel(x1_ptr, a_ptr, b_ptr, out_ptr, seed, L, V, BLOCK_V: tl.constexpr):
@@ -21,12 +24,13 @@ if triton_available():
         token = tl.load(x1_ptr + row)
         a = tl.load(a_ptr + seq)
         b = tl.load(b_ptr + seq)
+        rows = tl.full((1,), 0, tl.int64) + row
         for start in range(0, V, BLOCK_V):
             cols = start + tl.arange(0, BLOCK_V)
             mask = cols < V
-            noise = tl.randn(seed, row * V + cols)
-            value = a * noise + tl.where(cols == token, b, 0.0)
-            tl.store(out_ptr + row * V + cols, value, mask=mask)
+            noise = normal_tile(seed, rows, cols, V)  # (1, BLOCK_V), offsets row * V + col as in every kernel
+            value = a * noise + tl.where(cols[None, :] == token, b, 0.0)
+            tl.store(out_ptr + row.to(tl.int64) * V + cols[None, :], value, mask=mask[None, :])
 
 
 def _coefficients(x1: torch.Tensor, a, b) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,6 +62,5 @@ def interpolant_triton(x1, a, b, vocab_size: int, seed: int, block_v: int = 1024
 def interpolant(x1, a, b, vocab_size: int, generator=None):
     """x_t = a x0 + b onehot(x1), dispatched to Triton on CUDA and to the reference elsewhere."""
     if use_triton(x1):
-        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=generator.device if generator is not None else "cpu"))
-        return interpolant_triton(x1, a, b, vocab_size, seed)
+        return interpolant_triton(x1, a, b, vocab_size, draw_seed(generator))
     return interpolant_reference(x1, a, b, vocab_size, generator=generator)
