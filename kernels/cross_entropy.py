@@ -18,7 +18,8 @@ import torch
 from flowzoo.kernels.dispatch import triton_available, use_triton
 from flowzoo.kernels.embedding import kernel_blocks
 
-CE_CHUNK = 8192  # vocabulary columns per step of the PyTorch reference
+CE_CHUNK = 8192  # at most this many vocabulary columns per step of the PyTorch reference
+CE_BUDGET = 1 << 20  # ... and at most this many (row, column) entries per temporary (4 MB in float32)
 
 IDS, SOFT, TEACHER, LSE_ONLY = 0, 1, 2, 3
 
@@ -220,6 +221,11 @@ def _prepare_target(target, lead: torch.Size, weight, bias) -> _Target:
 # ----------------------------------------------------------------------------------------------
 
 
+def chunk_columns(rows: int) -> int:
+    """Columns per reference step: CE_CHUNK, fewer when rows * CE_CHUNK would exceed CE_BUDGET."""
+    return max(1, min(CE_CHUNK, CE_BUDGET // max(rows, 1)))
+
+
 def _logits_chunk(h, weight, bias, start, stop, cap):
     z = h @ weight[start:stop].float().t()  # (R, C)
     if bias is not None:
@@ -231,8 +237,9 @@ def _lse_reference(h, weight, bias, cap) -> torch.Tensor:
     V = weight.shape[0]
     m = torch.full((h.shape[0],), float("-inf"), device=h.device)
     s = torch.zeros(h.shape[0], device=h.device)
-    for start in range(0, V, CE_CHUNK):
-        z = _logits_chunk(h, weight, bias, start, start + CE_CHUNK, cap)
+    step = chunk_columns(h.shape[0])
+    for start in range(0, V, step):
+        z = _logits_chunk(h, weight, bias, start, start + step, cap)
         m_new = torch.maximum(m, z.max(dim=1).values)
         s = s * torch.exp(m - m_new) + torch.exp(z - m_new[:, None]).sum(dim=1)
         m = m_new
@@ -256,8 +263,9 @@ def _forward_reference(h, weight, bias, tgt: _Target, cap):
     V = weight.shape[0]
     m = torch.full((h.shape[0],), float("-inf"), device=h.device)
     s, tz, ts = (torch.zeros(h.shape[0], device=h.device) for _ in range(3))
-    for start in range(0, V, CE_CHUNK):
-        stop = min(start + CE_CHUNK, V)
+    step = chunk_columns(h.shape[0])
+    for start in range(0, V, step):
+        stop = min(start + step, V)
         z = _logits_chunk(h, weight, bias, start, stop, cap)
         m_new = torch.maximum(m, z.max(dim=1).values)
         s = s * torch.exp(m - m_new) + torch.exp(z - m_new[:, None]).sum(dim=1)
@@ -274,8 +282,9 @@ def _backward_reference(h, weight, bias, tgt: _Target, cap, lse, tsum, g):
     dh = torch.zeros_like(h)
     dw = torch.empty(weight.shape, device=h.device, dtype=torch.float32)
     db = torch.empty(V, device=h.device, dtype=torch.float32) if bias is not None else None
-    for start in range(0, V, CE_CHUNK):
-        stop = min(start + CE_CHUNK, V)
+    step = chunk_columns(h.shape[0])
+    for start in range(0, V, step):
+        stop = min(start + step, V)
         z = _logits_chunk(h, weight, bias, start, stop, cap)
         dz = g[:, None] * (tsum[:, None] * torch.exp(z - lse[:, None]) - _target_chunk(tgt, start, stop, cap))
         if cap:

@@ -97,20 +97,37 @@ def _noise_proj_grad_reference(grad: torch.Tensor, seed: int, vocab_size: int) -
     return dw
 
 
-class NoiseProjection(torch.autograd.Function):
-    """x0 W^T for x0 ~ N(0, I) of shape (rows, V) drawn from ``seed``; backward redraws x0: dW = g^T x0."""
+class NoisyEmbedding(torch.autograd.Function):
+    """a x0 W^T + b W[:, ids]^T for x0 ~ N(0, I) (rows, V) drawn from ``seed``.
+
+    Backward redraws x0 and fills one dW buffer: dW = (a g)^T x0, then dW[:, ids] += (b g)^T in place;
+    da = <g, x0 W^T> (the (rows, D) projection is saved), db = <g, W[:, ids]^T>.
+    """
 
     @staticmethod
-    def forward(ctx, weight, seed: int, rows: int, triton_backend: bool):
-        ctx.seed, ctx.vocab_size, ctx.triton_backend = seed, weight.shape[1], triton_backend
-        ctx.weight_dtype = weight.dtype
+    def forward(ctx, weight, a, b, ids, seed: int, triton_backend: bool):
         fn = _noise_proj_triton if triton_backend else _noise_proj_reference
-        return fn(weight, seed, rows)
+        proj = fn(weight, seed, ids.numel())  # (R, D)
+        rows = weight.t()[ids].float()  # (R, D)
+        ctx.save_for_backward(weight, a, b, ids, proj)
+        ctx.seed, ctx.triton_backend = seed, triton_backend
+        return a[:, None] * proj + b[:, None] * rows
 
     @staticmethod
     def backward(ctx, grad):
-        fn = _noise_proj_grad_triton if ctx.triton_backend else _noise_proj_grad_reference
-        return fn(grad, ctx.seed, ctx.vocab_size).to(ctx.weight_dtype), None, None, None
+        weight, a, b, ids, proj = ctx.saved_tensors
+        grad = grad.float()
+        dw = da = db = None
+        if ctx.needs_input_grad[0]:
+            fn = _noise_proj_grad_triton if ctx.triton_backend else _noise_proj_grad_reference
+            dw = fn(a[:, None] * grad, ctx.seed, weight.shape[1])  # (D, V)
+            dw.index_add_(1, ids, (b[:, None] * grad).t())
+            dw = dw.to(weight.dtype)
+        if ctx.needs_input_grad[1]:
+            da = (grad * proj).sum(-1)
+        if ctx.needs_input_grad[2]:
+            db = (grad * weight.t()[ids].float()).sum(-1)
+        return dw, da, db, None, None, None
 
 
 def _row_coefficient(value, shape: torch.Size, device) -> torch.Tensor:
@@ -162,8 +179,9 @@ def noisy_embedding(
         if seed is None:
             seed = draw_seed(generator)
         triton_backend = use_triton(weight) if backend is None else backend == "triton"
-        noise_proj = NoiseProjection.apply(weight, int(seed), rows, triton_backend)  # (R, D)
-    out = a_r[:, None] * noise_proj + b_r[:, None] * weight.t()[ids.reshape(-1)].float()
+        out = NoisyEmbedding.apply(weight, a_r, b_r, ids.reshape(-1), int(seed), triton_backend)  # (R, D)
+    if noise is not None:
+        out = a_r[:, None] * noise_proj + b_r[:, None] * weight.t()[ids.reshape(-1)].float()
     if delta is not None:
         if delta.shape != (*shape, V):
             raise ValueError(f"delta must have shape {(*shape, V)}, got {tuple(delta.shape)}")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from flowzoo.kernels.cross_entropy import CE_CHUNK, _logits_chunk, _lse_reference
+from flowzoo.kernels.cross_entropy import _logits_chunk, _lse_reference, chunk_columns
 from flowzoo.kernels.dispatch import triton_available, use_triton
 from flowzoo.kernels.embedding import _row_coefficient, kernel_blocks
 
@@ -124,9 +124,10 @@ def softmax_embedding_reference(h, out_weight, out_bias, in_weight, *, softcap=N
         return (torch.softmax(z, dim=-1) @ in_weight.float().t()).view(*shape, -1)
     lse = _lse_reference(hf, out_weight, out_bias, softcap)
     out = torch.zeros(hf.shape[0], in_weight.shape[0], device=h.device)
-    for start in range(0, out_weight.shape[0], CE_CHUNK):
-        p = torch.exp(_logits_chunk(hf, out_weight, out_bias, start, start + CE_CHUNK, softcap) - lse[:, None])
-        out += p @ in_weight[:, start:start + CE_CHUNK].float().t()
+    step = chunk_columns(hf.shape[0])
+    for start in range(0, out_weight.shape[0], step):
+        p = torch.exp(_logits_chunk(hf, out_weight, out_bias, start, start + step, softcap) - lse[:, None])
+        out += p @ in_weight[:, start:start + step].float().t()
     return out.view(*shape, -1)
 
 

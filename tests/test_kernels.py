@@ -194,9 +194,6 @@ def test_flow_map_step_embedding_reference():
 @pytest.mark.parametrize("softcap", [None, 2.5])
 def test_softmax_embedding_chunked_matches_dense(monkeypatch, softcap):
     monkeypatch.setattr(ce, "CE_CHUNK", 16)
-    import flowzoo.kernels.flow_map_step as fms
-
-    monkeypatch.setattr(fms, "CE_CHUNK", 16)
     h, wo, bo, wi = torch.randn(2, 3, 8), torch.randn(40, 8), torch.randn(40), torch.randn(5, 40)
     z = h @ wo.t() + bo
     z = softcap * torch.tanh(z / softcap) if softcap else z
