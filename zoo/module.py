@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import math
 from typing import Any
 
 import lightning as L
@@ -15,6 +17,19 @@ from flowzoo.objectives.base import Objective
 from flowzoo.paths.base import ProbabilityPath
 from flowzoo.samplers.base import SampleOutput, Sampler
 from flowzoo.validation import check_state, check_times, check_tokens
+
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def lr_factor(step: int, warmup: int, total: float, schedule: str, floor: float) -> float:
+    """Linear warm-up to 1, then constant or cosine decay to ``floor`` at the last of ``total`` steps."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant" or not total or total == float("inf") or total <= warmup:
+        return 1.0
+    progress = min(1.0, (step - warmup) / (total - warmup))
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
 
 DEFAULTS = {"backbone": "dit", "path": "linear", "head": "categorical", "objective": "flow_matching", "sampler": "euler"}
 
@@ -38,6 +53,8 @@ class FlowLM(L.LightningModule):
         weight_decay: float = 0.0,
         betas: tuple[float, float] = (0.9, 0.99),
         warmup_steps: int = 100,
+        lr_schedule: str = "cosine",
+        min_lr_ratio: float = 0.1,
         num_val_samples: int = 64,
     ) -> None:
         super().__init__()
@@ -48,8 +65,13 @@ class FlowLM(L.LightningModule):
             raise ValueError(f"vocab_size must be at least 2 (set it, or let the data module supply it), got {vocab_size}")
         self.vocab_size = vocab_size
         self.path, self.head, self.objective, self.sampler = parts["path"], parts["head"], parts["objective"], parts["sampler"]
+        if hasattr(self.path, "bind_vocab"):  # paths whose time depends on K (LinearPath(time="tau"))
+            self.path.bind_vocab(vocab_size)
         self.backbone = parts["backbone"].bind(vocab_size + self.path.extra_tokens, vocab_size)
+        if lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"unknown lr_schedule {lr_schedule!r}; choices: {', '.join(LR_SCHEDULES)}")
         self.lr, self.weight_decay, self.betas, self.warmup_steps = lr, weight_decay, tuple(betas), warmup_steps
+        self.lr_schedule, self.min_lr_ratio = lr_schedule, min_lr_ratio
         self.num_val_samples = num_val_samples
         self.data_spec: dict[str, Any] | None = None
         self.save_hyperparameters(ignore=list(given))
@@ -103,8 +125,9 @@ class FlowLM(L.LightningModule):
             lr=self.lr,
             betas=self.betas,
         )
-        warmup = max(1, self.warmup_steps)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+        total = self.trainer.estimated_stepping_batches if self._trainer is not None else 0
+        factor = functools.partial(lr_factor, warmup=max(1, self.warmup_steps), total=total, schedule=self.lr_schedule, floor=self.min_lr_ratio)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # --- sampling ------------------------------------------------------------------
@@ -135,7 +158,14 @@ class FlowLM(L.LightningModule):
             "flowzoo_version": flowzoo.__version__,
             "vocab_size": self.vocab_size,
             **{kind: registry.spec(getattr(self, kind)) for kind in DEFAULTS},
-            "optim": {"lr": self.lr, "weight_decay": self.weight_decay, "betas": list(self.betas), "warmup_steps": self.warmup_steps},
+            "optim": {
+                "lr": self.lr,
+                "weight_decay": self.weight_decay,
+                "betas": list(self.betas),
+                "warmup_steps": self.warmup_steps,
+                "lr_schedule": self.lr_schedule,
+                "min_lr_ratio": self.min_lr_ratio,
+            },
             "data": self.data_spec,
         }
 
