@@ -6,12 +6,12 @@ Steps, all on the same DiT trunk (flowzoo.backbones.dit) and the same width:
 - ``psd``: a progressive self-distillation step of the mean denoiser delta_{s,t} (seed 001, L_PSD):
   two stop-gradient teacher passes (s->u on x_s, u->t on the landing point X_{s,u}) build the soft
   target gamma delta_{s,u} + (1-gamma) delta_{u,t}; the student delta_{s,t}(x_s) is trained by CE on it.
-- ``lsd``: a Lagrangian self-distillation step: || d/dt X_{s,t}(x_s) - v_{t,t}(X_{s,t}(x_s)) ||^2 with
-  d/dt from forward-mode AD (torch.func.jvp) and a stop-gradient teacher at the landing point.
+- ``lsd``: a Lagrangian self-distillation step: || (1-t) d/dt X_{s,t}(x_s) + X - sg D_t(X) ||^2, X the landing
+  point, d/dt from forward-mode AD (torch.func.jvp), D_t(X) from a stop-gradient pass at (t, t).
 These are minimal in-script emulations of the objectives (embedding of a noisy state + trunk + head),
 so the benchmark does not depend on flowzoo.objectives. "kernels" routes the (B, L, V) work through
-flowzoo.kernels: noisy_embedding, softmax_embedding, linear_cross_entropy (TeacherTarget for psd); the
-lsd loss itself has no fused kernel yet, so its kernel variant only fuses the embeddings.
+flowzoo.kernels: noisy_embedding, softmax_embedding, linear_cross_entropy (TeacherTarget for psd) and
+lsd_residual_loss (the jvp is then taken of the trunk's hidden state, not of the logits).
 
 Memory: on CUDA, torch.cuda.max_memory_allocated() during the step minus the memory held before it.
 On the CPU, a TorchDispatchMode counts the bytes of every tensor storage created during the step
@@ -48,11 +48,10 @@ from flowzoo.kernels import (
     draw_seed,
     interpolant,
     linear_cross_entropy,
+    lsd_residual_loss,
     noisy_embedding,
     softmax_embedding,
-    use_triton,
 )
-from flowzoo.kernels.noise import seeded_noise
 
 # ---------------------------------------------------------------------------------------------- memory
 
@@ -125,13 +124,16 @@ class PeakRSS:
 
 
 class SavedBytes:
-    """Sum of the bytes of distinct storages saved for backward (saved_tensors_hooks)."""
+    """Sum of the bytes of distinct storages saved for backward (saved_tensors_hooks), parameters excluded."""
 
-    def __init__(self) -> None:
+    def __init__(self, exclude: set[int]) -> None:
         self.storages: dict[int, int] = {}
+        self.exclude = exclude
 
     def pack(self, t: torch.Tensor):
         ptr = _data_ptr(t)
+        if ptr in self.exclude:
+            return t
         if ptr is None:  # a functorch wrapper (jvp dual): count its logical size
             self.storages[id(t)] = t.numel() * t.element_size()
         else:
@@ -254,29 +256,34 @@ def step_psd(net: Net, x1, gen, kernels: bool) -> torch.Tensor:
 
 
 def step_lsd(net: Net, x1, gen, kernels: bool) -> torch.Tensor:
+    """Residual (1-t) d/dt X_{s,t}(x_s) + X - sg D_t(X) = delta + kappa d/dt delta - sg D_t(X) (objectives/lsd)."""
     B = x1.shape[0]
     V = net.w_out.shape[0]
     s, _, t = _times(B, x1.device, gen)
     a, c = (1 - t) / (1 - s), (t - s) / (1 - s)  # X_{s,t}(x) = a x + c delta_{s,t}(x)
-    onehot = F.one_hot(x1, V).float()
-    if kernels:  # input embedding without x_s; the loss below still needs x_s itself
+    kappa = (1 - t) * c
+    ones = torch.ones_like(t)
+    if kernels:
         seed = draw_seed(gen)
         e_s = noisy_embedding(x1, net.w_in, 1 - s, s, seed=seed)
-        x_s = _col(1 - s) * seeded_noise(x1.shape, V, seed, x1.device, use_triton(x1)) + _col(s) * onehot
-    else:
-        x_s = interpolant(x1, 1 - s, s, V, generator=gen)  # (B, L, V)
-        e_s = net.embed(x_s)
-    del onehot
-    with plain_attention():  # forward-mode AD through attention
-        logits, dlogits = torch.func.jvp(lambda tt: net.logits(e_s, tt, s), (t,), (torch.ones_like(t),))
+        with plain_attention():  # forward-mode AD through attention: hidden state and its t-derivative
+            h, h_dot = torch.func.jvp(lambda tt: net.hidden(e_s, tt, s), (t,), (ones,))
+        with torch.no_grad():  # teacher at the landing point, embedded without building X
+            landing = noisy_embedding(x1, net.w_in, a * (1 - s), a * s, seed=seed)
+            landing = landing + c[:, None, None] * softmax_embedding(h, net.w_out, net.b_out, net.w_in)
+            h_teacher = net.hidden(landing, t, t)
+        return lsd_residual_loss(h, h_dot, h_teacher, net.w_out, net.b_out, kappa).mean()
+    x_s = interpolant(x1, 1 - s, s, V, generator=gen)  # (B, L, V)
+    e_s = net.embed(x_s)
+    with plain_attention():
+        logits, dlogits = torch.func.jvp(lambda tt: net.logits(e_s, tt, s), (t,), (ones,))
     delta = torch.softmax(logits, -1)
     ddelta = delta * (dlogits - (delta * dlogits).sum(-1, keepdim=True))  # d/dt softmax(z(t))
-    dX = (delta - x_s) / _col(1 - s) + _col(c) * ddelta  # d/dt X_{s,t}(x_s)
-    with torch.no_grad():  # stop-gradient velocity v_{t,t} = (D_t(X) - X) / (1 - t) at the landing point
+    with torch.no_grad():
         X = _col(a) * x_s + _col(c) * delta
-        v = (torch.softmax(net.logits(net.embed(X), t, t), -1) - X) / _col(1 - t)
+        D = torch.softmax(net.logits(net.embed(X), t, t), -1)
         del X
-    return ((dX - v) ** 2).sum(-1).mean()
+    return ((delta + _col(kappa) * ddelta - D) ** 2).sum(-1).mean()
 
 
 STEPS = {"mdlm": step_mdlm, "fm": step_fm, "psd": step_psd, "lsd": step_lsd}
@@ -300,7 +307,7 @@ def measure(name: str, kernels: bool, args, device) -> dict:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated()
-        tracker = SavedBytes()
+        tracker = SavedBytes({p.untyped_storage().data_ptr() for p in net.parameters()})
         live = LiveBytes() if device.type == "cpu" and i == 0 else None  # the tracker slows the step: not timed
         with PeakRSS() if device.type == "cpu" and i == 1 else contextlib.nullcontext() as rss:
             start = time.perf_counter()
@@ -371,7 +378,7 @@ def write_table(rows, args, device) -> None:
         + (" Peak RSS: the process's peak resident memory during the step above its resident memory before it "
            "(VmHWM reset through /proc/self/clear_refs; glibc MALLOC_MMAP_THRESHOLD_=131072)." if device.type == "cpu"
            else "")
-        + " Saved: bytes kept for backward (saved_tensors_hooks). Time: median wall time of forward + backward "
+        + " Saved: bytes kept for backward (saved_tensors_hooks), parameters excluded. Time: median wall time of forward + backward "
         f"over {args.repeat} step(s) after a warm-up step. Ratios use the peak column.",
         "",
         "| step | kernels | peak MiB | peak RSS MiB | saved MiB | step ms | peak / MDLM (same setting) | "

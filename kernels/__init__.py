@@ -8,6 +8,7 @@ Public entry points (all dispatch automatically; ``backend="triton"|"reference"`
   chunked over V.
 - :func:`flow_map_step_embedding` -- X = alpha x + beta softmax(logits) and X W_in^T in one pass.
 - :func:`softmax_embedding` -- softmax(cap(h W_out^T + b)) W_in^T chunked over V (teacher landing points).
+- :func:`lsd_residual_loss` -- sum_v (delta + kappa d/dt delta - sg D)^2 from hidden states, chunked over V.
 """
 
 from flowzoo.kernels.cross_entropy import TeacherTarget, linear_cross_entropy, linear_cross_entropy_reference
@@ -20,7 +21,8 @@ from flowzoo.kernels.flow_map_step import (
     softmax_embedding_reference,
 )
 from flowzoo.kernels.interpolant import interpolant, interpolant_reference, interpolant_triton
-from flowzoo.kernels.noise import draw_seed, reference_noise
+from flowzoo.kernels.lsd import lsd_residual_loss, lsd_residual_loss_reference
+from flowzoo.kernels.noise import draw_seed, reference_noise, seeded_noise
 
 __all__ = [
     "TeacherTarget",
@@ -32,9 +34,12 @@ __all__ = [
     "interpolant_triton",
     "linear_cross_entropy",
     "linear_cross_entropy_reference",
+    "lsd_residual_loss",
+    "lsd_residual_loss_reference",
     "noisy_embedding",
     "noisy_embedding_reference",
     "reference_noise",
+    "seeded_noise",
     "softmax_embedding",
     "softmax_embedding_reference",
     "triton_available",

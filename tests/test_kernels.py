@@ -20,6 +20,8 @@ from flowzoo.kernels import (
     interpolant_reference,
     linear_cross_entropy,
     linear_cross_entropy_reference,
+    lsd_residual_loss,
+    lsd_residual_loss_reference,
     noisy_embedding,
     noisy_embedding_reference,
     reference_noise,
@@ -198,6 +200,37 @@ def test_softmax_embedding_chunked_matches_dense(monkeypatch, softcap):
     z = h @ wo.t() + bo
     z = softcap * torch.tanh(z / softcap) if softcap else z
     _close(softmax_embedding(h, wo, bo, wi, softcap=softcap), torch.softmax(z, -1) @ wi.t())
+
+
+# ------------------------------------------------------------------ LSD residual (reference)
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_lsd_residual_chunked_matches_dense(monkeypatch, with_bias):
+    monkeypatch.setattr(ce, "CE_CHUNK", 16)
+    B, L, V, D = 2, 5, 60, 12
+    h, h_dot = torch.randn(B, L, D, requires_grad=True), torch.randn(B, L, D, requires_grad=True)
+    h_teacher = torch.randn(B, L, D)
+    weight = torch.randn(V, D, requires_grad=True)
+    bias = torch.randn(V, requires_grad=True) if with_bias else None
+    kappa = torch.rand(B)
+    params = [p for p in (h, h_dot, weight, bias) if p is not None]
+    grad = torch.rand(B, L)
+    out = lsd_residual_loss(h, h_dot, h_teacher, weight, bias, kappa)
+    got = torch.autograd.grad(out, params, grad)
+    ref = lsd_residual_loss_reference(h, h_dot, h_teacher, weight, bias, kappa)
+    want = torch.autograd.grad(ref, params, grad)
+    _close(out, ref)
+    for g1, g2 in zip(got, want):
+        _close(g1, g2)
+
+
+def test_lsd_residual_vanishes_on_a_consistent_map():
+    # kappa = 0 (s = t) and a teacher equal to the student: delta - D = 0
+    h = torch.randn(3, 4, 8)
+    weight = torch.randn(20, 8)
+    out = lsd_residual_loss(h, torch.randn(3, 4, 8), h, weight, None, 0.0)
+    assert out.abs().max() < 1e-10
 
 
 # ------------------------------------------------------------------ Triton kernels under the interpreter

@@ -25,6 +25,8 @@ from flowzoo.kernels import (  # noqa: E402
     interpolant_triton,
     linear_cross_entropy,
     linear_cross_entropy_reference,
+    lsd_residual_loss,
+    lsd_residual_loss_reference,
     noisy_embedding,
     noisy_embedding_reference,
     softmax_embedding,
@@ -142,3 +144,19 @@ def test_softmax_embedding_matches_reference(softcap):
     out_weight, out_bias, in_weight = torch.randn(V, D), torch.randn(V), torch.randn(20, V)
     got = softmax_embedding(h, out_weight, out_bias, in_weight, softcap=softcap, backend="triton")
     _close(got, softmax_embedding_reference(h, out_weight, out_bias, in_weight, softcap=softcap))
+
+
+def test_lsd_residual_matches_dense_reference():
+    h, h_dot = torch.randn(B, L, D, requires_grad=True), torch.randn(B, L, D, requires_grad=True)
+    h_teacher = torch.randn(B, L, D)
+    weight = (0.5 * torch.randn(V, D)).requires_grad_()
+    bias = torch.randn(V, requires_grad=True)
+    kappa = torch.rand(B)
+    grad = torch.rand(B, L)
+    params = (h, h_dot, weight, bias)
+    out = lsd_residual_loss(h, h_dot, h_teacher, weight, bias, kappa, backend="triton")
+    got = torch.autograd.grad(out, params, grad)
+    ref = lsd_residual_loss_reference(h, h_dot, h_teacher, weight, bias, kappa)
+    _close(out, ref)
+    for g1, g2 in zip(got, torch.autograd.grad(ref, params, grad)):
+        _close(g1, g2)
