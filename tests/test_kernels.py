@@ -233,6 +233,39 @@ def test_lsd_residual_vanishes_on_a_consistent_map():
     assert out.abs().max() < 1e-10
 
 
+# ------------------------------------------------------------------ composed steps (benchmarks/kernel_memory.py)
+
+
+@pytest.mark.parametrize("step", ["fm", "psd", "lsd"])
+def test_benchmark_steps_agree_with_and_without_kernels(monkeypatch, step):
+    """The fused fm / psd / lsd steps give the dense step's loss and gradients for the same x0."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("kernel_memory", ROOT / "benchmarks" / "kernel_memory.py")
+    km = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(km)
+    V, seed = 300, 1234
+
+    def dense_interpolant(x1, a, b, vocab_size, generator=None):  # the x0 the kernel path draws for `seed`
+        x0 = reference_noise(seed, x1.numel(), vocab_size, "cpu").view(*x1.shape, vocab_size)
+        return a[:, None, None] * x0 + b[:, None, None] * torch.nn.functional.one_hot(x1, vocab_size).float()
+
+    monkeypatch.setattr(km, "draw_seed", lambda gen: seed)
+    monkeypatch.setattr(km, "interpolant", dense_interpolant)
+    net = km.Net(V, V, 32, 2, 4)
+    x1 = torch.randint(0, V, (2, 8))
+    results = []
+    for kernels in (False, True):
+        net.zero_grad()
+        loss = km.STEPS[step](net, x1, torch.Generator().manual_seed(5), kernels)
+        loss.backward()
+        results.append((loss.detach(), net.w_out.grad.clone(), net.w_in.grad.clone()))
+    for dense, fused in zip(*results):
+        scale = dense.abs().max().item()
+        assert scale > 0
+        torch.testing.assert_close(fused, dense, rtol=1e-3, atol=1e-3 * scale)  # float32 noise on near-cancelling grads
+
+
 # ------------------------------------------------------------------ Triton kernels under the interpreter
 
 
