@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from flowzoo.kernels import interpolant
@@ -11,18 +12,68 @@ from flowzoo.registry import register
 
 @register("path", "linear")
 class LinearPath(ProbabilityPath):
-    """Linear interpolant x_t = (1-t) x0 + t onehot(x1), x0 ~ N(0, sigma^2 I) in the one-hot space."""
+    """Linear interpolant x_t = (1-t) x0 + t onehot(x1), x0 ~ N(0, sigma^2 I) in the one-hot space.
+
+    ``time="tau"`` (FLM): times are drawn and steps spaced uniformly in, and the network sees,
+    tau(t) = K/(K-1) (E_z[Phi(z + t/((1-t) sigma))^(K-1)] - 1/K), the rescaled probability that
+    argmax(x_t) is the clean token (K = vocabulary size, bound by the model or given as ``vocab_size``).
+    """
 
     mean_denoiser = True
+    TIMES = ("linear", "tau")
 
-    def __init__(self, sigma: float = 1.0, t_max: float = 0.999) -> None:
+    def __init__(self, sigma: float = 1.0, t_max: float = 0.999, time: str = "linear", vocab_size: int | None = None) -> None:
         super().__init__()
         if sigma <= 0:
             raise ValueError(f"sigma must be positive, got {sigma}")
         if not 0.0 < t_max <= 1.0:
             raise ValueError(f"t_max must lie in (0, 1], got {t_max}")
+        if time not in self.TIMES:
+            raise ValueError(f"unknown time {time!r}; choices: {', '.join(self.TIMES)}")
+        if vocab_size is not None and vocab_size < 2:
+            raise ValueError(f"vocab_size must be at least 2, got {vocab_size}")
         self.sigma = sigma
         self.t_max = t_max  # samplers stop here: b_t has a 1/(1-t) factor
+        self.time, self.vocab_size = time, vocab_size
+        self._tau: dict = {}  # device -> (t grid, tau values), built on first use
+
+    # --- FLM time reparameterisation ------------------------------------------------------
+    def bind_vocab(self, vocab_size: int) -> None:
+        """Learn K from the model (called by FlowLM); an explicit ``vocab_size`` argument wins."""
+        if self.vocab_size is None:
+            self.vocab_size = vocab_size
+
+    def tau_table(self, device=None, points: int = 4097, nodes: int = 160) -> tuple[torch.Tensor, torch.Tensor]:
+        """(t grid, tau(t)) by Gauss-Hermite quadrature in float64, monotone, tau(0) = 0, tau(1) = 1."""
+        key = str(device)
+        if key not in self._tau:
+            if self.vocab_size is None:
+                raise ValueError("LinearPath(time='tau') needs the vocabulary size: build it inside a FlowLM or pass vocab_size")
+            K = self.vocab_size
+            z, w = np.polynomial.hermite_e.hermegauss(nodes)  # E_z[f] = sum w f(z) / sqrt(2 pi)
+            z, w = torch.tensor(z), torch.tensor(w) / np.sqrt(2 * np.pi)
+            t = torch.linspace(0.0, 1.0, points, dtype=torch.float64)
+            shift = t[1:-1] / ((1 - t[1:-1]) * self.sigma)
+            log_phi = torch.special.log_ndtr(z[None, :] + shift[:, None])  # (N, nodes)
+            p = (torch.exp((K - 1) * log_phi) * w).sum(-1)
+            tau = torch.cat([torch.zeros(1, dtype=torch.float64), (K / (K - 1)) * (p - 1 / K), torch.ones(1, dtype=torch.float64)])
+            tau = torch.cummax(tau.clamp(0.0, 1.0), 0).values
+            tau = tau + torch.linspace(0.0, 1e-9, points, dtype=torch.float64)  # strictly increasing
+            tau = (tau - tau[0]) / (tau[-1] - tau[0])
+            self._tau[key] = (t.to(device), tau.to(device))  # float64: tau is flat near t = 1
+        return self._tau[key]
+
+    def time_from_uniform(self, u):
+        if self.time == "linear":
+            return u
+        grid, tau = self.tau_table(u.device)
+        return _interp(u, tau, grid)
+
+    def network_time(self, t):
+        if self.time == "linear":
+            return t
+        grid, tau = self.tau_table(t.device)
+        return _interp(t, grid, tau)
 
     def sample_prior(self, batch, length, vocab_size, generator=None, device=None):
         return self.sigma * torch.randn(batch, length, vocab_size, generator=generator, device=device)
@@ -37,6 +88,18 @@ class LinearPath(ProbabilityPath):
 
     def flow_map(self, x: torch.Tensor, delta: torch.Tensor, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """X_{s,t}(x) = ((1-t)/(1-s)) x + ((t-s)/(1-s)) delta_{s,t}(x); at s = 1 the map is the identity."""
-        s3, t3 = expand_time(s), expand_time(t)
-        denom = (1 - s3).clamp_min(1e-6)
-        return ((1 - t3) / denom) * x + ((t3 - s3) / denom) * delta
+        one_minus_s = 1 - s
+        safe = torch.where(one_minus_s > 0, one_minus_s, torch.ones_like(one_minus_s))
+        b = torch.where(one_minus_s > 0, (t - s) / safe, torch.zeros_like(s)).clamp(0.0, 1.0)
+        return expand_time(1 - b) * x + expand_time(b) * delta
+
+
+def _interp(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor:
+    """Piecewise-linear interpolation of (xp, fp) at x (differentiable in x, for jvp)."""
+    xd = x.clamp(0.0, 1.0).to(xp.dtype)
+    idx = torch.searchsorted(xp, xd.detach().contiguous()).clamp(1, len(xp) - 1)
+    x0, x1, f0, f1 = xp[idx - 1], xp[idx], fp[idx - 1], fp[idx]
+    w = (xd - x0) / torch.where(x1 > x0, x1 - x0, torch.ones_like(x0))
+    out = f0 + w * (f1 - f0)
+    out = torch.where(xd >= 1, torch.ones_like(out), torch.where(xd <= 0, torch.zeros_like(out), out))  # exact ends
+    return out.to(x.dtype)

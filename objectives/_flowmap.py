@@ -1,0 +1,231 @@
+"""Shared pieces of the flow-map objectives and sampler: (s, t) sampling and the map from a prediction.
+
+The network conditioned on (s, t) predicts the mean denoiser delta_{s,t}(x) (on the simplex for the
+categorical head; delta_{t,t} = D_t on the diagonal), and the flow map is
+
+    X_{s,t}(x) = ((1-t)/(1-s)) x + ((t-s)/(1-s)) delta_{s,t}(x)          (mean-denoiser form)
+
+when ``path.mean_denoiser``; otherwise the secant form X_{s,t}(x) = x + (t-s) v_{s,t}(x) with the
+average velocity v_{s,t} = path.velocity(x, prediction, s). On the linear path the two coincide.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from flowzoo.backbones.base import plain_attention
+from flowzoo.objectives.base import Objective
+from flowzoo.paths.base import expand_time
+from flowzoo.timesampling import TIME_SAMPLERS, sample_uniform_times
+
+PAIR_SAMPLINGS = ("fmlm", "uniform")
+MIDPOINTS = ("middle", "random")
+
+
+def map_weights(s: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(a, b) = ((1-t)/(1-s), (t-s)/(1-s)) with a + b = 1, finite for all s <= t in [0, 1].
+
+    At s = 1 (so t = 1) the map is the identity: a = 1, b = 0. The division is guarded so that
+    neither the value nor its gradient is NaN.
+    """
+    one_minus_s = 1 - s
+    safe = torch.where(one_minus_s > 0, one_minus_s, torch.ones_like(one_minus_s))
+    b = torch.where(one_minus_s > 0, (t - s) / safe, torch.zeros_like(s)).clamp(0.0, 1.0)
+    return 1 - b, b
+
+
+def semigroup_weight(s: torch.Tensor, u: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """gamma = (1-t)(u-s) / ((1-u)(t-s)): delta_{s,t} = gamma delta_{s,u} + (1-gamma) delta_{u,t}(X_{s,u}).
+
+    Where the ratio is 0/0 (s = u = t, or u = t = 1) gamma is 1: the target is then delta_{s,u} = delta_{s,t}.
+    """
+    num = (1 - t) * (u - s)
+    den = (1 - u) * (t - s)
+    safe = torch.where(den > 0, den, torch.ones_like(den))
+    return torch.where(den > 0, num / safe, torch.ones_like(den)).clamp(0.0, 1.0)
+
+
+def uses_mean_denoiser(path) -> bool:
+    return bool(getattr(path, "mean_denoiser", False))
+
+
+def flow_map(path, x: torch.Tensor, prediction: torch.Tensor, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """X_{s,t}(x) from the head's prediction at (s, t): mean-denoiser form, or the secant form. (B, L, V)."""
+    if uses_mean_denoiser(path):
+        a, b = map_weights(s, t)
+        return expand_time(a) * x + expand_time(b) * prediction
+    return x + expand_time(t - s) * path.velocity(x, prediction, s)
+
+
+def model_flow_map(model, x: torch.Tensor, s: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(X_{s,t}(x), delta_{s,t}(x)) from one network evaluation conditioned on (s, t)."""
+    delta = model.head.denoise(model.logits(x, t, s))
+    return flow_map(model.path, x, delta, s, t), delta
+
+
+@dataclass
+class Pairs:
+    """Source and target path times (B,) for the off-diagonal samples, and the uniform times they came from."""
+
+    s: torch.Tensor
+    t: torch.Tensor
+    us: torch.Tensor
+    ut: torch.Tensor
+
+
+def sample_pairs(path, n: int, how: str = "fmlm", boundary: float = 1 / 32, device=None, generator=None) -> Pairs:
+    """n pairs s <= t, drawn in the path's uniform time u and mapped with ``path.time_from_uniform``.
+
+    ``fmlm``: gap d ~ U[0, 1], start u_s = U (1 - d), u_t = u_s + d (FMLM); ``uniform``: the sorted pair
+    of two uniforms. A share ``boundary`` of the pairs is forced to (0, 1), the one-step jump.
+    """
+    if how not in PAIR_SAMPLINGS:
+        raise ValueError(f"unknown pair sampling {how!r}; choices: {', '.join(PAIR_SAMPLINGS)}")
+    if not 0.0 <= boundary <= 1.0:
+        raise ValueError(f"boundary share must lie in [0, 1], got {boundary}")
+    r = torch.rand(3, n, device=device, generator=generator)
+    if how == "fmlm":
+        d = r[0]
+        us = r[1] * (1 - d)
+        ut = (us + d).clamp(max=1.0)
+    else:
+        us, ut = torch.minimum(r[0], r[1]), torch.maximum(r[0], r[1])
+    edge = r[2] < boundary
+    us = torch.where(edge, torch.zeros_like(us), us)
+    ut = torch.where(edge, torch.ones_like(ut), ut)
+    return Pairs(path.time_from_uniform(us), path.time_from_uniform(ut), us, ut)
+
+
+def sample_middle(path, pairs: Pairs, how: str = "middle", generator=None) -> torch.Tensor:
+    """An intermediate path time u in [s, t]: the midpoint in uniform time (FMLM), or uniform in between."""
+    if how not in MIDPOINTS:
+        raise ValueError(f"unknown midpoint {how!r}; choices: {', '.join(MIDPOINTS)}")
+    if how == "middle":
+        w = torch.full_like(pairs.us, 0.5)
+    else:
+        w = torch.rand(pairs.us.shape, device=pairs.us.device, generator=generator)
+    um = pairs.us + w * (pairs.ut - pairs.us)
+    return path.time_from_uniform(um).clamp(min=pairs.s, max=pairs.t)
+
+
+def split_batch(batch: int, diagonal_share: float) -> int:
+    """How many of ``batch`` sequences go to the diagonal loss (at least one to each side when possible)."""
+    if not 0.0 <= diagonal_share <= 1.0:
+        raise ValueError(f"diagonal_share must lie in [0, 1], got {diagonal_share}")
+    n = int(round(batch * diagonal_share))
+    if batch >= 2 and 0.0 < diagonal_share < 1.0:
+        n = min(max(n, 1), batch - 1)
+    return n
+
+
+def check_flow_map_parts(parts) -> tuple[str, str] | None:
+    """A flow map needs a continuous path (states on or around the simplex) with a velocity."""
+    if parts["path"].state != "continuous":
+        return "path", "flow maps need a continuous path (a state that moves along an ODE)"
+    return None
+
+
+def weighted_mean(per_token: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean of a (B, L) loss, optionally weighted per sequence (B,)."""
+    if per_token.numel() == 0:
+        return per_token.new_zeros(())
+    if weight is not None:
+        per_token = per_token * weight[:, None]
+    return per_token.mean()
+
+
+def adaptive_weight(sq_error: torch.Tensor, c: float = 1e-3) -> torch.Tensor:
+    """Detached per-sequence weight (||q - p||^2 + c)^(-1/2) (Discrete Flow Maps), normalised to mean 1."""
+    w = (sq_error.detach().mean(dim=tuple(range(1, sq_error.dim()))) + c).rsqrt()
+    return w / w.mean().clamp_min(1e-12)
+
+
+class FlowMapObjective(Objective):
+    """Diagonal (flow-matching / anchor) loss on a share of the batch plus a map loss on the rest.
+
+    Subclasses implement :meth:`map_loss` for the off-diagonal sequences and may override
+    :meth:`diagonal_target` (the data, or a teacher's D_t).
+    """
+
+    def __init__(
+        self,
+        diagonal_share: float = 0.5,
+        pair_sampling: str = "fmlm",
+        boundary: float = 1 / 32,
+        time_sampling: str = "uniform",
+        map_weight: float = 1.0,
+    ) -> None:
+        super().__init__()
+        split_batch(2, diagonal_share)
+        if pair_sampling not in PAIR_SAMPLINGS:
+            raise ValueError(f"unknown pair_sampling {pair_sampling!r}; choices: {', '.join(PAIR_SAMPLINGS)}")
+        if not 0.0 <= boundary <= 1.0:
+            raise ValueError(f"boundary must lie in [0, 1], got {boundary}")
+        if time_sampling not in TIME_SAMPLERS:
+            raise ValueError(f"unknown time_sampling {time_sampling!r}; choices: {', '.join(TIME_SAMPLERS)}")
+        if map_weight < 0:
+            raise ValueError(f"map_weight must be non-negative, got {map_weight}")
+        self.diagonal_share, self.pair_sampling, self.boundary = diagonal_share, pair_sampling, boundary
+        self.time_sampling, self.map_weight = time_sampling, map_weight
+
+    def incompatibility(self, parts):
+        return check_flow_map_parts(parts)
+
+    def diagonal_target(self, model, xt: torch.Tensor, t: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
+        """What delta_{t,t}(x_t) = D_t(x_t) is fitted to: the clean ids (flow matching)."""
+        return x1
+
+    def diagonal_loss(self, model, x1: torch.Tensor) -> torch.Tensor:
+        """E_t loss_head(delta_{t,t}(x_t), target): the cross-entropy L_CE (or MSE for the Gaussian head)."""
+        if x1.shape[0] == 0:
+            return torch.zeros((), device=x1.device)
+        u = sample_uniform_times(x1.shape[0], self.time_sampling, device=x1.device)
+        t = model.path.time_from_uniform(u)
+        xt = model.path.sample(x1, t, model.vocab_size)  # (B, L, V)
+        target = self.diagonal_target(model, xt, t, x1)
+        return model.head.loss(model.logits(xt, t, t), target).mean()
+
+    def map_loss(self, model, x1: torch.Tensor) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def forward(self, model, x1):
+        n_diag = split_batch(x1.shape[0], self.diagonal_share)
+        diag = self.diagonal_loss(model, x1[:n_diag])
+        out = {"diag": diag.detach()}
+        if n_diag < x1.shape[0]:
+            found = self.map_loss(model, x1[n_diag:])
+            out.update({k: v.detach() for k, v in found.items()})
+            loss = (n_diag * diag + self.map_weight * (x1.shape[0] - n_diag) * found["map"]) / x1.shape[0]
+        else:
+            loss = diag
+        out["loss"] = loss
+        return out
+
+    def pairs(self, model, n: int, device) -> Pairs:
+        return sample_pairs(model.path, n, self.pair_sampling, self.boundary, device=device)
+
+
+def lagrangian_residual(model, x: torch.Tensor, s: torch.Tensor, t: torch.Tensor, velocity_model=None) -> torch.Tensor:
+    """The Lagrangian residual of the map at (s, t), with d/dt by forward-mode AD (tangent on t only).
+
+    Mean-denoiser paths: (1-t) [d/dt X_{s,t}(x) - sg b_t(X)] = delta + (1-t)((t-s)/(1-s)) d/dt delta + X - X
+    rewritten as (1-t) dX/dt + X - sg D_t(X), finite at t = 1; other paths: dX/dt - sg b_t(X).
+    The target velocity comes from ``velocity_model`` (a teacher) or, by default, the model's diagonal.
+    """
+    path = model.path
+
+    def the_map(tt):
+        delta = model.head.denoise(model.logits(x, tt, s))
+        return flow_map(path, x, delta, s, tt)
+
+    with plain_attention(), torch.autocast(device_type=x.device.type, enabled=False):
+        X, dX = torch.func.jvp(the_map, (t,), (torch.ones_like(t),))
+    teacher = model if velocity_model is None else velocity_model
+    with torch.no_grad():
+        Xd = X.detach()
+        D = teacher.head.denoise(teacher.logits(Xd, t, t))  # D_t(X), (B, L, V)
+    if uses_mean_denoiser(path):
+        return expand_time(1 - t) * dX + X - D
+    return dX - path.velocity(Xd, D, t)

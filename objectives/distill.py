@@ -1,0 +1,125 @@
+"""Two-stage flow-map distillation: a frozen teacher flow supplies the targets of a flow-map student."""
+
+from __future__ import annotations
+
+import torch
+
+from flowzoo.errors import CheckpointError
+from flowzoo.objectives._flowmap import (
+    MIDPOINTS,
+    FlowMapObjective,
+    adaptive_weight,
+    lagrangian_residual,
+    sample_middle,
+    weighted_mean,
+)
+from flowzoo.objectives.psd import semigroup_loss, semigroup_target
+from flowzoo.registry import register
+
+TARGETS = ("semigroup", "lagrangian")
+DIAGONAL_TARGETS = ("teacher", "data")
+
+
+@register("objective", "distill")
+class Distill(FlowMapObjective):
+    """Student flow map from a frozen teacher flow (``teacher``: a .ckpt or save_pretrained directory).
+
+    Diagonal: CE(D^teacher_t(x_t) || delta_{t,t}(x_t)) (or the data). Off the diagonal, ``target``:
+    ``semigroup``: CE(sg[gamma delta_{s,u} + (1-gamma) delta_{u,t}(X_{s,u})] || delta_{s,t}) with pieces shorter
+    than ``teacher_gap`` read from the teacher's D (FMLM's recipe with the teacher as the anchor);
+    ``lagrangian``: ||(1-t)(d/dt X_{s,t}(x_s) - b^teacher_t(X_{s,t}(x_s)))||^2, the teacher's velocity at the landing point.
+
+    The teacher is loaded on first use and kept out of the module tree (never in the student's weights).
+    ``init_from_teacher`` copies the teacher's backbone into the student once (a buffer remembers it, so a
+    resumed or reloaded student is never overwritten).
+    """
+
+    def __init__(
+        self,
+        teacher: str = "",
+        target: str = "semigroup",
+        diagonal_target: str = "teacher",
+        init_from_teacher: bool = True,
+        teacher_gap: float = 0.0,
+        diagonal_share: float = 0.5,
+        pair_sampling: str = "fmlm",
+        boundary: float = 1 / 32,
+        time_sampling: str = "uniform",
+        map_weight: float = 1.0,
+        midpoint: str = "middle",
+        adaptive: bool = False,
+    ) -> None:
+        super().__init__(diagonal_share, pair_sampling, boundary, time_sampling, map_weight)
+        if target not in TARGETS:
+            raise ValueError(f"unknown distillation target {target!r}; choices: {', '.join(TARGETS)}")
+        if diagonal_target not in DIAGONAL_TARGETS:
+            raise ValueError(f"unknown diagonal_target {diagonal_target!r}; choices: {', '.join(DIAGONAL_TARGETS)}")
+        if midpoint not in MIDPOINTS:
+            raise ValueError(f"unknown midpoint {midpoint!r}; choices: {', '.join(MIDPOINTS)}")
+        if teacher_gap < 0:
+            raise ValueError(f"teacher_gap must be non-negative, got {teacher_gap}")
+        self.teacher_path, self.target, self.diagonal_target_kind = teacher, target, diagonal_target
+        self.init_from_teacher, self.teacher_gap = init_from_teacher, teacher_gap
+        self.midpoint, self.adaptive = midpoint, adaptive
+        # whether the student has been initialised from the teacher: saved with the weights
+        self.register_buffer("teacher_copied", torch.zeros((), dtype=torch.bool))
+        object.__setattr__(self, "_teacher", None)  # not a submodule: not saved, not moved by .to()
+
+    # --- the teacher -------------------------------------------------------------------
+    def set_teacher(self, teacher) -> None:
+        """Use an already loaded model as the teacher (frozen, kept outside the module tree)."""
+        teacher.eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        object.__setattr__(self, "_teacher", teacher)
+
+    def teacher(self, model, device):
+        if self._teacher is None:
+            if not self.teacher_path:
+                raise CheckpointError("the distill objective needs a teacher: set --model.objective.teacher=PATH (a .ckpt or save_pretrained directory)")
+            from flowzoo.checkpoints import load_checkpoint
+
+            self.set_teacher(load_checkpoint(self.teacher_path))
+        teacher = self._teacher
+        if teacher.vocab_size != model.vocab_size:
+            raise CheckpointError(f"teacher vocabulary {teacher.vocab_size} differs from the student's {model.vocab_size}")
+        if next(teacher.parameters()).device != device:
+            teacher.to(device)
+        if self.init_from_teacher and not bool(self.teacher_copied):
+            self._copy_into(model, teacher)
+        return teacher
+
+    def _copy_into(self, model, teacher) -> None:
+        student = model.backbone.state_dict()
+        source = teacher.backbone.state_dict()
+        if set(student) != set(source) or any(student[k].shape != source[k].shape for k in student):
+            raise CheckpointError("init_from_teacher needs the student's backbone to have the teacher's architecture")
+        with torch.no_grad():
+            for k, v in source.items():
+                student[k].copy_(v)
+        self.teacher_copied.fill_(True)
+
+    # --- losses ------------------------------------------------------------------------
+    def diagonal_target(self, model, xt, t, x1):
+        if self.diagonal_target_kind == "data":
+            return x1
+        teacher = self.teacher(model, xt.device)
+        with torch.no_grad():
+            return teacher.head.denoise(teacher.logits(xt, t, t)).float()  # D^teacher_t(x_t), (B, L, V)
+
+    def forward(self, model, x1):
+        self.teacher(model, x1.device)  # load (and copy into the student) before any loss is computed
+        return super().forward(model, x1)
+
+    def map_loss(self, model, x1):
+        teacher = self.teacher(model, x1.device)
+        pairs = self.pairs(model, x1.shape[0], x1.device)
+        xs = model.path.sample(x1, pairs.s, model.vocab_size)  # (B, L, V)
+        if self.target == "lagrangian":
+            residual = lagrangian_residual(model, xs, pairs.s, pairs.t, velocity_model=teacher)
+            per_token = (residual**2).sum(-1)  # (B, L)
+            weight = adaptive_weight(per_token) if self.adaptive else None
+            return {"map": weighted_mean(per_token, weight), "map_residual": per_token.mean()}
+        u = sample_middle(model.path, pairs, self.midpoint)
+        target = semigroup_target(model, xs, pairs.s, u, pairs.t, short_model=teacher, short_gap=self.teacher_gap)
+        return semigroup_loss(model, xs, pairs.s, pairs.t, target, self.adaptive)

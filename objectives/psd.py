@@ -1,0 +1,90 @@
+"""Progressive / semigroup self-distillation (PSD) in cross-entropy form, forward passes only."""
+
+from __future__ import annotations
+
+import torch
+
+from flowzoo.objectives._flowmap import (
+    MIDPOINTS,
+    FlowMapObjective,
+    adaptive_weight,
+    flow_map,
+    sample_middle,
+    semigroup_weight,
+    weighted_mean,
+)
+from flowzoo.paths.base import expand_time
+from flowzoo.registry import register
+
+
+def semigroup_target(model, xs, s, u, t, short_model=None, short_gap: float = 0.0) -> torch.Tensor:
+    """delta_target = gamma delta_{s,u}(x_s) + (1-gamma) delta_{u,t}(X_{s,u}(x_s)), gamma = (1-t)(u-s)/((1-u)(t-s)).
+
+    Evaluated without gradient. With ``short_model`` (a teacher flow), a piece shorter than ``short_gap``
+    in path time is read from its denoiser at the piece's start (delta_{a,b} ~ D_a for b - a small).
+    """
+    path = model.path
+
+    def piece(x, a, b):
+        delta = model.head.denoise(model.logits(x, b, a))
+        if short_model is not None and short_gap > 0:
+            short = (b - a) < short_gap
+            if short.any():
+                D = short_model.head.denoise(short_model.logits(x, a, a))
+                delta = torch.where(expand_time(short), D, delta)
+        return delta
+
+    with torch.no_grad():
+        d_su = piece(xs, s, u)
+        x_u = flow_map(path, xs, d_su, s, u)
+        d_ut = piece(x_u, u, t)
+        g = expand_time(semigroup_weight(s, u, t))
+        return g * d_su + (1 - g) * d_ut  # (B, L, V)
+
+
+def semigroup_loss(model, xs, s, t, target, adaptive: bool) -> dict[str, torch.Tensor]:
+    """loss_head(delta_{s,t}(x_s), target) per token (the CE(target || delta), or MSE for the Gaussian head)."""
+    logits = model.logits(xs, t, s)
+    per_token = model.head.loss(logits, target)  # (B, L)
+    out = {}
+    if model.head.on_simplex:  # KL = CE - H(target): zero exactly when the semigroup holds
+        entropy = -(target * target.clamp_min(1e-30).log()).sum(-1)
+        out["map_kl"] = (per_token - entropy).mean()
+    weight = None
+    if adaptive:
+        with torch.no_grad():
+            weight = adaptive_weight(((model.head.denoise(logits) - target) ** 2).sum(-1))
+    out["map"] = weighted_mean(per_token, weight)
+    return out
+
+
+@register("objective", "psd")
+class ProgressiveSelfDistillation(FlowMapObjective):
+    """Diagonal CE plus CE(sg[gamma delta_{s,u}(x_s) + (1-gamma) delta_{u,t}(X_{s,u}(x_s))] || delta_{s,t}(x_s)).
+
+    Defaults follow FMLM: half the batch on the diagonal, pairs d ~ U, s = U (1 - d), 1/32 of them
+    forced to (0, 1), u the midpoint in the path's uniform time (``midpoint="random"``: u ~ U[s, t]).
+    ``adaptive`` uses the detached weights (||q - p||^2 + c)^(-1/2) of Discrete Flow Maps.
+    """
+
+    def __init__(
+        self,
+        diagonal_share: float = 0.5,
+        pair_sampling: str = "fmlm",
+        boundary: float = 1 / 32,
+        time_sampling: str = "uniform",
+        map_weight: float = 1.0,
+        midpoint: str = "middle",
+        adaptive: bool = False,
+    ) -> None:
+        super().__init__(diagonal_share, pair_sampling, boundary, time_sampling, map_weight)
+        if midpoint not in MIDPOINTS:
+            raise ValueError(f"unknown midpoint {midpoint!r}; choices: {', '.join(MIDPOINTS)}")
+        self.midpoint, self.adaptive = midpoint, adaptive
+
+    def map_loss(self, model, x1):
+        pairs = self.pairs(model, x1.shape[0], x1.device)
+        u = sample_middle(model.path, pairs, self.midpoint)
+        xs = model.path.sample(x1, pairs.s, model.vocab_size)  # (B, L, V)
+        target = semigroup_target(model, xs, pairs.s, u, pairs.t)
+        return semigroup_loss(model, xs, pairs.s, pairs.t, target, self.adaptive)

@@ -1,0 +1,127 @@
+"""The exact denoiser / flow / flow map for a handful of fixed sequences, and samplers and losses run on it."""
+
+import pytest
+import torch
+
+from flowzoo.exact import ExactDenoiser, ExactFlowLM
+from flowzoo.objectives._flowmap import lagrangian_residual
+from flowzoo.objectives.lsd import LagrangianSelfDistillation
+from flowzoo.objectives.psd import ProgressiveSelfDistillation
+from flowzoo.samplers.euler import EulerSampler
+from flowzoo.samplers.flow_map import FlowMapSampler
+
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: a second thread only waits for the other core (the CI box has two, shared)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+V, L = 7, 5
+SEQS = torch.tensor([[0, 1, 2, 3, 4], [4, 3, 2, 1, 0], [5, 5, 6, 6, 5]])
+
+
+@pytest.fixture(scope="module")
+def exact():
+    return ExactDenoiser(SEQS, V, steps=100)
+
+
+def _times(B, v):
+    return torch.full((B,), float(v), dtype=torch.float64)
+
+
+def test_exact_denoiser_is_a_posterior_mean_of_the_sequences(exact):
+    torch.manual_seed(1)
+    x = torch.randn(4, L, V)
+    D = exact.denoise(x, _times(4, 0.3))
+    assert torch.allclose(D.sum(-1), torch.ones(4, L, dtype=torch.float64))
+    # near t = 1 a state close to a_k is denoised to a_k
+    a = torch.nn.functional.one_hot(SEQS[1], V).double()[None]
+    near = 0.98 * a + 0.02 * torch.randn(1, L, V)
+    assert torch.allclose(exact.denoise(near, _times(1, 0.98)), a, atol=1e-6)
+
+
+def test_exact_map_matches_fine_euler_integration(exact):
+    torch.manual_seed(2)
+    x = torch.randn(3, L, V).double()
+    s, t = 0.2, 0.7
+    X = exact.flow_map(x, _times(3, s), _times(3, t))
+    grid = torch.linspace(s, t, 4001, dtype=torch.float64)
+    y = x.clone()
+    for a, b in zip(grid[:-1], grid[1:]):
+        ta = a.expand(3)
+        y = y + (b - a) * (exact.denoise(y, ta) - y) / (1 - ta)[:, None, None]
+    assert (X - y).abs().max() < 1e-3
+
+
+def test_identity_on_the_diagonal_and_semigroup(exact):
+    torch.manual_seed(3)
+    B = 4
+    x = torch.randn(B, L, V).double()
+    for v in (0.0, 0.4, 1.0):
+        assert torch.equal(exact.flow_map(x, _times(B, v), _times(B, v)), x)  # X_{t,t} = x, including t = 1
+    for s, u, t in ((0.0, 0.3, 0.8), (0.1, 0.5, 1.0), (0.0, 0.9, 1.0)):
+        direct = exact.flow_map(x, _times(B, s), _times(B, t))
+        composed = exact.flow_map(exact.flow_map(x, _times(B, s), _times(B, u)), _times(B, u), _times(B, t))
+        assert (direct - composed).abs().max() < 1e-6
+    # the map to t = 1 lands on a vertex: one of the sequences
+    X1 = exact.flow_map(x, _times(B, 0.0), _times(B, 1.0))
+    assert torch.allclose(X1.max(-1).values, torch.ones(B, L, dtype=torch.float64))
+    assert all(any(torch.equal(row, seq) for seq in SEQS) for row in X1.argmax(-1))
+
+
+@pytest.fixture(scope="module")
+def model():
+    return ExactFlowLM(SEQS, V, steps=100)
+
+
+def _is_data(tokens):
+    return all(any(torch.equal(row, seq) for seq in SEQS) for row in tokens)
+
+
+def test_euler_with_the_exact_denoiser_reproduces_the_data(model):
+    out = EulerSampler(steps=64).sample(model, 16, L, generator=torch.Generator().manual_seed(0))
+    assert _is_data(out.tokens) and out.nfe == 64
+
+
+@pytest.mark.parametrize("steps", [1, 2, 4])
+def test_flow_map_with_the_exact_map_reproduces_the_data(model, steps):
+    out = FlowMapSampler(steps=steps).sample(model, 16, L, generator=torch.Generator().manual_seed(0))
+    assert _is_data(out.tokens) and out.nfe == steps
+    # and all sequences appear: the map is not collapsing onto one mode
+    assert len({tuple(r) for r in out.tokens.tolist()}) == len(SEQS)
+
+
+def test_one_step_map_agrees_with_many_step_euler(model):
+    g = torch.Generator().manual_seed(5)
+    noise = model.path.sample_prior(32, L, V, generator=g)
+    X1 = model.exact.flow_map(noise, _times(32, 0.0), _times(32, 1.0)).argmax(-1)
+    # Euler from the same noise
+    x = noise.double()
+    grid = torch.linspace(0, 0.999, 801, dtype=torch.float64)
+    for a, b in zip(grid[:-1], grid[1:]):
+        ta = a.expand(32)
+        x = x + (b - a) * (model.exact.denoise(x, ta) - x) / (1 - ta)[:, None, None]
+    assert (x.argmax(-1) == X1).float().mean() > 0.95
+
+
+def test_map_losses_vanish_at_the_exact_map(model):
+    torch.manual_seed(4)
+    x1 = SEQS[torch.randint(0, len(SEQS), (8,))]
+    psd = ProgressiveSelfDistillation(diagonal_share=0.0, boundary=0.25)(model, x1)
+    assert psd["map_kl"].abs() < 1e-4
+    lsd = LagrangianSelfDistillation(diagonal_share=0.0, boundary=0.25)(model, x1)
+    assert lsd["map"] < 1e-4
+    # a wrong map does not pass: the denoiser used as a map (delta_{s,t} = D_s) has a large residual
+    class Frozen(ExactFlowLM):
+        def logits(self, x, t, s=None):
+            return super().logits(x, t if s is None else s)
+
+    wrong = Frozen(SEQS, V, steps=50)
+    x = model.path.sample(x1, torch.full((8,), 0.3), V)
+    r = lagrangian_residual(wrong, x, torch.full((8,), 0.3), torch.full((8,), 0.9))
+    assert (r**2).sum(-1).mean() > 1e-2

@@ -1,0 +1,253 @@
+"""Flow maps: the map from the mean denoiser, the lsd / psd / distill objectives, the flow_map sampler, tau time."""
+
+import shutil
+
+import pytest
+import torch
+
+from flowzoo import registry
+from flowzoo.checkpoints import from_pretrained, save_pretrained
+from flowzoo.cli import main
+from flowzoo.module import FlowLM
+from flowzoo.objectives._flowmap import lagrangian_residual, map_weights, sample_pairs, semigroup_weight
+from flowzoo.objectives.psd import semigroup_loss, semigroup_target
+from flowzoo.paths import LinearPath
+from flowzoo.samplers.flow_map import FlowMapSampler
+
+V, L, B = 11, 6, 4
+TINY = {"name": "dit", "init_args": {"width": 32, "depth": 2, "heads": 2, "cond_dim": 16}}
+CORNERS = [(0.0, 0.0), (0.0, 1.0), (1.0, 1.0), (0.5, 1.0), (0.999999, 1.0), (0.3, 0.3), (0.2, 0.7)]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: a second thread only waits for the other core (the CI box has two, shared)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def small_model(**parts) -> FlowLM:
+    model = FlowLM(backbone=TINY, vocab_size=V, **parts)
+    with torch.no_grad():  # move off the zero initialisation so s and t both matter
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model
+
+
+def _corner_times():
+    s = torch.tensor([c[0] for c in CORNERS])
+    t = torch.tensor([c[1] for c in CORNERS])
+    return s, t
+
+
+# --- the map -------------------------------------------------------------------------------
+def test_map_weights_are_finite_convex_and_identity_on_the_diagonal():
+    s, t = _corner_times()
+    s.requires_grad_(True)
+    t.requires_grad_(True)
+    a, b = map_weights(s, t)
+    assert torch.allclose(a + b, torch.ones_like(a))
+    assert ((b >= 0) & (b <= 1)).all()
+    assert torch.equal(b[s == t], torch.zeros_like(b[s == t]))  # X_{t,t} = x, including s = t = 1
+    assert b[1] == 1 and b[3] == 1  # X_{s,1} = delta_{s,1}
+    (a.sum() + b.sum()).backward()
+    assert torch.isfinite(s.grad).all() and torch.isfinite(t.grad).all()
+
+
+def test_linear_path_flow_map_is_identity_at_one():
+    x, delta = torch.randn(1, L, V), torch.softmax(torch.randn(1, L, V), -1)
+    one = torch.ones(1)
+    assert torch.allclose(LinearPath().flow_map(x, delta, one, one), x)
+    assert torch.allclose(LinearPath().flow_map(x, delta, torch.zeros(1), one), delta)
+
+
+def test_semigroup_weight_matches_the_composition_of_two_maps():
+    """With delta_{s,u} and delta_{u,t} arbitrary, X_{u,t}(X_{s,u}) is the map with the gamma-mixed delta."""
+    s, u, t = torch.tensor([0.1, 0.0, 0.3]), torch.tensor([0.4, 0.5, 0.9]), torch.tensor([0.8, 1.0, 0.95])
+    path = LinearPath()
+    x = torch.randn(3, L, V)
+    d1, d2 = torch.softmax(torch.randn(3, L, V), -1), torch.softmax(torch.randn(3, L, V), -1)
+    composed = path.flow_map(path.flow_map(x, d1, s, u), d2, u, t)
+    g = semigroup_weight(s, u, t)[:, None, None]
+    assert torch.allclose(path.flow_map(x, g * d1 + (1 - g) * d2, s, t), composed, atol=1e-5)
+    # degenerate corners stay in [0, 1]
+    corners = semigroup_weight(torch.tensor([1.0, 0.0, 0.5]), torch.tensor([1.0, 1.0, 0.5]), torch.tensor([1.0, 1.0, 0.5]))
+    assert torch.isfinite(corners).all() and ((corners >= 0) & (corners <= 1)).all()
+
+
+def test_pair_sampling_orders_times_and_forces_the_boundary():
+    path = LinearPath()
+    pairs = sample_pairs(path, 4000, "fmlm", boundary=0.25)
+    assert (pairs.s <= pairs.t).all() and (pairs.s >= 0).all() and (pairs.t <= 1).all()
+    share = ((pairs.s == 0) & (pairs.t == 1)).float().mean()
+    assert 0.2 < share < 0.3
+    gaps = (pairs.t - pairs.s)[~((pairs.s == 0) & (pairs.t == 1))]
+    assert abs(gaps.mean().item() - 0.5) < 0.05  # d ~ U[0, 1]
+    with pytest.raises(ValueError, match="pair sampling"):
+        sample_pairs(path, 4, "sorted")
+
+
+# --- the losses ----------------------------------------------------------------------------
+@pytest.mark.parametrize("head", ["categorical", "gaussian"])
+def test_map_losses_are_finite_with_finite_gradients_at_every_corner(head):
+    model = small_model(head=head)
+    s, t = _corner_times()
+    x1 = torch.randint(0, V, (len(CORNERS), L))
+    xs = model.path.sample(x1, s, V)
+    r = lagrangian_residual(model, xs, s, t)
+    u = (s + t) / 2
+    target = semigroup_target(model, xs, s, u, t)
+    out = semigroup_loss(model, xs, s, t, target, adaptive=True)
+    loss = (r**2).sum(-1).mean() + out["map"]
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("objective", ["lsd", "psd"])
+def test_map_loss_trains_the_off_diagonal(objective):
+    """With no diagonal share the gradient reaches the (s, t) gap embedder: the map itself is trained."""
+    model = small_model(objective={"name": objective, "init_args": {"diagonal_share": 0.0}})
+    out = model.objective(model, torch.randint(0, V, (B, L)))
+    assert set(out) >= {"loss", "diag", "map"} and torch.isfinite(out["loss"])
+    out["loss"].backward()
+    assert model.backbone.gap_embed.mlp[-1].weight.grad.abs().sum() > 0
+
+
+def test_diagonal_share_one_is_plain_flow_matching():
+    model = small_model(objective={"name": "psd", "init_args": {"diagonal_share": 1.0}})
+    out = model.objective(model, torch.randint(0, V, (B, L)))
+    assert "map" not in out and torch.equal(out["loss"], out["diag"])
+
+
+def test_objectives_reject_bad_arguments():
+    with pytest.raises(ValueError, match="diagonal_share"):
+        registry.build("objective", {"name": "lsd", "init_args": {"diagonal_share": 1.5}})
+    with pytest.raises(ValueError, match="midpoint"):
+        registry.build("objective", {"name": "psd", "init_args": {"midpoint": "edge"}})
+    with pytest.raises(ValueError, match="target"):
+        registry.build("objective", {"name": "distill", "init_args": {"target": "velocity"}})
+
+
+# --- distillation ----------------------------------------------------------------------------
+def test_distilled_student_saves_without_the_teacher_and_reloads(tmp_path):
+    teacher = small_model()
+    save_pretrained(teacher, tmp_path / "teacher")
+    student = FlowLM(backbone=TINY, vocab_size=V, objective={"name": "distill", "init_args": {"teacher": str(tmp_path / "teacher")}})
+    x1 = torch.randint(0, V, (B, L))
+    out = student.objective(student, x1)
+    out["loss"].backward()
+    assert torch.isfinite(out["loss"]) and "map_kl" in out
+    # the student starts as the teacher's flow
+    x, t = torch.randn(2, L, V), torch.rand(2)
+    assert torch.allclose(student.logits(x, t), student.objective._teacher.logits(x, t), atol=1e-5)
+    keys = student.state_dict().keys()
+    assert not any("teacher" in k and k != "objective.teacher_copied" for k in keys)
+    save_pretrained(student, tmp_path / "student")
+    shutil.rmtree(tmp_path / "teacher")  # the student no longer needs its teacher
+    with torch.no_grad():
+        for p in student.backbone.parameters():
+            p.add_(0.01)  # pretend training moved it away from the teacher
+    save_pretrained(student, tmp_path / "student")
+    again = from_pretrained(tmp_path / "student")
+    assert bool(again.objective.teacher_copied)
+    assert torch.allclose(again.logits(x, t, t * 0), student.logits(x, t, t * 0), atol=1e-5)
+    # a reloaded student is never overwritten by its teacher again
+    again.objective.set_teacher(small_model())
+    before = again.logits(x, t).clone()
+    again.objective(again, x1)
+    assert torch.allclose(again.logits(x, t), before)
+
+
+def test_distill_lagrangian_target_uses_the_teacher_velocity():
+    teacher = small_model()
+    student = FlowLM(backbone=TINY, vocab_size=V, objective={"name": "distill", "init_args": {"target": "lagrangian", "diagonal_share": 0.0}})
+    student.objective.set_teacher(teacher)
+    out = student.objective(student, torch.randint(0, V, (B, L)))
+    assert torch.isfinite(out["loss"]) and out["map"] > 0
+    with pytest.raises(Exception, match="needs a teacher"):
+        FlowLM(backbone=TINY, vocab_size=V, objective="distill").objective(student, torch.randint(0, V, (B, L)))
+
+
+# --- the sampler -------------------------------------------------------------------------------
+class Counting:
+    """Wraps a model and counts network evaluations and the (s, t) they were asked for."""
+
+    def __init__(self, model):
+        self.model, self.calls = model, []
+        self.path, self.head, self.vocab_size, self.device = model.path, model.head, model.vocab_size, model.device
+
+    def logits(self, x, t, s=None):
+        self.calls.append((float(s[0]), float(t[0])))
+        return self.model.logits(x, t, s)
+
+
+def test_flow_map_sampler_steps_are_network_evaluations():
+    model = Counting(small_model())
+    out = FlowMapSampler(steps=1).sample(model, 3, L, generator=torch.Generator().manual_seed(0))
+    assert out.nfe == 1 and model.calls == [(0.0, 1.0)] and out.tokens.shape == (3, L)
+    model.calls.clear()
+    FlowMapSampler(times=[0.0, 0.25, 0.75, 1.0]).sample(model, 3, L)
+    assert model.calls == [(0.0, 0.25), (0.25, 0.75), (0.75, 1.0)]
+
+
+def test_flow_map_sampler_schedule_follows_the_path_time():
+    path = LinearPath(time="tau", vocab_size=V)
+    times = FlowMapSampler(steps=4).schedule(path)
+    assert times[0] == 0 and times[-1] == 1 and (times.diff() > 0).all()
+    assert torch.allclose(path.network_time(times), torch.linspace(0, 1, 5), atol=1e-5)  # uniform in tau
+
+
+def test_flow_map_sampler_churn_and_validation():
+    model = small_model()
+    a = model.generate(4, L, sampler={"name": "flow_map", "init_args": {"steps": 3}}, seed=0).tokens
+    b = model.generate(4, L, sampler={"name": "flow_map", "init_args": {"steps": 3, "gamma": 0.0}}, seed=0).tokens
+    c = model.generate(4, L, sampler={"name": "flow_map", "init_args": {"steps": 3, "gamma": 0.5}}, seed=0).tokens
+    assert torch.equal(a, b) and c.shape == a.shape
+    for bad in ({"times": [0.0, 0.5]}, {"times": [0.0, 0.6, 0.4, 1.0]}, {"steps": 0}, {"gamma": 2.0}):
+        with pytest.raises(ValueError):
+            FlowMapSampler(**bad)
+
+
+# --- tau time ------------------------------------------------------------------------------------
+def test_tau_time_is_the_argmax_probability_and_default_time_is_unchanged():
+    default = LinearPath()
+    u = torch.linspace(0, 1, 7)
+    assert torch.equal(default.time_from_uniform(u), u) and torch.equal(default.network_time(u), u)
+    model = FlowLM(backbone=TINY, vocab_size=V, path={"name": "linear", "init_args": {"time": "tau"}})
+    path = model.path
+    assert path.vocab_size == V  # bound by the model
+    t = path.time_from_uniform(u)
+    assert t[0] == 0 and t[-1] == 1 and (t.diff() > 0).all()
+    assert torch.allclose(path.network_time(t), u, atol=1e-5)
+    # Monte Carlo: P(argmax x_t = clean token), rescaled, at t = 0.5
+    g = torch.Generator().manual_seed(0)
+    x = 0.5 * torch.randn(20000, V, generator=g)
+    x[:, 0] += 0.5
+    mc = V / (V - 1) * ((x.argmax(-1) == 0).float().mean() - 1 / V)
+    assert abs(path.network_time(torch.tensor([0.5])).item() - mc.item()) < 0.02
+    with pytest.raises(ValueError, match="vocabulary size"):
+        LinearPath(time="tau").time_from_uniform(u)
+
+
+# --- the command line ------------------------------------------------------------------------------
+CLI_TINY = [
+    "--model.backbone.width=32", "--model.backbone.depth=1", "--model.backbone.heads=2", "--model.backbone.cond_dim=16",
+    "--data.num_train=64", "--data.num_val=16", "--data.seq_len=8", "--data.batch_size=16",
+    "--trainer.max_steps=2", "--trainer.limit_val_batches=1", "--trainer.enable_progress_bar=false", "--model.num_val_samples=4",
+]
+
+
+def test_fit_lsd_psd_and_distill_from_the_command_line(tmp_path):
+    for objective in ("lsd", "psd"):
+        root = tmp_path / objective
+        args = ["fit", *CLI_TINY, f"--trainer.default_root_dir={root}", f"--model.objective={objective}", "--model.sampler=flow_map"]
+        assert main(args) == 0
+    teacher = sorted((tmp_path / "psd").rglob("*.ckpt"))[-1]
+    root = tmp_path / "distill"
+    args = ["fit", *CLI_TINY, f"--trainer.default_root_dir={root}", "--model.objective=distill",
+            f"--model.objective.teacher={teacher}", "--model.sampler=flow_map", "--model.sampler.steps=2"]
+    assert main(args) == 0
+    assert sorted(root.rglob("*.ckpt"))
