@@ -59,12 +59,6 @@ def flow_map(path, x: torch.Tensor, prediction: torch.Tensor, s: torch.Tensor, t
     return x + expand_time(t - s) * path.velocity(x, prediction, s)
 
 
-def model_flow_map(model, x: torch.Tensor, s: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(X_{s,t}(x), delta_{s,t}(x)) from one network evaluation conditioned on (s, t)."""
-    delta = model.head.denoise(model.logits(x, t, s))
-    return flow_map(model.path, x, delta, s, t), delta
-
-
 @dataclass
 class Pairs:
     """Source and target path times (B,) for the off-diagonal samples, and the uniform times they came from."""
