@@ -38,6 +38,8 @@ def test_char_tokenizer_round_trip_and_save_load(tmp_path):
     tok.save(tmp_path)
     again = CharTokenizer.load(tmp_path)
     assert again.chars == tok.chars and again.encode("thy rose") == tok.encode("thy rose")
+    portable = tok.to_tokenizers()  # a tokenizers.Tokenizer with the same ids
+    assert portable.encode(text).ids == ids and portable.decode(ids) == text
     with pytest.raises(DataError, match="not in the tokenizer"):
         tok.encode("\u00e9")
 
@@ -60,6 +62,17 @@ def test_bpe_is_trained_saved_beside_the_data_and_reloaded(tmp_path, monkeypatch
     assert again.tokenizer.encode("Shall I compare thee") == data.tokenizer.encode("Shall I compare thee")
     hf = again.tokenizer.to_transformers()
     assert hf.decode(hf("thy beauty")["input_ids"]) == "thy beauty"
+
+
+@pytest.mark.parametrize("kind", ["char", "bpe"])
+def test_save_tokenizer_writes_a_portable_tokenizer_json(tmp_path, kind):
+    from tokenizers import Tokenizer
+
+    data = sonnets(tmp_path, tokenizer=kind, bpe_vocab_size=300)
+    assert data.save_tokenizer(tmp_path / "export") == ["tokenizer.json"]
+    portable = Tokenizer.from_file(str(tmp_path / "export" / "tokenizer.json"))
+    ids = data.splits["validation"][:2]["input_ids"]
+    assert [portable.decode(row.tolist()) for row in ids] == data.decode(ids)
 
 
 def test_unknown_tokenizer_lists_the_choices(tmp_path):

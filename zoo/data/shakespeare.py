@@ -282,6 +282,13 @@ class ShakespeareData(TokenDataModule):
         rows = tokens.tolist() if isinstance(tokens, torch.Tensor) else [list(r) for r in tokens]
         return [self.tokenizer.decode(row) for row in rows]
 
+    def save_tokenizer(self, directory) -> list[str]:
+        """Write the tokenizer as a ``tokenizers`` ``tokenizer.json`` (for checkpoints published without the corpus)."""
+        path = Path(directory) / "tokenizer.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.tokenizer.to_tokenizers().save(str(path))
+        return [path.name]
+
     @property
     def vocabulary(self) -> frozenset[str]:
         """The corpus's words (split on whitespace, punctuation stripped, lowercased)."""

@@ -89,6 +89,15 @@ class CharTokenizer:
         write_atomic(path, json.dumps({"type": "char", "chars": self.chars}, ensure_ascii=False))
         return path
 
+    def to_tokenizers(self):
+        """The same map as a ``tokenizers.Tokenizer`` (every character its own token, decoded by fusing)."""
+        from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+
+        tok = Tokenizer(models.WordLevel({c: i for i, c in enumerate(self.chars)}, unk_token=None))
+        tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+        tok.decoder = decoders.Fuse()
+        return tok
+
     @classmethod
     def load(cls, directory: str | os.PathLike) -> "CharTokenizer":
         path = Path(directory) / cls.file_name
@@ -155,6 +164,9 @@ class BPETokenizer:
             return cls(Tokenizer.from_file(str(path)))
         except Exception as err:  # tokenizers raises plain Exception on bad files
             raise DataError(f"cannot read the BPE tokenizer {path}: {err}") from None
+
+    def to_tokenizers(self):
+        return self.tokenizer
 
     def to_transformers(self, **special_tokens: str):
         """The same tokenizer as a ``transformers.PreTrainedTokenizerFast`` (e.g. to ``save_pretrained``)."""
