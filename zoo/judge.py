@@ -1,0 +1,222 @@
+"""Judges for generative perplexity, and ``flowzoo judge fit`` (train a flowzoo AR judge).
+
+A judge is a causal LM that scores token sequences: ``encode(texts)`` turns decoded samples
+into the judge's own ids, ``score(sequences)`` returns (sum of -log p(y_i | y_<i), number of
+scored tokens). A sequence longer than the judge's context is cut into pieces of ``context``
+tokens, each scored on its own; the first token of each piece has no context and is not scored
+(the protocol of MDLM/Duo's ``record_generative_perplexity``: no BOS is prepended).
+
+Two kinds: :class:`HFJudge` (any ``transformers`` causal LM by name or local path,
+``gpt2-large`` in the literature) and :class:`FlowzooJudge` (a flowzoo model trained with the
+``ar`` objective and a causal backbone, using the data module's tokenizer).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from flowzoo.errors import CheckpointError, DataError
+
+DEFAULT_BATCH_SIZE = 8
+
+
+def chunks(ids: Sequence[int], context: int) -> list[list[int]]:
+    """Consecutive pieces of at most ``context`` ids; pieces of one id (nothing to score) are dropped."""
+    if context < 2:
+        raise ValueError(f"a judge's context must be at least 2 tokens, got {context}")
+    ids = [int(i) for i in ids]
+    return [ids[i : i + context] for i in range(0, len(ids), context) if len(ids[i : i + context]) > 1]
+
+
+def pad_right(pieces: list[list[int]], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ids (B, L) padded with 0 on the right and the mask (B, L) of real positions."""
+    width = max(len(p) for p in pieces)
+    ids = torch.zeros(len(pieces), width, dtype=torch.long)
+    mask = torch.zeros(len(pieces), width, dtype=torch.long)
+    for row, piece in enumerate(pieces):
+        ids[row, : len(piece)] = torch.tensor(piece)
+        mask[row, : len(piece)] = 1
+    return ids.to(device), mask.to(device)
+
+
+def next_token_nll(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> tuple[float, int]:
+    """sum_i -log softmax(logits_{i-1})[y_i] over real positions i >= 1, and their number."""
+    nll = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), ids[:, 1:], reduction="none")  # (B, L-1)
+    scored = mask[:, 1:].bool()
+    return float(nll.double()[scored].sum()), int(scored.sum())
+
+
+class Judge:
+    """Scores sequences of its own token ids; see the module docstring for the protocol."""
+
+    context: int
+    batch_size: int = DEFAULT_BATCH_SIZE
+    name: str = "judge"
+
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        raise NotImplementedError
+
+    def piece_nll(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[float, int]:
+        raise NotImplementedError
+
+    @property
+    def device(self) -> torch.device:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def score(self, sequences: Sequence[Sequence[int]]) -> tuple[float, int]:
+        """(total NLL in nats, scored tokens) over all sequences, cut into pieces of ``context``."""
+        pieces = [p for seq in sequences for p in chunks(seq, self.context)]
+        total, count = 0.0, 0
+        for start in range(0, len(pieces), self.batch_size):
+            ids, mask = pad_right(pieces[start : start + self.batch_size], self.device)
+            nll, n = self.piece_nll(ids, mask)
+            total, count = total + nll, count + n
+        return total, count
+
+
+class HFJudge(Judge):
+    """A ``transformers`` causal LM and its tokenizer, by Hub name (``gpt2-large``) or local directory."""
+
+    def __init__(
+        self,
+        name_or_path: str,
+        device: str | torch.device = "cpu",
+        context: int | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+            self.model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype).eval().to(device)
+        except OSError as err:  # not on disk and not in the offline cache
+            raise CheckpointError(f"cannot load the judge {name_or_path!r} with transformers: {err}") from None
+        config = self.model.config
+        self.context = int(context or getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None) or 1024)
+        self.batch_size, self.name = batch_size, str(name_or_path)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        return [list(ids) for ids in self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+
+    def piece_nll(self, ids, mask):
+        logits = self.model(input_ids=ids, attention_mask=mask).logits  # (B, L, V)
+        return next_token_nll(logits, ids, mask)
+
+
+class FlowzooJudge(Judge):
+    """A flowzoo AR model (``ar`` objective, causal backbone) scoring ids of its data module's tokenizer."""
+
+    def __init__(self, model: Any, device: str | torch.device = "cpu", batch_size: int = DEFAULT_BATCH_SIZE, name: str = "flowzoo") -> None:
+        from flowzoo.checkpoints import load_checkpoint
+        from flowzoo.sampling import data_from_spec
+
+        if isinstance(model, (str, os.PathLike)):
+            name = str(model)
+            model = load_checkpoint(model)
+        if not getattr(model.backbone, "causal", False):
+            raise ValueError(f"judge {name!r} is not autoregressive: its backbone is not causal (train it with `flowzoo judge fit`)")
+        self.model = model.eval().to(device)
+        self.data = data_from_spec(model.data_spec)
+        self.context = self.data.seq_len if self.data is not None else 1024
+        self.batch_size, self.name = batch_size, name
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        tokenizer = getattr(self.data, "tokenizer", None)
+        if tokenizer is not None and hasattr(tokenizer, "encode"):
+            return [list(tokenizer.encode(t)) for t in texts]
+        chain = getattr(self.data, "chain", None)
+        if chain is not None:  # markov: words separated by spaces
+            index = {w: i for i, w in enumerate(chain.words)}
+            try:
+                return [[index[w] for w in t.split()] for t in texts]
+            except KeyError as err:
+                raise DataError(f"word {err.args[0]!r} is not in the judge's Markov vocabulary") from None
+        raise DataError(f"judge {self.name!r}: its data module {type(self.data).__name__} has no tokenizer to encode text with")
+
+    def piece_nll(self, ids, mask):
+        custom = getattr(self.model.objective, "sequence_nll", None)  # an AR objective may define its own shift
+        if custom is not None:
+            nll = custom(self.model, ids)  # (B, L-1): -log p(y_i | y_<i) for i >= 1
+            scored = mask[:, 1:].bool()
+            return float(nll.double()[scored].sum()), int(scored.sum())
+        return next_token_nll(self.model.logits(ids, None), ids, mask)
+
+
+def is_flowzoo_checkpoint(path: str | os.PathLike) -> bool:
+    p = Path(path)
+    if p.is_file():
+        return p.suffix == ".ckpt"
+    config = p / "config.json"
+    return config.is_file() and "flowzoo_version" in config.read_text()
+
+
+def load_judge(spec: "str | os.PathLike | Judge", device: str | torch.device = "cpu", **kwargs: Any) -> Judge:
+    """A judge from a flowzoo checkpoint (.ckpt or save_pretrained dir) or a ``transformers`` name/path."""
+    if isinstance(spec, Judge):
+        return spec
+    if is_flowzoo_checkpoint(spec):
+        kwargs.pop("context", None)
+        kwargs.pop("dtype", None)
+        return FlowzooJudge(spec, device=device, **kwargs)
+    return HFJudge(str(spec), device=device, **kwargs)
+
+
+# --- flowzoo judge fit ----------------------------------------------------------------------
+
+AR_FLAGS = ("--model.objective=ar", "--model.sampler=ar", "--model.backbone.init_args.causal=true")
+JUDGE_CONFIGS = {"markov": "configs/judge_markov.yaml", "shakespeare": "configs/judge_shakespeare.yaml"}
+
+
+def judge_fit_args(argv: Sequence[str]) -> list[str]:
+    """``flowzoo fit`` arguments for a judge: the config file(s), then the AR objective and sampler, a causal
+    backbone and a callback writing ``save_pretrained`` to ``<default_root_dir>/pretrained`` at the end of
+    training, then the user's own flags (which override all of these)."""
+    configs, rest, i = [], [], 0
+    argv = list(argv)
+    while i < len(argv):
+        if argv[i] == "--config" and i + 1 < len(argv):
+            configs += argv[i : i + 2]
+            i += 2
+            continue
+        (configs if argv[i].startswith("--config=") else rest).append(argv[i])
+        i += 1
+    if not configs:
+        raise ValueError(f"flowzoo judge fit needs --config (e.g. {JUDGE_CONFIGS['shakespeare']})")
+    return ["fit", *configs, *AR_FLAGS, "--trainer.callbacks+=flowzoo.judge.SavePretrained", *rest]
+
+
+try:  # the callback is only needed where Lightning is (always, in flowzoo)
+    from lightning.pytorch.callbacks import Callback
+except ImportError:  # pragma: no cover
+    Callback = object  # type: ignore[misc,assignment]
+
+
+class SavePretrained(Callback):
+    """At the end of ``fit``, write the model with ``save_pretrained`` (config.json + model.safetensors)."""
+
+    def __init__(self, directory: str | None = None) -> None:
+        self.directory = directory
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        from flowzoo.checkpoints.pretrained import save_pretrained
+
+        if trainer.is_global_zero:
+            directory = self.directory or os.path.join(trainer.default_root_dir, "pretrained")
+            save_pretrained(pl_module, directory)
+            print(f"flowzoo judge: saved {directory}")
