@@ -1,9 +1,15 @@
-"""save_pretrained / from_pretrained: ``config.json`` + ``model.safetensors`` in a directory."""
+"""save_pretrained / from_pretrained: ``config.json`` + ``model.safetensors`` (+ tokenizer, model card).
+
+``from_pretrained`` takes a local directory or a Hugging Face Hub repo id (``org/name``, optional
+``revision``); repo ids go through ``huggingface_hub.snapshot_download``, so the standard cache
+(``HF_HOME``/``HF_HUB_CACHE``) and ``HF_HUB_OFFLINE`` apply. Only safetensors are ever read.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +22,15 @@ from flowzoo.errors import CheckpointError, FlowzooError
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+CARD_NAME = "README.md"
+# what a Hub download fetches: never pickles (*.bin, *.pt, *.ckpt), whatever the repo also holds
+HUB_FILES = [CONFIG_NAME, WEIGHTS_NAME, CARD_NAME, "tokenizer*", "special_tokens_map.json", "vocab.*", "merges.txt"]
+# config keys that describe the model's history, not its construction (kept in hub_metadata)
+METADATA_KEYS = ("training", "metrics")
 
 
 def _major_minor(version: str) -> tuple[int, int]:
-    parts = version.split(".")
+    parts = str(version).split(".")
     try:
         return int(parts[0]), int(parts[1])
     except (IndexError, ValueError):
@@ -31,21 +42,26 @@ def check_version(config: dict[str, Any]) -> None:
     written = config.get("flowzoo_version")
     if written is None:
         raise CheckpointError("the checkpoint config has no flowzoo_version: it was not written by flowzoo")
-    if _major_minor(written) > _major_minor(flowzoo.__version__) or _major_minor(written)[0] != _major_minor(flowzoo.__version__)[0]:
+    ours = _major_minor(flowzoo.__version__)
+    if _major_minor(written) > ours or _major_minor(written)[0] != ours[0]:
         raise CheckpointError(
             f"the checkpoint was written by flowzoo {written}, which this flowzoo {flowzoo.__version__} cannot read; upgrade flowzoo"
         )
 
 
-def build_model(config: dict[str, Any]):
+def build_model(config: dict[str, Any], model_class=None):
     """Rebuild a FlowLM from its config; unknown components and bad arguments become CheckpointError."""
     from flowzoo.module import FlowLM
 
+    if not isinstance(config, dict):
+        raise CheckpointError(f"the checkpoint config must be a JSON object, got {type(config).__name__}")
     check_version(config)
     try:
-        return FlowLM.from_config(config)
+        model = (model_class or FlowLM).from_config(config)
     except (FlowzooError, KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"cannot rebuild the model from its config: {err}") from None
+    model.hub_metadata = {k: config[k] for k in METADATA_KEYS if config.get(k)}
+    return model
 
 
 def load_state(model, state: dict[str, torch.Tensor], source: str) -> None:
@@ -66,49 +82,193 @@ def load_state(model, state: dict[str, torch.Tensor], source: str) -> None:
     model.load_state_dict(state, strict=True)
 
 
-def save_pretrained(model, directory: str | os.PathLike) -> Path:
-    """Write ``config.json`` (component names and arguments, flowzoo version) and ``model.safetensors``."""
+# --- saving ---------------------------------------------------------------------------
+def training_metadata(model) -> dict[str, Any]:
+    """``hub_metadata`` of the model (training steps, benchmark figures), steps refreshed from a live trainer."""
+    metadata = {k: dict(v) for k, v in (getattr(model, "hub_metadata", None) or {}).items()}
+    trainer = getattr(model, "_trainer", None)
+    if trainer is not None:
+        metadata["training"] = {"global_step": int(trainer.global_step), "epoch": int(trainer.current_epoch)}
+    return metadata
+
+
+def full_config(model) -> dict[str, Any]:
+    """``model.config()`` plus its metadata (``training``, ``metrics``): what ``config.json`` holds."""
+    config = model.config()
+    config.update({k: v for k, v in training_metadata(model).items() if v})
+    return config
+
+
+def _datamodule_of(model):
+    """The live data module of the model's trainer, else one rebuilt from ``data_spec``, else None."""
+    from flowzoo import registry
+
+    trainer = getattr(model, "_trainer", None)
+    if trainer is not None and getattr(trainer, "datamodule", None) is not None:
+        return trainer.datamodule
+    spec = getattr(model, "data_spec", None)
+    if not spec:
+        return None
+    try:
+        return registry.build("data", spec)
+    except (FlowzooError, TypeError, ValueError, OSError):
+        return None  # unknown or unbuildable here: the model is saved without tokenizer files
+
+
+def save_pretrained(
+    model,
+    directory: str | os.PathLike,
+    *,
+    datamodule=None,
+    card: bool = True,
+    model_name: str | None = None,
+) -> Path:
+    """Write ``model.safetensors``, ``config.json`` (components, arguments, version, training metadata),
+    the data module's tokenizer files and a ``README.md`` model card into ``directory``."""
+    from flowzoo.checkpoints.card import model_card
+    from flowzoo.checkpoints.tokenizer import TOKENIZER_NAME, save_tokenizer
+
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, directory / WEIGHTS_NAME, metadata={"format": "pt", "flowzoo_version": flowzoo.__version__})
-    (directory / CONFIG_NAME).write_text(json.dumps(model.config(), indent=2, sort_keys=True))
+    partial = directory / (WEIGHTS_NAME + ".partial")  # a crash never leaves a truncated model.safetensors
+    save_file(state, partial, metadata={"format": "pt", "flowzoo_version": flowzoo.__version__})
+    os.replace(partial, directory / WEIGHTS_NAME)
+    datamodule = datamodule if datamodule is not None else _datamodule_of(model)
+    (directory / TOKENIZER_NAME).unlink(missing_ok=True)  # no stale tokenizer of another model
+    tokenizer_files = []
+    if datamodule is not None:
+        try:
+            tokenizer_files = save_tokenizer(datamodule, directory)
+        except (FlowzooError, OSError) as err:  # e.g. a Hub tokenizer that cannot be fetched offline
+            warnings.warn(f"saving {directory} without tokenizer files: {err}", stacklevel=2)
+    config = full_config(model)
+    (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True))
+    if card:
+        files = [CONFIG_NAME, WEIGHTS_NAME, CARD_NAME, *tokenizer_files]
+        model_card(config, model_name or directory.resolve().name, files).save(directory / CARD_NAME)
     return directory
 
 
-def from_pretrained(directory: str | os.PathLike, map_location: str = "cpu"):
-    """Rebuild a model from a directory written by :func:`save_pretrained` (safetensors only, never pickle)."""
-    directory = Path(directory)
+# --- loading --------------------------------------------------------------------------
+def resolve(
+    name_or_path: str | os.PathLike,
+    *,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    force_download: bool = False,
+    token: str | bool | None = None,
+    local_files_only: bool = False,
+) -> Path:
+    """A local directory as is; a Hub repo id as its snapshot folder in the Hugging Face cache
+    (downloaded if missing and HF_HUB_OFFLINE is not set)."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, HfHubHTTPError, IncompleteSnapshotError, LocalEntryNotFoundError
+    from huggingface_hub.utils import validate_repo_id
+
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise CheckpointError(f"{path} is a file: from_pretrained takes a save_pretrained directory or a Hub repo id (load a Lightning .ckpt with load_checkpoint)")
+    repo_id = str(name_or_path)
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        raise CheckpointError(f"{repo_id!r} is neither a local directory nor a Hub repo id (org/name)") from None
+    where = f"Hub repo {repo_id!r}" + (f" at revision {revision!r}" if revision else "")
+    try:
+        folder = snapshot_download(
+            repo_id,
+            revision=revision,
+            cache_dir=cache_dir,
+            force_download=force_download,
+            token=token,
+            local_files_only=local_files_only,
+            allow_patterns=HUB_FILES,
+            library_name="flowzoo",
+            library_version=flowzoo.__version__,
+        )
+    except LocalEntryNotFoundError:
+        from huggingface_hub import constants
+
+        raise CheckpointError(
+            f"no local directory {repo_id!r}, and the {where} is not in the Hugging Face cache "
+            f"({cache_dir or constants.HF_HUB_CACHE}) while downloads are off (HF_HUB_OFFLINE=1 or local_files_only); "
+            "download it once with network access, or pass a directory"
+        ) from None
+    except (HfHubHTTPError, IncompleteSnapshotError) as err:
+        raise CheckpointError(f"cannot fetch the {where}: {type(err).__name__}: {str(err).splitlines()[0]}") from None
+    return Path(folder)
+
+
+def load_directory(directory: Path, map_location: str = "cpu", model_class=None):
+    """Rebuild a model from a save_pretrained directory: refused whole unless config and weights agree."""
+    from flowzoo.checkpoints.tokenizer import load_tokenizer
+
     config_file, weights_file = directory / CONFIG_NAME, directory / WEIGHTS_NAME
     for f in (config_file, weights_file):
         if not f.is_file():
             raise CheckpointError(f"{f} is missing: not a flowzoo model directory")
     try:
         config = json.loads(config_file.read_text())
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CheckpointError(f"{config_file} is not valid JSON: {err}") from None
-    model = build_model(config)
+    model = build_model(config, model_class)
     try:
         state = load_file(weights_file, device=map_location)
     except (SafetensorError, OSError, RuntimeError) as err:
         raise CheckpointError(f"{weights_file} is corrupt or truncated: {err}") from None
     load_state(model, state, str(weights_file))
+    model.tokenizer = load_tokenizer(directory)
     return model.eval()
 
 
+def from_pretrained(
+    name_or_path: str | os.PathLike,
+    map_location: str = "cpu",
+    *,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    force_download: bool = False,
+    token: str | bool | None = None,
+    local_files_only: bool = False,
+    model_class=None,
+):
+    """A model from a save_pretrained directory or a Hub repo id (safetensors only, never pickle).
+
+    The model carries ``tokenizer`` (a ``tokenizers.Tokenizer`` or None) and ``hub_metadata``.
+    """
+    if revision is not None and Path(name_or_path).expanduser().is_dir():
+        raise CheckpointError(f"revision={revision!r} applies to Hub repo ids, but {name_or_path} is a local directory")
+    directory = resolve(
+        name_or_path,
+        revision=revision,
+        cache_dir=cache_dir,
+        force_download=force_download,
+        token=token,
+        local_files_only=local_files_only,
+    )
+    return load_directory(directory, map_location, model_class)
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu"):
-    """A model from a Lightning ``.ckpt`` (written by ``flowzoo fit``) or a save_pretrained directory."""
-    path = Path(path)
+    """A model from a Lightning ``.ckpt`` (written by ``flowzoo fit``), a save_pretrained directory, or a Hub repo id."""
+    text, path = str(path), Path(path)
     if path.is_dir():
         return from_pretrained(path, map_location)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+    if not path.exists():
+        if path.suffix in (".ckpt", ".pt", ".pth", ".safetensors") or text.startswith((".", "/", "~")):
+            raise CheckpointError(f"checkpoint {path} does not exist")
+        return from_pretrained(text, map_location)  # a Hub repo id
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # truncated zip, pickle refused, ...
         raise CheckpointError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}") from None
-    if "flowzoo" not in ckpt or "state_dict" not in ckpt:
+    if not isinstance(ckpt, dict) or "flowzoo" not in ckpt or "state_dict" not in ckpt:
         raise CheckpointError(f"{path} is not a flowzoo Lightning checkpoint (no 'flowzoo' config)")
     model = build_model(ckpt["flowzoo"])
     load_state(model, ckpt["state_dict"], str(path))
+    if "global_step" in ckpt:
+        model.hub_metadata["training"] = {"global_step": int(ckpt["global_step"]), "epoch": int(ckpt.get("epoch", 0))}
     return model.eval()

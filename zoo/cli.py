@@ -1,4 +1,4 @@
-"""The ``flowzoo`` command: LightningCLI (fit/validate/test/predict) plus ``sample`` and ``list``.
+"""The ``flowzoo`` command: LightningCLI (fit/validate/test/predict) plus ``sample``, ``publish`` and ``list``.
 
 Components are chosen by short registry names, ``--model.path=linear``; the names are
 expanded to class paths for jsonargparse before parsing, so ``--model.sampler.steps=64``
@@ -73,7 +73,7 @@ _MODEL_DEFAULTS = {"backbone": "dit", "path": "linear", "head": "categorical", "
 
 def sample_main(argv: Sequence[str]) -> None:
     parser = argparse.ArgumentParser(prog="flowzoo sample", description="Sample text from a trained flowzoo model.")
-    parser.add_argument("--checkpoint", "--model", dest="checkpoint", required=True, help="Lightning .ckpt, or a save_pretrained directory")
+    parser.add_argument("--checkpoint", "--model", dest="checkpoint", required=True, help="Lightning .ckpt, save_pretrained directory, or Hub repo id (org/name)")
     parser.add_argument("--sampler", help="registered sampler name (default: the model's own)")
     parser.add_argument("--steps", type=int, help="sampler steps (NFE for euler and flow_map)")
     parser.add_argument("--decode", choices=("argmax", "sample"), help="decoding of the final prediction")
@@ -98,6 +98,52 @@ def sample_main(argv: Sequence[str]) -> None:
     print(json.dumps({k: v for k, v in result.items() if k != "texts"}, indent=2))
 
 
+def publish_main(argv: Sequence[str]) -> None:
+    parser = argparse.ArgumentParser(
+        prog="flowzoo publish",
+        description="Upload a trained flowzoo model to the Hugging Face Hub: model.safetensors, config.json, tokenizer files, README.md model card.",
+    )
+    parser.add_argument("--checkpoint", "--model", dest="checkpoint", required=True, help="Lightning .ckpt, save_pretrained directory, or Hub repo id")
+    parser.add_argument("--repo-id", required=True, help="target Hub repo, org/name (created if missing)")
+    parser.add_argument("--private", action="store_true", help="create the repo private")
+    parser.add_argument("--branch", help="push to this branch (default: main)")
+    parser.add_argument("--commit-message", default="Upload flowzoo model")
+    parser.add_argument("--token", help="Hub token (default: HF_TOKEN or the token saved by `hf auth login`)")
+    parser.add_argument("--eval-samples", type=int, default=64, help="measure the card's benchmark figures on this many samples of the model's sampler (0: skip)")
+    parser.add_argument("--metrics", help="JSON file of further benchmark figures for the model card")
+    parser.add_argument("--output-dir", help="only write the folder that would be uploaded here; no upload")
+    args = parser.parse_args(argv)
+
+    from flowzoo.checkpoints.publish import publish
+
+    result = publish(
+        args.checkpoint,
+        args.repo_id,
+        private=args.private,
+        branch=args.branch,
+        commit_message=args.commit_message,
+        token=args.token,
+        eval_samples=args.eval_samples,
+        metrics_file=args.metrics,
+        output_dir=args.output_dir,
+    )
+    print(json.dumps(result, indent=2))
+
+
+def benchmark_main(argv: Sequence[str]) -> None:
+    """``flowzoo benchmark --config benchmarks/<name>.yaml``: see flowzoo.benchmark."""
+    from flowzoo.benchmark import benchmark_main as run_benchmark
+
+    run_benchmark(list(argv))
+
+
+def judge_main(argv: Sequence[str]) -> None:
+    """``flowzoo judge fit --config configs/judge_<data>.yaml``: see flowzoo.judge."""
+    from flowzoo.judge import judge_main as run_judge
+
+    run_judge(list(argv))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -105,6 +151,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(registry.describe())
         elif argv and argv[0] == "sample":
             sample_main(argv[1:])
+        elif argv and argv[0] == "benchmark":
+            benchmark_main(argv[1:])
+        elif argv and argv[0] == "judge":
+            judge_main(argv[1:])
+        elif argv and argv[0] == "publish":
+            publish_main(argv[1:])
         else:
             lightning_main(argv)
     except FlowzooError as err:

@@ -12,6 +12,7 @@ import torch
 import flowzoo
 from flowzoo import registry
 from flowzoo.backbones.base import Backbone
+from flowzoo.checkpoints.hub import FlowzooHubMixin
 from flowzoo.heads.base import Head
 from flowzoo.objectives.base import Objective
 from flowzoo.paths.base import ProbabilityPath
@@ -34,11 +35,12 @@ def lr_factor(step: int, warmup: int, total: float, schedule: str, floor: float)
 DEFAULTS = {"backbone": "dit", "path": "linear", "head": "categorical", "objective": "flow_matching", "sampler": "euler"}
 
 
-class FlowLM(L.LightningModule):
+class FlowLM(L.LightningModule, FlowzooHubMixin):
     """A language model assembled from registered components; every method of flowzoo is one of these.
 
     ``denoise(x, t, s)`` is the head's prediction from the backbone conditioned on (s, t): the
     denoiser D_t when s = t (or s is None), the mean denoiser delta_{s,t} otherwise.
+    ``save_pretrained``/``from_pretrained``/``push_to_hub`` come from FlowzooHubMixin (flowzoo.checkpoints).
     """
 
     def __init__(

@@ -1,0 +1,120 @@
+"""The model card (README.md) of a saved or published flowzoo model, through ``huggingface_hub.ModelCard``.
+
+Metadata: ``library_name: flowzoo``, tags naming the method and its components, the data set
+(a Hub data set id when the data module names one), training steps, and benchmark figures
+(``model-index`` eval results) when the model carries them in ``hub_metadata["metrics"]``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+COMPONENT_KINDS = ("backbone", "path", "head", "objective", "sampler")
+# objective name -> the family tag a Hub user searches for
+FAMILY = {
+    "flow_matching": "flow-matching",
+    "lsd": "flow-map",
+    "psd": "flow-map",
+    "distill": "flow-map",
+    "mdlm": "masked-diffusion",
+    "ar": "autoregressive",
+}
+# init_args keys of a data module that name a Hub data set
+DATASET_KEYS = ("dataset", "dataset_id", "dataset_name", "hf_dataset", "path")
+
+
+def dataset_id(data: dict[str, Any] | None) -> str | None:
+    """The Hub data set id a data spec names (``{"init_args": {"dataset": "org/name"}}``), else None."""
+    args = (data or {}).get("init_args") or {}
+    for key in DATASET_KEYS:
+        value = args.get(key)
+        if isinstance(value, str) and value and not value.startswith((".", "/", "~")) and value.count("/") <= 1:
+            return value
+    return None
+
+
+def tags(config: dict[str, Any]) -> list[str]:
+    objective = (config.get("objective") or {}).get("name", "")
+    out = {"flowzoo", "text-generation", FAMILY.get(objective, objective.replace("_", "-"))}
+    out |= {f"flowzoo-{kind}-{config[kind]['name']}".replace("_", "-") for kind in COMPONENT_KINDS if config.get(kind)}
+    data = config.get("data") or {}
+    if data.get("name"):
+        out.add(f"flowzoo-data-{data['name']}".replace("_", "-"))
+    return sorted(t for t in out if t)
+
+
+def _number(value: Any) -> Any:
+    return round(value, 4) if isinstance(value, float) else value
+
+
+def card_data(config: dict[str, Any], model_name: str) -> ModelCardData:
+    data = config.get("data") or {}
+    dataset = dataset_id(data)
+    metrics = (config.get("metrics") or {})
+    figures = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    eval_results = [
+        EvalResult(
+            task_type="text-generation",
+            dataset_type=dataset or f"flowzoo/{data.get('name', 'unknown')}",
+            dataset_name=dataset or f"flowzoo {data.get('name', 'unknown')} data",
+            metric_type=name,
+            metric_value=_number(value),
+        )
+        for name, value in sorted(figures.items())
+    ]
+    training = config.get("training") or {}
+    return ModelCardData(
+        library_name="flowzoo",
+        license="apache-2.0",
+        pipeline_tag="text-generation",
+        tags=tags(config),
+        datasets=[dataset] if dataset else None,
+        model_name=model_name,
+        eval_results=eval_results or None,
+        training_steps=training.get("global_step"),
+        flowzoo_version=config.get("flowzoo_version"),
+    )
+
+
+def _table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def body(config: dict[str, Any], model_name: str, files: list[str]) -> str:
+    data = config.get("data") or {}
+    training = config.get("training") or {}
+    metrics = config.get("metrics") or {}
+    objective = (config.get("objective") or {}).get("name", "?")
+    components = _table(
+        [(kind, f"`{config[kind]['name']}`", f"`{json.dumps(config[kind].get('init_args', {}), sort_keys=True)}`") for kind in COMPONENT_KINDS if config.get(kind)],
+        ("component", "name", "arguments"),
+    )
+    parts = [
+        f"# {model_name}",
+        f"A [flowzoo](https://pypi.org/project/flowzoo/) language model: objective `{objective}` "
+        f"({FAMILY.get(objective, objective)}), vocabulary of {config.get('vocab_size')} tokens, flowzoo {config.get('flowzoo_version')}.",
+        "## Use",
+        "```python\nfrom flowzoo.sampling import sample_from_checkpoint\n"
+        f'print("\\n".join(sample_from_checkpoint("{model_name}", num_samples=8)["texts"]))\n```',
+        f"```bash\nflowzoo sample --model {model_name} --num-samples 8\n```",
+        "## Components",
+        components,
+        "## Training",
+        f"- data: `{data.get('name', 'unknown')}` `{json.dumps(data.get('init_args', {}), sort_keys=True)}`" if data else "- data: not recorded",
+        f"- training steps: {training.get('global_step', 'unknown')}" + (f", epochs: {training['epoch']}" if "epoch" in training else ""),
+    ]
+    if metrics:
+        parts += ["## Benchmark", _table([(k, str(_number(v))) for k, v in sorted(metrics.items())], ("figure", "value"))]
+    parts += ["## Files", "\n".join(f"- `{f}`" for f in sorted(files))]
+    return "\n\n".join(parts) + "\n"
+
+
+def model_card(config: dict[str, Any], model_name: str, files: list[str]) -> ModelCard:
+    """A ModelCard whose YAML header is :func:`card_data` and whose text describes the model."""
+    header = card_data(config, model_name).to_yaml()
+    return ModelCard(f"---\n{header}\n---\n\n{body(config, model_name, files)}")

@@ -1,0 +1,78 @@
+"""``flowzoo publish``: a trained model (Lightning .ckpt, directory or repo id) to a Hub repo, with its card figures."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from flowzoo.errors import CheckpointError
+
+
+def measure(model, num_samples: int, seed: int = 0) -> dict[str, Any]:
+    """Benchmark figures of the model's own sampler: its data module's sample metrics, NFE, sample count."""
+    from flowzoo import registry
+    from flowzoo.sampling import data_from_spec
+
+    data = data_from_spec(model.data_spec)
+    if data is None or num_samples <= 0:
+        return {}
+    out = model.generate(num_samples, data.seq_len, seed=seed)
+    figures = {k: float(v) for k, v in data.evaluate_samples(out.tokens).items()}
+    spec = registry.spec(model.sampler)
+    args = ", ".join(f"{k}={v}" for k, v in sorted(spec["init_args"].items()))
+    return {**figures, "nfe": int(out.nfe), "num_samples": num_samples, "seed": seed, "sampler": f"{spec['name']}({args})"}
+
+
+def read_metrics(path: str | os.PathLike) -> dict[str, Any]:
+    try:
+        metrics = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"cannot read benchmark figures from {path}: {err}") from None
+    if not isinstance(metrics, dict):
+        raise CheckpointError(f"{path} must hold a JSON object of figures, e.g. {{\"valid_transitions\": 0.98}}")
+    return metrics
+
+
+def prepare(checkpoint: str, eval_samples: int = 0, metrics_file: str | None = None, seed: int = 0):
+    """Load ``checkpoint`` and attach its benchmark figures (measured now and/or read from ``metrics_file``)."""
+    from flowzoo.checkpoints.pretrained import load_checkpoint
+
+    model = load_checkpoint(checkpoint)
+    figures = dict((model.hub_metadata or {}).get("metrics") or {})
+    if eval_samples > 0:
+        figures.update(measure(model, eval_samples, seed))
+    if metrics_file:
+        figures.update(read_metrics(metrics_file))
+    if figures:
+        model.hub_metadata["metrics"] = figures
+    return model
+
+
+def publish(
+    checkpoint: str,
+    repo_id: str,
+    *,
+    private: bool = False,
+    branch: str | None = None,
+    commit_message: str = "Upload flowzoo model",
+    token: str | None = None,
+    eval_samples: int = 0,
+    metrics_file: str | None = None,
+    output_dir: str | None = None,
+) -> dict[str, Any]:
+    """Push the model to ``repo_id`` (or, with ``output_dir``, only write the folder that would be uploaded)."""
+    model = prepare(checkpoint, eval_samples, metrics_file)
+    if output_dir is not None:
+        model.save_pretrained(output_dir, model_card_kwargs={"model_name": repo_id})
+        return {"repo_id": repo_id, "saved": str(output_dir), "files": sorted(os.listdir(output_dir)), "uploaded": False}
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalTokenNotFoundError, OfflineModeIsEnabled
+
+    try:
+        url = model.push_to_hub(repo_id, private=private, branch=branch, commit_message=commit_message, token=token)
+    except OfflineModeIsEnabled:
+        raise CheckpointError(f"cannot upload to {repo_id}: HF_HUB_OFFLINE is set; unset it (or use --output-dir to only write the folder)") from None
+    except (HfHubHTTPError, HFValidationError, LocalTokenNotFoundError) as err:
+        raise CheckpointError(f"upload to {repo_id} failed: {type(err).__name__}: {str(err).splitlines()[0]}") from None
+    return {"repo_id": repo_id, "commit": str(url), "uploaded": True}
