@@ -20,9 +20,13 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
-from flowzoo.errors import CheckpointError, DataError
+from flowzoo.errors import CheckpointError, DataError, FlowzooError
 
 DEFAULT_BATCH_SIZE = 8
+
+
+class JudgeError(FlowzooError, ValueError):
+    """A judge that cannot score, or a judge run that cannot start."""
 
 
 def chunks(ids: Sequence[int], context: int) -> list[list[int]]:
@@ -126,7 +130,7 @@ class FlowzooJudge(Judge):
             name = str(model)
             model = load_checkpoint(model)
         if not getattr(model.backbone, "causal", False):
-            raise ValueError(f"judge {name!r} is not autoregressive: its backbone is not causal (train it with `flowzoo judge fit`)")
+            raise JudgeError(f"judge {name!r} is not autoregressive: its backbone is not causal (train it with `flowzoo judge fit`)")
         self.model = model.eval().to(device)
         self.data = data_from_spec(model.data_spec)
         self.context = self.data.seq_len if self.data is not None else 1024
@@ -197,7 +201,7 @@ def judge_fit_args(argv: Sequence[str]) -> list[str]:
         (configs if argv[i].startswith("--config=") else rest).append(argv[i])
         i += 1
     if not configs:
-        raise ValueError(f"flowzoo judge fit needs --config (e.g. {JUDGE_CONFIGS['shakespeare']})")
+        raise JudgeError(f"flowzoo judge fit needs --config (e.g. {JUDGE_CONFIGS['shakespeare']})")
     return ["fit", *configs, *AR_FLAGS, "--trainer.callbacks+=flowzoo.judge.SavePretrained", *rest]
 
 
@@ -220,3 +224,18 @@ class SavePretrained(Callback):
             directory = self.directory or os.path.join(trainer.default_root_dir, "pretrained")
             save_pretrained(pl_module, directory)
             print(f"flowzoo judge: saved {directory}")
+
+
+def judge_main(argv: Sequence[str]) -> None:
+    """``flowzoo judge fit --config configs/judge_<data>.yaml [fit flags]``: ``flowzoo fit`` of an AR judge."""
+    from flowzoo.cli import lightning_main
+
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: flowzoo judge fit --config configs/judge_shakespeare.yaml [--trainer.max_steps=N ...]\n\n"
+              "Trains an AR judge (ar objective and sampler, causal backbone) with flowzoo fit and writes it with\n"
+              "save_pretrained to <trainer.default_root_dir>/pretrained; score samples with it through\n"
+              "`flowzoo benchmark` (judge: <that directory>).")
+        return
+    if argv[0] != "fit":
+        raise JudgeError(f"unknown judge command {argv[0]!r}; the judge command is: flowzoo judge fit --config FILE")
+    lightning_main(judge_fit_args(argv[1:]))

@@ -1,0 +1,127 @@
+"""The benchmark harness: a tiny flow trained for 3 steps on markov, a flowzoo AR judge, outputs and reproducibility."""
+
+import json
+
+import lightning as L
+import pytest
+import torch
+import yaml
+
+from flowzoo.benchmark import BenchmarkConfigError, headline, load_config, markdown, sampler_grid
+from flowzoo.checkpoints.pretrained import save_pretrained
+from flowzoo.cli import main
+from flowzoo.data.markov import MarkovData
+from flowzoo.errors import UnknownComponentError
+from flowzoo.module import FlowLM
+
+SMALL = {"width": 32, "depth": 1, "heads": 2, "cond_dim": 32}
+DATA = {"num_states": 20, "num_train": 64, "num_val": 32, "seq_len": 12, "batch_size": 16}
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """A flow trained for 3 steps and an (untrained) causal judge, both written with save_pretrained."""
+    root = tmp_path_factory.mktemp("bench")
+    torch.manual_seed(0)
+    data = MarkovData(**DATA)
+    flow = FlowLM(backbone={"name": "dit", "init_args": SMALL}, vocab_size=data.vocab_size, num_val_samples=0, warmup_steps=1)
+    trainer = L.Trainer(max_steps=3, logger=False, enable_checkpointing=False, enable_progress_bar=False, limit_val_batches=0, enable_model_summary=False)
+    trainer.fit(flow, data)
+    save_pretrained(flow, root / "flow")
+    judge = FlowLM(backbone={"name": "dit", "init_args": {**SMALL, "causal": True}}, vocab_size=data.vocab_size)
+    judge.data_spec = {"name": "markov", "init_args": DATA}
+    save_pretrained(judge, root / "judge")
+    return root
+
+
+def write_config(root, output, **extra):
+    config = {
+        "name": "tiny",
+        "output": str(output),
+        "num_samples": 12,
+        "batch_size": 4,
+        "repeats": 2,
+        "val_batches": 1,
+        "judge": str(root / "judge"),
+        "models": [{"name": "flow", "checkpoint": str(root / "flow"), "samplers": [{"name": "euler", "steps": [2, 4]}, {"name": "flow_map", "steps": 1}]}],
+        **extra,
+    }
+    path = output.parent / f"{output.name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_benchmark_writes_results_and_is_reproducible(checkpoints, tmp_path):
+    outputs = []
+    for run in ("a", "b"):
+        out = tmp_path / run
+        assert main(["benchmark", "--config", str(write_config(checkpoints, out)), "--threads", "1"]) == 0
+        outputs.append(out)
+    first, second = (json.loads((o / "results.json").read_text()) for o in outputs)
+    rows = first["rows"]
+    assert [(r["sampler_name"], r["steps"]) for r in rows] == [("euler", 2), ("euler", 4), ("flow_map", 1), ("data", None)]
+    assert [r["nfe"] for r in rows[:3]] == [2, 4, 1]
+    for r in rows[:3]:
+        assert {"entropy", "gen_ppl", "valid_transitions", "nll", "nll_gap", "distinct"} <= set(r["metrics"])
+        assert r["seconds_per_batch"] > 0 and len(r["seconds_timed"]) >= 2
+        assert r["tokens_per_second"] == pytest.approx(4 * 12 / r["seconds_per_batch"])
+        assert r["peak_memory_mib"] > 0
+    assert first["models"]["flow"]["validation"]["loss"] > 0
+    assert "ppl_bound" not in first["models"]["flow"]["validation"]  # flow matching CE is no likelihood bound
+    # same command, same quality figures (timings differ)
+    assert [r["metrics"] for r in first["rows"]] == [r["metrics"] for r in second["rows"]]
+    assert first["models"]["flow"]["validation"] == second["models"]["flow"]["validation"]
+    md = (outputs[0] / "results.md").read_text()
+    assert "| flow | euler | 4 | 4 |" in md and "gen_ppl" in md
+    assert (outputs[0] / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_sampler_grid_expands_steps_and_refuses_unknown_names():
+    specs = sampler_grid([{"name": "euler", "steps": [8, 16], "init_args": {"decode": "sample"}}, "marginal", "default"])
+    assert specs == [
+        {"name": "euler", "init_args": {"decode": "sample", "steps": 8}},
+        {"name": "euler", "init_args": {"decode": "sample", "steps": 16}},
+        {"name": "marginal", "init_args": {}},
+        None,
+    ]
+    with pytest.raises(UnknownComponentError, match="valid sampler names"):
+        sampler_grid([{"name": "no_such_sampler", "steps": [1]}])
+
+
+def test_config_errors_are_clear(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({"models": [{"checkpoint": "x"}], "sample_count": 3}))
+    with pytest.raises(BenchmarkConfigError, match="unknown keys"):
+        load_config(path)
+    path.write_text(yaml.safe_dump({"name": "empty"}))
+    with pytest.raises(BenchmarkConfigError, match="no models"):
+        load_config(path)
+    assert main(["benchmark", "--config", str(path)]) == 2
+
+
+def _row(model, sampler, steps, nll, seconds):
+    return {"model": model, "sampler_name": sampler, "steps": steps, "nfe": steps, "metrics": {"nll": nll, "entropy": 2.0},
+            "seconds_per_batch": seconds, "tokens_per_second": 1.0, "peak_memory_mib": 1.0, "memory_method": "m", "example": "x"}
+
+
+def test_headline_compares_one_step_map_with_mdlm_at_equal_quality():
+    """Stand-in rows: the 1-step map (nll 1.0, 10 ms) against ancestral at 8 (nll 1.3, 40 ms) ... 64 (nll 0.9, 300 ms)."""
+    rows = [
+        _row("flow map", "flow_map", 1, 1.0, 0.010),
+        _row("mdlm", "ancestral", 8, 1.3, 0.040),
+        _row("mdlm", "ancestral", 32, 0.99, 0.150),
+        _row("mdlm", "ancestral", 64, 0.9, 0.300),
+    ]
+    config = load_config(None, models=[{"checkpoint": "x"}])
+    results = {"rows": rows}
+    h = headline(results, config)
+    assert h["metric"] == "nll" and h["reference_at_least_as_good"]
+    assert h["speedup_vs_baseline"] == pytest.approx(4.0)
+    assert h["equal_quality_row"]["steps"] == 32
+    assert h["speedup_at_equal_quality"] == pytest.approx(15.0)
+    rows[2]["metrics"]["nll"] = rows[3]["metrics"]["nll"] = 1.2  # no MDLM setting reaches the map
+    h = headline(results, config)
+    assert h["equal_quality_row"] is None and h["speedup_at_equal_quality"] is None
+    full = {"name": "t", "rows": rows, "config": config, "length": 8, "judge": None, "headline": h,
+            "environment": {"device": "cpu", "threads": 1, "torch": "x", "flowzoo": "y"}, "models": {}}
+    assert "No ancestral setting in the grid reaches" in markdown(full)

@@ -1,0 +1,516 @@
+"""``flowzoo benchmark``: every checkpoint x every sampler setting, same samples, same seeds, one table.
+
+For each row (a model and a sampler spec) the harness draws ``num_samples`` sequences of ``length``
+tokens in batches of ``batch_size``, batch b with seed ``seed + b`` (the same for every row), and records:
+
+- quality: unigram entropy; generative perplexity under the judge (if one is configured); on
+  ``markov`` the valid-transition rate, exact NLL per transition and its gap to the entropy rate;
+  the data module's own ``evaluate_samples`` figures; the share of distinct samples;
+- NFE as the sampler reports it (per batch);
+- wall-clock per batch: the median over the timed batches (every quality batch, and extra ones up to
+  ``repeats``), after ``warmup`` untimed batches; tokens per second = batch_size * length / median;
+- peak memory of one batch beyond what was allocated before it (the weights): on CUDA
+  ``torch.cuda.max_memory_allocated``; on the CPU the peak of the running sum of the CPU allocator's
+  allocations and frees recorded by ``torch.profiler`` (``profile_memory=True``) during the first warm-up
+  batch (tensor memory only, like the CUDA figure; not the process RSS).
+
+Per model it also records the validation loss the model logs (its objective on the first ``val_batches``
+validation batches, seeded as in training) and exp of it, a perplexity bound for ``mdlm`` and ``ar``.
+Writes ``results.json``, ``results.md`` and ``results.png`` (quality against NFE and against wall-clock).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+import flowzoo
+from flowzoo import registry
+from flowzoo.errors import FlowzooError
+from flowzoo.metrics import GenerativePerplexity, MarkovQuality, UnigramEntropy, ValidationLoss
+from flowzoo.progress import progress
+
+DEFAULTS: dict[str, Any] = {
+    "name": "benchmark",
+    "output": "benchmark_results",
+    "num_samples": 64,
+    "batch_size": 32,
+    "length": None,  # default: the first model's training length
+    "seed": 0,
+    "device": "cpu",
+    "threads": None,
+    "warmup": 1,
+    "repeats": 3,
+    "judge": None,  # a transformers name/path (gpt2-large) or a flowzoo AR checkpoint
+    "judge_batch_size": 16,
+    "val_batches": 4,
+    "reference": True,  # a row scoring real validation sequences with the same metrics
+    "plot_metrics": None,
+    "headline": {"reference": {"sampler": "flow_map", "steps": 1}, "baseline": {"sampler": "ancestral", "steps": 8}, "metric": None},
+    "models": [],
+}
+# metric name -> True when higher is better; the table's column order
+METRICS = {
+    "gen_ppl": False,
+    "entropy": True,
+    "valid_transitions": True,
+    "nll": False,
+    "nll_gap": False,
+    "word_validity": True,
+    "unique_words": True,
+    "distinct": True,
+}
+LIKELIHOOD_OBJECTIVES = ("ar", "mdlm")  # objectives whose loss is an NLL or a NELBO (exp = perplexity bound)
+
+
+class BenchmarkConfigError(FlowzooError, ValueError):
+    """A benchmark config that cannot be run."""
+
+
+# --- config -----------------------------------------------------------------------------------
+
+
+def load_config(path: str | Path | None = None, **overrides: Any) -> dict[str, Any]:
+    """The YAML config merged over :data:`DEFAULTS`, then ``overrides`` (those not None)."""
+    config = json.loads(json.dumps(DEFAULTS))
+    if path is not None:
+        try:
+            given = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as err:
+            raise BenchmarkConfigError(f"cannot read the benchmark config {path}: {err}") from None
+        unknown = sorted(set(given) - set(DEFAULTS))
+        if unknown:
+            raise BenchmarkConfigError(f"unknown keys in {path}: {', '.join(unknown)}; known: {', '.join(DEFAULTS)}")
+        config.update(given)
+    config.update({k: v for k, v in overrides.items() if v is not None})
+    if not config["models"]:
+        raise BenchmarkConfigError("the benchmark config lists no models (a 'models' list of {name, checkpoint, samplers})")
+    for key in ("num_samples", "batch_size", "repeats"):
+        if int(config[key]) < 1:
+            raise BenchmarkConfigError(f"{key} must be at least 1, got {config[key]}")
+    for entry in config["models"]:
+        if not isinstance(entry, dict) or "checkpoint" not in entry:
+            raise BenchmarkConfigError(f"each model needs a 'checkpoint' (and optionally 'name', 'samplers'): got {entry!r}")
+    return config
+
+
+def sampler_grid(entries: list[Any] | None) -> list[dict[str, Any] | None]:
+    """Expand ``[{name: euler, steps: [8, 16], init_args: {...}}, {name: ar}]`` into sampler specs (None: the model's own)."""
+    specs: list[dict[str, Any] | None] = []
+    for entry in entries or [None]:
+        if entry is None or entry == "default" or (isinstance(entry, dict) and entry.get("name") == "default"):
+            specs.append(None)
+            continue
+        if isinstance(entry, str):
+            entry = {"name": entry}
+        if "name" not in entry:
+            raise BenchmarkConfigError(f"a sampler entry needs a 'name': got {entry!r}")
+        registry.get("sampler", entry["name"])  # unknown names fail here, listing the valid ones
+        steps = entry.get("steps")
+        for value in steps if isinstance(steps, list) else [steps]:
+            args = dict(entry.get("init_args") or {})
+            if value is not None:
+                args["steps"] = int(value)
+            specs.append({"name": entry["name"], "init_args": args})
+    return specs
+
+
+# --- measuring ----------------------------------------------------------------------------------
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def cpu_peak_bytes(fn) -> tuple[Any, int]:
+    """(fn(), peak of the running sum of CPU tensor allocations minus frees while fn ran), via torch.profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        result = fn()
+    events = sorted(prof.events(), key=lambda e: e.time_range.start)
+    running = itertools.accumulate(getattr(e, "self_cpu_memory_usage", 0) or 0 for e in events)
+    return result, max(0, max(running, default=0))
+
+
+def peak_memory(fn, device: torch.device) -> tuple[Any, int, str]:
+    """(fn(), bytes, method): peak memory allocated while fn ran beyond what was allocated before."""
+    if device.type == "cuda":
+        _sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        result = fn()
+        _sync(device)
+        return result, torch.cuda.max_memory_allocated(device) - before, "torch.cuda.max_memory_allocated"
+    result, peak = cpu_peak_bytes(fn)
+    return result, peak, "torch.profiler CPU allocator peak"
+
+
+def timed(fn, device: torch.device) -> tuple[Any, float]:
+    _sync(device)
+    start = time.perf_counter()
+    result = fn()
+    _sync(device)
+    return result, time.perf_counter() - start
+
+
+def quality_metrics(data, judge) -> dict[str, Any]:
+    metrics: dict[str, Any] = {"entropy": UnigramEntropy()}
+    if getattr(data, "chain", None) is not None:
+        metrics["markov"] = MarkovQuality(data.chain)
+    if judge is not None:
+        metrics["gen_ppl"] = GenerativePerplexity(judge)
+    return metrics
+
+
+def score(tokens: torch.Tensor, data, judge) -> dict[str, float]:
+    """Every quality figure of samples (N, L), in float."""
+    metrics = quality_metrics(data, judge)
+    out: dict[str, float] = {}
+    metrics["entropy"].update(tokens)
+    out["entropy"] = float(metrics["entropy"].compute())
+    if "markov" in metrics:
+        metrics["markov"].update(tokens)
+        out.update({k: float(v) for k, v in metrics["markov"].compute().items()})
+    texts = data.decode(tokens) if data is not None else None
+    if "gen_ppl" in metrics:
+        metrics["gen_ppl"].update(texts)
+        out["gen_ppl"] = float(metrics["gen_ppl"].compute())
+    if data is not None:
+        for k, v in data.evaluate_samples(tokens).items():
+            out.setdefault(k, float(v))
+    out["distinct"] = len({tuple(r) for r in tokens.tolist()}) / tokens.shape[0]
+    return out
+
+
+@torch.no_grad()
+def validation_loss(model, data, batches: int) -> dict[str, float] | None:
+    """The objective on the first ``batches`` validation batches, seeded by batch index as in ``validation_step``."""
+    if data is None or batches <= 0:
+        return None
+    metric = ValidationLoss()
+    model.eval()
+    for batch_idx, batch in enumerate(data.val_dataloader()):
+        if batch_idx >= batches:
+            break
+        batch = batch.to(model.device)
+        with torch.random.fork_rng(devices=[] if model.device.type == "cpu" else [model.device]):
+            torch.manual_seed(batch_idx)
+            out = model.objective(model, batch)
+        metric.update(out["loss"], weight=batch.numel())
+    result = {k: float(v) for k, v in metric.compute().items()}
+    if model.objective.registry_name not in LIKELIHOOD_OBJECTIVES and not getattr(model.objective, "likelihood_bound", False):
+        result.pop("ppl_bound")  # exp of a flow-matching cross-entropy bounds nothing
+    return result
+
+
+def run_row(model, sampler: dict | None, data, judge, config: dict[str, Any], length: int, device: torch.device) -> dict[str, Any]:
+    """Samples, quality, NFE, timings and peak memory of one (model, sampler) pair."""
+    batch_size, num_samples, seed = int(config["batch_size"]), int(config["num_samples"]), int(config["seed"])
+    chosen = registry.build("sampler", sampler) if sampler is not None else model.sampler
+
+    def generate(n: int, s: int):
+        return model.generate(n, length, sampler=chosen, seed=s)
+
+    torch.manual_seed(seed)  # for samplers that also draw from the global generator
+    memory, method = 0, ""
+    for w in range(max(int(config["warmup"]), 1)):
+        if w == 0:  # the first warm-up batch is the (untimed) memory measurement
+            _, memory, method = peak_memory(lambda: generate(batch_size, seed + 10_000), device)
+        else:
+            generate(batch_size, seed + 10_000 + w)
+    torch.manual_seed(seed)
+    tokens, seconds, nfe = [], [], None
+    for b, start in enumerate(range(0, num_samples, batch_size)):
+        n = min(batch_size, num_samples - start)
+        out, elapsed = timed(lambda: generate(n, seed + b), device)
+        tokens.append(out.tokens.cpu())
+        nfe = out.nfe
+        if n == batch_size:  # a short last batch is not a batch-time measurement
+            seconds.append(elapsed)
+    for r in range(max(int(config["repeats"]) - len(seconds), 0)):
+        _, elapsed = timed(lambda: generate(batch_size, seed + 20_000 + r), device)
+        seconds.append(elapsed)
+    samples = torch.cat(tokens)
+    median = statistics.median(seconds)
+    return {
+        "sampler": registry.spec(chosen),
+        "sampler_name": chosen.registry_name,
+        "steps": getattr(chosen, "steps", None),
+        "nfe": nfe,
+        "metrics": score(samples, data, judge),
+        "seconds_per_batch": median,
+        "seconds_timed": seconds,
+        "tokens_per_second": batch_size * length / median,
+        "peak_memory_mib": memory / 2**20,
+        "memory_method": method,
+        "example": data.decode(samples[:1])[0] if data is not None else None,
+    }
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    env = {
+        "flowzoo": flowzoo.__version__,
+        "torch": torch.__version__,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+        "processor": platform.processor() or platform.machine(),
+    }
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+    return env
+
+
+def run(config: dict[str, Any]) -> dict[str, Any]:
+    """Run every row of ``config`` (see :func:`load_config`); returns the results dict (also written by :func:`write`)."""
+    from flowzoo.checkpoints import load_checkpoint
+    from flowzoo.judge import load_judge
+    from flowzoo.sampling import data_from_spec
+
+    if config.get("threads"):
+        torch.set_num_threads(int(config["threads"]))
+    device = torch.device(config["device"] if config["device"] != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    judge = load_judge(config["judge"], device=device, batch_size=int(config["judge_batch_size"])) if config["judge"] else None
+    plan = [(entry, spec) for entry in config["models"] for spec in sampler_grid(entry.get("samplers"))]
+    models, rows, length, reference_data = {}, [], config["length"], None
+    loaded: dict[str, Any] = {}
+    for entry, spec in progress(plan, desc="benchmark", min_total=1):
+        name = entry.get("name") or Path(entry["checkpoint"]).stem
+        if name not in loaded:
+            loaded.clear()  # one model in memory at a time
+            model = load_checkpoint(entry["checkpoint"]).to(device).eval()
+            data = data_from_spec(model.data_spec)
+            if length is None:
+                if data is None:
+                    raise BenchmarkConfigError(f"{entry['checkpoint']} does not record its data; set 'length' in the config")
+                length = data.seq_len
+            reference_data = reference_data or data
+            models[name] = {
+                "checkpoint": str(entry["checkpoint"]),
+                "config": model.config(),
+                "parameters": sum(p.numel() for p in model.parameters()),
+                "validation": validation_loss(model, data, int(config["val_batches"])),
+            }
+            loaded[name] = (model, data)
+        model, data = loaded[name]
+        row = run_row(model, spec, data, judge, config, int(length), device)
+        rows.append({"model": name, **row})
+    if config["reference"] and reference_data is not None:
+        real = torch.stack([reference_data.splits["validation"][i]["input_ids"] for i in range(min(int(config["num_samples"]), len(reference_data.splits["validation"])))])
+        rows.append({"model": "data (validation)", "sampler": None, "sampler_name": "data", "steps": None, "nfe": 0,
+                     "metrics": score(real[:, : int(length)], reference_data, judge), "seconds_per_batch": None,
+                     "tokens_per_second": None, "peak_memory_mib": None, "memory_method": None, "example": reference_data.decode(real[:1])[0]})
+    results = {
+        "name": config["name"],
+        "config": config,
+        "environment": environment(device),
+        "judge": getattr(judge, "name", None),
+        "length": length,
+        "models": models,
+        "rows": rows,
+    }
+    results["headline"] = headline(results, config)
+    return results
+
+
+# --- the headline comparison ---------------------------------------------------------------------
+
+
+def primary_metric(rows: list[dict[str, Any]], requested: str | None = None) -> str:
+    if requested:
+        return requested
+    available = set().union(*(r["metrics"] for r in rows)) if rows else set()
+    for name in ("gen_ppl", "nll", "word_validity", "entropy"):
+        if name in available:
+            return name
+    return "entropy"
+
+
+def headline(results: dict[str, Any], config: dict[str, Any]) -> dict[str, Any] | None:
+    """The reference row (1-step flow map) against the baseline (MDLM at 8 steps), and the speed-up at equal quality:
+    the fastest baseline-sampler row at least as good as the reference, over the reference's time per batch."""
+    spec = config.get("headline") or {}
+    rows = [r for r in results["rows"] if r["seconds_per_batch"] is not None]
+    metric = primary_metric(rows, spec.get("metric"))
+    higher = METRICS.get(metric, False)
+
+    def find(want: dict[str, Any]) -> dict[str, Any] | None:
+        for r in rows:
+            if r["sampler_name"] == want.get("sampler") and (want.get("steps") is None or r["steps"] == want["steps"]):
+                return r
+        return None
+
+    ref, base = find(spec.get("reference", {})), find(spec.get("baseline", {}))
+    if ref is None or base is None or metric not in ref["metrics"]:
+        return None
+
+    def at_least_as_good(r):
+        return r["metrics"][metric] >= ref["metrics"][metric] if higher else r["metrics"][metric] <= ref["metrics"][metric]
+
+    family = [r for r in rows if r["sampler_name"] == base["sampler_name"] and r["model"] == base["model"] and metric in r["metrics"]]
+    matching = sorted((r for r in family if at_least_as_good(r)), key=lambda r: r["seconds_per_batch"])
+    out = {
+        "metric": metric,
+        "higher_is_better": higher,
+        "reference": {"model": ref["model"], "sampler": ref["sampler_name"], "steps": ref["steps"], "value": ref["metrics"][metric], "seconds_per_batch": ref["seconds_per_batch"]},
+        "baseline": {"model": base["model"], "sampler": base["sampler_name"], "steps": base["steps"], "value": base["metrics"][metric], "seconds_per_batch": base["seconds_per_batch"]},
+        "reference_at_least_as_good": (ref["metrics"][metric] >= base["metrics"][metric]) if higher else (ref["metrics"][metric] <= base["metrics"][metric]),
+        "speedup_vs_baseline": base["seconds_per_batch"] / ref["seconds_per_batch"],
+        "equal_quality_row": None,
+        "speedup_at_equal_quality": None,
+    }
+    if matching:
+        best = matching[0]
+        out["equal_quality_row"] = {"steps": best["steps"], "value": best["metrics"][metric], "seconds_per_batch": best["seconds_per_batch"]}
+        out["speedup_at_equal_quality"] = best["seconds_per_batch"] / ref["seconds_per_batch"]
+    return out
+
+
+# --- writing ---------------------------------------------------------------------------------------
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if math.isinf(value) or math.isnan(value):
+            return str(value)
+        return f"{value:.{digits}f}" if abs(value) < 1e4 else f"{value:.3g}"
+    return str(value)
+
+
+def markdown(results: dict[str, Any]) -> str:
+    rows = results["rows"]
+    present = set().union(*(r["metrics"] for r in rows)) if rows else set()
+    columns = [m for m in METRICS if m in present]
+    arrows = {m: ("≈ data" if m == "entropy" else "↑" if METRICS[m] else "↓") for m in columns}
+    lines = [f"# Benchmark: {results['name']}", ""]
+    env = results["environment"]
+    lines.append(
+        f"{len(rows)} rows; {results['config']['num_samples']} samples of {results['length']} tokens per row, batches of "
+        f"{results['config']['batch_size']}, seeds {results['config']['seed']} + batch index; device {env['device']}"
+        f"{' (' + env['gpu'] + ')' if 'gpu' in env else ''}, {env['threads']} threads, torch {env['torch']}, flowzoo {env['flowzoo']}."
+        f" Judge: {results['judge'] or 'none'}. Time per batch: median of the timed batches after {results['config']['warmup']} warm-up."
+    )
+    lines += ["", "| model | sampler | steps | NFE | " + " | ".join(f"{m} {arrows[m]}" for m in columns) + " | ms / batch | tokens / s | peak MiB |"]
+    lines.append("|" + "---|" * (4 + len(columns) + 3))
+    for r in rows:
+        ms = None if r["seconds_per_batch"] is None else 1000 * r["seconds_per_batch"]
+        cells = [r["model"], r["sampler_name"], _fmt(r["steps"]), _fmt(r["nfe"])] + [_fmt(r["metrics"].get(m)) for m in columns]
+        tps = None if r["tokens_per_second"] is None else f"{r['tokens_per_second']:,.0f}"
+        cells += [_fmt(ms, 1), _fmt(tps), _fmt(r["peak_memory_mib"], 2)]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "## Models", "", "| model | checkpoint | parameters | objective | val loss | perplexity bound |", "|---|---|---|---|---|---|"]
+    for name, m in results["models"].items():
+        val = m["validation"] or {}
+        lines.append(f"| {name} | `{m['checkpoint']}` | {m['parameters']:,} | {m['config']['objective']['name']} | {_fmt(val.get('loss'))} | {_fmt(val.get('ppl_bound'), 2)} |")
+    h = results.get("headline")
+    if h:
+        ref, base = h["reference"], h["baseline"]
+        lines += ["", "## Headline", ""]
+        lines.append(
+            f"On {h['metric']} ({'higher' if h['higher_is_better'] else 'lower'} is better): {ref['model']} {ref['sampler']} at {ref['steps']} step(s) "
+            f"= {_fmt(ref['value'])} in {1000 * ref['seconds_per_batch']:.1f} ms/batch; {base['model']} {base['sampler']} at {base['steps']} steps "
+            f"= {_fmt(base['value'])} in {1000 * base['seconds_per_batch']:.1f} ms/batch ({h['speedup_vs_baseline']:.1f}x the time)."
+        )
+        if h["equal_quality_row"]:
+            e = h["equal_quality_row"]
+            lines.append(
+                f"The fastest {base['sampler']} setting at least as good needs {e['steps']} steps ({_fmt(e['value'])}, "
+                f"{1000 * e['seconds_per_batch']:.1f} ms/batch): {h['speedup_at_equal_quality']:.1f}x slower than the 1-step flow map at equal quality."
+            )
+        else:
+            lines.append(f"No {base['sampler']} setting in the grid reaches the reference's {h['metric']}.")
+    lines += ["", "Memory: " + ", ".join(sorted({r['memory_method'] for r in rows if r.get('memory_method')})) + " (peak beyond the weights, one batch).", ""]
+    lines += ["## Examples (first sample of each row)", ""]
+    for r in rows:
+        if r.get("example") is not None:
+            lines.append(f"- **{r['model']} / {r['sampler_name']} {_fmt(r['steps'])}**: `{r['example'][:160]}`")
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict[str, Any], path: Path, metrics: list[str] | None = None) -> Path:
+    """Quality against NFE (left) and against wall-clock per batch (right), one line per model and sampler."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    rows = [r for r in results["rows"] if r["seconds_per_batch"] is not None]
+    present = set().union(*(r["metrics"] for r in rows)) if rows else set()
+    metrics = [m for m in (metrics or [primary_metric(rows), "entropy"]) if m in present]
+    metrics = list(dict.fromkeys(metrics)) or ["entropy"]
+    reference = next((r for r in results["rows"] if r["sampler_name"] == "data"), None)
+    fig, axes = plt.subplots(len(metrics), 2, figsize=(11, 3.6 * len(metrics)), squeeze=False)
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["model"], r["sampler_name"]), []).append(r)
+    for i, metric in enumerate(metrics):
+        for j, (xkey, xlabel) in enumerate((("nfe", "network evaluations (NFE)"), ("seconds_per_batch", "seconds per batch"))):
+            ax = axes[i][j]
+            for (model, sampler), group in groups.items():
+                group = sorted(group, key=lambda r: (r["nfe"] or 0))
+                xs = [max(r[xkey] or 0, 1e-6) for r in group]
+                ys = [r["metrics"].get(metric, float("nan")) for r in group]
+                ax.plot(xs, ys, marker="o", label=f"{model} / {sampler}")
+            if reference is not None and metric in reference["metrics"]:
+                ax.axhline(reference["metrics"][metric], color="gray", linestyle="--", linewidth=1, label="data")
+            ax.set_xscale("log")
+            ax.set_xlabel(xlabel)
+            better = "closer to data" if metric == "entropy" else "higher" if METRICS.get(metric, False) else "lower"
+            ax.set_ylabel(f"{metric} ({better} is better)")
+            if xkey == "nfe":
+                ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+            ax.grid(True, alpha=0.3)
+            if metric == "gen_ppl":
+                ax.set_yscale("log")
+    axes[0][1].legend(fontsize=7, loc="best")
+    fig.suptitle(f"{results['name']}: quality against NFE and wall-clock ({results['environment']['device']})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write(results: dict[str, Any], output: str | Path) -> dict[str, Path]:
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / "results.json", "markdown": out / "results.md", "plot": out / "results.png"}
+    paths["json"].write_text(json.dumps(results, indent=2, default=str) + "\n")
+    paths["markdown"].write_text(markdown(results))
+    plot(results, paths["plot"], results["config"].get("plot_metrics"))
+    return paths
+
+
+def benchmark_main(argv: list[str]) -> None:
+    """``flowzoo benchmark --config benchmarks/<name>.yaml [--output DIR] [...]``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="flowzoo benchmark", description="Quality, NFE, wall-clock and memory of every checkpoint x sampler setting.")
+    parser.add_argument("--config", required=True, help="benchmark YAML (see docs/benchmark.md)")
+    parser.add_argument("--output", help="output directory (default: the config's 'output')")
+    parser.add_argument("--num-samples", dest="num_samples", type=int)
+    parser.add_argument("--batch-size", dest="batch_size", type=int)
+    parser.add_argument("--device", help="cpu, cuda or auto")
+    parser.add_argument("--threads", type=int)
+    parser.add_argument("--repeats", type=int)
+    parser.add_argument("--judge", help="a transformers causal LM (name or directory) or a flowzoo AR checkpoint")
+    args = parser.parse_args(argv)
+    overrides = {k: v for k, v in vars(args).items() if k != "config"}
+    config = load_config(args.config, **overrides)
+    results = run(config)
+    paths = write(results, config["output"])
+    print(paths["markdown"].read_text())
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
