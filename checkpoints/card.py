@@ -22,6 +22,8 @@ FAMILY = {
     "mdlm": "masked-diffusion",
     "ar": "autoregressive",
 }
+# entries of hub_metadata["metrics"] that describe the measurement rather than score the model
+MEASUREMENT_KEYS = ("sampler", "nfe", "num_samples", "seed")
 # init_args keys of a data module that name a Hub data set
 DATASET_KEYS = ("dataset", "dataset_id", "dataset_name", "hf_dataset", "path")
 
@@ -54,7 +56,7 @@ def card_data(config: dict[str, Any], model_name: str) -> ModelCardData:
     data = config.get("data") or {}
     dataset = dataset_id(data)
     metrics = (config.get("metrics") or {})
-    figures = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    figures = {k: v for k, v in metrics.items() if k not in MEASUREMENT_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool)}
     eval_results = [
         EvalResult(
             task_type="text-generation",
@@ -105,11 +107,17 @@ def body(config: dict[str, Any], model_name: str, files: list[str]) -> str:
         "## Components",
         components,
         "## Training",
-        f"- data: `{data.get('name', 'unknown')}` `{json.dumps(data.get('init_args', {}), sort_keys=True)}`" if data else "- data: not recorded",
-        f"- training steps: {training.get('global_step', 'unknown')}" + (f", epochs: {training['epoch']}" if "epoch" in training else ""),
+        (f"- data: `{data.get('name', 'unknown')}` `{json.dumps(data.get('init_args', {}), sort_keys=True)}`" if data else "- data: not recorded")
+        + f"\n- training steps: {training.get('global_step', 'unknown')}"
+        + (f", epochs: {training['epoch']}" if "epoch" in training else ""),
     ]
-    if metrics:
-        parts += ["## Benchmark", _table([(k, str(_number(v))) for k, v in sorted(metrics.items())], ("figure", "value"))]
+    scores = {k: v for k, v in metrics.items() if k not in MEASUREMENT_KEYS}
+    if scores:
+        parts += ["## Benchmark", _table([(k, str(_number(v))) for k, v in sorted(scores.items())], ("figure", "value"))]
+        how = [f"{metrics['num_samples']} samples" if "num_samples" in metrics else "", f"seed {metrics['seed']}" if "seed" in metrics else "",
+               f"sampler `{metrics['sampler']}`" if "sampler" in metrics else "", f"NFE {metrics['nfe']}" if "nfe" in metrics else ""]
+        if any(how):
+            parts.append("Measured with " + ", ".join(h for h in how if h) + ".")
     parts += ["## Files", "\n".join(f"- `{f}`" for f in sorted(files))]
     return "\n\n".join(parts) + "\n"
 

@@ -134,6 +134,7 @@ def save_pretrained(
     partial = directory / (WEIGHTS_NAME + ".partial")  # a crash never leaves a truncated model.safetensors
     save_file(state, partial, metadata={"format": "pt", "flowzoo_version": flowzoo.__version__})
     os.replace(partial, directory / WEIGHTS_NAME)
+    os.chmod(directory / WEIGHTS_NAME, 0o644)  # safetensors writes 0600; the other files are world-readable too
     datamodule = datamodule if datamodule is not None else _datamodule_of(model)
     (directory / TOKENIZER_NAME).unlink(missing_ok=True)  # no stale tokenizer of another model
     tokenizer_files = []

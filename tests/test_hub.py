@@ -186,6 +186,7 @@ def test_publish_a_lightning_checkpoint(fake_hub, tmp_path, capsys):
     assert card.data.to_dict()["training_steps"] == 42
     results = {r.metric_type: r.metric_value for r in card.data.eval_results}
     assert results["judge_nll"] == 3.25 and results["valid_transitions"] == round(config["metrics"]["valid_transitions"], 4)
+    assert "num_samples" not in results and "Measured with 8 samples, seed 0, sampler `euler(" in card.text
 
 
 def test_publish_to_a_folder_only(tmp_path, capsys):
