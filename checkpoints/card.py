@@ -23,7 +23,7 @@ FAMILY = {
     "ar": "autoregressive",
 }
 # entries of hub_metadata["metrics"] that describe the measurement rather than score the model
-MEASUREMENT_KEYS = ("sampler", "nfe", "num_samples", "seed")
+MEASUREMENT_KEYS = ("sampler", "nfe", "num_samples", "seed", "benchmark")
 # init_args keys of a data module that name a Hub data set
 DATASET_KEYS = ("dataset", "dataset_id", "dataset_name", "hf_dataset", "path")
 
@@ -56,7 +56,7 @@ def card_data(config: dict[str, Any], model_name: str) -> ModelCardData:
     data = config.get("data") or {}
     dataset = dataset_id(data)
     metrics = (config.get("metrics") or {})
-    figures = {k: v for k, v in metrics.items() if k not in MEASUREMENT_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool)}
+    figures = {k: v for k, v in metrics.items() if k.split("/")[0] not in MEASUREMENT_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool)}
     eval_results = [
         EvalResult(
             task_type="text-generation",
@@ -115,7 +115,8 @@ def body(config: dict[str, Any], model_name: str, files: list[str]) -> str:
     if scores:
         parts += ["## Benchmark", _table([(k, str(_number(v))) for k, v in sorted(scores.items())], ("figure", "value"))]
         how = [f"{metrics['num_samples']} samples" if "num_samples" in metrics else "", f"seed {metrics['seed']}" if "seed" in metrics else "",
-               f"sampler `{metrics['sampler']}`" if "sampler" in metrics else "", f"NFE {metrics['nfe']}" if "nfe" in metrics else ""]
+               f"sampler `{metrics['sampler']}`" if "sampler" in metrics else "", f"NFE {metrics['nfe']}" if "nfe" in metrics else "",
+               str(metrics["benchmark"]) if "benchmark" in metrics else ""]
         if any(how):
             parts.append("Measured with " + ", ".join(h for h in how if h) + ".")
     parts += ["## Files", "\n".join(f"- `{f}`" for f in sorted(files))]

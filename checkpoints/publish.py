@@ -25,17 +25,50 @@ def measure(model, num_samples: int, seed: int = 0) -> dict[str, Any]:
     return {**figures, "nfe": int(out.nfe), "num_samples": num_samples, "seed": seed, "sampler": f"{spec['name']}({args})"}
 
 
-def read_metrics(path: str | os.PathLike) -> dict[str, Any]:
+def benchmark_figures(results: dict[str, Any], checkpoint: str, model_name: str | None = None) -> dict[str, Any]:
+    """This model's rows of a ``flowzoo benchmark`` results.json, as ``{"<metric>/<sampler>-<steps>": value}``.
+
+    The model is the one named ``model_name``, else the one benchmarked from the same checkpoint path.
+    """
+    models = results.get("models") or {}
+    if model_name is not None:
+        names = [model_name] if model_name in models else []
+    else:
+        target = Path(checkpoint).expanduser().resolve()
+        names = [n for n, m in models.items() if Path(str(m.get("checkpoint", ""))).expanduser().resolve() == target]
+    if not names:
+        raise CheckpointError(
+            f"the benchmark results hold no model {'named ' + repr(model_name) if model_name else 'benchmarked from ' + checkpoint}; "
+            f"models there: {', '.join(models) or 'none'} (choose one with --benchmark-model)"
+        )
+    figures: dict[str, Any] = {}
+    for row in results.get("rows") or []:
+        if row.get("model") not in names:
+            continue
+        setting = f"{row.get('sampler_name')}-{row.get('steps')}"
+        figures.update({f"{k}/{setting}": v for k, v in (row.get("metrics") or {}).items()})
+        figures[f"nfe/{setting}"] = row.get("nfe")
+        if row.get("tokens_per_second"):
+            figures[f"tokens_per_second/{setting}"] = row["tokens_per_second"]
+    env = results.get("environment") or {}
+    figures["benchmark"] = f"flowzoo benchmark {results.get('name', '')!s} on {env.get('device', '?')}, judge {results.get('judge') or 'none'}"
+    return figures
+
+
+def read_metrics(path: str | os.PathLike, checkpoint: str = "", model_name: str | None = None) -> dict[str, Any]:
+    """Figures from a JSON file: a flat ``{"name": value}`` object, or a ``flowzoo benchmark`` results.json."""
     try:
         metrics = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise CheckpointError(f"cannot read benchmark figures from {path}: {err}") from None
     if not isinstance(metrics, dict):
         raise CheckpointError(f"{path} must hold a JSON object of figures, e.g. {{\"valid_transitions\": 0.98}}")
+    if "rows" in metrics and "models" in metrics:
+        return benchmark_figures(metrics, checkpoint, model_name)
     return metrics
 
 
-def prepare(checkpoint: str, eval_samples: int = 0, metrics_file: str | None = None, seed: int = 0):
+def prepare(checkpoint: str, eval_samples: int = 0, metrics_file: str | None = None, seed: int = 0, benchmark_model: str | None = None):
     """Load ``checkpoint`` and attach its benchmark figures (measured now and/or read from ``metrics_file``)."""
     from flowzoo.checkpoints.pretrained import load_checkpoint
 
@@ -44,7 +77,7 @@ def prepare(checkpoint: str, eval_samples: int = 0, metrics_file: str | None = N
     if eval_samples > 0:
         figures.update(measure(model, eval_samples, seed))
     if metrics_file:
-        figures.update(read_metrics(metrics_file))
+        figures.update(read_metrics(metrics_file, checkpoint, benchmark_model))
     if figures:
         model.hub_metadata["metrics"] = figures
     return model
@@ -61,9 +94,10 @@ def publish(
     eval_samples: int = 0,
     metrics_file: str | None = None,
     output_dir: str | None = None,
+    benchmark_model: str | None = None,
 ) -> dict[str, Any]:
     """Push the model to ``repo_id`` (or, with ``output_dir``, only write the folder that would be uploaded)."""
-    model = prepare(checkpoint, eval_samples, metrics_file)
+    model = prepare(checkpoint, eval_samples, metrics_file, benchmark_model=benchmark_model)
     if output_dir is not None:
         model.save_pretrained(output_dir, model_card_kwargs={"model_name": repo_id})
         return {"repo_id": repo_id, "saved": str(output_dir), "files": sorted(os.listdir(output_dir)), "uploaded": False}

@@ -203,3 +203,26 @@ def test_publish_offline_is_one_clear_error(tmp_path, capsys):
     assert main(["publish", "--checkpoint", str(directory), "--repo-id", REPO, "--eval-samples", "0"]) == 2
     err = capsys.readouterr().err
     assert "HF_HUB_OFFLINE" in err and "Traceback" not in err
+
+
+def test_publish_takes_this_models_rows_of_a_benchmark(tmp_path, capsys):
+    directory = save_pretrained(tiny_model(), tmp_path / "model")
+    row = {"sampler_name": "flow_map", "steps": 1, "nfe": 1, "tokens_per_second": 900.0}
+    results = {
+        "name": "markov", "judge": None, "environment": {"device": "cpu"},
+        "models": {"mine": {"checkpoint": str(directory)}, "other": {"checkpoint": str(tmp_path / "other.ckpt")}},
+        "rows": [{"model": "mine", **row, "metrics": {"valid_transitions": 0.9}},
+                 {"model": "other", **row, "metrics": {"valid_transitions": 0.1}}],
+    }
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    out = tmp_path / "to_upload"
+    args = ["publish", "--checkpoint", str(directory), "--repo-id", REPO, "--eval-samples", "0", "--output-dir", str(out)]
+    assert main([*args, "--metrics", str(tmp_path / "results.json")]) == 0
+    card = ModelCard.load(out / "README.md")
+    results_on_card = {r.metric_type: r.metric_value for r in card.data.eval_results}
+    assert results_on_card == {"valid_transitions/flow_map-1": 0.9, "tokens_per_second/flow_map-1": 900.0}
+    assert "flowzoo benchmark markov on cpu" in card.text
+    # a results.json without this model is refused, naming the models it has
+    capsys.readouterr()
+    assert main([*args, "--metrics", str(tmp_path / "results.json"), "--benchmark-model", "nobody"]) == 2
+    assert "mine, other" in capsys.readouterr().err
