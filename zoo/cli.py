@@ -110,7 +110,8 @@ def publish_main(argv: Sequence[str]) -> None:
     parser.add_argument("--commit-message", default="Upload flowzoo model")
     parser.add_argument("--token", help="Hub token (default: HF_TOKEN or the token saved by `hf auth login`)")
     parser.add_argument("--eval-samples", type=int, default=64, help="measure the card's benchmark figures on this many samples of the model's sampler (0: skip)")
-    parser.add_argument("--metrics", help="JSON file of further benchmark figures for the model card")
+    parser.add_argument("--metrics", help="benchmark figures for the card: a flat JSON object, or a `flowzoo benchmark` results.json")
+    parser.add_argument("--benchmark-model", help="the model's name in that results.json (default: the one benchmarked from --checkpoint)")
     parser.add_argument("--output-dir", help="only write the folder that would be uploaded here; no upload")
     args = parser.parse_args(argv)
 
@@ -126,6 +127,7 @@ def publish_main(argv: Sequence[str]) -> None:
         eval_samples=args.eval_samples,
         metrics_file=args.metrics,
         output_dir=args.output_dir,
+        benchmark_model=args.benchmark_model,
     )
     print(json.dumps(result, indent=2))
 
