@@ -183,7 +183,7 @@ def load_judge(spec: "str | os.PathLike | Judge", device: str | torch.device = "
 
 # --- flowzoo judge fit ----------------------------------------------------------------------
 
-AR_FLAGS = ("--model.objective=ar", "--model.sampler=ar", "--model.backbone.init_args.causal=true")
+AR_FLAGS = ("--model.path=autoregressive", "--model.objective=ar", "--model.sampler=ar", "--model.backbone.init_args.causal=true")
 JUDGE_CONFIGS = {"markov": "configs/judge_markov.yaml", "shakespeare": "configs/judge_shakespeare.yaml"}
 
 
@@ -223,7 +223,7 @@ class SavePretrained(Callback):
         if trainer.is_global_zero:
             directory = self.directory or os.path.join(trainer.default_root_dir, "pretrained")
             save_pretrained(pl_module, directory)
-            print(f"flowzoo judge: saved {directory}")
+            print(f"flowzoo: save_pretrained wrote {directory}")
 
 
 def judge_main(argv: Sequence[str]) -> None:

@@ -1,0 +1,165 @@
+"""The small-scale study of issue 5: flow map, flow, MDLM and AR with the same backbone, trained on the
+CPU, then put side by side by ``flowzoo benchmark`` (quality against NFE and wall-clock).
+
+Per data set (``markov``, ``shakespeare``) it trains, with ``flowzoo fit`` and the shared settings in
+``benchmarks/study/<data>.yaml`` (skipping any model whose ``pretrained`` directory exists):
+
+- ``flow``: linear path, flow matching (cross-entropy), Euler sampler;
+- ``flow_map``: distilled from that flow (``distill`` objective, FMLM recipe, student initialised from
+  the teacher), ``flow_map`` sampler;
+- ``mdlm``: masked path, MDLM NELBO, ancestral sampler;
+- ``ar``: autoregressive path, next-token cross-entropy, causal backbone, KV-cache sampler;
+- on shakespeare, the judge: ``flowzoo judge fit --config configs/judge_shakespeare.yaml``;
+
+then runs ``flowzoo benchmark --config benchmarks/study_<data>.yaml`` with the checkpoints it trained,
+writing ``docs/benchmark/<data>/results.{json,md,png}``.
+
+    python benchmarks/study.py --data markov
+    python benchmarks/study.py --data shakespeare
+    python benchmarks/study.py --data markov --tiny --runs /tmp/study --output /tmp/study/out   # smoke test
+    python benchmarks/study.py --data markov --flow runs/flowmap_markov/teacher/teacher.ckpt     # reuse a flow
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+METHODS = ("flow", "flow_map", "mdlm", "ar")
+FLAGS = {
+    "flow": ["--model.path=linear", "--model.objective=flow_matching", "--model.sampler=euler", "--model.sampler.init_args.steps=128"],
+    "flow_map": [
+        "--model.path=linear",
+        "--model.objective=distill",
+        "--model.objective.init_args.teacher={teacher}",
+        "--model.objective.init_args.teacher_gap=0.05",
+        "--model.sampler=flow_map",
+        "--model.sampler.init_args.steps=1",
+        "--model.lr=0.0005",
+        "--model.betas=[0.9,0.95]",
+        "--model.warmup_steps=50",
+        "--trainer.max_steps={distill_steps}",
+    ],
+    "mdlm": ["--model.path=masked", "--model.objective=mdlm", "--model.sampler=ancestral", "--model.sampler.init_args.steps=128"],
+    "ar": ["--model.path=autoregressive", "--model.objective=ar", "--model.sampler=ar", "--model.backbone.init_args.causal=true"],
+}
+SAVE = "--trainer.callbacks+=flowzoo.judge.SavePretrained"
+TINY_TRAIN = [
+    "--model.backbone.init_args.width=32",
+    "--model.backbone.init_args.depth=1",
+    "--model.backbone.init_args.heads=2",
+    "--model.backbone.init_args.cond_dim=32",
+    "--model.num_val_samples=0",
+    "--trainer.limit_val_batches=0",
+    "--trainer.enable_progress_bar=false",
+    "--trainer.precision=32-true",
+]
+TINY_DATA = {"markov": ["--data.init_args.num_train=256", "--data.init_args.num_val=64", "--data.init_args.batch_size=16"], "shakespeare": ["--data.init_args.batch_size=8"]}
+
+
+def run(cmd: list[str], threads: int) -> None:
+    print("+", " ".join(cmd), flush=True)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    subprocess.run(cmd, cwd=ROOT, check=True, env=env)
+
+
+def flowzoo(*args: str) -> list[str]:
+    return [sys.executable, "-m", "flowzoo", *args]
+
+
+def train(data: str, method: str, runs: Path, args, teacher: Path | None) -> Path:
+    """Train one method (unless its pretrained directory exists); returns the checkpoint to benchmark."""
+    given = getattr(args, method)
+    if given:
+        return Path(given)
+    out = runs / data / method
+    if (out / "pretrained" / "config.json").is_file():
+        print(f"= {method}: {out / 'pretrained'} exists, not retrained", flush=True)
+        return out / "pretrained"
+    values = {"teacher": teacher, "distill_steps": args.distill_steps if not args.tiny else 3}
+    flags = [f.format(**values) for f in FLAGS[method]]
+    extra = TINY_TRAIN + TINY_DATA[data] + ["--trainer.max_steps=4"] if args.tiny else []
+    if args.tiny and method == "flow_map":
+        extra = [e for e in extra if not e.startswith("--trainer.max_steps")]
+    cmd = flowzoo("fit", "--config", str(ROOT / "benchmarks" / "study" / f"{data}.yaml"), *flags, f"--trainer.default_root_dir={out}", SAVE, *extra)
+    run(cmd, args.threads)
+    return out / "pretrained"
+
+
+def train_judge(data: str, runs: Path, args) -> Path:
+    if args.judge:
+        return Path(args.judge)
+    out = runs / data / "judge"
+    if (out / "pretrained" / "config.json").is_file():
+        print(f"= judge: {out / 'pretrained'} exists, not retrained", flush=True)
+        return out / "pretrained"
+    extra = TINY_TRAIN + TINY_DATA[data] + ["--trainer.max_steps=4"] if args.tiny else []
+    run(flowzoo("judge", "fit", "--config", str(ROOT / "configs" / f"judge_{data}.yaml"), f"--trainer.default_root_dir={out}", *extra), args.threads)
+    return out / "pretrained"
+
+
+def benchmark_config(data: str, checkpoints: dict[str, Path], judge: Path | None, runs: Path, args) -> Path:
+    """benchmarks/study_<data>.yaml with this run's checkpoints (and a reduced grid with --tiny)."""
+    config = yaml.safe_load((ROOT / "benchmarks" / f"study_{data}.yaml").read_text())
+    config["models"] = [m for m in config["models"] if m["method"] in checkpoints]
+    for m in config["models"]:
+        m["checkpoint"] = str(checkpoints[m["method"]])
+    if config.get("judge"):
+        config["judge"] = str(judge)
+    config["output"] = str(args.output or ROOT / config["output"])
+    config["threads"] = args.threads
+    if args.tiny:
+        config.update(num_samples=8, batch_size=4, repeats=1, val_batches=1)
+        for m in config["models"]:
+            for s in m["samplers"]:
+                if isinstance(s.get("steps"), list):
+                    s["steps"] = [v for v in s["steps"] if v <= 8]
+    path = runs / data / "benchmark.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", choices=("markov", "shakespeare"), default="markov")
+    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
+    parser.add_argument("--runs", default="runs/study", help="where the trained models go")
+    parser.add_argument("--output", help="benchmark output directory (default: the config's, docs/benchmark/<data>)")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads for training and benchmarking")
+    parser.add_argument("--distill-steps", type=int, default=1000, help="training steps of the flow-map student")
+    parser.add_argument("--tiny", action="store_true", help="a few steps of tiny models and a reduced grid: an end-to-end check")
+    parser.add_argument("--no-benchmark", action="store_true", help="only train")
+    for method in METHODS:
+        parser.add_argument(f"--{method.replace('_', '-')}", dest=method, help=f"use this {method} checkpoint instead of training one")
+    parser.add_argument("--judge", help="use this judge (transformers name/path or flowzoo AR checkpoint) instead of training one")
+    args = parser.parse_args()
+    methods = [m for m in args.methods.split(",") if m]
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        parser.error(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
+    runs = (ROOT / args.runs).resolve()
+
+    checkpoints: dict[str, Path] = {}
+    if "flow" in methods or "flow_map" in methods:
+        checkpoints["flow"] = train(args.data, "flow", runs, args, None)
+    for method in ("flow_map", "mdlm", "ar"):
+        if method in methods:
+            checkpoints[method] = train(args.data, method, runs, args, checkpoints.get("flow"))
+    if "flow" not in methods:
+        checkpoints.pop("flow", None)
+    config = yaml.safe_load((ROOT / "benchmarks" / f"study_{args.data}.yaml").read_text())
+    judge = train_judge(args.data, runs, args) if config.get("judge") else None
+    if args.no_benchmark:
+        return
+    run(flowzoo("benchmark", "--config", str(benchmark_config(args.data, checkpoints, judge, runs, args))), args.threads)
+
+
+if __name__ == "__main__":
+    main()
