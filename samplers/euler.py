@@ -35,6 +35,8 @@ class EulerSampler(Sampler):
             denoised = model.denoise(x, t)  # (B, L, V)
             if i + 1 < self.steps:
                 x = x + (times[i + 1] - times[i]) * path.velocity(x, denoised, t)
+                if hasattr(path, "project"):  # paths on the simplex (dirichlet) stay on it
+                    x = path.project(x)
         return SampleOutput(decode_tokens(denoised, self.decode, self.temperature, generator), nfe=self.steps)
 
 

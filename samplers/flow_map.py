@@ -59,6 +59,8 @@ class FlowMapSampler(Sampler):
             if i + 1 == self.steps:
                 break
             x = flow_map(path, x, delta, s, t).float()
+            if hasattr(path, "project"):  # paths on the simplex (dirichlet) stay on it
+                x = path.project(x)
             if self.gamma > 0:
                 x = self._renoise(path, x, delta, t, generator)
         return SampleOutput(decode_tokens(delta, self.decode, self.temperature, generator), nfe=self.steps)

@@ -233,6 +233,16 @@ def test_hub_module_packs_local_jsonl_with_a_local_tokenizer(tmp_path, local_tok
     assert data.evaluate_samples(train[:4])["word_validity"] == 1.0
 
 
+def test_hub_separator_is_sep_when_there_is_no_eos(tmp_path):
+    folder = tmp_path / "bertish"
+    tok = BPETokenizer.train(FIXTURE.read_text().splitlines(keepends=True), 300, special_tokens=["[SEP]"])
+    tok.to_transformers(sep_token="[SEP]").save_pretrained(folder)
+    data = HubTextData(dataset=str(FIXTURE), tokenizer=str(folder), seq_len=8, cache_dir=str(tmp_path / "hf"))
+    assert data.tokenizer.eos_token_id is None and data.separator == data.tokenizer.convert_tokens_to_ids("[SEP]")
+    rows = data.splits["train"][:]["input_ids"]
+    assert (rows == data.separator).any()  # documents are separated in the packed stream
+
+
 def test_hub_module_reads_a_plain_text_file_and_carves_validation(tmp_path, local_tokenizer):
     data = HubTextData(dataset=str(FIXTURE), tokenizer=str(local_tokenizer), seq_len=8, val_fraction=0.2, cache_dir=str(tmp_path / "hf"))
     assert set(data.splits) == {"train", "validation"}

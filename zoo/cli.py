@@ -146,20 +146,6 @@ def judge_main(argv: Sequence[str]) -> None:
     run_judge(list(argv))
 
 
-def benchmark_main(argv: Sequence[str]) -> None:
-    """``flowzoo benchmark --config benchmarks/<name>.yaml``: see flowzoo.benchmark."""
-    from flowzoo.benchmark import benchmark_main as run_benchmark
-
-    run_benchmark(list(argv))
-
-
-def judge_main(argv: Sequence[str]) -> None:
-    """``flowzoo judge fit --config configs/judge_<data>.yaml``: see flowzoo.judge."""
-    from flowzoo.judge import judge_main as run_judge
-
-    run_judge(list(argv))
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -167,10 +153,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(registry.describe())
         elif argv and argv[0] == "sample":
             sample_main(argv[1:])
-        elif argv and argv[0] == "benchmark":
-            benchmark_main(argv[1:])
-        elif argv and argv[0] == "judge":
-            judge_main(argv[1:])
         elif argv and argv[0] == "benchmark":
             benchmark_main(argv[1:])
         elif argv and argv[0] == "judge":

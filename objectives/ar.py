@@ -1,0 +1,48 @@
+"""Next-token cross-entropy for a causal backbone."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from flowzoo.objectives.base import Objective
+from flowzoo.paths.autoregressive import AutoregressivePath
+from flowzoo.registry import register
+
+CAUSAL_FLAG = "--model.backbone.init_args.causal=true"
+
+
+def causal_incompatibility(parts) -> tuple[str, str] | None:
+    """Refuse anything but the autoregressive path and a causal backbone (shared by the ar objective and sampler)."""
+    if not isinstance(parts["path"], AutoregressivePath):
+        return "path", "next-token prediction reads a start token from the autoregressive path (--model.path=autoregressive)"
+    backbone = parts.get("backbone")
+    if backbone is not None and not getattr(backbone, "causal", False):
+        return "backbone", f"next-token prediction needs a causal backbone ({CAUSAL_FLAG})"
+    return None
+
+
+@register("objective", "ar")
+class Autoregressive(Objective):
+    """NLL = -(1/L) sum_i log p_theta(x_i | BOS, x_<i), with logits (B, L, V) of the causal network on
+    [BOS, x_0..x_{L-2}] (no time). ``ppl_bound`` = exp(loss) is the model's exact perplexity on the batch."""
+
+    def incompatibility(self, parts):
+        if not getattr(parts["head"], "on_simplex", False) or not hasattr(parts["head"], "log_probs"):
+            return "head", "next-token prediction needs a categorical head"
+        return causal_incompatibility(parts)
+
+    def token_nll(self, model, x1: torch.Tensor) -> torch.Tensor:
+        """-log p_theta(x_i | BOS, x_<i) for every position: (B, L)."""
+        logits = model.logits(model.path.shift_right(x1, model.vocab_size), None)  # (B, L, V)
+        return model.head.loss(logits, x1)
+
+    def sequence_nll(self, model, ids: torch.Tensor) -> torch.Tensor:
+        """(B, L-1): -log p(x_i | BOS, x_<i) for i >= 1 (the judge scores tokens after the first)."""
+        return self.token_nll(model, ids)[:, 1:]
+
+    def forward(self, model, x1):
+        loss = self.token_nll(model, x1).mean()
+        ppl = torch.exp(loss.detach()) if loss.detach() < 700 else torch.tensor(math.inf, device=loss.device)
+        return {"loss": loss, "ppl_bound": ppl}
