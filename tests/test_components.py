@@ -196,3 +196,23 @@ def test_sampler_arguments_are_checked():
         registry.build("sampler", {"name": "euler", "init_args": {"steps": 0}})
     with pytest.raises(ValueError, match="decode"):
         registry.build("sampler", {"name": "euler", "init_args": {"decode": "beam"}})
+
+
+def test_validation_sample_metrics_use_averaged_weights(tmp_path):
+    """With an EMA callback the logged sample metrics come from the averaged weights, as the checkpoint does."""
+    import lightning as L_
+    from lightning.pytorch.callbacks import EMAWeightAveraging
+
+    from flowzoo.data.markov import MarkovData
+
+    data = MarkovData(num_states=12, num_train=64, num_val=16, seq_len=8, batch_size=16)
+    model = FlowLM(backbone=DiT(width=32, depth=1, heads=2, cond_dim=16), vocab_size=data.vocab_size, num_val_samples=16, lr=3e-2)
+    trainer = L_.Trainer(
+        max_steps=6, limit_val_batches=1, val_check_interval=6, check_val_every_n_epoch=None, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, callbacks=[EMAWeightAveraging(decay=0.5)],
+    )
+    trainer.fit(model, datamodule=data)
+    logged = float(trainer.callback_metrics["val/sample_nll"])
+    # after fit the averaged weights are in the model: its samples score what validation logged
+    expected = data.evaluate_samples(model.generate(16, data.seq_len, seed=0).tokens)["nll"]
+    assert logged == pytest.approx(float(expected), rel=1e-5)

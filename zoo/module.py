@@ -104,17 +104,21 @@ class FlowLM(L.LightningModule, FlowzooHubMixin):
             torch.manual_seed(batch_idx)  # the same noise and times every epoch: comparable validation losses
             out = self.objective(self, batch)
         self.log_dict({f"val/{k}": v for k, v in out.items()}, prog_bar=True, batch_size=batch.shape[0], sync_dist=True)
+        if batch_idx == 0:
+            # inside the epoch, not at its end: weight-averaging callbacks (EMA) have their weights in place here
+            self._log_sample_metrics()
 
     def test_step(self, batch: torch.Tensor, batch_idx: int) -> None:
         self.validation_step(batch, batch_idx)
 
-    def on_validation_epoch_end(self) -> None:
+    def _log_sample_metrics(self) -> None:
+        """Draw ``num_val_samples`` with the model's sampler (seed 0) and log the data's sample metrics."""
         datamodule = getattr(self.trainer, "datamodule", None)
         if self.num_val_samples <= 0 or datamodule is None or self.trainer.sanity_checking:
             return
         out = self.generate(self.num_val_samples, datamodule.seq_len, seed=0)
         metrics = datamodule.evaluate_samples(out.tokens)
-        self.log_dict({f"val/sample_{k}": float(v) for k, v in metrics.items()}, sync_dist=True)
+        self.log_dict({f"val/sample_{k}": float(v) for k, v in metrics.items()}, batch_size=1, sync_dist=True)
 
     def predict_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         return self.generate(batch.shape[0], batch.shape[1], seed=batch_idx).tokens
