@@ -14,6 +14,7 @@ from flowzoo.objectives._flowmap import (
     weighted_mean,
 )
 from flowzoo.objectives.psd import semigroup_loss, semigroup_target
+from flowzoo import registry
 from flowzoo.registry import register
 
 TARGETS = ("semigroup", "lagrangian")
@@ -83,6 +84,11 @@ class Distill(FlowMapObjective):
         teacher = self._teacher
         if teacher.vocab_size != model.vocab_size:
             raise CheckpointError(f"teacher vocabulary {teacher.vocab_size} differs from the student's {model.vocab_size}")
+        if registry.spec(teacher.path) != registry.spec(model.path):
+            raise CheckpointError(
+                f"the teacher was trained on the path {registry.spec(teacher.path)} but the student uses {registry.spec(model.path)}; "
+                "give the student the teacher's path (its time and noise define what the teacher's D means)"
+            )
         if next(teacher.parameters()).device != device:
             teacher.to(device)
         if self.init_from_teacher and not bool(self.teacher_copied):

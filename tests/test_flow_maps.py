@@ -171,6 +171,16 @@ def test_distill_lagrangian_target_uses_the_teacher_velocity():
         FlowLM(backbone=TINY, vocab_size=V, objective="distill").objective(student, torch.randint(0, V, (B, L)))
 
 
+def test_distill_refuses_a_teacher_on_another_path():
+    from flowzoo.errors import CheckpointError
+
+    teacher = small_model()
+    student = FlowLM(backbone=TINY, vocab_size=V, path={"name": "linear", "init_args": {"time": "tau"}}, objective="distill")
+    student.objective.set_teacher(teacher)
+    with pytest.raises(CheckpointError, match="path"):
+        student.objective(student, torch.randint(0, V, (B, L)))
+
+
 # --- the sampler -------------------------------------------------------------------------------
 class Counting:
     """Wraps a model and counts network evaluations and the (s, t) they were asked for."""
