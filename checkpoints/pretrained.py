@@ -43,7 +43,12 @@ def check_version(config: dict[str, Any]) -> None:
     if written is None:
         raise CheckpointError("the checkpoint config has no flowzoo_version: it was not written by flowzoo")
     ours = _major_minor(flowzoo.__version__)
-    if _major_minor(written) > ours or _major_minor(written)[0] != ours[0]:
+    if _major_minor(written)[0] < ours[0]:
+        raise CheckpointError(
+            f"the checkpoint was written by flowzoo {written}, an older major version that this flowzoo {flowzoo.__version__} "
+            f"cannot read; load it with flowzoo {_major_minor(written)[0]}.x"
+        )
+    if _major_minor(written) > ours:
         raise CheckpointError(
             f"the checkpoint was written by flowzoo {written}, which this flowzoo {flowzoo.__version__} cannot read; upgrade flowzoo"
         )
@@ -56,6 +61,9 @@ def build_model(config: dict[str, Any], model_class=None):
     if not isinstance(config, dict):
         raise CheckpointError(f"the checkpoint config must be a JSON object, got {type(config).__name__}")
     check_version(config)
+    missing = [k for k in ("vocab_size", "backbone", "path", "head", "objective", "sampler") if k not in config]
+    if missing:
+        raise CheckpointError(f"the checkpoint config lacks {', '.join(repr(k) for k in missing)}: it is incomplete or not a flowzoo model config")
     try:
         model = (model_class or FlowLM).from_config(config)
     except (FlowzooError, KeyError, TypeError, ValueError) as err:

@@ -8,6 +8,7 @@ import torch
 from flowzoo.kernels import interpolant
 from flowzoo.paths.base import ProbabilityPath, expand_time
 from flowzoo.registry import register
+from flowzoo.validation import check_times, check_tokens, on_host
 
 
 @register("path", "linear")
@@ -79,15 +80,22 @@ class LinearPath(ProbabilityPath):
         return self.sigma * torch.randn(batch, length, vocab_size, generator=generator, device=device)
 
     def sample(self, x1, t, vocab_size, generator=None):
+        check_tokens(x1, vocab_size, values=on_host(x1))
+        check_times(t, batch=x1.shape[0], values=on_host(t))
         # x_t = a x0 + b onehot(x1) with a = (1 - t) sigma, b = t, drawn without a separate x0 tensor on CUDA
         return interpolant(x1, (1 - t) * self.sigma, t, vocab_size, generator=generator)
 
     def velocity(self, x, denoised, t):
         """b_t(x) = (D_t(x) - x) / (1 - t)."""
+        if denoised.shape != x.shape:
+            raise ValueError(f"the denoiser output must have the state's shape {tuple(x.shape)}, got {tuple(denoised.shape)}")
         return (denoised - x) / (1 - expand_time(t)).clamp_min(1e-6)
 
     def flow_map(self, x: torch.Tensor, delta: torch.Tensor, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """X_{s,t}(x) = ((1-t)/(1-s)) x + ((t-s)/(1-s)) delta_{s,t}(x); at s = 1 the map is the identity."""
+        check_times(t, s, batch=x.shape[0])
+        if delta.shape != x.shape:
+            raise ValueError(f"delta_{{s,t}} must have the state's shape {tuple(x.shape)}, got {tuple(delta.shape)}")
         one_minus_s = 1 - s
         safe = torch.where(one_minus_s > 0, one_minus_s, torch.ones_like(one_minus_s))
         b = torch.where(one_minus_s > 0, (t - s) / safe, torch.zeros_like(s)).clamp(0.0, 1.0)

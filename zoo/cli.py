@@ -161,10 +161,31 @@ def main(argv: Sequence[str] | None = None) -> int:
             publish_main(argv[1:])
         else:
             lightning_main(argv)
-    except FlowzooError as err:
-        print(f"flowzoo: error: {err}", file=sys.stderr)
+    except (FlowzooError, ValueError) as err:
+        message = bad_input_message(err)
+        if message is None:
+            raise  # not a refusal of ours: a bug, shown with its traceback
+        print(f"flowzoo: error: {message}", file=sys.stderr)
         return 2
     return 0
+
+
+def bad_input_message(err: BaseException) -> str | None:
+    """One line for a refusal of bad input, or None for an error that is not one.
+
+    Refusals are FlowzooErrors and ValueErrors raised by flowzoo's own checks (the frame that raised
+    them is in a flowzoo module). jsonargparse wraps a component's refusal in a multi-line report
+    ("Does not validate against any of the Union subtypes ..."); its ``__cause__`` is the refusal.
+    """
+    while isinstance(err.__cause__, (FlowzooError, ValueError)):
+        err = err.__cause__
+    if not isinstance(err, FlowzooError):
+        tb = err.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        if tb is None or not str(tb.tb_frame.f_globals.get("__name__", "")).startswith("flowzoo."):
+            return None
+    return str(err) or type(err).__name__
 
 
 if __name__ == "__main__":

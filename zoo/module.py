@@ -17,7 +17,7 @@ from flowzoo.heads.base import Head
 from flowzoo.objectives.base import Objective
 from flowzoo.paths.base import ProbabilityPath
 from flowzoo.samplers.base import SampleOutput, Sampler
-from flowzoo.validation import check_state, check_times, check_tokens
+from flowzoo.validation import check_state, check_times, check_tokens, on_host
 
 LR_SCHEDULES = ("constant", "cosine")
 
@@ -81,6 +81,9 @@ class FlowLM(L.LightningModule, FlowzooHubMixin):
     # --- the network ---------------------------------------------------------------
     def logits(self, x: torch.Tensor, t: torch.Tensor | None, s: torch.Tensor | None = None) -> torch.Tensor:
         """Backbone logits (B, L, V) for state x at path time t (and source time s for flow maps)."""
+        check_times(t, s, batch=x.shape[0] if x.dim() else None, values=on_host(x))
+        if not x.is_floating_point():  # token ids (B, L), [MASK]/BOS included
+            check_tokens(x, self.vocab_size + self.path.extra_tokens, values=on_host(x))
         nt = None if t is None else self.path.network_time(t)
         ns = None if s is None else self.path.network_time(s)
         return self.backbone(x, nt, ns)
@@ -94,6 +97,7 @@ class FlowLM(L.LightningModule, FlowzooHubMixin):
 
     # --- training ------------------------------------------------------------------
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        check_tokens(batch, self.vocab_size, values=batch_idx == 0 or on_host(batch))  # no device sync per CUDA step
         out = self.objective(self, batch)
         self.log_dict({f"train/{k}": v.detach() for k, v in out.items()}, prog_bar=True, batch_size=batch.shape[0])
         return out["loss"]

@@ -37,7 +37,13 @@ def sample_from_checkpoint(
             spec = registry.spec(model.sampler)
         spec["init_args"].update(overrides or {})
         accepted = inspect.signature(registry.get("sampler", spec["name"])).parameters
-        spec["init_args"] = {k: v for k, v in spec["init_args"].items() if k in accepted or k in (overrides or {})}
+        refused = sorted(set(overrides or {}) - set(accepted))
+        if refused:
+            raise ValueError(
+                f"sampler {spec['name']!r} has no option {', '.join('--' + k for k in refused)}; "
+                f"its options: {', '.join(accepted) or 'none'}"
+            )
+        spec["init_args"] = {k: v for k, v in spec["init_args"].items() if k in accepted}
         chosen = registry.build("sampler", spec)
     data = data_from_spec(model.data_spec)
     if length is None:
