@@ -33,9 +33,10 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("flow", "flow_map", "mdlm", "ar")
 FLAGS = {
-    "flow": ["--model.path=linear", "--model.objective=flow_matching", "--model.sampler=euler", "--model.sampler.init_args.steps=128"],
+    "flow": ["--model.path=linear", "--model.path.init_args.time=tau", "--model.objective=flow_matching", "--model.sampler=euler", "--model.sampler.init_args.steps=128"],
     "flow_map": [
         "--model.path=linear",
+        "--model.path.init_args.time=tau",
         "--model.objective=distill",
         "--model.objective.init_args.teacher={teacher}",
         "--model.objective.init_args.teacher_gap=0.05",
