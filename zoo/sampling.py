@@ -10,7 +10,7 @@ import torch
 
 from flowzoo import registry
 from flowzoo.checkpoints import load_checkpoint
-from flowzoo.errors import DataError
+from flowzoo.errors import DataError, FlowzooError
 
 
 def data_from_spec(spec: dict[str, Any] | None):
@@ -45,16 +45,33 @@ def sample_from_checkpoint(
             )
         spec["init_args"] = {k: v for k, v in spec["init_args"].items() if k in accepted}
         chosen = registry.build("sampler", spec)
-    data = data_from_spec(model.data_spec)
+    try:
+        data = data_from_spec(model.data_spec)
+    except (FlowzooError, TypeError, OSError) as err:  # e.g. a data module this flowzoo does not know
+        data, unavailable = None, err
+    else:
+        unavailable = None
     if length is None:
-        if data is None:
-            raise DataError("the checkpoint does not record its data; pass --length")
-        length = data.seq_len
+        length = data.seq_len if data is not None else ((model.data_spec or {}).get("init_args") or {}).get("seq_len")
+        if length is None:
+            raise DataError("the checkpoint does not record its data's sequence length; pass --length")
     start = time.perf_counter()
     out = model.generate(num_samples, length, sampler=chosen, seed=seed)
     elapsed = time.perf_counter() - start
-    texts = data.decode(out.tokens) if data is not None else [" ".join(map(str, row)) for row in out.tokens.tolist()]
-    result: dict[str, Any] = {"sampler": registry.spec(chosen), "nfe": out.nfe, "seconds": round(elapsed, 3), "texts": texts}
+    texts, metrics = None, None
     if data is not None:
-        result["metrics"] = {k: round(float(v), 4) for k, v in data.evaluate_samples(out.tokens).items()}
+        try:  # the training data decodes and scores; it may need its corpus (absent on a machine that only pulled the model)
+            texts = data.decode(out.tokens)
+            metrics = {k: round(float(v), 4) for k, v in data.evaluate_samples(out.tokens).items()}
+        except (FlowzooError, OSError) as err:
+            texts, unavailable = None, err
+    if texts is None:
+        tokenizer = getattr(model, "tokenizer", None)  # tokenizer.json shipped beside the weights
+        rows = out.tokens.tolist()
+        texts = tokenizer.decode_batch(rows) if tokenizer is not None else [" ".join(map(str, row)) for row in rows]
+    result: dict[str, Any] = {"sampler": registry.spec(chosen), "nfe": out.nfe, "seconds": round(elapsed, 3), "texts": texts}
+    if metrics is not None:
+        result["metrics"] = metrics
+    elif unavailable is not None:
+        result["note"] = f"no sample metrics: the training data is not available here ({unavailable})"
     return result
