@@ -7,6 +7,8 @@ and the configs below, skipped when the checkpoints exist); then the student is 
 
     python benchmarks/flowmap_markov.py            # train what is missing, then evaluate
     python benchmarks/flowmap_markov.py --student runs/flowmap_markov/distill/checkpoints/last.ckpt
+    python benchmarks/flowmap_markov.py --teacher runs/study/markov/flow/pretrained \
+        --student runs/study/markov/flow_map/pretrained --num-samples 1024   # the models of benchmarks/study.py
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 TEACHER_CONFIG = "configs/flowmap_markov_teacher.yaml"
 DISTILL_CONFIG = "configs/flowmap_markov_distill.yaml"
-TEACHER = "runs/flowmap_markov/teacher/teacher.ckpt"
+TEACHER = "runs/flowmap_markov/teacher/checkpoints/teacher.ckpt"
 STUDENT = "runs/flowmap_markov/distill/checkpoints/last.ckpt"
 
 
@@ -65,9 +67,6 @@ def main() -> None:
     teacher_path, student_path = ROOT / args.teacher, ROOT / args.student
     if not teacher_path.exists():
         fit(TEACHER_CONFIG)
-        produced = ROOT / "runs/flowmap_markov/teacher/checkpoints/teacher.ckpt"
-        teacher_path.parent.mkdir(parents=True, exist_ok=True)
-        produced.replace(teacher_path)
     if not student_path.exists():
         fit(DISTILL_CONFIG, f"--model.objective.init_args.teacher={teacher_path}")
 

@@ -62,7 +62,7 @@ def test_fit_then_sample_from_the_command_line(tmp_path):
     )
     assert code == 0
     ckpts = sorted(root.rglob("*.ckpt"))
-    assert ckpts, "fit wrote no checkpoint"
+    assert [p.parent for p in ckpts] == [root / "checkpoints"], "checkpoints go to <default_root_dir>/checkpoints"
     out = subprocess.run(
         [sys.executable, "-m", "flowzoo", "sample", "--checkpoint", str(ckpts[-1]), "--steps", "4", "--num-samples", "3", "--show", "1"],
         capture_output=True, text=True, check=True,

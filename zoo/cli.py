@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Sequence
 
@@ -39,6 +40,17 @@ def expand_short_names(argv: Sequence[str]) -> list[str]:
     return out
 
 
+def place_checkpoints(trainer) -> None:
+    """Checkpoint callbacks without a ``dirpath`` write to ``<default_root_dir>/checkpoints``.
+
+    One predictable place per run folder (``--trainer.default_root_dir=runs/x`` gives ``runs/x/checkpoints/last.ckpt``)
+    instead of Lightning's ``lightning_logs/version_N/checkpoints``.
+    """
+    for callback in trainer.checkpoint_callbacks:
+        if callback.dirpath is None:
+            callback.dirpath = os.path.realpath(os.path.join(trainer.default_root_dir, "checkpoints"))
+
+
 def lightning_main(argv: Sequence[str]) -> None:
     from lightning.pytorch.cli import LightningCLI
 
@@ -51,6 +63,9 @@ def lightning_main(argv: Sequence[str]) -> None:
             defaults = {f"model.{kind}": {"class_path": registry.class_path(registry.get(kind, name))} for kind, name in _MODEL_DEFAULTS.items()}
             defaults["data"] = {"class_path": registry.class_path(registry.get("data", "markov"))}
             parser.set_defaults(defaults)
+
+        def before_fit(self) -> None:
+            place_checkpoints(self.trainer)
 
     registry.load_all()
     args = expand_short_names(argv)
