@@ -302,3 +302,19 @@ def test_the_console_command_prints_one_line_and_exits_2(saved):
     )
     assert out.returncode == 2
     assert "corrupt or truncated" in one_error_line(out.stderr) and out.stdout == ""
+
+
+@pytest.mark.parametrize("form", [["--ckpt_path=nope.ckpt"], ["--ckpt_path", "nope.ckpt"]], ids=["equals", "separate"])
+@pytest.mark.parametrize("command", ["fit", "validate"])
+def test_lightning_commands_refuse_a_missing_ckpt_path_before_building(tmp_path, monkeypatch, capsys, command, form):
+    monkeypatch.chdir(tmp_path)
+    assert main([command, *TINY_ARGS, *form]) == 2
+    assert "checkpoint nope.ckpt does not exist (--ckpt_path)" in one_error_line(capsys.readouterr().err)
+
+
+def test_sample_refuses_an_output_file_in_a_missing_folder(saved, tmp_path, capsys):
+    target = tmp_path / "no" / "such" / "folder" / "samples.txt"
+    assert main(["sample", "--model", str(saved), "--output", str(target)]) == 2
+    assert "its folder does not exist" in one_error_line(capsys.readouterr().err)
+    assert main(["sample", "--model", str(saved), "--num-samples", "2", "--output", str(tmp_path / "samples.txt")]) == 0
+    assert len((tmp_path / "samples.txt").read_text().splitlines()) == 2

@@ -11,10 +11,11 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from flowzoo import registry
-from flowzoo.errors import FlowzooError
+from flowzoo.errors import CheckpointError, FlowzooError
 
 # command-line keys whose value is a registered component name
 _KEY_KIND = {f"--model.{kind}": kind for kind in ("backbone", "path", "head", "objective", "sampler")}
@@ -51,6 +52,21 @@ def place_checkpoints(trainer) -> None:
             callback.dirpath = os.path.realpath(os.path.join(trainer.default_root_dir, "checkpoints"))
 
 
+def check_ckpt_path(argv: Sequence[str]) -> None:
+    """Refuse ``--ckpt_path`` naming a missing local file before any model or data is built."""
+    argv = list(argv)
+    for i, arg in enumerate(argv):
+        key, sep, value = arg.partition("=")
+        if key != "--ckpt_path":
+            continue
+        if not sep:
+            value = argv[i + 1] if i + 1 < len(argv) else ""
+        if value in ("", "null", "None", "best", "last", "hpc", "registry") or "://" in value:
+            continue  # Lightning's own choices and remote paths
+        if not Path(value).expanduser().is_file():
+            raise CheckpointError(f"checkpoint {value} does not exist (--ckpt_path)")
+
+
 def lightning_main(argv: Sequence[str]) -> None:
     from lightning.pytorch.cli import LightningCLI
 
@@ -68,6 +84,7 @@ def lightning_main(argv: Sequence[str]) -> None:
             place_checkpoints(self.trainer)
 
     registry.load_all()
+    check_ckpt_path(argv)
     args = expand_short_names(argv)
     program, sys.argv = sys.argv, sys.argv[:1]  # the arguments go in through ``args`` only
     try:
@@ -99,6 +116,8 @@ def sample_main(argv: Sequence[str]) -> None:
     parser.add_argument("--show", type=int, default=8, help="how many samples to print")
     parser.add_argument("--output", help="write all samples, one per line, to this file")
     args = parser.parse_args(argv)
+    if args.output and not Path(args.output).expanduser().resolve().parent.is_dir():
+        raise FlowzooError(f"cannot write --output {args.output}: its folder does not exist")
 
     from flowzoo.sampling import sample_from_checkpoint
 
