@@ -13,6 +13,7 @@ from flowzoo.registry import build, get, names, register  # noqa: E402
 
 __all__ = [
     "__version__",
+    "FlowLM",
     "build",
     "get",
     "names",
@@ -23,3 +24,12 @@ __all__ = [
     "IncompatibleComponentsError",
     "UnknownComponentError",
 ]
+
+
+def __getattr__(name: str):
+    """``from flowzoo import FlowLM`` without importing Lightning on ``import flowzoo``."""
+    if name == "FlowLM":
+        from flowzoo.module import FlowLM
+
+        return FlowLM
+    raise AttributeError(f"module 'flowzoo' has no attribute {name!r}")
