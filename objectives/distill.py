@@ -9,15 +9,19 @@ from flowzoo.objectives._flowmap import (
     MIDPOINTS,
     FlowMapObjective,
     adaptive_weight,
+    flow_map,
     lagrangian_residual,
     sample_middle,
+    semigroup_weight,
+    uses_mean_denoiser,
     weighted_mean,
 )
+from flowzoo.paths.base import expand_time
 from flowzoo.objectives.psd import semigroup_loss, semigroup_target
 from flowzoo import registry
 from flowzoo.registry import register
 
-TARGETS = ("semigroup", "lagrangian")
+TARGETS = ("semigroup", "lagrangian", "trajectory")
 DIAGONAL_TARGETS = ("teacher", "data")
 
 
@@ -28,7 +32,9 @@ class Distill(FlowMapObjective):
     Diagonal: CE(D^teacher_t(x_t) || delta_{t,t}(x_t)) (or the data). Off the diagonal, ``target``:
     ``semigroup``: CE(sg[gamma delta_{s,u} + (1-gamma) delta_{u,t}(X_{s,u})] || delta_{s,t}) with pieces shorter
     than ``teacher_gap`` read from the teacher's D (FMLM's recipe with the teacher as the anchor);
-    ``lagrangian``: ||(1-t)(d/dt X_{s,t}(x_s) - b^teacher_t(X_{s,t}(x_s)))||^2, the teacher's velocity at the landing point.
+    ``lagrangian``: ||(1-t)(d/dt X_{s,t}(x_s) - b^teacher_t(X_{s,t}(x_s)))||^2, the teacher's velocity at the landing point;
+    ``trajectory``: CE(sg[delta^teacher_{s,t}(x_s)] || delta_{s,t}), the mean denoiser of the teacher's own trajectory
+    from s to t integrated with ``teacher_steps`` exact-map steps (see :func:`trajectory_target`).
 
     The teacher is loaded on first use and kept out of the module tree (never in the student's weights).
     ``init_from_teacher`` copies the teacher's backbone into the student once (a buffer remembers it, so a
@@ -49,8 +55,12 @@ class Distill(FlowMapObjective):
         map_weight: float = 1.0,
         midpoint: str = "middle",
         adaptive: bool = False,
+        teacher_steps: int = 16,
     ) -> None:
         super().__init__(diagonal_share, pair_sampling, boundary, time_sampling, map_weight)
+        if teacher_steps < 1:
+            raise ValueError(f"teacher_steps must be at least 1, got {teacher_steps}")
+        self.teacher_steps = teacher_steps
         if target not in TARGETS:
             raise ValueError(f"unknown distillation target {target!r}; choices: {', '.join(TARGETS)}")
         if diagonal_target not in DIAGONAL_TARGETS:
@@ -65,6 +75,12 @@ class Distill(FlowMapObjective):
         # whether the student has been initialised from the teacher: saved with the weights
         self.register_buffer("teacher_copied", torch.zeros((), dtype=torch.bool))
         object.__setattr__(self, "_teacher", None)  # not a submodule: not saved, not moved by .to()
+
+    def incompatibility(self, parts):
+        found = super().incompatibility(parts)
+        if found is None and self.target == "trajectory" and not uses_mean_denoiser(parts["path"]):
+            return "path", "the trajectory target averages the teacher's D along its path, which needs the mean-denoiser (linear) path"
+        return found
 
     # --- the teacher -------------------------------------------------------------------
     def set_teacher(self, teacher) -> None:
@@ -126,6 +142,37 @@ class Distill(FlowMapObjective):
             per_token = (residual**2).sum(-1)  # (B, L)
             weight = adaptive_weight(per_token) if self.adaptive else None
             return {"map": weighted_mean(per_token, weight), "map_residual": per_token.mean()}
+        if self.target == "trajectory":
+            target = trajectory_target(teacher, xs, pairs.us, pairs.ut, self.teacher_steps)
+            return semigroup_loss(model, xs, pairs.s, pairs.t, target, self.adaptive)
         u = sample_middle(model.path, pairs, self.midpoint)
         target = semigroup_target(model, xs, pairs.s, u, pairs.t, short_model=teacher, short_gap=self.teacher_gap)
         return semigroup_loss(model, xs, pairs.s, pairs.t, target, self.adaptive)
+
+
+@torch.no_grad()
+def trajectory_target(teacher, xs: torch.Tensor, us: torch.Tensor, ut: torch.Tensor, steps: int) -> torch.Tensor:
+    """delta^teacher_{s,t}(x_s): the mean denoiser of the teacher's trajectory from s to t. (B, L, V)
+
+    ``steps`` teacher evaluations: pieces [a, b] uniform in the path's uniform time u, each an exact map of the
+    linear path, x <- ((1-b)/(1-a)) x + ((b-a)/(1-a)) D (the ODE's exponential integrator), with D the teacher's
+    denoiser at the piece's midpoint m (reached with D_a: two evaluations a piece, second order; a last odd
+    evaluation takes a first-order piece). Pieces compose by the semigroup rule delta_{s,b} = g delta_{s,a} +
+    (1-g) D, g = (1-b)(a-s)/((1-a)(b-s)), so the target stays on the simplex and needs no division by t - s.
+    """
+    path = teacher.path
+    pieces = [2] * (steps // 2) + [1] * (steps % 2)  # evaluations per piece
+    s = path.time_from_uniform(us)
+    x, delta, a, done = xs, None, s, 0
+    for evals in pieces:
+        done += evals
+        b = path.time_from_uniform(us + (ut - us) * done / steps).clamp(min=a)
+        D = teacher.head.denoise(teacher.logits(x, a, a)).float()  # (B, L, V)
+        if evals == 2:
+            m = path.time_from_uniform(us + (ut - us) * (done - 1) / steps).clamp(min=a, max=b)
+            D = teacher.head.denoise(teacher.logits(flow_map(path, x, D, a, m), m, m)).float()
+        g = expand_time(semigroup_weight(s, a, b))
+        delta = D if delta is None else g * delta + (1 - g) * D
+        x = flow_map(path, x, D, a, b)
+        a = b
+    return delta

@@ -125,3 +125,20 @@ def test_map_losses_vanish_at_the_exact_map(model):
     x = model.path.sample(x1, torch.full((8,), 0.3), V)
     r = lagrangian_residual(wrong, x, torch.full((8,), 0.3), torch.full((8,), 0.9))
     assert (r**2).sum(-1).mean() > 1e-2
+
+
+@pytest.mark.parametrize("s,t", [(0.1, 0.6), (0.0, 0.95), (0.5, 0.55)])
+def test_trajectory_target_converges_to_the_exact_mean_denoiser(model, s, t):
+    """distill's trajectory target: the teacher's own path from s to t averaged into delta_{s,t}; exact teacher -> exact map."""
+    from flowzoo.objectives.distill import trajectory_target
+
+    torch.manual_seed(5)
+    B = 4
+    xs = model.path.sample(SEQS[torch.arange(B) % 3], torch.full((B,), s), V).double()
+    us, ut = torch.full((B,), s, dtype=torch.float64), torch.full((B,), t, dtype=torch.float64)
+    exact = model.exact.mean_denoiser(xs, us, ut)
+    coarse = trajectory_target(model, xs, us, ut, steps=2)
+    fine = trajectory_target(model, xs, us, ut, steps=32)
+    assert torch.allclose(fine.sum(-1), torch.ones(B, L, dtype=fine.dtype), atol=1e-5)  # on the simplex
+    assert (fine - exact).abs().max() < 2e-2
+    assert (fine - exact).abs().max() < (coarse - exact).abs().max() + 1e-9
