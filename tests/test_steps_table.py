@@ -1,0 +1,92 @@
+"""benchmarks/steps_table.py on tiny checkpoints trained for 3 steps: mdlm (ancestral), flow (euler), flow map, ar."""
+
+import importlib.util
+import json
+import shlex
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from flowzoo.checkpoints.pretrained import save_pretrained
+from flowzoo.data.markov import MarkovData
+from flowzoo.module import FlowLM
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = {"width": 32, "depth": 1, "heads": 2, "cond_dim": 16}
+DATA = {"num_states": 16, "num_train": 48, "num_val": 16, "seq_len": 8, "batch_size": 16}
+METHODS = {
+    "mdlm": {"path": "masked", "objective": "mdlm", "sampler": "ancestral"},
+    "flow": {"path": "linear", "objective": "flow_matching", "sampler": "euler"},
+    "flow_map": {"path": "linear", "objective": "lsd", "sampler": "flow_map"},
+    "ar": {"path": "autoregressive", "objective": "ar", "sampler": "ar", "causal": True},
+}
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("steps_table", ROOT / "benchmarks" / "steps_table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("steps")
+    out = {}
+    for name, parts in METHODS.items():
+        torch.manual_seed(0)
+        parts = dict(parts)
+        backbone = {"name": "dit", "init_args": {**SMALL, "causal": parts.pop("causal", False)}}
+        model = FlowLM(backbone=backbone, **parts, vocab_size=DATA["num_states"], num_val_samples=0, warmup_steps=1)
+        trainer = L.Trainer(max_steps=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                            limit_val_batches=0, enable_model_summary=False)
+        trainer.fit(model, MarkovData(**DATA))
+        save_pretrained(model, root / name)
+        out[name] = root / name
+    return out
+
+
+def test_steps_table_for_mdlm_flow_flow_map_and_ar(checkpoints, tmp_path):
+    script = _script()
+    output = tmp_path / "steps.md"
+    argv = [*(f"--checkpoint={name}={path}" for name, path in checkpoints.items()), "--steps", "2", "4",
+            "--num-samples", "12", "--batch-size", "8", "--threads", "1", "--output", str(output)]
+    results = script.main(argv)
+    rows = [(r["model"], r["sampler_name"], r["steps"], r["nfe"]) for r in results["rows"]]
+    assert rows == [
+        ("mdlm", "ancestral", 2, rows[0][3]), ("mdlm", "ancestral", 4, rows[1][3]),
+        ("flow", "euler", 2, 2), ("flow", "euler", 4, 4),
+        ("flow_map", "flow_map", 2, 2), ("flow_map", "flow_map", 4, 4),
+        ("ar", "ar", None, DATA["seq_len"]),
+        ("data (validation)", "data", None, 0),
+    ]
+    assert 1 <= rows[0][3] <= 3 and 1 <= rows[1][3] <= 5  # ancestral: at most steps + 1 (noise removal), cache skips
+    for r in results["rows"]:
+        assert {"valid_transitions", "nll", "nll_gap", "entropy"} <= set(r["metrics"])
+    assert results["rows"][-1]["metrics"]["valid_transitions"] == 1.0
+    # one fixed seed: the same sample count per row, batches seeded the same way as flowzoo benchmark
+    assert results["config"]["num_samples"] == 12 and results["config"]["seed"] == 0
+
+    text = output.read_text()
+    assert text.splitlines()[1] == "python benchmarks/steps_table.py " + shlex.join(argv)  # the command, on top
+    assert "| mdlm | ancestral | 4 |" in text and "| flow_map | flow_map | 2 | 2 |" in text and "| ar | ar | - |" in text
+    assert "valid transitions" in text and "NLL / transition" in text and "NLL − H" in text
+    saved = json.loads(output.with_suffix(".json").read_text())
+    assert saved["command"].endswith(shlex.join(argv)) and len(saved["rows"]) == len(rows)
+    assert saved["models"]["mdlm"]["validation"]["ppl_bound"] > 1
+
+    again = script.main([*argv[:-1], str(tmp_path / "again.md")])  # same seed, same figures
+    assert [r["metrics"] for r in again["rows"]] == [r["metrics"] for r in results["rows"]]
+
+
+def test_checkpoint_names_and_bad_arguments(tmp_path):
+    script = _script()
+    assert script.parse_checkpoint("mdlm=runs/x/checkpoints/last.ckpt") == ("mdlm", "runs/x/checkpoints/last.ckpt")
+    assert script.parse_checkpoint("runs/mdlm_markov/checkpoints/last.ckpt") == ("mdlm_markov", "runs/mdlm_markov/checkpoints/last.ckpt")
+    assert script.parse_checkpoint("runs/a=b/model.ckpt") == ("model", "runs/a=b/model.ckpt")
+    with pytest.raises(SystemExit):
+        script.main(["--checkpoint", "x", "--steps", "0", "--output", str(tmp_path / "t.md")])
+    with pytest.raises(SystemExit):
+        script.main(["--checkpoint", "x", "--output", str(tmp_path / "missing" / "t.md")])
