@@ -52,7 +52,7 @@ def test_steps_table_for_mdlm_flow_flow_map_and_ar(checkpoints, tmp_path):
     script = _script()
     output = tmp_path / "steps.md"
     argv = [*(f"--checkpoint={name}={path}" for name, path in checkpoints.items()), "--steps", "2", "4",
-            "--num-samples", "12", "--batch-size", "8", "--threads", "1", "--output", str(output)]
+            "--num-samples", "12", "--batch-size", "8", "--output", str(output)]
     results = script.main(argv)
     rows = [(r["model"], r["sampler_name"], r["steps"], r["nfe"]) for r in results["rows"]]
     assert rows == [
