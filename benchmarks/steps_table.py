@@ -36,6 +36,7 @@ COLUMNS = {  # metric -> column header; those the data module does not report ar
     "nll": "NLL / transition ↓",
     "nll_gap": "NLL − H ↓",
     "word_validity": "word validity ↑",
+    "unique_words": "unique words ↑",
     "gen_ppl": "gen. PPL ↓",
     "entropy": "unigram entropy (≈ data)",
     "distinct": "distinct ↑",
@@ -89,7 +90,7 @@ def table(results: dict[str, Any], command: str) -> str:
         cells = [r["model"], r["sampler_name"], _fmt(r["steps"]), _fmt(r["nfe"])]
         for m in columns:
             value = r["metrics"].get(m)
-            cells.append(f"{100 * value:.2f}%" if m in ("valid_transitions", "word_validity", "distinct") and value is not None else _fmt(value, 4))
+            cells.append(f"{100 * value:.2f}%" if m in ("valid_transitions", "word_validity", "unique_words", "distinct") and value is not None else _fmt(value, 4))
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "| model | checkpoint | objective | parameters | val loss | perplexity bound |", "|---|---|---|---|---|---|"]
     for name, m in results["models"].items():
