@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from flowzoo.backbones.base import plain_attention
+from flowzoo.objectives._fused import FusedSwitch, hidden, lm_cross_entropy, noise_seed, noisy_state_embedding
 from flowzoo.objectives.base import Objective
 from flowzoo.paths.base import expand_time
 from flowzoo.timesampling import TIME_SAMPLERS, sample_uniform_times
@@ -136,12 +137,15 @@ def adaptive_weight(sq_error: torch.Tensor, c: float = 1e-3) -> torch.Tensor:
     return w / w.mean().clamp_min(1e-12)
 
 
-class FlowMapObjective(Objective):
+class FlowMapObjective(FusedSwitch, Objective):
     """Diagonal (flow-matching / anchor) loss on a share of the batch plus a map loss on the rest.
 
     Subclasses implement :meth:`map_loss` for the off-diagonal sequences and may override
-    :meth:`diagonal_target` (the data, or a teacher's D_t).
+    :meth:`diagonal_target` (the data, or a teacher's D_t). Subclasses that set ``self.fused`` (psd, lsd)
+    get the fused diagonal loss (flowzoo.kernels) when :meth:`use_fused` allows it; it fits the data.
     """
+
+    needs_linear_path = True
 
     def __init__(
         self,
@@ -165,7 +169,7 @@ class FlowMapObjective(Objective):
         self.time_sampling, self.map_weight = time_sampling, map_weight
 
     def incompatibility(self, parts):
-        return check_flow_map_parts(parts)
+        return check_flow_map_parts(parts) or self.fused_incompatibility(parts)
 
     def diagonal_target(self, model, xt: torch.Tensor, t: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
         """What delta_{t,t}(x_t) = D_t(x_t) is fitted to: the clean ids (flow matching)."""
@@ -177,6 +181,9 @@ class FlowMapObjective(Objective):
             return torch.zeros((), device=x1.device)
         u = sample_uniform_times(x1.shape[0], self.time_sampling, device=x1.device)
         t = model.path.time_from_uniform(u)
+        if self.use_fused(model):  # the same CE against x1 without x_t or the logits
+            e = noisy_state_embedding(model, x1, t, noise_seed())  # x_t W_in^T (B, L, D)
+            return lm_cross_entropy(model, hidden(model, e, t, t, embedded=True), x1).mean()
         xt = model.path.sample(x1, t, model.vocab_size)  # (B, L, V)
         target = self.diagonal_target(model, xt, t, x1)
         return model.head.loss(model.logits(xt, t, t), target).mean()

@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from flowzoo.objectives._fused import FusedSwitch, check_switch, hidden, lm_cross_entropy
 from flowzoo.objectives.base import Objective
 from flowzoo.paths.masked import MaskedPath, subs_log_probs
 from flowzoo.registry import register
@@ -25,20 +26,33 @@ def mdlm_nelbo(log_probs: torch.Tensor, x1: torch.Tensor, xt: torch.Tensor, t: t
     return path.nelbo_weight(t)[:, None] * nll
 
 
+def fused_mdlm_nelbo(model, x1: torch.Tensor, xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """:func:`mdlm_nelbo` (B, L) from the trunk's hidden state: linear_cross_entropy (flowzoo.kernels) on the
+    masked rows only, so neither the logits nor the log-probabilities exist as (B, L, V) tensors."""
+    h = hidden(model, xt, t)  # (B, L, D)
+    masked = xt == model.path.mask_id(model.vocab_size)
+    nll = torch.zeros(x1.shape, device=x1.device, dtype=torch.float32)
+    if masked.any():
+        nll = nll.masked_scatter(masked, lm_cross_entropy(model, h[masked], x1[masked]))
+    return model.path.nelbo_weight(t)[:, None] * nll
+
+
 @register("objective", "mdlm")
-class MDLM(Objective):
+class MDLM(FusedSwitch, Objective):
     """NELBO = E_{t ~ U[0, 1-eps]} (1/(1-t)) sum_l 1[x_t^l = MASK] (-log p_theta(x1^l | x_t)), per token.
 
     Times are drawn antithetically (``stratified``, MDLM's ``antithetic_sampling``). Logged: ``loss``
     (the NELBO in nats per token) and ``ppl_bound`` = exp(loss), an upper bound on the perplexity
-    (per batch; exp of the epoch-mean ``val/loss`` is the tighter figure).
+    (per batch; exp of the epoch-mean ``val/loss`` is the tighter figure). ``fused`` (None: automatic)
+    computes the cross-entropy with flowzoo.kernels (no (B, L, V) logits) for a dit backbone and categorical head.
     """
 
-    def __init__(self, time_sampling: str = "stratified") -> None:
+    def __init__(self, time_sampling: str = "stratified", fused: bool | None = None) -> None:
         super().__init__()
         if time_sampling not in TIME_SAMPLERS:
             raise ValueError(f"unknown time_sampling {time_sampling!r}; choices: {', '.join(TIME_SAMPLERS)}")
         self.time_sampling = time_sampling
+        self.fused = check_switch(fused)
 
     def incompatibility(self, parts):
         if not isinstance(parts["path"], MaskedPath):
@@ -48,14 +62,17 @@ class MDLM(Objective):
         backbone = parts.get("backbone")
         if backbone is not None and getattr(backbone, "causal", False):
             return "backbone", "masked diffusion denoises all positions at once: use a bidirectional backbone (causal=false)"
-        return None
+        return self.fused_incompatibility(parts)
 
     def forward(self, model, x1):
         path = model.path
         u = sample_uniform_times(x1.shape[0], self.time_sampling, device=x1.device)
         t = u * path.t_max  # MDLM time 1 - t in [eps, 1]
         xt = path.sample(x1, t, model.vocab_size)  # (B, L) ids, [MASK] = V
-        log_probs = model.head.log_probs(model.logits(xt, t))  # (B, L, V)
-        loss = mdlm_nelbo(log_probs, x1, xt, t, path).mean()
+        if self.use_fused(model):
+            loss = fused_mdlm_nelbo(model, x1, xt, t).mean()
+        else:
+            log_probs = model.head.log_probs(model.logits(xt, t))  # (B, L, V)
+            loss = mdlm_nelbo(log_probs, x1, xt, t, path).mean()
         ppl = torch.exp(loss.detach()) if loss.detach() < 700 else torch.tensor(math.inf, device=loss.device)
         return {"loss": loss, "ppl_bound": ppl, "masked_share": (xt == model.vocab_size).float().mean()}

@@ -160,14 +160,27 @@ class DiT(Backbone):
         return c + self.gap_embed(t - (t if s is None else s))
 
     def forward(self, x, t=None, s=None, cache=None, start=0):
+        return self.unembed(self.hidden(x, t, s, cache, start)).float()  # (B, L, V_out)
+
+    def hidden(self, x, t=None, s=None, cache=None, start=0, *, embedded: bool = False) -> torch.Tensor:
+        """Final hidden state h (B, L, width) after the final adaLN modulation: logits = unembed(h).
+
+        ``x`` as in :meth:`forward`, or with ``embedded=True`` an input embedding e = x W_in^T (B, L, width)
+        computed elsewhere (the fused kernels embed a noisy state without building it).
+        """
         if self.in_dim is None:
             raise RuntimeError("DiT.bind(in_dim, out_dim) must be called before forward")
-        h = self.embed_input(x)  # (B, L, width)
+        if embedded:
+            if x.dim() != 3 or x.shape[-1] != self.width:
+                raise ValueError(f"an input embedding must have shape (B, L, {self.width}), got {tuple(x.shape)}")
+            h = x if torch.is_autocast_enabled() else x.to(self.embed.weight.dtype)
+        else:
+            h = self.embed_input(x)  # (B, L, width)
         c = F.silu(self.condition(h.shape[0], t, s, h.device))
         for i, block in enumerate(self.blocks):
             h = block(h, c, None if cache is None else cache[i], start)
         shift, scale = self.final_ada(c).chunk(2, dim=-1)
-        return self.unembed(modulate(self.final_norm(h), shift, scale)).float()  # (B, L, V_out)
+        return modulate(self.final_norm(h), shift, scale)
 
     def new_cache(self) -> list[dict]:
         """An empty key/value cache, one dict per block, for incremental causal decoding."""
