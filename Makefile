@@ -18,9 +18,10 @@ $(BIN)/flowzoo: pyproject.toml
 
 env: $(BIN)/flowzoo
 
+# one thread: a second one only helps on an idle machine, and spinning OpenMP threads lose badly to any neighbour
 quickstart: env
-	$(BIN)/flowzoo fit --config configs/quickstart.yaml
-	$(BIN)/flowzoo sample --checkpoint runs/quickstart/checkpoints/last.ckpt --num-samples 64 --show 6
+	OMP_NUM_THREADS=1 $(BIN)/flowzoo fit --config configs/quickstart.yaml
+	OMP_NUM_THREADS=1 $(BIN)/flowzoo sample --checkpoint runs/quickstart/checkpoints/last.ckpt --num-samples 64 --show 6
 
 test: env
 	$(BIN)/python -m pytest -q -p no:cacheprovider
