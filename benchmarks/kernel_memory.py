@@ -8,10 +8,14 @@ Steps, all on the same DiT trunk (flowzoo.backbones.dit) and the same width:
   target gamma delta_{s,u} + (1-gamma) delta_{u,t}; the student delta_{s,t}(x_s) is trained by CE on it.
 - ``lsd``: a Lagrangian self-distillation step: || (1-t) d/dt X_{s,t}(x_s) + X - sg D_t(X) ||^2, X the landing
   point, d/dt from forward-mode AD (torch.func.jvp), D_t(X) from a stop-gradient pass at (t, t).
-These are minimal in-script emulations of the objectives (embedding of a noisy state + trunk + head),
-so the benchmark does not depend on flowzoo.objectives. "kernels" routes the (B, L, V) work through
-flowzoo.kernels: noisy_embedding, softmax_embedding, linear_cross_entropy (TeacherTarget for psd) and
-lsd_residual_loss (the jvp is then taken of the trunk's hidden state, not of the logits).
+``--source objectives`` (the default) measures the real training step: a FlowLM with that objective
+(mdlm: masked path; fm: flow_matching; psd, lsd: flow maps on the linear path, which put half the batch on
+the diagonal CE and half on the map loss; ar: causal DiT) runs ``model.objective(model, x1)`` and backward,
+with the objective's switch ``fused`` false ("kernels: no") or true ("kernels: yes").
+``--source emulated`` measures minimal in-script emulations of the objectives instead (embedding of a noisy
+state + trunk + head, the whole batch on the map loss), independent of flowzoo.objectives. "kernels" routes
+the (B, L, V) work through flowzoo.kernels: noisy_embedding, softmax_embedding, linear_cross_entropy
+(TeacherTarget for psd) and lsd_residual_loss (the jvp is then taken of the trunk's hidden state).
 
 Memory: on CUDA, torch.cuda.max_memory_allocated() during the step minus the memory held before it.
 On the CPU, a TorchDispatchMode counts the bytes of every tensor storage created during the step
@@ -20,7 +24,8 @@ allocated by the step (activations, saved tensors, temporaries, gradients), the 
 batch excluded. It sees tensors only, not allocator overhead. The saved-tensor column is the bytes
 packed by torch.autograd.graph.saved_tensors_hooks (what the graph keeps for backward).
 
-    python benchmarks/kernel_memory.py                   # reduced CPU size, writes benchmarks/results/kernel_memory.md
+    python benchmarks/kernel_memory.py                   # reduced CPU size, writes benchmarks/results/kernel_memory_objectives.md
+    python benchmarks/kernel_memory.py --source emulated # the emulated steps, writes benchmarks/results/kernel_memory.md
     python benchmarks/kernel_memory.py --device cuda --batch 8 --length 1024 --width 768 --depth 12
 """
 
@@ -288,6 +293,36 @@ def step_lsd(net: Net, x1, gen, kernels: bool) -> torch.Tensor:
 
 STEPS = {"mdlm": step_mdlm, "fm": step_fm, "psd": step_psd, "lsd": step_lsd}
 
+# the real objectives: step name -> (objective, path, sampler, causal backbone)
+OBJECTIVES = {
+    "mdlm": ("mdlm", "masked", "ancestral", False),
+    "fm": ("flow_matching", "linear", "euler", False),
+    "psd": ("psd", "linear", "flow_map", False),
+    "lsd": ("lsd", "linear", "flow_map", False),
+    "ar": ("ar", "autoregressive", "ar", True),
+}
+
+
+def flowlm(name: str, args, device) -> torch.nn.Module:
+    """A FlowLM with the objective of step ``name`` on the benchmark's DiT (weights randomised like Net's)."""
+    from flowzoo.module import FlowLM
+
+    objective, path, sampler, causal = OBJECTIVES[name]
+    backbone = {"name": "dit", "init_args": {"width": args.width, "depth": args.depth, "heads": args.heads,
+                                             "cond_dim": 128, "causal": causal}}
+    model = FlowLM(backbone=backbone, path=path, head="categorical", objective=objective, sampler=sampler,
+                   vocab_size=args.vocab).to(device)
+    torch.nn.init.normal_(model.backbone.unembed.weight, std=0.02)
+    for block in model.backbone.blocks:
+        torch.nn.init.normal_(block.ada.weight, std=0.02)
+    return model
+
+
+def step_objective(model, x1, gen, kernels: bool) -> torch.Tensor:
+    """The real training loss: FlowLM.objective with the switch ``fused`` = kernels."""
+    model.objective.fused = kernels
+    return model.objective(model, x1)["loss"]
+
 
 # ---------------------------------------------------------------------------------------------- driver
 
@@ -296,9 +331,11 @@ def measure(name: str, kernels: bool, args, device) -> dict:
     gen = torch.Generator(device=device).manual_seed(0)
     torch.manual_seed(0)
     V = args.vocab
-    net = Net(V, V + 1 if name == "mdlm" else V, args.width, args.depth, args.heads).to(device)
+    if args.source == "objectives":
+        net, step = flowlm(name, args, device), step_objective
+    else:
+        net, step = Net(V, V + 1 if name == "mdlm" else V, args.width, args.depth, args.heads).to(device), STEPS[name]
     x1 = torch.randint(0, V, (args.batch, args.length), generator=gen, device=device)
-    step = STEPS[name]
     params = sum(p.numel() * p.element_size() for p in net.parameters())
     times, peak, saved, peak_rss = [], 0, 0, float("nan")
     for i in range(1 + args.repeat):  # step 0: warm-up (and the tensor tracker on the CPU)
@@ -341,9 +378,19 @@ def main(argv=None) -> None:
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--repeat", type=int, default=2)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--steps", default="mdlm,fm,psd,lsd")
-    p.add_argument("--out", default=str(Path(__file__).parent / "results" / "kernel_memory.md"))
+    p.add_argument("--source", choices=("objectives", "emulated"), default="objectives",
+                   help="the real FlowLM objectives (fused off / on) or the in-script emulations")
+    p.add_argument("--steps", default=None, help="comma-separated; default mdlm,fm,psd,lsd (+ ar for objectives)")
+    p.add_argument("--out", default=None, help="default benchmarks/results/kernel_memory[_objectives].md")
     args = p.parse_args(argv)
+    if args.steps is None:
+        args.steps = "mdlm,fm,psd,lsd,ar" if args.source == "objectives" else "mdlm,fm,psd,lsd"
+    if args.out is None:
+        suffix = "_objectives" if args.source == "objectives" else ""
+        args.out = str(Path(__file__).parent / "results" / f"kernel_memory{suffix}.md")
+    unknown = set(args.steps.split(",")) - set(OBJECTIVES if args.source == "objectives" else STEPS)
+    if unknown:
+        p.error(f"unknown steps {sorted(unknown)} for --source {args.source}")
     if args.device == "cpu" and "MALLOC_MMAP_THRESHOLD_" not in os.environ and argv is None:
         os.environ["MALLOC_MMAP_THRESHOLD_"] = "131072"  # glibc: big blocks mmapped, freed blocks unmapped
         os.execv(sys.executable, [sys.executable, *sys.argv])
@@ -374,6 +421,12 @@ def write_table(rows, args, device) -> None:
         f"{args.depth}, heads {args.heads}; float32. One (B, L, V) float32 tensor = {state / 2**20:.1f} MiB; "
         f"parameters = {rows[0]['params'] / 2**20:.1f} MiB (not counted in the peak).",
         "",
+        ("Steps: the real training step, `model.objective(model, x1)` + backward of a FlowLM with that objective "
+         "(mdlm: masked path; fm: flow_matching; psd / lsd: half the batch on the diagonal CE, half on the map loss; "
+         "ar: causal DiT); kernels = the objective's switch `fused` (false / true)." if args.source == "objectives"
+         else "Steps: in-script emulations of the objectives (the whole batch on the map loss for psd / lsd); "
+         "kernels = flowzoo.kernels in place of the dense (B, L, V) code."),
+        "",
         f"Peak: {how}."
         + (" Peak RSS: the process's peak resident memory during the step above its resident memory before it "
            "(VmHWM reset through /proc/self/clear_refs; glibc MALLOC_MMAP_THRESHOLD_=131072)." if device.type == "cpu"
@@ -391,9 +444,10 @@ def write_table(rows, args, device) -> None:
             f"{r['saved'] / 2**20:.1f} | {r['time'] * 1e3:.0f} | {r['peak'] / ref.get(r['kernels'], float('nan')):.2f} | "
             f"{r['peak'] / ref.get(True, float('nan')):.2f} |"
         )
-    lines += ["", "Command: `python benchmarks/kernel_memory.py " + " ".join(
-        f"--{k} {v}" for k, v in vars(args).items() if k not in ("out",)) + "`", ""]
     out = Path(args.out)
+    shown = {**vars(args), "out": os.path.relpath(out.resolve(), Path(__file__).resolve().parent.parent)}
+    lines += ["", "Command: `python benchmarks/kernel_memory.py " + " ".join(
+        f"--{k} {v}" for k, v in shown.items()) + "`", ""]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines))
     print(f"wrote {out}")

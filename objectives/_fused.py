@@ -18,7 +18,9 @@ from flowzoo.validation import check_times, check_tokens, on_host
 
 __all__ = ["FusedSwitch", "hidden", "lm_cross_entropy", "mixture_entropy", "noise_seed", "noisy_state_embedding"]
 
-ENTROPY_BUDGET = 1 << 24  # (row, column) entries per temporary of mixture_entropy (64 MiB in float32)
+# (row, column) entries per temporary of mixture_entropy: 4 MiB in float32 on the CPU (as the kernels'
+# chunked references), 64 MiB on an accelerator (fewer Python steps)
+ENTROPY_BUDGET = {"cpu": 1 << 20, "other": 1 << 24}
 
 
 def check_switch(fused) -> bool | None:
@@ -135,7 +137,8 @@ def mixture_entropy(model, hidden_k: torch.Tensor, mix: torch.Tensor) -> torch.T
     h = hidden_k.reshape(K, -1, hidden_k.shape[-1]).float()
     m = mix.expand(K, *lead).reshape(K, -1).float()
     V, R = weight.shape[0], h.shape[1]
-    step = max(1, min(V, ENTROPY_BUDGET // max(R * K, 1)))
+    budget = ENTROPY_BUDGET["cpu" if h.device.type == "cpu" else "other"]
+    step = max(1, min(V, budget // max(R * K, 1)))
 
     def logits(start):
         z = h @ weight[start:start + step].float().t()  # (K, R, C)
