@@ -18,6 +18,7 @@ writing ``docs/benchmark/<data>/results.{json,md,png}``.
     python benchmarks/study.py --data shakespeare
     python benchmarks/study.py --data markov --tiny --runs /tmp/study --output /tmp/study/out   # smoke test
     python benchmarks/study.py --data markov --flow runs/flowmap_markov/teacher/teacher.ckpt     # reuse a flow
+    python benchmarks/study.py --data shakespeare --max-steps 1500 --distill-steps 500 --judge-steps 2000  # reduced budget
 """
 
 from __future__ import annotations
@@ -88,6 +89,8 @@ def train(data: str, method: str, runs: Path, args, teacher: Path | None) -> Pat
     extra = TINY_TRAIN + TINY_DATA[data] + ["--trainer.max_steps=4"] if args.tiny else []
     if args.tiny and method == "flow_map":
         extra = [e for e in extra if not e.startswith("--trainer.max_steps")]
+    if args.max_steps and not args.tiny and method != "flow_map":  # a reduced budget, the same for every method
+        extra = [f"--trainer.max_steps={args.max_steps}", f"--trainer.val_check_interval={min(1000, args.max_steps)}"]
     cmd = flowzoo("fit", "--config", str(ROOT / "benchmarks" / "study" / f"{data}.yaml"), *flags, f"--trainer.default_root_dir={out}", SAVE, *extra)
     run(cmd, args.threads)
     return out / "pretrained"
@@ -101,6 +104,8 @@ def train_judge(data: str, runs: Path, args) -> Path:
         print(f"= judge: {out / 'pretrained'} exists, not retrained", flush=True)
         return out / "pretrained"
     extra = TINY_TRAIN + TINY_DATA[data] + ["--trainer.max_steps=4"] if args.tiny else []
+    if args.judge_steps and not args.tiny:
+        extra = [f"--trainer.max_steps={args.judge_steps}", "--trainer.precision=bf16-mixed"]
     run(flowzoo("judge", "fit", "--config", str(ROOT / "configs" / f"judge_{data}.yaml"), f"--trainer.default_root_dir={out}", *extra), args.threads)
     return out / "pretrained"
 
@@ -135,6 +140,8 @@ def main() -> None:
     parser.add_argument("--output", help="benchmark output directory (default: the config's, docs/benchmark/<data>)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for training and benchmarking")
     parser.add_argument("--distill-steps", type=int, default=1000, help="training steps of the flow-map student")
+    parser.add_argument("--max-steps", type=int, help="training steps of flow, MDLM and AR (default: the shared config's)")
+    parser.add_argument("--judge-steps", type=int, help="training steps of the judge, in bf16 (default: its config's)")
     parser.add_argument("--tiny", action="store_true", help="a few steps of tiny models and a reduced grid: an end-to-end check")
     parser.add_argument("--no-benchmark", action="store_true", help="only train")
     for method in METHODS:

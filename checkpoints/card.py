@@ -8,9 +8,12 @@ Metadata: ``library_name: flowzoo``, tags naming the method and its components, 
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
 
 COMPONENT_KINDS = ("backbone", "path", "head", "objective", "sampler")
 # objective name -> the family tag a Hub user searches for
@@ -26,14 +29,39 @@ FAMILY = {
 MEASUREMENT_KEYS = ("sampler", "nfe", "num_samples", "seed", "benchmark")
 # init_args keys of a data module that name a Hub data set
 DATASET_KEYS = ("dataset", "dataset_id", "dataset_name", "hf_dataset", "path")
+# ``datasets`` builder names (``load_dataset("json", data_files=...)``): they read local files, not a Hub data set
+BUILDER_NAMES = frozenset(
+    {"json", "text", "csv", "parquet", "arrow", "pandas", "sql", "xml", "generator", "cache", "spark", "webdataset",
+     "hdf5", "imagefolder", "audiofolder", "videofolder", "pdffolder"}
+)
+# file names, not repo ids
+DATA_FILE_SUFFIXES = (".txt", ".text", ".md", ".json", ".jsonl", ".csv", ".tsv", ".parquet", ".arrow", ".gz", ".bz2", ".xz", ".zst", ".zip", ".tar")
+
+
+def is_hub_dataset_id(value: Any) -> bool:
+    """Whether ``value`` names a data set on the Hub (``org/name`` or a canonical ``name``): not a ``datasets``
+    builder name (json, text, csv, parquet, arrow, ...), not a local file or folder, a valid repo id."""
+    if not isinstance(value, str) or not value or value.lower() in BUILDER_NAMES:
+        return False
+    if value.startswith((".", "/", "~")) or "\\" in value or value.count("/") > 1 or value.lower().endswith(DATA_FILE_SUFFIXES):
+        return False
+    if os.path.exists(os.path.expanduser(value)):
+        return False  # a local file or folder (the data module reads it, not the Hub)
+    try:
+        validate_repo_id(value)
+    except HFValidationError:
+        return False
+    return True
 
 
 def dataset_id(data: dict[str, Any] | None) -> str | None:
-    """The Hub data set id a data spec names (``{"init_args": {"dataset": "org/name"}}``), else None."""
+    """The Hub data set id a data spec names (``{"init_args": {"dataset": "org/name"}}``), else None.
+
+    Local data (``dataset="json"`` with ``data_files``, a file or folder path) names no Hub data set."""
     args = (data or {}).get("init_args") or {}
     for key in DATASET_KEYS:
         value = args.get(key)
-        if isinstance(value, str) and value and not value.startswith((".", "/", "~")) and value.count("/") <= 1:
+        if is_hub_dataset_id(value):
             return value
     return None
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -261,6 +262,21 @@ def from_pretrained(
     return load_directory(directory, map_location, model_class)
 
 
+def unreadable_checkpoint_message(path, err: BaseException) -> str:
+    """One line for a ``.ckpt`` that ``torch.load(weights_only=True)`` will not read. torch's own message is a
+    page that suggests ``weights_only=False`` (running the file's pickled code); flowzoo never does that."""
+    text = str(err)
+    found = re.search(r"GLOBAL ([\w.]+)", text)
+    if found:  # the pickle would build an arbitrary object (a class, a function call): refused, nothing ran
+        return (
+            f"refused checkpoint {path}: its pickle holds an object that is not weights ({found.group(1)}); flowzoo reads "
+            "Lightning checkpoints with torch.load(weights_only=True) and never runs pickled code"
+        )
+    detail = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\s*\n|$)", text, re.S)
+    first = detail.group(1) if detail else (text.strip().splitlines() or [""])[0]
+    return f"cannot read checkpoint {path}: {type(err).__name__}: {' '.join(first.split())[:300]}"
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu"):
     """A model from a Lightning ``.ckpt`` (written by ``flowzoo fit``), a save_pretrained directory, or a Hub repo id."""
     text, path = str(path), Path(path)
@@ -272,8 +288,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu"):
         return from_pretrained(text, map_location)  # a Hub repo id
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # truncated zip, pickle refused, ...
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}") from None
+    except Exception as err:  # truncated zip, not a torch file, a pickle of something other than weights
+        raise CheckpointError(unreadable_checkpoint_message(path, err)) from None
     if not isinstance(ckpt, dict) or "flowzoo" not in ckpt or "state_dict" not in ckpt:
         raise CheckpointError(f"{path} is not a flowzoo Lightning checkpoint (no 'flowzoo' config)")
     model = build_model(ckpt["flowzoo"])

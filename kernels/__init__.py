@@ -9,6 +9,8 @@ Public entry points (all dispatch automatically; ``backend="triton"|"reference"`
 - :func:`flow_map_step_embedding` -- X = alpha x + beta softmax(logits) and X W_in^T in one pass.
 - :func:`softmax_embedding` -- softmax(cap(h W_out^T + b)) W_in^T chunked over V (teacher landing points).
 - :func:`lsd_residual_loss` -- sum_v (delta + kappa d/dt delta - sg D)^2 from hidden states, chunked over V.
+- :func:`shared_head_losses` -- several of those losses (parts of one batch) through one output projection,
+  with a single (V, D) weight gradient buffer.
 """
 
 from flowzoo.kernels.cross_entropy import TeacherTarget, linear_cross_entropy, linear_cross_entropy_reference
@@ -23,8 +25,11 @@ from flowzoo.kernels.flow_map_step import (
 from flowzoo.kernels.interpolant import interpolant, interpolant_reference, interpolant_triton
 from flowzoo.kernels.lsd import lsd_residual_loss, lsd_residual_loss_reference
 from flowzoo.kernels.noise import draw_seed, reference_noise, seeded_noise
+from flowzoo.kernels.shared_head import CrossEntropyPart, LagrangianPart, shared_head_losses
 
 __all__ = [
+    "CrossEntropyPart",
+    "LagrangianPart",
     "TeacherTarget",
     "draw_seed",
     "flow_map_step_embedding",
@@ -40,6 +45,7 @@ __all__ = [
     "noisy_embedding_reference",
     "reference_noise",
     "seeded_noise",
+    "shared_head_losses",
     "softmax_embedding",
     "softmax_embedding_reference",
     "triton_available",

@@ -150,8 +150,11 @@ if triton_available():
     def _lce_bwd_dw_kernel(h_ptr, w_ptr, b_ptr, tgt_ptr, th_ptr, tw_ptr, tb_ptr, tmix_ptr, tlse_ptr,
                            lse_ptr, tsum_ptr, g_ptr, dw_ptr, db_ptr, R, V, D, K, cap,
                            MODE: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_TBIAS: tl.constexpr,
-                           USE_CAP: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr):
-        """dW[cols, ds] = sum_r dz[r, cols] h[r, ds], db[cols] = sum_r dz[r, cols]; grid (V blocks, D blocks)."""
+                           USE_CAP: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr,
+                           ACCUMULATE: tl.constexpr = False):
+        """dW[cols, ds] = sum_r dz[r, cols] h[r, ds], db[cols] = sum_r dz[r, cols]; grid (V blocks, D blocks).
+
+        ACCUMULATE adds to what dW and db hold (several losses sharing one weight gradient buffer)."""
         cols = tl.program_id(0) * BLOCK_V + tl.arange(0, BLOCK_V)
         ds = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
         acc = tl.zeros((BLOCK_V, BLOCK_D), dtype=tl.float32)
@@ -165,10 +168,14 @@ if triton_available():
                         other=0.0)  # (BR, BD)
             acc += tl.dot(tl.trans(dz), h.to(tl.float32))
             dbias += tl.sum(dz, axis=0)
-        tl.store(dw_ptr + cols[:, None].to(tl.int64) * D + ds[None, :], acc,
-                 mask=(cols[:, None] < V) & (ds[None, :] < D))
+        wmask = (cols[:, None] < V) & (ds[None, :] < D)
+        if ACCUMULATE:
+            acc += tl.load(dw_ptr + cols[:, None].to(tl.int64) * D + ds[None, :], mask=wmask, other=0.0)
+        tl.store(dw_ptr + cols[:, None].to(tl.int64) * D + ds[None, :], acc, mask=wmask)
         if HAS_BIAS:
             if tl.program_id(1) == 0:
+                if ACCUMULATE:
+                    dbias += tl.load(db_ptr + cols, mask=cols < V, other=0.0)
                 tl.store(db_ptr + cols, dbias, mask=cols < V)
 
 
@@ -277,11 +284,14 @@ def _forward_reference(h, weight, bias, tgt: _Target, cap):
     return lse, ts * lse - tz, ts
 
 
-def _backward_reference(h, weight, bias, tgt: _Target, cap, lse, tsum, g):
+def _backward_reference(h, weight, bias, tgt: _Target, cap, lse, tsum, g, dw=None, db=None):
+    """(dh, dW, db); with the float32 buffers ``dw`` (V, D) / ``db`` (V,) given, dW and db are added to them."""
     V = weight.shape[0]
     dh = torch.zeros_like(h)
-    dw = torch.empty(weight.shape, device=h.device, dtype=torch.float32)
-    db = torch.empty(V, device=h.device, dtype=torch.float32) if bias is not None else None
+    accumulate = dw is not None
+    if not accumulate:
+        dw = torch.empty(weight.shape, device=h.device, dtype=torch.float32)
+        db = torch.empty(V, device=h.device, dtype=torch.float32) if bias is not None else None
     step = chunk_columns(h.shape[0])
     for start in range(0, V, step):
         stop = min(start + step, V)
@@ -290,9 +300,14 @@ def _backward_reference(h, weight, bias, tgt: _Target, cap, lse, tsum, g):
         if cap:
             dz = dz * (1 - (z / cap) ** 2)
         dh += dz @ weight[start:stop].float()
-        dw[start:stop] = dz.t() @ h
-        if db is not None:
-            db[start:stop] = dz.sum(dim=0)
+        if accumulate:
+            dw[start:stop].addmm_(dz.t(), h)
+            if db is not None:
+                db[start:stop] += dz.sum(dim=0)
+        else:
+            dw[start:stop] = dz.t() @ h
+            if db is not None:
+                db[start:stop] = dz.sum(dim=0)
     return dh, dw, db
 
 
@@ -343,7 +358,7 @@ def _forward_triton(h, weight, bias, tgt: _Target, cap):
     return lse, loss, tsum
 
 
-def _backward_triton(h, weight, bias, tgt: _Target, cap, lse, tsum, g):
+def _backward_triton(h, weight, bias, tgt: _Target, cap, lse, tsum, g, dw=None, db=None):
     R, D = h.shape
     V = weight.shape[0]
     br, bv, bd = kernel_blocks(h.device)
@@ -354,10 +369,13 @@ def _backward_triton(h, weight, bias, tgt: _Target, cap, lse, tsum, g):
     dh = torch.empty(R, D, device=h.device, dtype=torch.float32)
     _lce_bwd_dh_kernel[(triton.cdiv(R, br), triton.cdiv(D, bd))](
         *args, lse, tsum, g, dh, R, V, D, K, float(cap or 1.0), **flags)
-    dw = torch.empty(V, D, device=h.device, dtype=torch.float32)
-    db = torch.empty(V, device=h.device, dtype=torch.float32) if bias is not None else None
+    accumulate = dw is not None
+    if not accumulate:
+        dw = torch.empty(V, D, device=h.device, dtype=torch.float32)
+        db = torch.empty(V, device=h.device, dtype=torch.float32) if bias is not None else None
     _lce_bwd_dw_kernel[(triton.cdiv(V, bv), triton.cdiv(D, bd))](
-        *args, lse, tsum, g, dw, db if db is not None else dw, R, V, D, K, float(cap or 1.0), **flags)
+        *args, lse, tsum, g, dw, db if db is not None else dw, R, V, D, K, float(cap or 1.0), **flags,
+        ACCUMULATE=accumulate)
     return dh, dw, db
 
 

@@ -135,7 +135,8 @@ if triton_available():
     @triton.jit
     def _lsd_bwd_dw_kernel(h_ptr, hd_ptr, ht_ptr, w_ptr, b_ptr, kappa_ptr, stats_ptr, g_ptr, dw_ptr, db_ptr,
                            R, V, D, HAS_BIAS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_V: tl.constexpr,
-                           BLOCK_D: tl.constexpr):
+                           BLOCK_D: tl.constexpr, ACCUMULATE: tl.constexpr = False):
+        """dW, db for the V block; ACCUMULATE adds to what dW and db hold (a shared weight gradient buffer)."""
         cols = tl.program_id(0) * BLOCK_V + tl.arange(0, BLOCK_V)
         ds = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
         acc = tl.zeros((BLOCK_V, BLOCK_D), dtype=tl.float32)
@@ -149,10 +150,14 @@ if triton_available():
             hd = tl.load(hd_ptr + rows[:, None] * D + ds[None, :], mask=mask, other=0.0).to(tl.float32)
             acc += tl.dot(tl.trans(dz), h) + tl.dot(tl.trans(dzd), hd)
             dbias += tl.sum(dz, axis=0)
-        tl.store(dw_ptr + cols[:, None].to(tl.int64) * D + ds[None, :], acc,
-                 mask=(cols[:, None] < V) & (ds[None, :] < D))
+        wmask = (cols[:, None] < V) & (ds[None, :] < D)
+        if ACCUMULATE:
+            acc += tl.load(dw_ptr + cols[:, None].to(tl.int64) * D + ds[None, :], mask=wmask, other=0.0)
+        tl.store(dw_ptr + cols[:, None].to(tl.int64) * D + ds[None, :], acc, mask=wmask)
         if HAS_BIAS:
             if tl.program_id(1) == 0:
+                if ACCUMULATE:
+                    dbias += tl.load(db_ptr + cols, mask=cols < V, other=0.0)
                 tl.store(db_ptr + cols, dbias, mask=cols < V)
 
 
@@ -190,12 +195,15 @@ def _forward_reference(h, hd, ht, weight, bias, kappa):
     return loss, torch.stack([lse, mu, lset, a_sum, s_sum])
 
 
-def _backward_reference(h, hd, ht, weight, bias, kappa, stats, g):
+def _backward_reference(h, hd, ht, weight, bias, kappa, stats, g, dw=None, db=None):
+    """(dh, dh_dot, dW, db); with the float32 buffers ``dw`` (V, D) / ``db`` (V,) given, dW and db are added to them."""
     lse, mu, lset, a_sum, s_sum = stats
     R, V = h.shape[0], weight.shape[0]
     dh, dhd = torch.zeros_like(h), torch.zeros_like(hd)
-    dw = torch.empty(weight.shape, device=h.device)
-    db = torch.empty(V, device=h.device) if bias is not None else None
+    accumulate = dw is not None
+    if not accumulate:
+        dw = torch.empty(weight.shape, device=h.device)
+        db = torch.empty(V, device=h.device) if bias is not None else None
     step = chunk_columns(R)
     k = kappa[:, None]
     for start in range(0, V, step):
@@ -209,9 +217,14 @@ def _backward_reference(h, hd, ht, weight, bias, kappa, stats, g):
         wc = weight[start:stop].float()
         dh += dz @ wc
         dhd += dzd @ wc
-        dw[start:stop] = dz.t() @ h + dzd.t() @ hd
-        if db is not None:
-            db[start:stop] = dz.sum(0)
+        if accumulate:
+            dw[start:stop].addmm_(dz.t(), h).addmm_(dzd.t(), hd)
+            if db is not None:
+                db[start:stop] += dz.sum(0)
+        else:
+            dw[start:stop] = dz.t() @ h + dzd.t() @ hd
+            if db is not None:
+                db[start:stop] = dz.sum(0)
     return dh, dhd, dw, db
 
 
@@ -229,7 +242,7 @@ def _forward_triton(h, hd, ht, weight, bias, kappa):
     return loss, stats
 
 
-def _backward_triton(h, hd, ht, weight, bias, kappa, stats, g):
+def _backward_triton(h, hd, ht, weight, bias, kappa, stats, g, dw=None, db=None):
     R, D = h.shape
     V = weight.shape[0]
     br, bv, bd = kernel_blocks(h.device)
@@ -240,10 +253,13 @@ def _backward_triton(h, hd, ht, weight, bias, kappa, stats, g):
     b = bias if bias is not None else h
     _lsd_bwd_dh_kernel[(triton.cdiv(R, br), triton.cdiv(D, bd))](h, hd, ht, weight, b, kappa, stats, g, dh, dhd,
                                                                  R, V, D, **flags)
-    dw = torch.empty(V, D, device=h.device, dtype=torch.float32)
-    db = torch.empty(V, device=h.device, dtype=torch.float32) if bias is not None else None
+    accumulate = dw is not None
+    if not accumulate:
+        dw = torch.empty(V, D, device=h.device, dtype=torch.float32)
+        db = torch.empty(V, device=h.device, dtype=torch.float32) if bias is not None else None
     _lsd_bwd_dw_kernel[(triton.cdiv(V, bv), triton.cdiv(D, bd))](h, hd, ht, weight, b, kappa, stats, g, dw,
-                                                                 db if db is not None else dw, R, V, D, **flags)
+                                                                 db if db is not None else dw, R, V, D, **flags,
+                                                                 ACCUMULATE=accumulate)
     return dh, dhd, dw, db
 
 

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import torch
 
 from flowzoo.backbones.base import plain_attention
-from flowzoo.objectives._fused import FusedSwitch, hidden, lm_cross_entropy, noise_seed, noisy_state_embedding
+from flowzoo.kernels import CrossEntropyPart, shared_head_losses
+from flowzoo.objectives._fused import FusedSwitch, hidden, noise_seed, noisy_state_embedding
 from flowzoo.objectives.base import Objective
 from flowzoo.paths.base import expand_time
 from flowzoo.timesampling import TIME_SAMPLERS, sample_uniform_times
@@ -137,12 +138,33 @@ def adaptive_weight(sq_error: torch.Tensor, c: float = 1e-3) -> torch.Tensor:
     return w / w.mean().clamp_min(1e-12)
 
 
+@dataclass
+class FusedBatch:
+    """A flow-map batch on the fused path: rows [0, n) on the diagonal at t, rows [n, B) at the pairs' s.
+
+    ``e`` (B, L, D) = x W_in^T of every row's noisy state, embedded by one noisy_embedding call (x0 from
+    ``seed``) at the path times ``times`` (B,); :meth:`landing` re-embeds the same x0 for the map rows.
+    """
+
+    x1: torch.Tensor
+    e: torch.Tensor
+    n: int
+    times: torch.Tensor
+    seed: int
+
+    def landing(self, model, a: torch.Tensor, delta_embedding: torch.Tensor) -> torch.Tensor:
+        """(a x_s + b delta) W_in^T (m, L, D) for the map rows, given ``delta_embedding`` = b delta W_in^T."""
+        scale = torch.cat([a.new_zeros(self.n), a])  # the diagonal rows are not needed: scale 0
+        return noisy_state_embedding(model, self.x1, self.times, self.seed, scale=scale)[self.n:] + delta_embedding
+
+
 class FlowMapObjective(FusedSwitch, Objective):
     """Diagonal (flow-matching / anchor) loss on a share of the batch plus a map loss on the rest.
 
     Subclasses implement :meth:`map_loss` for the off-diagonal sequences and may override
     :meth:`diagonal_target` (the data, or a teacher's D_t). Subclasses that set ``self.fused`` (psd, lsd)
-    get the fused diagonal loss (flowzoo.kernels) when :meth:`use_fused` allows it; it fits the data.
+    implement :meth:`fused_map_part` and, when :meth:`use_fused` allows it, run :meth:`fused_forward`:
+    one noisy embedding of the whole batch and one output projection (one W_in and one W_out gradient).
     """
 
     needs_linear_path = True
@@ -175,15 +197,14 @@ class FlowMapObjective(FusedSwitch, Objective):
         """What delta_{t,t}(x_t) = D_t(x_t) is fitted to: the clean ids (flow matching)."""
         return x1
 
+    def diagonal_times(self, n: int, model, device) -> torch.Tensor:
+        return model.path.time_from_uniform(sample_uniform_times(n, self.time_sampling, device=device))
+
     def diagonal_loss(self, model, x1: torch.Tensor) -> torch.Tensor:
         """E_t loss_head(delta_{t,t}(x_t), target): the cross-entropy L_CE (or MSE for the Gaussian head)."""
         if x1.shape[0] == 0:
             return torch.zeros((), device=x1.device)
-        u = sample_uniform_times(x1.shape[0], self.time_sampling, device=x1.device)
-        t = model.path.time_from_uniform(u)
-        if self.use_fused(model):  # the same CE against x1 without x_t or the logits
-            e = noisy_state_embedding(model, x1, t, noise_seed())  # x_t W_in^T (B, L, D)
-            return lm_cross_entropy(model, hidden(model, e, t, t, embedded=True), x1).mean()
+        t = self.diagonal_times(x1.shape[0], model, x1.device)
         xt = model.path.sample(x1, t, model.vocab_size)  # (B, L, V)
         target = self.diagonal_target(model, xt, t, x1)
         return model.head.loss(model.logits(xt, t, t), target).mean()
@@ -191,18 +212,53 @@ class FlowMapObjective(FusedSwitch, Objective):
     def map_loss(self, model, x1: torch.Tensor) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
+    def map_times(self, model, pairs: Pairs):
+        """Extra times the map loss draws after the pairs (psd: the midpoint u); None by default."""
+        return None
+
+    def fused_map_part(self, model, batch: FusedBatch, pairs: Pairs, extra):
+        """(a kernels part for the map rows, finish(per_token) -> the map loss's logged dict)."""
+        raise NotImplementedError
+
     def forward(self, model, x1):
+        if self.use_fused(model):
+            return self.fused_forward(model, x1)
         n_diag = split_batch(x1.shape[0], self.diagonal_share)
         diag = self.diagonal_loss(model, x1[:n_diag])
+        found = self.map_loss(model, x1[n_diag:]) if n_diag < x1.shape[0] else None
+        return self.combine(diag, found, n_diag, x1.shape[0])
+
+    def combine(self, diag: torch.Tensor, found: dict | None, n_diag: int, batch: int) -> dict[str, torch.Tensor]:
         out = {"diag": diag.detach()}
-        if n_diag < x1.shape[0]:
-            found = self.map_loss(model, x1[n_diag:])
-            out.update({k: v.detach() for k, v in found.items()})
-            loss = (n_diag * diag + self.map_weight * (x1.shape[0] - n_diag) * found["map"]) / x1.shape[0]
-        else:
-            loss = diag
-        out["loss"] = loss
+        if found is None:
+            out["loss"] = diag
+            return out
+        out.update({k: v.detach() for k, v in found.items()})
+        out["loss"] = (n_diag * diag + self.map_weight * (batch - n_diag) * found["map"]) / batch
         return out
+
+    def fused_forward(self, model, x1):
+        """The same losses as :meth:`forward` with flowzoo.kernels (linear path, categorical head): x_t and x_s
+        enter as one embedding (B, L, D), the diagonal CE against x1 and the map loss share the output projection."""
+        B, device = x1.shape[0], x1.device
+        n = split_batch(B, self.diagonal_share)
+        t_diag = self.diagonal_times(n, model, device)
+        pairs = self.pairs(model, B - n, device) if n < B else None
+        extra = self.map_times(model, pairs) if pairs is not None else None  # drawn in the order forward draws them
+        times = t_diag if pairs is None else torch.cat([t_diag, pairs.s])
+        seed = noise_seed()
+        batch = FusedBatch(x1, noisy_state_embedding(model, x1, times, seed), n, times, seed)  # (B, L, D)
+        parts, finish = [], None
+        if n:
+            h_diag = hidden(model, batch.e[:n], t_diag, t_diag, embedded=True)
+            parts.append(CrossEntropyPart(h_diag, x1[:n], model.head.softcap))
+        if pairs is not None:
+            part, finish = self.fused_map_part(model, batch, pairs, extra)
+            parts.append(part)
+        unembed = model.backbone.unembed
+        losses = shared_head_losses(unembed.weight, unembed.bias, parts)
+        diag = losses[0].mean() if n else torch.zeros((), device=device)
+        return self.combine(diag, finish(losses[-1]) if finish else None, n, B)
 
     def pairs(self, model, n: int, device) -> Pairs:
         return sample_pairs(model.path, n, self.pair_sampling, self.boundary, device=device)

@@ -5,31 +5,30 @@ from __future__ import annotations
 import torch
 
 from flowzoo.backbones.base import plain_attention
-from flowzoo.kernels import lsd_residual_loss, softmax_embedding
-from flowzoo.objectives._flowmap import FlowMapObjective, adaptive_weight, lagrangian_residual, map_weights, weighted_mean
-from flowzoo.objectives._fused import check_switch, hidden, noise_seed, noisy_state_embedding
+from flowzoo.kernels import LagrangianPart, softmax_embedding
+from flowzoo.objectives._flowmap import FlowMapObjective, FusedBatch, adaptive_weight, lagrangian_residual, map_weights, weighted_mean
+from flowzoo.objectives._fused import check_switch, hidden
 from flowzoo.paths.base import expand_time
 from flowzoo.registry import register
 
 
-def fused_lagrangian_loss(model, x1, s, t) -> torch.Tensor:
-    """Per-token ||(1-t) d/dt X_{s,t}(x_s) + X - sg D_t(X)||^2 (B, L) on the linear path with flowzoo.kernels.
+def fused_lagrangian_part(model, batch: FusedBatch, pairs) -> LagrangianPart:
+    """The kernels part of ||(1-t) d/dt X_{s,t}(x_s) + X - sg D_t(X)||^2 per token on the fused path.
 
     = ||delta + kappa d/dt delta - sg D_t(X)||^2 with kappa = (1-t) b, X = a x_s + b delta, (a, b) = map_weights(s, t):
     the jvp is taken of the trunk's hidden state in t; X enters the teacher as a x_s W_in^T (same seed) +
-    b softmax_embedding(h); lsd_residual_loss reads the three hidden states tile by tile over V.
+    b softmax_embedding(h); the residual is read from the three hidden states tile by tile over V.
     """
-    seed = noise_seed()
-    e_s = noisy_state_embedding(model, x1, s, seed)  # x_s W_in^T (B, L, D)
+    s, t = pairs.s, pairs.t
+    e_s = batch.e[batch.n:]  # x_s W_in^T (m, L, D)
     unembed, w_in = model.backbone.unembed, model.backbone.embed.weight
-    with plain_attention(), torch.autocast(device_type=x1.device.type, enabled=False):
+    with plain_attention(), torch.autocast(device_type=e_s.device.type, enabled=False):
         h, h_dot = torch.func.jvp(lambda tt: hidden(model, e_s, tt, s, embedded=True), (t,), (torch.ones_like(t),))
     a, b = map_weights(s, t)
     with torch.no_grad():
-        landing = noisy_state_embedding(model, x1, s, seed, scale=a) + expand_time(b) * softmax_embedding(
-            h.detach(), unembed.weight, unembed.bias, w_in)
+        landing = batch.landing(model, a, expand_time(b) * softmax_embedding(h.detach(), unembed.weight, unembed.bias, w_in))
         h_teacher = hidden(model, landing, t, t, embedded=True)
-    return lsd_residual_loss(h, h_dot, h_teacher, unembed.weight, unembed.bias, (1 - t) * b)
+    return LagrangianPart(h, h_dot, h_teacher, (1 - t) * b)
 
 
 @register("objective", "lsd")
@@ -63,12 +62,15 @@ class LagrangianSelfDistillation(FlowMapObjective):
             return "head", "the fused LSD residual (lsd_residual_loss) has no soft-cap"
         return super().fused_refusal(parts)
 
-    def map_loss(self, model, x1):
-        pairs = self.pairs(model, x1.shape[0], x1.device)
-        if self.use_fused(model):
-            per_token = fused_lagrangian_loss(model, x1, pairs.s, pairs.t)  # (B, L)
+    def fused_map_part(self, model, batch, pairs, extra):
+        def finish(per_token):  # (m, L)
             weight = adaptive_weight(per_token) if self.adaptive else None
             return {"map": weighted_mean(per_token, weight), "map_residual": per_token.detach().mean()}
+
+        return fused_lagrangian_part(model, batch, pairs), finish
+
+    def map_loss(self, model, x1):
+        pairs = self.pairs(model, x1.shape[0], x1.device)
         xs = model.path.sample(x1, pairs.s, model.vocab_size)  # (B, L, V)
         residual = lagrangian_residual(model, xs, pairs.s, pairs.t)
         per_token = (residual**2).sum(-1)  # (B, L)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from flowzoo.kernels import TeacherTarget, softmax_embedding
+from flowzoo.kernels import CrossEntropyPart, TeacherTarget, softmax_embedding
 from flowzoo.objectives._flowmap import (
     MIDPOINTS,
     FlowMapObjective,
+    FusedBatch,
     adaptive_weight,
     flow_map,
     map_weights,
@@ -15,7 +16,7 @@ from flowzoo.objectives._flowmap import (
     semigroup_weight,
     weighted_mean,
 )
-from flowzoo.objectives._fused import check_switch, hidden, lm_cross_entropy, mixture_entropy, noise_seed, noisy_state_embedding
+from flowzoo.objectives._fused import check_switch, hidden, mixture_entropy
 from flowzoo.paths.base import expand_time
 from flowzoo.registry import register
 
@@ -61,27 +62,31 @@ def semigroup_loss(model, xs, s, t, target, adaptive: bool) -> dict[str, torch.T
     return out
 
 
-def fused_semigroup_loss(model, x1, s, u, t) -> dict[str, torch.Tensor]:
-    """:func:`semigroup_target` + :func:`semigroup_loss` (not adaptive) on the linear path with flowzoo.kernels.
+def fused_semigroup_part(model, batch: FusedBatch, pairs, u):
+    """:func:`semigroup_target` + :func:`semigroup_loss` (not adaptive) on the fused path: a kernels part and its finish.
 
-    x_s enters as its embedding x_s W_in^T (x0 drawn from a seed); the landing point X_{s,u} = a x_s + b delta_{s,u}
-    as a x_s W_in^T (same seed) + b softmax_embedding(h_{s,u}); the target gamma delta_{s,u} + (1-gamma) delta_{u,t}
+    x_s enters as its embedding (the batch's rows [n, B)); the landing point X_{s,u} = a x_s + b delta_{s,u} as
+    a x_s W_in^T (same seed) + b softmax_embedding(h_{s,u}); the target gamma delta_{s,u} + (1-gamma) delta_{u,t}
     is a TeacherTarget of the two teachers' hidden states, so no (B, L, V) tensor is built.
     """
-    seed = noise_seed()
-    e_s = noisy_state_embedding(model, x1, s, seed)  # x_s W_in^T (B, L, D)
+    s, t = pairs.s, pairs.t
+    e_s = batch.e[batch.n:]  # x_s W_in^T (m, L, D)
     unembed, head = model.backbone.unembed, model.head
     with torch.no_grad():
         h_su = hidden(model, e_s, u, s, embedded=True)
         a, b = map_weights(s, u)
-        landing = noisy_state_embedding(model, x1, s, seed, scale=a) + expand_time(b) * softmax_embedding(
-            h_su, unembed.weight, unembed.bias, model.backbone.embed.weight, softcap=head.softcap)
+        landing = batch.landing(model, a, expand_time(b) * softmax_embedding(
+            h_su, unembed.weight, unembed.bias, model.backbone.embed.weight, softcap=head.softcap))
         h_ut = hidden(model, landing, t, u, embedded=True)
         g = semigroup_weight(s, u, t)
-        teachers, mix = torch.stack([h_su, h_ut]), torch.stack([g, 1 - g])[:, :, None]  # (2, B, L, D), (2, B, 1)
-    per_token = lm_cross_entropy(model, hidden(model, e_s, t, s, embedded=True), TeacherTarget(teachers, mix))
-    entropy = mixture_entropy(model, teachers, mix)  # KL = CE - H(target), as semigroup_loss logs it
-    return {"map_kl": (per_token.detach() - entropy).mean(), "map": weighted_mean(per_token)}
+        teachers, mix = torch.stack([h_su, h_ut]), torch.stack([g, 1 - g])[:, :, None]  # (2, m, L, D), (2, m, 1)
+    part = CrossEntropyPart(hidden(model, e_s, t, s, embedded=True), TeacherTarget(teachers, mix), head.softcap)
+
+    def finish(per_token):
+        entropy = mixture_entropy(model, teachers, mix)  # KL = CE - H(target), as semigroup_loss logs it
+        return {"map_kl": (per_token.detach() - entropy).mean(), "map": weighted_mean(per_token)}
+
+    return part, finish
 
 
 @register("objective", "psd")
@@ -118,11 +123,15 @@ class ProgressiveSelfDistillation(FlowMapObjective):
             return "objective", "adaptive weights need the dense (B, L, V) distance to the target"
         return super().fused_refusal(parts)
 
+    def map_times(self, model, pairs):
+        return sample_middle(model.path, pairs, self.midpoint)  # u in [s, t]
+
+    def fused_map_part(self, model, batch, pairs, u):
+        return fused_semigroup_part(model, batch, pairs, u)
+
     def map_loss(self, model, x1):
         pairs = self.pairs(model, x1.shape[0], x1.device)
-        u = sample_middle(model.path, pairs, self.midpoint)
-        if self.use_fused(model):
-            return fused_semigroup_loss(model, x1, pairs.s, u, pairs.t)
+        u = self.map_times(model, pairs)
         xs = model.path.sample(x1, pairs.s, model.vocab_size)  # (B, L, V)
         target = semigroup_target(model, xs, pairs.s, u, pairs.t)
         return semigroup_loss(model, xs, pairs.s, pairs.t, target, self.adaptive)

@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file, save_file
 
 from flowzoo import registry
@@ -210,3 +211,107 @@ def test_a_file_or_a_nonsense_name_is_refused(tmp_path):
         from_pretrained("no/such/dir")
     with pytest.raises(CheckpointError, match="does not exist"):
         load_checkpoint(tmp_path / "nope.ckpt")
+
+
+# --- the card names a Hub data set only when the data came from the Hub ------------------------
+def _card_of(tmp_path, model, data_spec):
+    from huggingface_hub import ModelCard
+
+    model.data_spec = data_spec
+    model.hub_metadata = {"metrics": {"word_validity": 0.5}}
+    markov = registry.build("data", DATA)  # tokenizer files from a data module that needs no network
+    directory = save_pretrained(model, tmp_path / "card", datamodule=markov)
+    return ModelCard.load(directory / "README.md")
+
+
+def _hub_spec(**args):
+    from flowzoo.data.hub import HubTextData
+
+    return registry.spec(HubTextData(tokenizer="gpt2", **args))  # lazy: nothing is downloaded or read
+
+
+@pytest.mark.parametrize("dataset", ["roneneldan/TinyStories", "wikitext"])
+def test_card_names_a_hub_data_set(tmp_path, flow, dataset):
+    card = _card_of(tmp_path, flow[0], _hub_spec(dataset=dataset))
+    assert card.data.datasets == [dataset]
+    assert {(r.dataset_type, r.dataset_name) for r in card.data.eval_results} == {(dataset, dataset)}
+    assert yaml.safe_load(card.content.split("---")[1])["datasets"] == [dataset]  # the YAML header itself
+
+
+LOCAL = {
+    "json-builder": lambda tmp: {"dataset": "json", "data_files": {"train": str(tmp / "train.jsonl"), "validation": str(tmp / "val.jsonl")}},
+    "text-builder": lambda tmp: {"dataset": "text", "data_files": str(tmp / "corpus.txt")},
+    "parquet-builder": lambda tmp: {"dataset": "parquet", "data_files": [str(tmp / "a.parquet")]},
+    "absolute-file": lambda tmp: {"dataset": str(tmp / "corpus.txt")},
+    "relative-file": lambda tmp: {"dataset": "data/corpus.txt"},
+    "relative-folder": lambda tmp: {"dataset": "corpora/books"},  # looks like org/name, but is a folder here
+}
+
+
+@pytest.mark.parametrize("case", LOCAL, ids=list(LOCAL))
+def test_card_names_no_hub_data_set_for_local_files(tmp_path, flow, monkeypatch, case):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "corpora" / "books").mkdir(parents=True)
+    spec = _hub_spec(**LOCAL[case](tmp_path))
+    card = _card_of(tmp_path, flow[0], spec)
+    assert card.data.datasets is None, card.data.datasets
+    header = yaml.safe_load(card.content.split("---")[1])
+    assert "datasets" not in header
+    (result,) = [r for entry in header["model-index"] for r in entry["results"]]
+    assert result["dataset"] == {"name": "flowzoo hub data", "type": "flowzoo/hub"}  # not "json", not a path
+    # the figures are still on the card, credited to flowzoo's own data module
+    assert {(r.dataset_type, r.metric_type) for r in card.data.eval_results} == {("flowzoo/hub", "word_validity")}
+    assert card.data.tags and "flowzoo-data-hub" in card.data.tags
+
+
+# --- a Lightning checkpoint whose pickle would run code ------------------------------------------
+def _touch(path):  # what unpickling the payload below would call; harmless, and leaves a trace if it ever runs
+    with open(path, "w") as f:
+        f.write("unpickled")
+
+
+class Payload:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (_touch, (self.marker,))
+
+
+def _pickled_ckpt(tmp_path, model):
+    marker = tmp_path / "payload-ran"
+    path = tmp_path / "last.ckpt"
+    # otherwise a loadable flowzoo checkpoint: only the extra object makes it unsafe
+    torch.save({"flowzoo": model.config(), "state_dict": model.state_dict(), "global_step": 1, "callbacks": Payload(marker)}, path)
+    return path, marker
+
+
+def test_a_ckpt_whose_pickle_holds_an_object_is_refused(tmp_path, flow):
+    path, marker = _pickled_ckpt(tmp_path, flow[0])
+    with pytest.raises(CheckpointError) as refused:
+        load_checkpoint(path)
+    message = str(refused.value)
+    assert f"refused checkpoint {path}" in message and "test_checkpoints._touch" in message
+    assert "weights_only=True" in message and "\n" not in message and "\x1b" not in message  # one plain line
+    assert refused.value.__cause__ is None and refused.value.__suppress_context__  # no UnpicklingError chain shown
+    assert not marker.exists()  # nothing ran
+    torch.save({"flowzoo": flow[0].config(), "state_dict": flow[0].state_dict()}, tmp_path / "clean.ckpt")
+    assert isinstance(load_checkpoint(tmp_path / "clean.ckpt"), FlowLM)  # the same checkpoint without it loads
+
+
+def test_flowzoo_sample_refuses_the_pickled_ckpt_in_one_line(tmp_path, flow, capsys):
+    from flowzoo.cli import main
+
+    path, marker = _pickled_ckpt(tmp_path, flow[0])
+    assert main(["sample", "--checkpoint", str(path), "--num-samples", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("flowzoo: error: refused checkpoint") and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert not marker.exists()
+
+
+def test_a_ckpt_that_is_no_torch_file_is_one_clear_line(tmp_path):
+    path = tmp_path / "last.ckpt"
+    path.write_bytes(b"garbage, not a pickle")
+    with pytest.raises(CheckpointError, match=r"cannot read checkpoint .*last.ckpt: UnpicklingError: ") as refused:
+        load_checkpoint(path)
+    assert "\n" not in str(refused.value) and "refused" not in str(refused.value)

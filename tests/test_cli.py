@@ -1,4 +1,5 @@
 import json
+import re
 import subprocess
 import sys
 
@@ -76,3 +77,57 @@ def test_fit_then_sample_from_the_command_line(tmp_path):
 def test_sample_refuses_a_missing_checkpoint(tmp_path, capsys):
     assert main(["sample", "--checkpoint", str(tmp_path / "nope.ckpt")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def _metric_table(out: str, title: str) -> dict[str, float]:
+    """The metrics Lightning prints after validate/test: ``| val/loss | 3.87 |`` rows below ``title``."""
+    assert title in out, out
+    rows = {}
+    for line in out[out.index(title):].splitlines()[1:]:
+        cells = [c.strip() for c in re.split(r"[│|┃]", line) if c.strip()]
+        if len(cells) == 2 and cells[0].startswith("val/"):
+            rows[cells[0]] = float(cells[1])
+    return rows
+
+
+def test_validate_test_and_predict_from_a_fitted_checkpoint(tmp_path, capsys):
+    """fit 2 steps, then ``validate`` / ``test`` / ``predict`` with --ckpt_path on the checkpoint it wrote."""
+    import torch
+
+    from flowzoo.checkpoints import load_checkpoint
+    from flowzoo.data.markov import MarkovData
+
+    root = tmp_path / "run"
+    common = [*TINY, "--model.sampler.steps=2", "--model.num_val_samples=4", "--model.lr=0.01", "--model.warmup_steps=1",
+              "--trainer.enable_progress_bar=false", "--trainer.logger=false", f"--trainer.default_root_dir={root}"]
+    assert main(["fit", *common, "--trainer.max_steps=2", "--trainer.limit_val_batches=1"]) == 0
+    (ckpt,) = sorted((root / "checkpoints").glob("*.ckpt"))
+    capsys.readouterr()
+    reports = {}
+    for command, limit, title in (("validate", "--trainer.limit_val_batches=1", "Validate metric"),
+                                  ("test", "--trainer.limit_test_batches=1", "Test metric")):
+        assert main([command, *common, limit, f"--ckpt_path={ckpt}"]) == 0, command
+        reports[command] = _metric_table(capsys.readouterr().out, title)
+    data = MarkovData(num_train=64, num_val=16, seq_len=8, batch_size=16)
+    for report in reports.values():
+        assert {"val/loss", "val/sample_valid_transitions", "val/sample_nll", "val/sample_entropy_rate"} <= set(report), report
+        assert 0.0 <= report["val/sample_valid_transitions"] <= 1.0
+        assert report["val/sample_entropy_rate"] == pytest.approx(data.chain.entropy_rate(), rel=1e-6)
+    assert reports["test"] == reports["validate"]  # the same split, seeds and weights
+    # the reported loss is the checkpoint's (the fitted weights, not a fresh initialisation)
+    model = load_checkpoint(ckpt)
+    batch = data.val_dataloader().__iter__().__next__()
+    with torch.no_grad(), torch.random.fork_rng():
+        torch.manual_seed(0)  # what validation_step does for batch 0
+        expected = model.objective(model, batch)["loss"].item()
+    assert reports["validate"]["val/loss"] == pytest.approx(expected, rel=1e-5)
+    torch.manual_seed(0)  # the CLI's seed when fit built the model: its initial weights
+    fresh = type(model).from_config(model.config()).eval()
+    with torch.no_grad(), torch.random.fork_rng():
+        torch.manual_seed(0)
+        untrained = fresh.objective(fresh, batch)["loss"].item()
+    assert abs(untrained - expected) > 1e-3 * expected  # so the comparison above tells the two apart
+    assert main(["predict", *common, "--trainer.limit_predict_batches=1", f"--ckpt_path={ckpt}"]) == 0
+    # a checkpoint that is not there is refused before anything is built
+    assert main(["validate", *common, f"--ckpt_path={tmp_path / 'none.ckpt'}"]) == 2
+    assert "does not exist (--ckpt_path)" in capsys.readouterr().err

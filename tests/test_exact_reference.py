@@ -7,7 +7,7 @@ from flowzoo.exact import ExactDenoiser, ExactFlowLM
 from flowzoo.objectives._flowmap import lagrangian_residual
 from flowzoo.objectives.lsd import LagrangianSelfDistillation
 from flowzoo.objectives.psd import ProgressiveSelfDistillation
-from flowzoo.samplers.euler import EulerSampler
+from flowzoo.samplers.euler import EulerSampler, MarginalSampler
 from flowzoo.samplers.flow_map import FlowMapSampler
 
 
@@ -142,3 +142,71 @@ def test_trajectory_target_converges_to_the_exact_mean_denoiser(model, s, t):
     assert torch.allclose(fine.sum(-1), torch.ones(B, L, dtype=fine.dtype), atol=1e-5)  # on the simplex
     assert (fine - exact).abs().max() < 2e-2
     assert (fine - exact).abs().max() < (coarse - exact).abs().max() + 1e-9
+
+
+# --- the marginal sampler: each position drawn on its own from D_0 --------------------------------
+def _marginals(seqs, weights, vocab):
+    """D_0 of the exact denoiser: at t = 0 the posterior is the prior, so position l is token v with weight
+    sum_k pi_k [a_k[l] = v], whatever the noise."""
+    w = torch.as_tensor(weights, dtype=torch.float64)
+    w = w / w.sum()
+    return (torch.nn.functional.one_hot(seqs, vocab).double() * w[:, None, None]).sum(0)  # (L, V)
+
+
+WEIGHTS = [0.5, 0.3, 0.2]
+
+
+@pytest.fixture(scope="module")
+def weighted():
+    m = ExactFlowLM(SEQS, V, steps=2)
+    m.exact = ExactDenoiser(SEQS, V, weights=WEIGHTS, steps=2)  # non-uniform prior: D_0 is not uniform over the data
+    return m
+
+
+def test_marginal_sampler_is_one_evaluation_of_d0(weighted):
+    calls = []
+    original = weighted.denoise
+
+    def counting(x, t, s=None):
+        calls.append(t.clone())
+        return original(x, t, s)
+
+    weighted.denoise = counting
+    try:
+        out = MarginalSampler().sample(weighted, 6, L, generator=torch.Generator().manual_seed(0))
+    finally:
+        del weighted.denoise
+    assert out.tokens.shape == (6, L) and out.tokens.dtype == torch.int64 and out.nfe == 1
+    assert len(calls) == 1 and torch.equal(calls[0], torch.zeros(6))  # one call, at t = 0
+    D0 = _marginals(SEQS, WEIGHTS, V)
+    assert (D0.gather(1, out.tokens.t()) > 0).all()  # every token has mass under D_0 at its position
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.5])
+def test_marginal_sampler_draws_positions_independently_from_d0(weighted, temperature):
+    N = 6000
+    tokens = MarginalSampler(temperature=temperature).sample(weighted, N, L, generator=torch.Generator().manual_seed(1)).tokens
+    D0 = _marginals(SEQS, WEIGHTS, V)
+    target = D0 ** (1 / temperature)
+    target = target / target.sum(-1, keepdim=True)  # the draw is from p^(1/T), renormalised
+    freq = torch.nn.functional.one_hot(tokens, V).double().mean(0)  # (L, V) empirical marginals
+    assert (freq - target).abs().max() < 0.03  # ~4 standard errors at N = 6000
+    # independence: the joint law of two positions is the product of their marginals ...
+    for a, b in ((0, 1), (0, 4), (2, 3)):
+        joint = torch.zeros(V, V, dtype=torch.float64)
+        joint.index_put_((tokens[:, a], tokens[:, b]), torch.ones(N, dtype=torch.float64), accumulate=True)
+        assert (joint / N - torch.outer(target[a], target[b])).abs().max() < 0.03
+    # ... so, unlike Euler on the same model, most samples are no sequence of the data at all
+    share_data = sum(tokens.eq(seq).all(1).double().mean().item() for seq in SEQS)
+    expected = sum(target[torch.arange(L), seq].prod().item() for seq in SEQS)
+    assert abs(share_data - expected) < 0.02 and share_data < 0.2
+
+
+def test_marginal_sampler_through_generate_on_a_tiny_flow():
+    from flowzoo.module import FlowLM
+
+    model = FlowLM(backbone={"name": "dit", "init_args": {"width": 32, "depth": 1, "heads": 2, "cond_dim": 16}}, vocab_size=V)
+    a = model.generate(4, L, sampler="marginal", seed=3)
+    b = model.generate(4, L, sampler={"name": "marginal", "init_args": {"temperature": 1.0}}, seed=3)
+    assert a.tokens.shape == (4, L) and a.nfe == 1 and torch.equal(a.tokens, b.tokens)  # seeded: reproducible
+    assert ((a.tokens >= 0) & (a.tokens < V)).all()

@@ -42,12 +42,20 @@ def tiny(objective: str, path="linear", head="categorical", fused=None, vocab=30
 
 
 @contextlib.contextmanager
-def same_noise(monkeypatch):
-    """Kernels draw seeds 100, 101, ...; the reference interpolant builds its x_t from the same seeds' x0."""
+def same_noise(monkeypatch, rows: int):
+    """Kernels draw seeds 100, 101, ... (one per training step: the whole batch of ``rows`` tokens is embedded at
+    once); the reference interpolant builds its x_t from the same seeds' x0, consuming each seed's (rows, V) draw
+    row by row across its calls (a flow map's diagonal rows, then its map rows)."""
     kernel_seeds, dense_seeds = iter(range(100, 200)), iter(range(100, 200))
+    stream = {"x0": None, "used": 0}
 
     def dense_interpolant(x1, a, b, vocab_size, generator=None):
-        x0 = reference_noise(next(dense_seeds), x1.numel(), vocab_size, x1.device).view(*x1.shape, vocab_size)
+        if stream["x0"] is None or stream["used"] == rows:
+            stream["x0"], stream["used"] = reference_noise(next(dense_seeds), rows, vocab_size, x1.device), 0
+        start = stream["used"]
+        stream["used"] += x1.numel()
+        assert stream["used"] <= rows, "a step sampled more rows than its batch has"
+        x0 = stream["x0"][start:stream["used"]].view(*x1.shape, vocab_size)
         onehot = torch.nn.functional.one_hot(x1, vocab_size).float()
         return a[:, None, None] * x0 + b[:, None, None] * onehot
 
@@ -106,9 +114,9 @@ def test_fused_loss_and_gradients_equal_the_reference(monkeypatch, case):
     model = tiny(**CASES[case])
     V = model.vocab_size
     x1 = torch.randint(0, V, (4, 12), generator=torch.Generator().manual_seed(2))
-    with same_noise(monkeypatch):
+    with same_noise(monkeypatch, x1.numel()):
         dense_out, dense_grads, dense_saved = run_step(model, x1, fused=False)
-    with same_noise(monkeypatch):
+    with same_noise(monkeypatch, x1.numel()):
         fused_out, fused_grads, fused_saved = run_step(model, x1, fused=True)
 
     assert fused_out.keys() == dense_out.keys()
@@ -148,13 +156,54 @@ def test_auto_uses_the_kernels_only_where_they_apply():
     assert not replaced.objective.use_fused(replaced)
 
 
-def test_auto_on_the_cpu_trains_through_the_kernels(monkeypatch):
-    calls = []
-    real = fused_module.linear_cross_entropy
-    monkeypatch.setattr(fused_module, "linear_cross_entropy", lambda *a, **k: calls.append(1) or real(*a, **k))
-    model = tiny("psd")
+@pytest.mark.parametrize("objective", ["psd", "lsd"])
+def test_auto_on_the_cpu_trains_through_the_kernels(monkeypatch, objective):
+    """Automatic on the CPU: the flow-map objectives embed the batch once and run both losses through one output
+    projection (one shared_head_losses call: the diagonal CE part and the map part)."""
+    import flowzoo.objectives._flowmap as flowmap_module
+
+    heads, embeds = [], []
+    real_heads, real_embed = flowmap_module.shared_head_losses, fused_module.noisy_embedding
+    monkeypatch.setattr(flowmap_module, "shared_head_losses", lambda w, b, parts, **k: heads.append(parts) or real_heads(w, b, parts, **k))
+    monkeypatch.setattr(fused_module, "noisy_embedding", lambda *a, **k: embeds.append(torch.is_grad_enabled()) or real_embed(*a, **k))
+    model = tiny(objective)
     model.objective(model, torch.randint(0, 300, (4, 6)))["loss"].backward()
-    assert len(calls) == 2  # the diagonal CE and the map CE against the teacher mixture
+    assert len(heads) == 1
+    assert [type(p).__name__ for p in heads[0]] == ["CrossEntropyPart", "CrossEntropyPart" if objective == "psd" else "LagrangianPart"]
+    assert embeds == [True, False]  # the batch once with gradient, the landing point's x_s part without
+
+
+def storage(t):
+    """The storage address of a tensor with a plain storage, else None."""
+    try:
+        return t.untyped_storage().data_ptr() if isinstance(t, torch.Tensor) else None
+    except (RuntimeError, NotImplementedError):
+        return None
+
+
+def test_shared_head_keeps_one_weight_gradient_buffer():
+    """The point of shared_head_losses: a psd / lsd step allocates one (V, D) gradient for W_out and one for W_in."""
+    for objective in ("psd", "lsd"):
+        model = tiny(objective, vocab=4500)  # V > NOISE_BLOCK: the reference's column blocks are smaller than W
+        V, D = model.backbone.unembed.weight.shape
+        model.zero_grad(set_to_none=True)
+        loss = model.objective(model, torch.randint(0, V, (4, 6)))["loss"]
+        sizes = []
+
+        class Watch(torch.utils._python_dispatch.TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                inputs = {storage(t) for t in torch.utils._pytree.tree_flatten((args, kwargs))[0]}
+                for t in torch.utils._pytree.tree_flatten(out)[0]:  # new storages of a weight's size (not views)
+                    key = storage(t)
+                    if key is not None and key not in inputs and t.untyped_storage().nbytes() >= 4 * V * D:
+                        sizes.append(str(func))
+                return out
+
+        with Watch():
+            loss.backward()
+        # one W_out buffer (zeros), one W_in noise-projection gradient, nothing else of that size (no summed copies)
+        assert len(sizes) == 2, (objective, sizes)
 
 
 def test_fused_true_refuses_what_the_kernels_cannot_do():

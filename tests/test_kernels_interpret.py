@@ -18,6 +18,8 @@ pytest.importorskip("triton")
 import torch  # noqa: E402
 
 from flowzoo.kernels import (  # noqa: E402
+    CrossEntropyPart,
+    LagrangianPart,
     TeacherTarget,
     flow_map_step_embedding,
     flow_map_step_reference,
@@ -30,6 +32,7 @@ from flowzoo.kernels import (  # noqa: E402
     noisy_embedding,
     noisy_embedding_reference,
     softmax_embedding,
+    shared_head_losses,
     softmax_embedding_reference,
     use_triton,
 )
@@ -159,4 +162,29 @@ def test_lsd_residual_matches_dense_reference():
     ref = lsd_residual_loss_reference(h, h_dot, h_teacher, weight, bias, kappa)
     _close(out, ref)
     for g1, g2 in zip(got, torch.autograd.grad(ref, params, grad)):
+        _close(g1, g2)
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_shared_head_losses_accumulate_one_gradient_like_separate_calls(with_bias):
+    """shared_head_losses on Triton (dW / db kernels in ACCUMULATE mode) = separate dense references, values and grads."""
+    h_ce = torch.randn(B, L, D, requires_grad=True)
+    h, h_dot = torch.randn(B, L, D, requires_grad=True), torch.randn(B, L, D, requires_grad=True)
+    h_teacher = torch.randn(B, L, D)
+    weight = (0.5 * torch.randn(V, D)).requires_grad_()
+    bias = torch.randn(V, requires_grad=True) if with_bias else None
+    ids, kappa = torch.randint(0, V, (B, L)), torch.rand(B)
+    teacher = _target("teacher")
+    parts = [CrossEntropyPart(h_ce, ids, 3.0), LagrangianPart(h, h_dot, h_teacher, kappa), CrossEntropyPart(h, teacher)]
+    params = tuple(p for p in (h_ce, h, h_dot, weight, bias) if p is not None)
+    grads = [torch.rand(B, L) for _ in parts]
+    out = shared_head_losses(weight, bias, parts, backend="triton")
+    got = torch.autograd.grad(out, params, grads)
+    ref = [linear_cross_entropy_reference(h_ce, weight, bias, ids, softcap=3.0),
+           lsd_residual_loss_reference(h, h_dot, h_teacher, weight, bias, kappa),
+           linear_cross_entropy_reference(h, weight, bias, teacher)]
+    want = torch.autograd.grad(ref, params, grads)
+    for o, r in zip(out, ref):
+        _close(o, r)
+    for g1, g2 in zip(got, want):
         _close(g1, g2)

@@ -1,8 +1,10 @@
-"""The examples of docs/pretrained.md, run as written against (1) a local save_pretrained folder and
-(2) a repo id in a pre-populated Hugging Face cache with HF_HUB_OFFLINE=1 (test_hub's fixture).
+"""The pretrained-model examples of docs/pretrained.md and of the README, run as written against (1) a local
+save_pretrained folder and (2) a repo id in a pre-populated Hugging Face cache with HF_HUB_OFFLINE=1
+(test_hub's fixture).
 
-An example is the fenced block right after a ``<!-- example: NAME -->`` comment; ``org/name`` in it
-stands for the model and is replaced by the folder or the repo id.
+In docs/pretrained.md an example is the fenced block right after a ``<!-- example: NAME -->`` comment; in the
+README, the ```python block of its "Pretrained models" section and the ``flowzoo sample --model`` command written
+beside it. ``org/name`` in an example stands for the model and is replaced by the folder or the repo id.
 """
 
 import json
@@ -23,6 +25,7 @@ from flowzoo.cli import main
 from flowzoo.sampling import sample_from_checkpoint
 
 DOC = Path(__file__).parent.parent / "docs" / "pretrained.md"
+README = Path(__file__).parent.parent / "README.md"
 PLACEHOLDER = "org/name"
 _EXAMPLE = re.compile(r"<!-- example: (\w+) -->\s*```(\w+)\n(.*?)```", re.S)
 
@@ -33,22 +36,41 @@ def examples() -> dict[str, str]:
     return found
 
 
-def test_the_python_example_is_two_lines_after_the_import():
-    lines = [line for line in examples()["python"].splitlines() if line.strip() and not line.startswith(("from ", "import "))]
+def readme_examples() -> dict[str, str]:
+    """The README's "Pretrained models" section: its python block, and its ``flowzoo sample --model`` command."""
+    text = README.read_text()
+    start = text.index("## Pretrained models")
+    end = text.find("\n## ", start + 1)
+    section = text[start : end if end > 0 else len(text)]
+    python = re.findall(r"```python\n(.*?)```", section, re.S)
+    cli = re.findall(r"`(flowzoo sample --model [^`]*)`", section)
+    assert len(python) == 1 and len(cli) == 1, "README.md's Pretrained models section lost its python example or its sample command"
+    return {"python": python[0], "cli": cli[0]}
+
+
+SOURCES = {"docs": (examples, DOC), "readme": (readme_examples, README)}
+
+
+@pytest.mark.parametrize("source", SOURCES)
+def test_the_python_example_is_two_lines_after_the_import(source):
+    found, _ = SOURCES[source]
+    lines = [line for line in found()["python"].splitlines() if line.strip() and not line.startswith(("from ", "import "))]
     assert len(lines) == 2 and PLACEHOLDER in lines[0]
 
 
-def run_python_example(target: str, capsys) -> list[str]:
-    code = examples()["python"].replace(PLACEHOLDER, target)
-    exec(compile(code, str(DOC), "exec"), {"__name__": "__example__"})
+def run_python_example(target: str, capsys, source: str = "docs") -> list[str]:
+    found, doc = SOURCES[source]
+    code = found()["python"].replace(PLACEHOLDER, target)
+    exec(compile(code, str(doc), "exec"), {"__name__": "__example__"})
     printed = capsys.readouterr().out.strip()
     texts = eval(printed, {})  # the example prints a list of 8 decoded strings
     assert isinstance(texts, list) and len(texts) == 8 and all(isinstance(t, str) for t in texts)
     return texts
 
 
-def run_cli_example(target: str, env: dict) -> dict:
-    argv = shlex.split(examples()["cli"].replace(PLACEHOLDER, target))
+def run_cli_example(target: str, env: dict, source: str = "docs") -> dict:
+    found, _ = SOURCES[source]
+    argv = shlex.split(found()["cli"].replace(PLACEHOLDER, target))
     assert argv[0] == "flowzoo"
     out = subprocess.run([sys.executable, "-m", "flowzoo", *argv[1:]], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr
@@ -64,18 +86,20 @@ def expected_texts(model) -> list[str]:
     return data.decode(model.generate(8, 32, seed=0).tokens)
 
 
-def test_examples_against_a_local_folder(tmp_path, capsys):
+@pytest.mark.parametrize("source", SOURCES)
+def test_examples_against_a_local_folder(tmp_path, capsys, source):
     model = tiny_model()
     folder = save_pretrained(model, tmp_path / "my-model")
-    assert run_python_example(str(folder), capsys) == expected_texts(model)
-    run_cli_example(str(folder), {**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run_python_example(str(folder), capsys, source) == expected_texts(model)
+    run_cli_example(str(folder), {**os.environ, "OMP_NUM_THREADS": "1"}, source)
 
 
-def test_examples_against_the_offline_cache(cached, capsys):  # noqa: F811
-    assert run_python_example(REPO, capsys) == expected_texts(cached.model)
+@pytest.mark.parametrize("source", SOURCES)
+def test_examples_against_the_offline_cache(cached, capsys, source):  # noqa: F811
+    assert run_python_example(REPO, capsys, source) == expected_texts(cached.model)
     env = {**os.environ, "HF_HOME": str(cached.hf_home), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     env.pop("HF_HUB_CACHE", None)
-    run_cli_example(REPO, env)
+    run_cli_example(REPO, env, source)
 
 
 def test_the_publish_dry_run_example(tmp_path, monkeypatch, capsys):

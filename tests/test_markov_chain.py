@@ -1,0 +1,115 @@
+"""The synthetic Markov language: its named deterministic pairs, a stochastic transition matrix, and an
+entropy rate that agrees with an independent computation (and with the chain's own samples)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from flowzoo.data.markov import _PAIRS, MarkovChain
+
+CHAINS = [
+    {},  # the default language of configs/*markov*.yaml
+    {"num_states": 16, "seed": 3},
+    {"num_states": 20, "max_successors": 2, "deterministic_share": 0.0, "seed": 1},
+    {"num_states": 12, "max_successors": 6, "deterministic_share": 0.9, "seed": 7},
+]
+IDS = ["default", "16-states", "20-states-no-extra-deterministic", "12-states-mostly-deterministic"]
+
+
+def stationary_by_power_iteration(P: np.ndarray, iterations: int = 20_000) -> np.ndarray:
+    """pi = pi P by iterating the lazy chain (I + P)/2 from the uniform law: the same stationary law,
+    and the laziness removes any periodicity, so the iteration converges."""
+    lazy = 0.5 * (np.eye(len(P)) + P)
+    pi = np.full(len(P), 1.0 / len(P))
+    for _ in range(iterations):
+        pi = pi @ lazy
+    return pi / pi.sum()
+
+
+def entropy_rate_by_hand(P: np.ndarray, pi: np.ndarray) -> float:
+    """H = -sum_i pi_i sum_j P_ij log P_ij, summed term by term over the non-zero entries."""
+    total = 0.0
+    for i in range(len(P)):
+        for j in range(len(P)):
+            if P[i, j] > 0:
+                total -= pi[i] * P[i, j] * math.log(P[i, j])
+    return total
+
+
+@pytest.mark.parametrize("args", CHAINS, ids=IDS)
+def test_named_pairs_are_deterministic(args):
+    chain = MarkovChain(**args)
+    P = chain.transition
+    for head, tail in _PAIRS:
+        a, b = chain.words.index(head), chain.words.index(tail)
+        assert P[a, b] == 1.0, f"{head} -> {tail} has probability {P[a, b]}"
+        assert np.count_nonzero(P[a]) == 1
+    # and the samples respect them: every "New" is followed by "York"
+    x = chain.sample(400, 24, seed=5)
+    seen = 0
+    for head, tail in _PAIRS:
+        a, b = chain.words.index(head), chain.words.index(tail)
+        follows = x[:, 1:][x[:, :-1] == a]
+        assert (follows == b).all(), f"{head} followed by {sorted({chain.words[i] for i in follows})}"
+        seen += follows.size > 0
+    if not args:  # in the default language every pair occurs (see the xfail below for smaller chains)
+        assert seen == len(_PAIRS)
+
+
+@pytest.mark.parametrize("args", CHAINS, ids=IDS)
+def test_transition_matrix_is_stochastic_and_sparse(args):
+    chain = MarkovChain(**args)
+    P = chain.transition
+    V = chain.num_states
+    assert P.shape == (V, V) and len(set(chain.words)) == V
+    assert (P >= 0).all() and np.allclose(P.sum(1), 1.0, atol=1e-12)
+    successors = np.count_nonzero(P, axis=1)
+    assert successors.min() >= 1 and successors.max() <= args.get("max_successors", 4)
+
+
+@pytest.mark.parametrize("args", CHAINS, ids=IDS)
+def test_entropy_rate_matches_an_independent_computation(args):
+    chain = MarkovChain(**args)
+    P = chain.transition
+    pi = stationary_by_power_iteration(P)
+    assert np.abs(pi @ P - pi).max() < 1e-10  # converged
+    assert np.abs(chain.stationary - pi).max() < 1e-8  # the chain's own (eigenvector) stationary law
+    H = entropy_rate_by_hand(P, pi)
+    assert chain.entropy_rate() == pytest.approx(H, rel=1e-9, abs=1e-12)
+    assert 0.0 <= H <= math.log(args.get("max_successors", 4))  # at most log(successors) per step
+
+
+def test_entropy_rate_is_the_nll_of_the_chains_own_samples():
+    """Monte Carlo: the mean -log P(x_{i+1} | x_i) over long samples converges to H (first token from pi)."""
+    chain = MarkovChain()
+    x = chain.sample(2000, 64, seed=11)
+    report = chain.evaluate(torch.from_numpy(x))
+    assert report["valid_transitions"] == 1.0
+    # the per-transition NLL has standard deviation < 1 nat; 126k transitions (correlated along a row) -> << 0.02
+    assert abs(report["nll"] - chain.entropy_rate()) < 0.02
+    assert abs(report["nll_gap"]) < 0.02
+    first = np.bincount(x[:, 0], minlength=chain.num_states) / len(x)
+    assert np.abs(first - chain.stationary).max() < 0.04  # the first token is drawn from pi
+
+
+def test_entropy_rate_reacts_to_the_transition_matrix():
+    """The by-hand value is not a constant: a chain with more randomness has a larger entropy rate."""
+    sparse = MarkovChain(num_states=20, max_successors=2, deterministic_share=0.9, seed=0)
+    dense = MarkovChain(num_states=20, max_successors=6, deterministic_share=0.0, seed=0)
+    assert entropy_rate_by_hand(dense.transition, dense.stationary) > entropy_rate_by_hand(sparse.transition, sparse.stationary)
+    assert dense.entropy_rate() > sparse.entropy_rate()
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "BUG in MarkovChain: the pair override successor[New] = York cuts the Hamiltonian cycle that is meant to keep the "
+    "chain irreducible, so some words get stationary probability 0 and never occur (default chain: 1 word; "
+    "num_states=16, seed=3: 14 of 16 words, including New/York). Remove this marker once the chain is fixed."))
+@pytest.mark.parametrize("args", [{}, {"num_states": 16, "seed": 3}], ids=["default", "16-states"])
+def test_every_word_occurs_the_chain_is_irreducible(args):
+    chain = MarkovChain(**args)
+    reach = (np.eye(chain.num_states) + chain.transition) > 0
+    for _ in range(int(math.log2(chain.num_states)) + 1):  # transitive closure by repeated squaring
+        reach = (reach.astype(float) @ reach.astype(float)) > 0
+    assert reach.all() and (chain.stationary > 0).all()
