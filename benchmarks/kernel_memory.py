@@ -299,6 +299,8 @@ OBJECTIVES = {
     "fm": ("flow_matching", "linear", "euler", False),
     "psd": ("psd", "linear", "flow_map", False),
     "lsd": ("lsd", "linear", "flow_map", False),
+    # lsd with tangent_grad=false: the d/dt term as a constant, jvp without autograd (MeanFlow-style semi-gradient)
+    "lsd_sg": ({"name": "lsd", "init_args": {"tangent_grad": False}}, "linear", "flow_map", False),
     "ar": ("ar", "autoregressive", "ar", True),
 }
 
@@ -380,11 +382,11 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--source", choices=("objectives", "emulated"), default="objectives",
                    help="the real FlowLM objectives (fused off / on) or the in-script emulations")
-    p.add_argument("--steps", default=None, help="comma-separated; default mdlm,fm,psd,lsd (+ ar for objectives)")
+    p.add_argument("--steps", default=None, help="comma-separated; default mdlm,fm,psd,lsd (+ lsd_sg, ar for objectives)")
     p.add_argument("--out", default=None, help="default benchmarks/results/kernel_memory[_objectives].md")
     args = p.parse_args(argv)
     if args.steps is None:
-        args.steps = "mdlm,fm,psd,lsd,ar" if args.source == "objectives" else "mdlm,fm,psd,lsd"
+        args.steps = "mdlm,fm,psd,lsd,lsd_sg,ar" if args.source == "objectives" else "mdlm,fm,psd,lsd"
     if args.out is None:
         suffix = "_objectives" if args.source == "objectives" else ""
         args.out = str(Path(__file__).parent / "results" / f"kernel_memory{suffix}.md")

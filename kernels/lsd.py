@@ -12,6 +12,9 @@ w = 1 + kappa (zd - mu), A = sum_v 2 r delta and S = sum_v 2 r delta w (row scal
 forward pass), the gradient per tile is
     dL/dz = g delta (2 r w - S - kappa (zd - mu) A),   dL/dzd = g kappa delta (2 r - A),
 then dh = dz W, dhd = dzd W, dW = dz^T h + dzd^T hd, db = sum_r dz. The teacher gets no gradient.
+
+``stop_tangent`` (MeanFlow-style semi-gradient): r = delta + kappa sg[d/dt delta] - sg D, the same value, with the
+gradient through delta only: dL/dz = g delta (2 r - A), dL/dzd = 0 (the tangent then needs no autograd graph).
 """
 
 from __future__ import annotations
@@ -92,7 +95,8 @@ if triton_available():
 
     @triton.jit
     def _lsd_grad_tiles(h_ptr, hd_ptr, ht_ptr, w_ptr, b_ptr, kappa_ptr, stats_ptr, g_ptr, rows, cols, R, V, D,
-                        HAS_BIAS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr):
+                        HAS_BIAS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr,
+                        STOP_TANGENT: tl.constexpr):
         """(dL/dz, dL/dzd) for the tile, zero outside the valid range."""
         rmask = rows < R
         z, zd, zt = _lsd_tiles(h_ptr, hd_ptr, ht_ptr, w_ptr, b_ptr, rows, cols, R, V, D, HAS_BIAS,
@@ -107,15 +111,19 @@ if triton_available():
         delta = tl.exp(z - lse[:, None])
         w = 1.0 + kappa[:, None] * (zd - mu[:, None])
         r = delta * w - tl.exp(zt - lset[:, None])
-        dz = g[:, None] * delta * (2.0 * r * w - s_sum[:, None] - kappa[:, None] * (zd - mu[:, None]) * a_sum[:, None])
-        dzd = g[:, None] * kappa[:, None] * delta * (2.0 * r - a_sum[:, None])
+        if STOP_TANGENT:
+            dz = g[:, None] * delta * (2.0 * r - a_sum[:, None])
+            dzd = tl.zeros((BLOCK_R, BLOCK_V), dtype=tl.float32)
+        else:
+            dz = g[:, None] * delta * (2.0 * r * w - s_sum[:, None] - kappa[:, None] * (zd - mu[:, None]) * a_sum[:, None])
+            dzd = g[:, None] * kappa[:, None] * delta * (2.0 * r - a_sum[:, None])
         valid = rmask[:, None] & (cols[None, :] < V)
         return tl.where(valid, dz, 0.0), tl.where(valid, dzd, 0.0)
 
     @triton.jit
     def _lsd_bwd_dh_kernel(h_ptr, hd_ptr, ht_ptr, w_ptr, b_ptr, kappa_ptr, stats_ptr, g_ptr, dh_ptr, dhd_ptr,
                            R, V, D, HAS_BIAS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_V: tl.constexpr,
-                           BLOCK_D: tl.constexpr):
+                           BLOCK_D: tl.constexpr, STOP_TANGENT: tl.constexpr = False):
         rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
         ds = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
         acc = tl.zeros((BLOCK_R, BLOCK_D), dtype=tl.float32)
@@ -123,7 +131,7 @@ if triton_available():
         for v0 in range(0, V, BLOCK_V):
             cols = v0 + tl.arange(0, BLOCK_V)
             dz, dzd = _lsd_grad_tiles(h_ptr, hd_ptr, ht_ptr, w_ptr, b_ptr, kappa_ptr, stats_ptr, g_ptr, rows, cols,
-                                      R, V, D, HAS_BIAS, BLOCK_R, BLOCK_V, BLOCK_D)
+                                      R, V, D, HAS_BIAS, BLOCK_R, BLOCK_V, BLOCK_D, STOP_TANGENT)
             w = tl.load(w_ptr + cols[:, None].to(tl.int64) * D + ds[None, :],
                         mask=(cols[:, None] < V) & (ds[None, :] < D), other=0.0).to(tl.float32)  # (BV, BD)
             acc += tl.dot(dz, w)
@@ -135,7 +143,7 @@ if triton_available():
     @triton.jit
     def _lsd_bwd_dw_kernel(h_ptr, hd_ptr, ht_ptr, w_ptr, b_ptr, kappa_ptr, stats_ptr, g_ptr, dw_ptr, db_ptr,
                            R, V, D, HAS_BIAS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_V: tl.constexpr,
-                           BLOCK_D: tl.constexpr, ACCUMULATE: tl.constexpr = False):
+                           BLOCK_D: tl.constexpr, ACCUMULATE: tl.constexpr = False, STOP_TANGENT: tl.constexpr = False):
         """dW, db for the V block; ACCUMULATE adds to what dW and db hold (a shared weight gradient buffer)."""
         cols = tl.program_id(0) * BLOCK_V + tl.arange(0, BLOCK_V)
         ds = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -144,7 +152,7 @@ if triton_available():
         for r0 in range(0, R, BLOCK_R):
             rows = r0 + tl.arange(0, BLOCK_R)
             dz, dzd = _lsd_grad_tiles(h_ptr, hd_ptr, ht_ptr, w_ptr, b_ptr, kappa_ptr, stats_ptr, g_ptr, rows, cols,
-                                      R, V, D, HAS_BIAS, BLOCK_R, BLOCK_V, BLOCK_D)
+                                      R, V, D, HAS_BIAS, BLOCK_R, BLOCK_V, BLOCK_D, STOP_TANGENT)
             mask = (rows[:, None] < R) & (ds[None, :] < D)
             h = tl.load(h_ptr + rows[:, None] * D + ds[None, :], mask=mask, other=0.0).to(tl.float32)
             hd = tl.load(hd_ptr + rows[:, None] * D + ds[None, :], mask=mask, other=0.0).to(tl.float32)
@@ -195,7 +203,7 @@ def _forward_reference(h, hd, ht, weight, bias, kappa):
     return loss, torch.stack([lse, mu, lset, a_sum, s_sum])
 
 
-def _backward_reference(h, hd, ht, weight, bias, kappa, stats, g, dw=None, db=None):
+def _backward_reference(h, hd, ht, weight, bias, kappa, stats, g, dw=None, db=None, stop_tangent: bool = False):
     """(dh, dh_dot, dW, db); with the float32 buffers ``dw`` (V, D) / ``db`` (V,) given, dW and db are added to them."""
     lse, mu, lset, a_sum, s_sum = stats
     R, V = h.shape[0], weight.shape[0]
@@ -212,8 +220,12 @@ def _backward_reference(h, hd, ht, weight, bias, kappa, stats, g, dw=None, db=No
         delta = torch.exp(z - lse[:, None])
         w = 1 + k * (zd - mu[:, None])
         r = delta * w - torch.exp(zt - lset[:, None])
-        dz = g[:, None] * delta * (2 * r * w - s_sum[:, None] - k * (zd - mu[:, None]) * a_sum[:, None])
-        dzd = g[:, None] * k * delta * (2 * r - a_sum[:, None])
+        if stop_tangent:
+            dz = g[:, None] * delta * (2 * r - a_sum[:, None])
+            dzd = torch.zeros_like(dz)
+        else:
+            dz = g[:, None] * delta * (2 * r * w - s_sum[:, None] - k * (zd - mu[:, None]) * a_sum[:, None])
+            dzd = g[:, None] * k * delta * (2 * r - a_sum[:, None])
         wc = weight[start:stop].float()
         dh += dz @ wc
         dhd += dzd @ wc
@@ -242,14 +254,14 @@ def _forward_triton(h, hd, ht, weight, bias, kappa):
     return loss, stats
 
 
-def _backward_triton(h, hd, ht, weight, bias, kappa, stats, g, dw=None, db=None):
+def _backward_triton(h, hd, ht, weight, bias, kappa, stats, g, dw=None, db=None, stop_tangent: bool = False):
     R, D = h.shape
     V = weight.shape[0]
     br, bv, bd = kernel_blocks(h.device)
     g = g.contiguous().float()
     dh = torch.empty(R, D, device=h.device, dtype=torch.float32)
     dhd = torch.empty_like(dh)
-    flags = dict(HAS_BIAS=bias is not None, BLOCK_R=br, BLOCK_V=bv, BLOCK_D=bd)
+    flags = dict(HAS_BIAS=bias is not None, BLOCK_R=br, BLOCK_V=bv, BLOCK_D=bd, STOP_TANGENT=stop_tangent)
     b = bias if bias is not None else h
     _lsd_bwd_dh_kernel[(triton.cdiv(R, br), triton.cdiv(D, bd))](h, hd, ht, weight, b, kappa, stats, g, dh, dhd,
                                                                  R, V, D, **flags)
@@ -267,32 +279,34 @@ class LagrangianResidual(torch.autograd.Function):
     """Per-row sum_v (delta + kappa d/dt delta - sg D)^2 from (h, dh/dt, h_teacher); saves (5, R) statistics."""
 
     @staticmethod
-    def forward(ctx, h, hd, ht, weight, bias, kappa, triton_backend: bool):
+    def forward(ctx, h, hd, ht, weight, bias, kappa, triton_backend: bool, stop_tangent: bool = False):
         ctx.dtypes = (h.dtype, hd.dtype, weight.dtype, None if bias is None else bias.dtype)
         prep = (lambda x: x.contiguous()) if triton_backend else (lambda x: x.float().contiguous())
         h, hd, ht, w = prep(h), prep(hd), prep(ht.detach()), weight.contiguous()
         fwd = _forward_triton if triton_backend else _forward_reference
         loss, stats = fwd(h, hd, ht, w, bias, kappa)
         ctx.save_for_backward(h, hd, ht, w, bias, kappa, stats)
-        ctx.triton_backend = triton_backend
+        ctx.triton_backend, ctx.stop_tangent = triton_backend, stop_tangent
         return loss
 
     @staticmethod
     def backward(ctx, g):
         h, hd, ht, w, bias, kappa, stats = ctx.saved_tensors
         bwd = _backward_triton if ctx.triton_backend else _backward_reference
-        dh, dhd, dw, db = bwd(h, hd, ht, w, bias, kappa, stats, g.float())
+        dh, dhd, dw, db = bwd(h, hd, ht, w, bias, kappa, stats, g.float(), stop_tangent=ctx.stop_tangent)
         hdt, hddt, wdt, bdt = ctx.dtypes
-        return dh.to(hdt), dhd.to(hddt), None, dw.to(wdt), None if db is None else db.to(bdt), None, None
+        return dh.to(hdt), dhd.to(hddt), None, dw.to(wdt), None if db is None else db.to(bdt), None, None, None
 
 
-def lsd_residual_loss(h, h_dot, h_teacher, weight, bias, kappa, *, backend: str | None = None) -> torch.Tensor:
+def lsd_residual_loss(h, h_dot, h_teacher, weight, bias, kappa, *, stop_tangent: bool = False,
+                      backend: str | None = None) -> torch.Tensor:
     """Per-token sum_v (delta + kappa d/dt delta - sg D_t(X))^2 without any (B, L, V) tensor.
 
     h, h_dot, h_teacher (*rows, D): the student's final hidden state at (s, t), its t-derivative (jvp
     tangent), and the teacher's hidden state at the landing point (diagonal t; detached). weight (V, D)
     and bias (V,) as ``nn.Linear(D, V)``; kappa = (1-t)(t-s)/(1-s), a scalar, (B,) or (*rows).
-    Returns (*rows). Gradients flow to h, h_dot, weight and bias.
+    Returns (*rows). Gradients flow to h, h_dot, weight and bias; with ``stop_tangent`` the d/dt delta term is a
+    constant (MeanFlow-style semi-gradient: no gradient to h_dot, none through the tangent term).
     """
     if not (h.shape == h_dot.shape == h_teacher.shape) or h.shape[-1] != weight.shape[1]:
         raise ValueError(f"h {tuple(h.shape)}, h_dot {tuple(h_dot.shape)}, h_teacher {tuple(h_teacher.shape)} and "
@@ -301,12 +315,12 @@ def lsd_residual_loss(h, h_dot, h_teacher, weight, bias, kappa, *, backend: str 
     k = _row_coefficient(kappa, lead, h.device).detach().contiguous()
     triton_backend = use_triton(h) if backend is None else backend == "triton"
     loss = LagrangianResidual.apply(h.reshape(-1, D), h_dot.reshape(-1, D), h_teacher.reshape(-1, D), weight, bias,
-                                    k, triton_backend)
+                                    k, triton_backend, stop_tangent)
     return loss.view(lead)
 
 
-def lsd_residual_loss_reference(h, h_dot, h_teacher, weight, bias, kappa) -> torch.Tensor:
-    """Dense formula with (R, V) logits, tangent logits and softmaxes."""
+def lsd_residual_loss_reference(h, h_dot, h_teacher, weight, bias, kappa, stop_tangent: bool = False) -> torch.Tensor:
+    """Dense formula with (R, V) logits, tangent logits and softmaxes (``stop_tangent``: d/dt delta detached)."""
     z = h.float() @ weight.float().t() + (bias.float() if bias is not None else 0.0)
     zd = h_dot.float() @ weight.float().t()
     with torch.no_grad():
@@ -314,5 +328,7 @@ def lsd_residual_loss_reference(h, h_dot, h_teacher, weight, bias, kappa) -> tor
         D = torch.softmax(zt, -1)
     delta = torch.softmax(z, -1)
     ddelta = delta * (zd - (delta * zd).sum(-1, keepdim=True))
+    if stop_tangent:
+        ddelta = ddelta.detach()
     k = _row_coefficient(kappa, h.shape[:-1], h.device).view(*h.shape[:-1], 1)
     return ((delta + k * ddelta - D) ** 2).sum(-1)

@@ -40,6 +40,7 @@ class LagrangianPart:
     h_dot: torch.Tensor
     h_teacher: torch.Tensor
     kappa: object
+    stop_tangent: bool = False  # the d/dt delta term as a constant (no gradient to h_dot or through it)
 
 
 class _Prepared:
@@ -62,6 +63,7 @@ class _Prepared:
                                  f"{tuple(part.h_teacher.shape)} disagree")
             self.kappa = _row_coefficient(part.kappa, self.lead, part.h.device).detach().contiguous()
             self.teacher = prep(part.h_teacher.detach().reshape(-1, D))
+            self.stop_tangent = part.stop_tangent
             self.inputs = [part.h.reshape(-1, D), part.h_dot.reshape(-1, D)]
         self.prep = prep
 
@@ -92,7 +94,8 @@ class _Prepared:
         else:
             h, hd, teacher, stats = saved
             bwd = lsd._backward_triton if triton_backend else lsd._backward_reference
-            dh, dhd, _, _ = bwd(h, hd, teacher, weight, bias, self.kappa, stats, g.float(), dw, db)
+            dh, dhd, _, _ = bwd(h, hd, teacher, weight, bias, self.kappa, stats, g.float(), dw, db,
+                                stop_tangent=self.stop_tangent)
             grads = [dh, dhd]
         return [grad.to(dtype) for grad, dtype in zip(grads, self.dtypes)]
 

@@ -264,14 +264,19 @@ class FlowMapObjective(FusedSwitch, Objective):
         return sample_pairs(model.path, n, self.pair_sampling, self.boundary, device=device)
 
 
-def lagrangian_residual(model, x: torch.Tensor, s: torch.Tensor, t: torch.Tensor, velocity_model=None) -> torch.Tensor:
+def lagrangian_residual(model, x: torch.Tensor, s: torch.Tensor, t: torch.Tensor, velocity_model=None,
+                        stop_tangent: bool = False) -> torch.Tensor:
     """The Lagrangian residual of the map at (s, t), with d/dt by forward-mode AD (tangent on t only).
 
     Mean-denoiser paths: (1-t) [d/dt X_{s,t}(x) - sg b_t(X)] = delta + (1-t)((t-s)/(1-s)) d/dt delta + X - X
     rewritten as (1-t) dX/dt + X - sg D_t(X), finite at t = 1; other paths: dX/dt - sg b_t(X).
     The target velocity comes from ``velocity_model`` (a teacher) or, by default, the model's diagonal.
+    ``stop_tangent``: the time-derivative term is a constant (MeanFlow-style), delta + kappa sg[d/dt delta] - sg D
+    (other paths: v + (t-s) sg[d/dt v] - sg b_t(X), X = x + (t-s) v); the jvp then runs without autograd.
     """
     path = model.path
+    if stop_tangent:
+        return _stop_tangent_residual(model, x, s, t, velocity_model)
 
     def the_map(tt):
         delta = model.head.denoise(model.logits(x, tt, s))
@@ -286,3 +291,30 @@ def lagrangian_residual(model, x: torch.Tensor, s: torch.Tensor, t: torch.Tensor
     if uses_mean_denoiser(path):
         return expand_time(1 - t) * dX + X - D
     return dX - path.velocity(Xd, D, t)
+
+
+def _stop_tangent_residual(model, x, s, t, velocity_model=None) -> torch.Tensor:
+    """:func:`lagrangian_residual` with ``stop_tangent``: the tangent from a jvp without autograd, the rest with it."""
+    path = model.path
+    mean = uses_mean_denoiser(path)
+
+    def field(tt):  # delta_{s,t}(x) on mean-denoiser paths, the average velocity v_{s,t}(x) otherwise
+        prediction = model.head.denoise(model.logits(x, tt, s))
+        return prediction if mean else path.velocity(x, prediction, s)
+
+    with torch.no_grad(), plain_attention(), torch.autocast(device_type=x.device.type, enabled=False):
+        _, tangent = torch.func.jvp(field, (t,), (torch.ones_like(t),))
+    value = field(t)  # with gradient, (B, L, V)
+    teacher = model if velocity_model is None else velocity_model
+    if mean:  # (1-t) dX/dt + X with dX/dt = a' x + b' delta + b sg[d/dt delta], X = a x + b delta
+        (a, b), (da, db) = torch.func.jvp(lambda tt: map_weights(s, tt), (t,), (torch.ones_like(t),))
+        X = expand_time(a) * x + expand_time(b) * value
+        with torch.no_grad():
+            D = teacher.head.denoise(teacher.logits(X, t, t))  # D_t(X)
+        dX = expand_time(da) * x + expand_time(db) * value + expand_time(b) * tangent
+        return expand_time(1 - t) * dX + X - D
+    X = x + expand_time(t - s) * value
+    with torch.no_grad():
+        Xd = X.detach()
+        target = path.velocity(Xd, teacher.head.denoise(teacher.logits(Xd, t, t)), t)  # b_t(X)
+    return value + expand_time(t - s) * tangent - target

@@ -12,7 +12,7 @@ from flowzoo.paths.base import expand_time
 from flowzoo.registry import register
 
 
-def fused_lagrangian_part(model, batch: FusedBatch, pairs) -> LagrangianPart:
+def fused_lagrangian_part(model, batch: FusedBatch, pairs, stop_tangent: bool = False) -> LagrangianPart:
     """The kernels part of ||(1-t) d/dt X_{s,t}(x_s) + X - sg D_t(X)||^2 per token on the fused path.
 
     = ||delta + kappa d/dt delta - sg D_t(X)||^2 with kappa = (1-t) b, X = a x_s + b delta, (a, b) = map_weights(s, t):
@@ -22,13 +22,19 @@ def fused_lagrangian_part(model, batch: FusedBatch, pairs) -> LagrangianPart:
     s, t = pairs.s, pairs.t
     e_s = batch.e[batch.n:]  # x_s W_in^T (m, L, D)
     unembed, w_in = model.backbone.unembed, model.backbone.embed.weight
-    with plain_attention(), torch.autocast(device_type=e_s.device.type, enabled=False):
-        h, h_dot = torch.func.jvp(lambda tt: hidden(model, e_s, tt, s, embedded=True), (t,), (torch.ones_like(t),))
+    trunk = lambda tt: hidden(model, e_s, tt, s, embedded=True)  # noqa: E731
+    if stop_tangent:  # the tangent is a constant: its jvp keeps no graph, h comes from a plain pass
+        with torch.no_grad(), plain_attention(), torch.autocast(device_type=e_s.device.type, enabled=False):
+            _, h_dot = torch.func.jvp(trunk, (t,), (torch.ones_like(t),))
+        h = trunk(t)
+    else:
+        with plain_attention(), torch.autocast(device_type=e_s.device.type, enabled=False):
+            h, h_dot = torch.func.jvp(trunk, (t,), (torch.ones_like(t),))
     a, b = map_weights(s, t)
     with torch.no_grad():
         landing = batch.landing(model, a, expand_time(b) * softmax_embedding(h.detach(), unembed.weight, unembed.bias, w_in))
         h_teacher = hidden(model, landing, t, t, embedded=True)
-    return LagrangianPart(h, h_dot, h_teacher, (1 - t) * b)
+    return LagrangianPart(h, h_dot, h_teacher, (1 - t) * b, stop_tangent=stop_tangent)
 
 
 @register("objective", "lsd")
@@ -40,6 +46,9 @@ class LagrangianSelfDistillation(FlowMapObjective):
     ``adaptive`` multiplies each sequence's loss by the detached (||r||^2 + c)^(-1/2).
     ``fused`` (None: automatic) computes both losses with flowzoo.kernels on the linear path and the
     categorical head without soft-cap (the jvp is then taken of the trunk's hidden state).
+    ``tangent_grad=False`` treats the time-derivative term as a constant (MeanFlow-style semi-gradient:
+    delta + kappa sg[d/dt delta] - sg D): the same residual and fixed point, the gradient through delta only,
+    and the jvp runs without autograd, so the step keeps no tangent activations (the memory of psd).
     """
 
     def __init__(
@@ -51,9 +60,12 @@ class LagrangianSelfDistillation(FlowMapObjective):
         map_weight: float = 1.0,
         adaptive: bool = False,
         fused: bool | None = None,
+        tangent_grad: bool = True,
     ) -> None:
         super().__init__(diagonal_share, pair_sampling, boundary, time_sampling, map_weight)
-        self.adaptive = adaptive
+        if not isinstance(tangent_grad, bool):
+            raise ValueError(f"tangent_grad must be true or false, got {tangent_grad!r}")
+        self.adaptive, self.tangent_grad = adaptive, tangent_grad
         self.fused = check_switch(fused)
 
     def fused_refusal(self, parts):
@@ -67,12 +79,12 @@ class LagrangianSelfDistillation(FlowMapObjective):
             weight = adaptive_weight(per_token) if self.adaptive else None
             return {"map": weighted_mean(per_token, weight), "map_residual": per_token.detach().mean()}
 
-        return fused_lagrangian_part(model, batch, pairs), finish
+        return fused_lagrangian_part(model, batch, pairs, stop_tangent=not self.tangent_grad), finish
 
     def map_loss(self, model, x1):
         pairs = self.pairs(model, x1.shape[0], x1.device)
         xs = model.path.sample(x1, pairs.s, model.vocab_size)  # (B, L, V)
-        residual = lagrangian_residual(model, xs, pairs.s, pairs.t)
+        residual = lagrangian_residual(model, xs, pairs.s, pairs.t, stop_tangent=not self.tangent_grad)
         per_token = (residual**2).sum(-1)  # (B, L)
         weight = adaptive_weight(per_token) if self.adaptive else None
         return {"map": weighted_mean(per_token, weight), "map_residual": per_token.mean()}

@@ -106,6 +106,25 @@ def test_map_losses_are_finite_with_finite_gradients_at_every_corner(head):
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
+@pytest.mark.parametrize("head", ["categorical", "gaussian"])
+def test_stop_tangent_residual_has_the_value_and_the_semi_gradient(head):
+    """tangent_grad=False: the same residual at every corner, finite gradients, and d/dt of the map gets none."""
+    model = small_model(head=head)
+    s, t = _corner_times()
+    x1 = torch.randint(0, V, (len(CORNERS), L))
+    xs = model.path.sample(x1, s, V)
+    full = lagrangian_residual(model, xs, s, t)
+    semi = lagrangian_residual(model, xs, s, t, stop_tangent=True)
+    torch.testing.assert_close(semi, full, rtol=1e-4, atol=1e-5)
+    grads = []
+    for r in (full, semi):
+        model.zero_grad(set_to_none=True)
+        (r**2).sum(-1).mean().backward(retain_graph=True)
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+        assert torch.isfinite(grads[-1]).all()
+    assert not torch.allclose(grads[0], grads[1])  # the tangent's gradient is what the semi-gradient drops
+
+
 @pytest.mark.parametrize("objective", ["lsd", "psd"])
 def test_map_loss_trains_the_off_diagonal(objective):
     """With no diagonal share the gradient reaches the (s, t) gap embedder: the map itself is trained."""

@@ -100,6 +100,7 @@ CASES = {
     "lsd": dict(objective="lsd"),
     "lsd_adaptive_tau": dict(objective="lsd", path={"name": "linear", "init_args": {"time": "tau", "sigma": 0.7}},
                              objective_args={"adaptive": True}),
+    "lsd_stop_tangent": dict(objective="lsd", objective_args={"tangent_grad": False}),
     "mdlm": dict(objective="mdlm", path="masked"),
     "mdlm_softcap_time": dict(objective="mdlm", path={"name": "masked", "init_args": {"time_conditioning": True}},
                               head={"name": "categorical", "init_args": {"softcap": 3.0}}),
@@ -171,6 +172,25 @@ def test_auto_on_the_cpu_trains_through_the_kernels(monkeypatch, objective):
     assert len(heads) == 1
     assert [type(p).__name__ for p in heads[0]] == ["CrossEntropyPart", "CrossEntropyPart" if objective == "psd" else "LagrangianPart"]
     assert embeds == [True, False]  # the batch once with gradient, the landing point's x_s part without
+
+
+def test_lsd_stop_tangent_keeps_no_tangent_activations():
+    """tangent_grad=False runs the jvp without autograd: the fused lsd step saves what a plain trunk pass saves."""
+    x1 = torch.randint(0, 300, (4, 12), generator=torch.Generator().manual_seed(2))
+    saved = {}
+    for grad in (True, False):
+        model = tiny("lsd", objective_args={"tangent_grad": grad})
+        total = [0]
+
+        def pack(t):
+            total[0] += t.numel() * t.element_size()
+            return t
+
+        torch.manual_seed(5)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model.objective(model, x1)["loss"].backward()
+        saved[grad] = total[0]
+    assert saved[False] < 0.8 * saved[True]
 
 
 def storage(t):

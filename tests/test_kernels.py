@@ -205,8 +205,9 @@ def test_softmax_embedding_chunked_matches_dense(monkeypatch, softcap):
 # ------------------------------------------------------------------ LSD residual (reference)
 
 
+@pytest.mark.parametrize("stop_tangent", [False, True])
 @pytest.mark.parametrize("with_bias", [True, False])
-def test_lsd_residual_chunked_matches_dense(monkeypatch, with_bias):
+def test_lsd_residual_chunked_matches_dense(monkeypatch, with_bias, stop_tangent):
     monkeypatch.setattr(ce, "CE_CHUNK", 16)
     B, L, V, D = 2, 5, 60, 12
     h, h_dot = torch.randn(B, L, D, requires_grad=True), torch.randn(B, L, D, requires_grad=True)
@@ -216,10 +217,12 @@ def test_lsd_residual_chunked_matches_dense(monkeypatch, with_bias):
     kappa = torch.rand(B)
     params = [p for p in (h, h_dot, weight, bias) if p is not None]
     grad = torch.rand(B, L)
-    out = lsd_residual_loss(h, h_dot, h_teacher, weight, bias, kappa)
+    out = lsd_residual_loss(h, h_dot, h_teacher, weight, bias, kappa, stop_tangent=stop_tangent)
     got = torch.autograd.grad(out, params, grad)
-    ref = lsd_residual_loss_reference(h, h_dot, h_teacher, weight, bias, kappa)
-    want = torch.autograd.grad(ref, params, grad)
+    ref = lsd_residual_loss_reference(h, h_dot, h_teacher, weight, bias, kappa, stop_tangent=stop_tangent)
+    want = torch.autograd.grad(ref, params, grad, allow_unused=True, materialize_grads=True)
+    if stop_tangent:  # no gradient reaches h_dot
+        assert not got[1].any()
     _close(out, ref)
     for g1, g2 in zip(got, want):
         _close(g1, g2)
