@@ -138,26 +138,6 @@ def adaptive_weight(sq_error: torch.Tensor, c: float = 1e-3) -> torch.Tensor:
     return w / w.mean().clamp_min(1e-12)
 
 
-@dataclass
-class FusedBatch:
-    """A flow-map batch on the fused path: rows [0, n) on the diagonal at t, rows [n, B) at the pairs' s.
-
-    ``e`` (B, L, D) = x W_in^T of every row's noisy state, embedded by one noisy_embedding call (x0 from
-    ``seed``) at the path times ``times`` (B,); :meth:`landing` re-embeds the same x0 for the map rows.
-    """
-
-    x1: torch.Tensor
-    e: torch.Tensor
-    n: int
-    times: torch.Tensor
-    seed: int
-
-    def landing(self, model, a: torch.Tensor, delta_embedding: torch.Tensor) -> torch.Tensor:
-        """(a x_s + b delta) W_in^T (m, L, D) for the map rows, given ``delta_embedding`` = b delta W_in^T."""
-        scale = torch.cat([a.new_zeros(self.n), a])  # the diagonal rows are not needed: scale 0
-        return noisy_state_embedding(model, self.x1, self.times, self.seed, scale=scale)[self.n:] + delta_embedding
-
-
 class FlowMapObjective(FusedSwitch, Objective):
     """Diagonal (flow-matching / anchor) loss on a share of the batch plus a map loss on the rest.
 
@@ -216,8 +196,8 @@ class FlowMapObjective(FusedSwitch, Objective):
         """Extra times the map loss draws after the pairs (psd: the midpoint u); None by default."""
         return None
 
-    def fused_map_part(self, model, batch: FusedBatch, pairs: Pairs, extra):
-        """(a kernels part for the map rows, finish(per_token) -> the map loss's logged dict)."""
+    def fused_map_part(self, model, e_s: torch.Tensor, pairs: Pairs, extra):
+        """(a kernels part for the map rows, finish(per_token) -> the map loss's logged dict); e_s = x_s W_in^T (m, L, D)."""
         raise NotImplementedError
 
     def forward(self, model, x1):
@@ -245,15 +225,14 @@ class FlowMapObjective(FusedSwitch, Objective):
         t_diag = self.diagonal_times(n, model, device)
         pairs = self.pairs(model, B - n, device) if n < B else None
         extra = self.map_times(model, pairs) if pairs is not None else None  # drawn in the order forward draws them
-        times = t_diag if pairs is None else torch.cat([t_diag, pairs.s])
-        seed = noise_seed()
-        batch = FusedBatch(x1, noisy_state_embedding(model, x1, times, seed), n, times, seed)  # (B, L, D)
+        times = t_diag if pairs is None else torch.cat([t_diag, pairs.s])  # rows at t (diagonal), at s (map)
+        e = noisy_state_embedding(model, x1, times, noise_seed())  # (B, L, D)
         parts, finish = [], None
         if n:
-            h_diag = hidden(model, batch.e[:n], t_diag, t_diag, embedded=True)
+            h_diag = hidden(model, e[:n], t_diag, t_diag, embedded=True)
             parts.append(CrossEntropyPart(h_diag, x1[:n], model.head.softcap))
         if pairs is not None:
-            part, finish = self.fused_map_part(model, batch, pairs, extra)
+            part, finish = self.fused_map_part(model, e[n:], pairs, extra)
             parts.append(part)
         unembed = model.backbone.unembed
         losses = shared_head_losses(unembed.weight, unembed.bias, parts)

@@ -106,16 +106,14 @@ def hidden(model, x: torch.Tensor, t: torch.Tensor | None, s: torch.Tensor | Non
     return model.backbone.hidden(x, nt, ns, embedded=embedded)
 
 
-def noisy_state_embedding(model, x1: torch.Tensor, t: torch.Tensor, seed: int, scale=1.0) -> torch.Tensor:
-    """scale * x_t W_in^T (B, L, D) for the linear path's x_t = (1-t) sigma x0 + t onehot(x1), x0 from ``seed``.
+def noisy_state_embedding(model, x1: torch.Tensor, t: torch.Tensor, seed: int) -> torch.Tensor:
+    """x_t W_in^T (B, L, D) for the linear path's x_t = (1-t) sigma x0 + t onehot(x1), x0 from ``seed``.
 
-    The same seed gives the same x0: ``scale`` = a embeds the a x_s part of a landing point a x_s + b delta.
+    The embedding is linear in the state: a landing point a x_s + b delta embeds as a e_s + b delta W_in^T.
     """
     check_tokens(x1, model.vocab_size, values=on_host(x1))  # as LinearPath.sample does
     check_times(t, batch=x1.shape[0], values=on_host(t))
-    scale = torch.as_tensor(scale, dtype=torch.float32, device=x1.device)
-    a = scale * (1 - t) * model.path.sigma
-    return noisy_embedding(x1, model.backbone.embed.weight, a, scale * t, seed=seed)
+    return noisy_embedding(x1, model.backbone.embed.weight, (1 - t) * model.path.sigma, t, seed=seed)
 
 
 def lm_cross_entropy(model, h: torch.Tensor, target) -> torch.Tensor:

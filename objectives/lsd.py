@@ -6,21 +6,20 @@ import torch
 
 from flowzoo.backbones.base import plain_attention
 from flowzoo.kernels import LagrangianPart, softmax_embedding
-from flowzoo.objectives._flowmap import FlowMapObjective, FusedBatch, adaptive_weight, lagrangian_residual, map_weights, weighted_mean
+from flowzoo.objectives._flowmap import FlowMapObjective, adaptive_weight, lagrangian_residual, map_weights, weighted_mean
 from flowzoo.objectives._fused import check_switch, hidden
 from flowzoo.paths.base import expand_time
 from flowzoo.registry import register
 
 
-def fused_lagrangian_part(model, batch: FusedBatch, pairs, stop_tangent: bool = False) -> LagrangianPart:
+def fused_lagrangian_part(model, e_s, pairs, stop_tangent: bool = False) -> LagrangianPart:
     """The kernels part of ||(1-t) d/dt X_{s,t}(x_s) + X - sg D_t(X)||^2 per token on the fused path.
 
     = ||delta + kappa d/dt delta - sg D_t(X)||^2 with kappa = (1-t) b, X = a x_s + b delta, (a, b) = map_weights(s, t):
-    the jvp is taken of the trunk's hidden state in t; X enters the teacher as a x_s W_in^T (same seed) +
-    b softmax_embedding(h); the residual is read from the three hidden states tile by tile over V.
+    the jvp is taken of the trunk's hidden state in t from e_s = x_s W_in^T (m, L, D); X enters the teacher as
+    a e_s + b softmax_embedding(h); the residual is read from the three hidden states tile by tile over V.
     """
     s, t = pairs.s, pairs.t
-    e_s = batch.e[batch.n:]  # x_s W_in^T (m, L, D)
     unembed, w_in = model.backbone.unembed, model.backbone.embed.weight
     trunk = lambda tt: hidden(model, e_s, tt, s, embedded=True)  # noqa: E731
     if stop_tangent:  # the tangent is a constant: its jvp keeps no graph, h comes from a plain pass
@@ -32,7 +31,7 @@ def fused_lagrangian_part(model, batch: FusedBatch, pairs, stop_tangent: bool = 
             h, h_dot = torch.func.jvp(trunk, (t,), (torch.ones_like(t),))
     a, b = map_weights(s, t)
     with torch.no_grad():
-        landing = batch.landing(model, a, expand_time(b) * softmax_embedding(h.detach(), unembed.weight, unembed.bias, w_in))
+        landing = expand_time(a) * e_s + expand_time(b) * softmax_embedding(h.detach(), unembed.weight, unembed.bias, w_in)
         h_teacher = hidden(model, landing, t, t, embedded=True)
     return LagrangianPart(h, h_dot, h_teacher, (1 - t) * b, stop_tangent=stop_tangent)
 
@@ -74,12 +73,12 @@ class LagrangianSelfDistillation(FlowMapObjective):
             return "head", "the fused LSD residual (lsd_residual_loss) has no soft-cap"
         return super().fused_refusal(parts)
 
-    def fused_map_part(self, model, batch, pairs, extra):
+    def fused_map_part(self, model, e_s, pairs, extra):
         def finish(per_token):  # (m, L)
             weight = adaptive_weight(per_token) if self.adaptive else None
             return {"map": weighted_mean(per_token, weight), "map_residual": per_token.detach().mean()}
 
-        return fused_lagrangian_part(model, batch, pairs, stop_tangent=not self.tangent_grad), finish
+        return fused_lagrangian_part(model, e_s, pairs, stop_tangent=not self.tangent_grad), finish
 
     def map_loss(self, model, x1):
         pairs = self.pairs(model, x1.shape[0], x1.device)

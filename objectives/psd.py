@@ -8,7 +8,6 @@ from flowzoo.kernels import CrossEntropyPart, TeacherTarget, softmax_embedding
 from flowzoo.objectives._flowmap import (
     MIDPOINTS,
     FlowMapObjective,
-    FusedBatch,
     adaptive_weight,
     flow_map,
     map_weights,
@@ -62,21 +61,20 @@ def semigroup_loss(model, xs, s, t, target, adaptive: bool) -> dict[str, torch.T
     return out
 
 
-def fused_semigroup_part(model, batch: FusedBatch, pairs, u):
+def fused_semigroup_part(model, e_s, pairs, u):
     """:func:`semigroup_target` + :func:`semigroup_loss` (not adaptive) on the fused path: a kernels part and its finish.
 
-    x_s enters as its embedding (the batch's rows [n, B)); the landing point X_{s,u} = a x_s + b delta_{s,u} as
-    a x_s W_in^T (same seed) + b softmax_embedding(h_{s,u}); the target gamma delta_{s,u} + (1-gamma) delta_{u,t}
-    is a TeacherTarget of the two teachers' hidden states, so no (B, L, V) tensor is built.
+    x_s enters as its embedding e_s = x_s W_in^T (m, L, D); the landing point X_{s,u} = a x_s + b delta_{s,u} as
+    a e_s + b softmax_embedding(h_{s,u}) (the embedding is linear); the target gamma delta_{s,u} + (1-gamma)
+    delta_{u,t} is a TeacherTarget of the two teachers' hidden states, so no (B, L, V) tensor is built.
     """
     s, t = pairs.s, pairs.t
-    e_s = batch.e[batch.n:]  # x_s W_in^T (m, L, D)
     unembed, head = model.backbone.unembed, model.head
     with torch.no_grad():
         h_su = hidden(model, e_s, u, s, embedded=True)
         a, b = map_weights(s, u)
-        landing = batch.landing(model, a, expand_time(b) * softmax_embedding(
-            h_su, unembed.weight, unembed.bias, model.backbone.embed.weight, softcap=head.softcap))
+        landing = expand_time(a) * e_s + expand_time(b) * softmax_embedding(
+            h_su, unembed.weight, unembed.bias, model.backbone.embed.weight, softcap=head.softcap)
         h_ut = hidden(model, landing, t, u, embedded=True)
         g = semigroup_weight(s, u, t)
         teachers, mix = torch.stack([h_su, h_ut]), torch.stack([g, 1 - g])[:, :, None]  # (2, m, L, D), (2, m, 1)
@@ -126,8 +124,8 @@ class ProgressiveSelfDistillation(FlowMapObjective):
     def map_times(self, model, pairs):
         return sample_middle(model.path, pairs, self.midpoint)  # u in [s, t]
 
-    def fused_map_part(self, model, batch, pairs, u):
-        return fused_semigroup_part(model, batch, pairs, u)
+    def fused_map_part(self, model, e_s, pairs, u):
+        return fused_semigroup_part(model, e_s, pairs, u)
 
     def map_loss(self, model, x1):
         pairs = self.pairs(model, x1.shape[0], x1.device)

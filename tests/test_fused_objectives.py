@@ -171,7 +171,7 @@ def test_auto_on_the_cpu_trains_through_the_kernels(monkeypatch, objective):
     model.objective(model, torch.randint(0, 300, (4, 6)))["loss"].backward()
     assert len(heads) == 1
     assert [type(p).__name__ for p in heads[0]] == ["CrossEntropyPart", "CrossEntropyPart" if objective == "psd" else "LagrangianPart"]
-    assert embeds == [True, False]  # the batch once with gradient, the landing point's x_s part without
+    assert embeds == [True]  # the batch once, with gradient; landing points reuse it (a e_s + b softmax_embedding)
 
 
 def test_lsd_stop_tangent_keeps_no_tangent_activations():
