@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from flowzoo.kernels.dispatch import triton_available, use_triton
+from flowzoo.kernels.dispatch import triton_available
 from flowzoo.kernels.embedding import kernel_blocks
 
 CE_CHUNK = 8192  # at most this many vocabulary columns per step of the PyTorch reference
@@ -288,10 +288,9 @@ def _backward_reference(h, weight, bias, tgt: _Target, cap, lse, tsum, g, dw=Non
     """(dh, dW, db); with the float32 buffers ``dw`` (V, D) / ``db`` (V,) given, dW and db are added to them."""
     V = weight.shape[0]
     dh = torch.zeros_like(h)
-    accumulate = dw is not None
-    if not accumulate:
-        dw = torch.empty(weight.shape, device=h.device, dtype=torch.float32)
-        db = torch.empty(V, device=h.device, dtype=torch.float32) if bias is not None else None
+    if dw is None:  # a fresh gradient; given buffers are added to
+        dw = torch.zeros(weight.shape, device=h.device, dtype=torch.float32)
+        db = torch.zeros(V, device=h.device, dtype=torch.float32) if bias is not None else None
     step = chunk_columns(h.shape[0])
     for start in range(0, V, step):
         stop = min(start + step, V)
@@ -300,14 +299,9 @@ def _backward_reference(h, weight, bias, tgt: _Target, cap, lse, tsum, g, dw=Non
         if cap:
             dz = dz * (1 - (z / cap) ** 2)
         dh += dz @ weight[start:stop].float()
-        if accumulate:
-            dw[start:stop].addmm_(dz.t(), h)
-            if db is not None:
-                db[start:stop] += dz.sum(dim=0)
-        else:
-            dw[start:stop] = dz.t() @ h
-            if db is not None:
-                db[start:stop] = dz.sum(dim=0)
+        dw[start:stop].addmm_(dz.t(), h)
+        if db is not None:
+            db[start:stop] += dz.sum(dim=0)
     return dh, dw, db
 
 
@@ -379,32 +373,6 @@ def _backward_triton(h, weight, bias, tgt: _Target, cap, lse, tsum, g, dw=None, 
     return dh, dw, db
 
 
-class LinearCrossEntropy(torch.autograd.Function):
-    """Per-row loss (R,) of softmax(cap(h W^T + b)) against a prepared target; saves only h and (R,) stats."""
-
-    @staticmethod
-    def forward(ctx, h, weight, bias, tgt: _Target, cap, triton_backend: bool):
-        hf = h.float().contiguous() if not triton_backend else h.contiguous()
-        if tgt.mode == TEACHER:
-            lse_fn = _lse_triton if triton_backend else (lambda *a: _lse_reference(a[0].float(), *a[1:]))
-            tgt.lse = torch.stack([lse_fn(tgt.hidden[k], tgt.weight, tgt.bias, cap) for k in range(tgt.hidden.shape[0])])
-        fwd = _forward_triton if triton_backend else _forward_reference
-        w = weight.contiguous()
-        lse, loss, tsum = fwd(hf, w, bias, tgt, cap)
-        ctx.save_for_backward(hf, w, bias, lse, tsum)
-        ctx.tgt, ctx.cap, ctx.triton_backend = tgt, cap, triton_backend
-        ctx.dtypes = (h.dtype, weight.dtype, None if bias is None else bias.dtype)
-        return loss
-
-    @staticmethod
-    def backward(ctx, g):
-        hf, w, bias, lse, tsum = ctx.saved_tensors
-        bwd = _backward_triton if ctx.triton_backend else _backward_reference
-        dh, dw, db = bwd(hf, w, bias, ctx.tgt, ctx.cap, lse, tsum, g.float())
-        hd, wd, bd = ctx.dtypes
-        return dh.to(hd), dw.to(wd), None if db is None else db.to(bd), None, None, None
-
-
 def linear_cross_entropy(
     h: torch.Tensor,
     weight: torch.Tensor,
@@ -422,13 +390,9 @@ def linear_cross_entropy(
     """
     if h.shape[-1] != weight.shape[-1] or weight.dim() != 2:
         raise ValueError(f"h (..., D) and weight (V, D) disagree: {tuple(h.shape)} vs {tuple(weight.shape)}")
-    if softcap is not None and softcap <= 0:
-        raise ValueError(f"softcap must be positive, got {softcap}")
-    lead = h.shape[:-1]
-    tgt = _prepare_target(target, lead, weight, bias)
-    triton_backend = use_triton(h) if backend is None else backend == "triton"
-    loss = LinearCrossEntropy.apply(h.reshape(-1, h.shape[-1]), weight, bias, tgt, softcap, triton_backend)
-    return loss.view(lead)
+    from flowzoo.kernels.shared_head import CrossEntropyPart, shared_head_losses  # it builds on this module
+
+    return shared_head_losses(weight, bias, [CrossEntropyPart(h, target, softcap)], backend=backend)[0]
 
 
 def linear_cross_entropy_reference(h, weight, bias, target, *, softcap=None) -> torch.Tensor:

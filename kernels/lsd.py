@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 
 from flowzoo.kernels.cross_entropy import _logits_chunk, chunk_columns
-from flowzoo.kernels.dispatch import triton_available, use_triton
+from flowzoo.kernels.dispatch import triton_available
 from flowzoo.kernels.embedding import _row_coefficient, kernel_blocks
 
 if triton_available():
@@ -208,10 +208,9 @@ def _backward_reference(h, hd, ht, weight, bias, kappa, stats, g, dw=None, db=No
     lse, mu, lset, a_sum, s_sum = stats
     R, V = h.shape[0], weight.shape[0]
     dh, dhd = torch.zeros_like(h), torch.zeros_like(hd)
-    accumulate = dw is not None
-    if not accumulate:
-        dw = torch.empty(weight.shape, device=h.device)
-        db = torch.empty(V, device=h.device) if bias is not None else None
+    if dw is None:  # a fresh gradient; given buffers are added to
+        dw = torch.zeros(weight.shape, device=h.device)
+        db = torch.zeros(V, device=h.device) if bias is not None else None
     step = chunk_columns(R)
     k = kappa[:, None]
     for start in range(0, V, step):
@@ -229,14 +228,9 @@ def _backward_reference(h, hd, ht, weight, bias, kappa, stats, g, dw=None, db=No
         wc = weight[start:stop].float()
         dh += dz @ wc
         dhd += dzd @ wc
-        if accumulate:
-            dw[start:stop].addmm_(dz.t(), h).addmm_(dzd.t(), hd)
-            if db is not None:
-                db[start:stop] += dz.sum(0)
-        else:
-            dw[start:stop] = dz.t() @ h + dzd.t() @ hd
-            if db is not None:
-                db[start:stop] = dz.sum(0)
+        dw[start:stop].addmm_(dz.t(), h).addmm_(dzd.t(), hd)
+        if db is not None:
+            db[start:stop] += dz.sum(0)
     return dh, dhd, dw, db
 
 
@@ -275,29 +269,6 @@ def _backward_triton(h, hd, ht, weight, bias, kappa, stats, g, dw=None, db=None,
     return dh, dhd, dw, db
 
 
-class LagrangianResidual(torch.autograd.Function):
-    """Per-row sum_v (delta + kappa d/dt delta - sg D)^2 from (h, dh/dt, h_teacher); saves (5, R) statistics."""
-
-    @staticmethod
-    def forward(ctx, h, hd, ht, weight, bias, kappa, triton_backend: bool, stop_tangent: bool = False):
-        ctx.dtypes = (h.dtype, hd.dtype, weight.dtype, None if bias is None else bias.dtype)
-        prep = (lambda x: x.contiguous()) if triton_backend else (lambda x: x.float().contiguous())
-        h, hd, ht, w = prep(h), prep(hd), prep(ht.detach()), weight.contiguous()
-        fwd = _forward_triton if triton_backend else _forward_reference
-        loss, stats = fwd(h, hd, ht, w, bias, kappa)
-        ctx.save_for_backward(h, hd, ht, w, bias, kappa, stats)
-        ctx.triton_backend, ctx.stop_tangent = triton_backend, stop_tangent
-        return loss
-
-    @staticmethod
-    def backward(ctx, g):
-        h, hd, ht, w, bias, kappa, stats = ctx.saved_tensors
-        bwd = _backward_triton if ctx.triton_backend else _backward_reference
-        dh, dhd, dw, db = bwd(h, hd, ht, w, bias, kappa, stats, g.float(), stop_tangent=ctx.stop_tangent)
-        hdt, hddt, wdt, bdt = ctx.dtypes
-        return dh.to(hdt), dhd.to(hddt), None, dw.to(wdt), None if db is None else db.to(bdt), None, None, None
-
-
 def lsd_residual_loss(h, h_dot, h_teacher, weight, bias, kappa, *, stop_tangent: bool = False,
                       backend: str | None = None) -> torch.Tensor:
     """Per-token sum_v (delta + kappa d/dt delta - sg D_t(X))^2 without any (B, L, V) tensor.
@@ -311,12 +282,10 @@ def lsd_residual_loss(h, h_dot, h_teacher, weight, bias, kappa, *, stop_tangent:
     if not (h.shape == h_dot.shape == h_teacher.shape) or h.shape[-1] != weight.shape[1]:
         raise ValueError(f"h {tuple(h.shape)}, h_dot {tuple(h_dot.shape)}, h_teacher {tuple(h_teacher.shape)} and "
                          f"weight (V, D) {tuple(weight.shape)} disagree")
-    lead, D = h.shape[:-1], h.shape[-1]
-    k = _row_coefficient(kappa, lead, h.device).detach().contiguous()
-    triton_backend = use_triton(h) if backend is None else backend == "triton"
-    loss = LagrangianResidual.apply(h.reshape(-1, D), h_dot.reshape(-1, D), h_teacher.reshape(-1, D), weight, bias,
-                                    k, triton_backend, stop_tangent)
-    return loss.view(lead)
+    from flowzoo.kernels.shared_head import LagrangianPart, shared_head_losses  # it builds on this module
+
+    part = LagrangianPart(h, h_dot, h_teacher, kappa, stop_tangent=stop_tangent)
+    return shared_head_losses(weight, bias, [part], backend=backend)[0]
 
 
 def lsd_residual_loss_reference(h, h_dot, h_teacher, weight, bias, kappa, stop_tangent: bool = False) -> torch.Tensor:

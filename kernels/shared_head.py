@@ -9,6 +9,7 @@ adds every part's dW (and db) into one float32 buffer: the step holds one weight
     losses = shared_head_losses(weight, bias, [CrossEntropyPart(h_diag, ids), LagrangianPart(h, h_dot, h_t, kappa)])
 
 Each part dispatches like its own kernel (Triton on CUDA, the chunked reference elsewhere).
+:func:`linear_cross_entropy` and :func:`lsd_residual_loss` are this node with one part.
 """
 
 from __future__ import annotations
@@ -84,20 +85,20 @@ class _Prepared:
         loss, stats = fwd(xs[0], xs[1], teacher, weight, bias, self.kappa)
         return loss, [xs[0], xs[1], teacher, stats]
 
-    def backward(self, saved, g, weight, bias, dw, db, triton_backend: bool) -> list[torch.Tensor]:
-        """Gradients of the part's inputs; dW and db are added to the shared buffers ``dw`` / ``db``."""
+    def backward(self, saved, g, weight, bias, dw, db, triton_backend: bool):
+        """(gradients of the part's inputs, dW, db): dW and db are added to ``dw`` / ``db``, or fresh when None."""
         if self.kind == "ce":
             h, lse, tsum = saved
             bwd = ce._backward_triton if triton_backend else ce._backward_reference
-            dh, _, _ = bwd(h, weight, bias, self.tgt, self.cap, lse, tsum, g.float(), dw, db)
+            dh, dw, db = bwd(h, weight, bias, self.tgt, self.cap, lse, tsum, g.float(), dw, db)
             grads = [dh]
         else:
             h, hd, teacher, stats = saved
             bwd = lsd._backward_triton if triton_backend else lsd._backward_reference
-            dh, dhd, _, _ = bwd(h, hd, teacher, weight, bias, self.kappa, stats, g.float(), dw, db,
-                                stop_tangent=self.stop_tangent)
+            dh, dhd, dw, db = bwd(h, hd, teacher, weight, bias, self.kappa, stats, g.float(), dw, db,
+                                  stop_tangent=self.stop_tangent)
             grads = [dh, dhd]
-        return [grad.to(dtype) for grad, dtype in zip(grads, self.dtypes)]
+        return [grad.to(dtype) for grad, dtype in zip(grads, self.dtypes)], dw, db
 
 
 class SharedHeadLosses(torch.autograd.Function):
@@ -122,14 +123,13 @@ class SharedHeadLosses(torch.autograd.Function):
     @staticmethod
     def backward(ctx, *grads):
         w, bias, *saved = ctx.saved_tensors
-        V, D = w.shape
-        dw = torch.zeros(V, D, device=w.device, dtype=torch.float32)
-        db = torch.zeros(V, device=w.device, dtype=torch.float32) if bias is not None else None
+        dw = db = None  # the first part writes dW / db, the others add to them
         flat_grads, i = [], 0
         for part, n, g in zip(ctx.prepared, ctx.counts, grads):
             if g is None:
                 g = torch.zeros(part.lead.numel(), device=w.device)
-            flat_grads += part.backward(saved[i:i + n], g, w, bias, dw, db, ctx.triton_backend)
+            part_grads, dw, db = part.backward(saved[i:i + n], g, w, bias, dw, db, ctx.triton_backend)
+            flat_grads += part_grads
             i += n
         wdt, bdt = ctx.dtypes
         return (dw.to(wdt), None if db is None else db.to(bdt), None, None, *flat_grads)

@@ -90,12 +90,17 @@ def test_pair_sampling_orders_times_and_forces_the_boundary():
 
 
 # --- the losses ----------------------------------------------------------------------------
-@pytest.mark.parametrize("head", ["categorical", "gaussian"])
-def test_map_losses_are_finite_with_finite_gradients_at_every_corner(head):
+def _at_the_corners(head: str):
+    """A small model with the given head and states x_s (one sequence per corner) at the corner pairs (s, t)."""
     model = small_model(head=head)
     s, t = _corner_times()
     x1 = torch.randint(0, V, (len(CORNERS), L))
-    xs = model.path.sample(x1, s, V)
+    return model, model.path.sample(x1, s, V), s, t
+
+
+@pytest.mark.parametrize("head", ["categorical", "gaussian"])
+def test_map_losses_are_finite_with_finite_gradients_at_every_corner(head):
+    model, xs, s, t = _at_the_corners(head)
     r = lagrangian_residual(model, xs, s, t)
     u = (s + t) / 2
     target = semigroup_target(model, xs, s, u, t)
@@ -109,10 +114,7 @@ def test_map_losses_are_finite_with_finite_gradients_at_every_corner(head):
 @pytest.mark.parametrize("head", ["categorical", "gaussian"])
 def test_stop_tangent_residual_has_the_value_and_the_semi_gradient(head):
     """tangent_grad=False: the same residual at every corner, finite gradients, and d/dt of the map gets none."""
-    model = small_model(head=head)
-    s, t = _corner_times()
-    x1 = torch.randint(0, V, (len(CORNERS), L))
-    xs = model.path.sample(x1, s, V)
+    model, xs, s, t = _at_the_corners(head)
     full = lagrangian_residual(model, xs, s, t)
     semi = lagrangian_residual(model, xs, s, t, stop_tangent=True)
     torch.testing.assert_close(semi, full, rtol=1e-4, atol=1e-5)
