@@ -301,6 +301,9 @@ OBJECTIVES = {
     "lsd": ("lsd", "linear", "flow_map", False),
     # lsd with tangent_grad=false: the d/dt term as a constant, jvp without autograd (MeanFlow-style semi-gradient)
     "lsd_sg": ({"name": "lsd", "init_args": {"tangent_grad": False}}, "linear", "flow_map", False),
+    # lsd with checkpoint_jvp=false: one torch.func.jvp through the trunk under autograd (keeps every block's
+    # primal and tangent activations) instead of the default block-by-block jvp recomputed in the backward pass
+    "lsd_1jvp": ({"name": "lsd", "init_args": {"checkpoint_jvp": False}}, "linear", "flow_map", False),
     "ar": ("ar", "autoregressive", "ar", True),
 }
 
@@ -350,9 +353,11 @@ def measure(name: str, kernels: bool, args, device) -> dict:
         live = LiveBytes() if device.type == "cpu" and i == 0 else None  # the tracker slows the step: not timed
         with PeakRSS() if device.type == "cpu" and i == 1 else contextlib.nullcontext() as rss:
             start = time.perf_counter()
-            with torch.autograd.graph.saved_tensors_hooks(tracker.pack, lambda t: t):
-                with live if live is not None else contextlib.nullcontext():
-                    step(net, x1, gen, kernels).backward()
+            with live if live is not None else contextlib.nullcontext():
+                with torch.autograd.graph.saved_tensors_hooks(tracker.pack, lambda t: t):  # what the forward keeps
+                    loss = step(net, x1, gen, kernels)
+                loss.backward()
+                del loss
             if device.type == "cuda":
                 torch.cuda.synchronize()
             elapsed = time.perf_counter() - start
@@ -382,11 +387,11 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--source", choices=("objectives", "emulated"), default="objectives",
                    help="the real FlowLM objectives (fused off / on) or the in-script emulations")
-    p.add_argument("--steps", default=None, help="comma-separated; default mdlm,fm,psd,lsd (+ lsd_sg, ar for objectives)")
+    p.add_argument("--steps", default=None, help="comma-separated; default mdlm,fm,psd,lsd (+ lsd_1jvp, lsd_sg, ar for objectives)")
     p.add_argument("--out", default=None, help="default benchmarks/results/kernel_memory[_objectives].md")
     args = p.parse_args(argv)
     if args.steps is None:
-        args.steps = "mdlm,fm,psd,lsd,lsd_sg,ar" if args.source == "objectives" else "mdlm,fm,psd,lsd"
+        args.steps = "mdlm,fm,psd,lsd,lsd_1jvp,lsd_sg,ar" if args.source == "objectives" else "mdlm,fm,psd,lsd"
     if args.out is None:
         suffix = "_objectives" if args.source == "objectives" else ""
         args.out = str(Path(__file__).parent / "results" / f"kernel_memory{suffix}.md")

@@ -9,31 +9,49 @@ from flowzoo.kernels import LagrangianPart, softmax_embedding
 from flowzoo.objectives._flowmap import FlowMapObjective, adaptive_weight, lagrangian_residual, map_weights, weighted_mean
 from flowzoo.objectives._fused import check_switch, hidden
 from flowzoo.paths.base import expand_time
+from flowzoo.validation import check_times, on_host
 from flowzoo.registry import register
 
 
-def fused_lagrangian_part(model, e_s, pairs, stop_tangent: bool = False) -> LagrangianPart:
+def fused_lagrangian_part(model, e_s, pairs, stop_tangent: bool = False, checkpoint: bool = True) -> LagrangianPart:
     """The kernels part of ||(1-t) d/dt X_{s,t}(x_s) + X - sg D_t(X)||^2 per token on the fused path.
 
     = ||delta + kappa d/dt delta - sg D_t(X)||^2 with kappa = (1-t) b, X = a x_s + b delta, (a, b) = map_weights(s, t):
-    the jvp is taken of the trunk's hidden state in t from e_s = x_s W_in^T (m, L, D); X enters the teacher as
-    a e_s + b softmax_embedding(h); the residual is read from the three hidden states tile by tile over V.
+    the jvp is taken of the trunk's hidden state in t from e_s = x_s W_in^T (m, L, D) (block by block and
+    recomputed in the backward pass with ``checkpoint``); X enters the teacher as a e_s + b softmax_embedding(h);
+    the residual is read from the three hidden states tile by tile over V.
     """
     s, t = pairs.s, pairs.t
     unembed, w_in = model.backbone.unembed, model.backbone.embed.weight
-    trunk = lambda tt: hidden(model, e_s, tt, s, embedded=True)  # noqa: E731
     if stop_tangent:  # the tangent is a constant: its jvp keeps no graph, h comes from a plain pass
-        with torch.no_grad(), plain_attention(), torch.autocast(device_type=e_s.device.type, enabled=False):
-            _, h_dot = torch.func.jvp(trunk, (t,), (torch.ones_like(t),))
-        h = trunk(t)
+        with torch.no_grad():
+            _, h_dot = trunk_jvp(model, e_s, t, s)
+        h = hidden(model, e_s, t, s, embedded=True)
     else:
-        with plain_attention(), torch.autocast(device_type=e_s.device.type, enabled=False):
-            h, h_dot = torch.func.jvp(trunk, (t,), (torch.ones_like(t),))
+        h, h_dot = trunk_jvp(model, e_s, t, s, checkpoint)
     a, b = map_weights(s, t)
     with torch.no_grad():
         landing = expand_time(a) * e_s + expand_time(b) * softmax_embedding(h.detach(), unembed.weight, unembed.bias, w_in)
         h_teacher = hidden(model, landing, t, t, embedded=True)
     return LagrangianPart(h, h_dot, h_teacher, (1 - t) * b, stop_tangent=stop_tangent)
+
+
+def trunk_jvp(model, e, t, s, checkpoint: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(h, dh/dt): the trunk's final hidden state for the input embedding e (m, L, D) at path times (t, s)
+    and its derivative in t (tangent 1 on t, e and s fixed), in float32 with plain attention.
+
+    A backbone with ``hidden_jvp`` (dit) runs it block by block (``checkpoint``: recomputed in the backward
+    pass, exact gradients); any other trunk gets one torch.func.jvp through ``hidden``.
+    """
+    check_times(t, s, batch=e.shape[0], values=on_host(e))
+    with torch.autocast(device_type=e.device.type, enabled=False):
+        nt, nt_dot = torch.func.jvp(model.path.network_time, (t,), (torch.ones_like(t),))
+        ns = model.path.network_time(s)
+        backbone = model.backbone
+        if callable(getattr(backbone, "hidden_jvp", None)):
+            return backbone.hidden_jvp(e, nt, ns, nt_dot, checkpoint=checkpoint)
+        with plain_attention():
+            return torch.func.jvp(lambda tt: backbone.hidden(e, tt, ns, embedded=True), (nt,), (nt_dot,))
 
 
 @register("objective", "lsd")
@@ -48,6 +66,9 @@ class LagrangianSelfDistillation(FlowMapObjective):
     ``tangent_grad=False`` treats the time-derivative term as a constant (MeanFlow-style semi-gradient:
     delta + kappa sg[d/dt delta] - sg D): the same residual and fixed point, the gradient through delta only,
     and the jvp runs without autograd, so the step keeps no tangent activations (the memory of psd).
+    ``checkpoint_jvp`` (fused path, exact gradient): the jvp runs block by block and each block's is recomputed
+    in the backward pass, so the graph keeps the blocks' inputs instead of their primal and tangent
+    activations, for one more jvp of the trunk per step.
     """
 
     def __init__(
@@ -60,11 +81,13 @@ class LagrangianSelfDistillation(FlowMapObjective):
         adaptive: bool = False,
         fused: bool | None = None,
         tangent_grad: bool = True,
+        checkpoint_jvp: bool = True,
     ) -> None:
         super().__init__(diagonal_share, pair_sampling, boundary, time_sampling, map_weight)
-        if not isinstance(tangent_grad, bool):
-            raise ValueError(f"tangent_grad must be true or false, got {tangent_grad!r}")
-        self.adaptive, self.tangent_grad = adaptive, tangent_grad
+        for name, value in (("tangent_grad", tangent_grad), ("checkpoint_jvp", checkpoint_jvp)):
+            if not isinstance(value, bool):
+                raise ValueError(f"{name} must be true or false, got {value!r}")
+        self.adaptive, self.tangent_grad, self.checkpoint_jvp = adaptive, tangent_grad, checkpoint_jvp
         self.fused = check_switch(fused)
 
     def fused_refusal(self, parts):
@@ -78,7 +101,7 @@ class LagrangianSelfDistillation(FlowMapObjective):
             weight = adaptive_weight(per_token) if self.adaptive else None
             return {"map": weighted_mean(per_token, weight), "map_residual": per_token.detach().mean()}
 
-        return fused_lagrangian_part(model, e_s, pairs, stop_tangent=not self.tangent_grad), finish
+        return fused_lagrangian_part(model, e_s, pairs, not self.tangent_grad, self.checkpoint_jvp), finish
 
     def map_loss(self, model, x1):
         pairs = self.pairs(model, x1.shape[0], x1.device)

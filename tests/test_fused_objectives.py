@@ -101,6 +101,7 @@ CASES = {
     "lsd_adaptive_tau": dict(objective="lsd", path={"name": "linear", "init_args": {"time": "tau", "sigma": 0.7}},
                              objective_args={"adaptive": True}),
     "lsd_stop_tangent": dict(objective="lsd", objective_args={"tangent_grad": False}),
+    "lsd_one_jvp": dict(objective="lsd", objective_args={"checkpoint_jvp": False}),
     "mdlm": dict(objective="mdlm", path="masked"),
     "mdlm_softcap_time": dict(objective="mdlm", path={"name": "masked", "init_args": {"time_conditioning": True}},
                               head={"name": "categorical", "init_args": {"softcap": 3.0}}),
@@ -174,12 +175,13 @@ def test_auto_on_the_cpu_trains_through_the_kernels(monkeypatch, objective):
     assert embeds == [True]  # the batch once, with gradient; landing points reuse it (a e_s + b softmax_embedding)
 
 
-def test_lsd_stop_tangent_keeps_no_tangent_activations():
-    """tangent_grad=False runs the jvp without autograd: the fused lsd step saves what a plain trunk pass saves."""
+def test_lsd_checkpointed_or_stop_tangent_jvp_keeps_no_tangent_activations():
+    """The fused lsd step's saved bytes: one torch.func.jvp under autograd keeps every block's primal and tangent
+    activations; checkpoint_jvp (the default) keeps the blocks' inputs; tangent_grad=False no jvp graph at all."""
     x1 = torch.randint(0, 300, (4, 12), generator=torch.Generator().manual_seed(2))
     saved = {}
-    for grad in (True, False):
-        model = tiny("lsd", objective_args={"tangent_grad": grad})
+    for name, args in {"one_jvp": {"checkpoint_jvp": False}, "checkpointed": {}, "stop_tangent": {"tangent_grad": False}}.items():
+        model = tiny("lsd", objective_args=args)
         total = [0]
 
         def pack(t):
@@ -187,10 +189,12 @@ def test_lsd_stop_tangent_keeps_no_tangent_activations():
             return t
 
         torch.manual_seed(5)
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            model.objective(model, x1)["loss"].backward()
-        saved[grad] = total[0]
-    assert saved[False] < 0.8 * saved[True]
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):  # what the forward pass keeps
+            loss = model.objective(model, x1)["loss"]
+        loss.backward()
+        saved[name] = total[0]
+    assert saved["checkpointed"] < 0.8 * saved["one_jvp"]
+    assert saved["stop_tangent"] < 0.8 * saved["one_jvp"]
 
 
 def storage(t):

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from flowzoo.backbones.base import Backbone, use_plain_attention
+from flowzoo.backbones.jvp import jvp_segment
 from flowzoo.registry import register
 
 
@@ -168,18 +169,38 @@ class DiT(Backbone):
         ``x`` as in :meth:`forward`, or with ``embedded=True`` an input embedding e = x W_in^T (B, L, width)
         computed elsewhere (the fused kernels embed a noisy state without building it).
         """
-        if self.in_dim is None:
-            raise RuntimeError("DiT.bind(in_dim, out_dim) must be called before forward")
-        if embedded:
-            if x.dim() != 3 or x.shape[-1] != self.width:
-                raise ValueError(f"an input embedding must have shape (B, L, {self.width}), got {tuple(x.shape)}")
-            h = x if torch.is_autocast_enabled() else x.to(self.embed.weight.dtype)
-        else:
-            h = self.embed_input(x)  # (B, L, width)
+        h = self._trunk_input(x, embedded)  # (B, L, width)
         c = F.silu(self.condition(h.shape[0], t, s, h.device))
         for i, block in enumerate(self.blocks):
             h = block(h, c, None if cache is None else cache[i], start)
-        shift, scale = self.final_ada(c).chunk(2, dim=-1)
+        return self._final(h, c)
+
+    def hidden_jvp(self, e, t, s, t_dot, *, checkpoint: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """(h, dh): :meth:`hidden` of an input embedding e (B, L, width) at network times (t, s), and its
+        forward-mode derivative along t_dot (B,) with e and s held fixed, both (B, L, width).
+
+        Block by block with :func:`flowzoo.backbones.jvp.jvp_segment`: with ``checkpoint`` the backward pass
+        recomputes each block's jvp and the graph keeps only the blocks' inputs (exact gradients).
+        """
+        h = self._trunk_input(e, embedded=True)
+        c, c_dot = torch.func.jvp(lambda tt: F.silu(self.condition(h.shape[0], tt, s, h.device)), (t,), (t_dot,))
+        h_dot = torch.zeros_like(h)  # e does not depend on t
+        for block in self.blocks:
+            h, h_dot = jvp_segment(lambda x, cc, block=block: block(x, cc, None, 0), (h, c), (h_dot, c_dot),
+                                   tuple(block.parameters()), checkpoint)
+        return jvp_segment(self._final, (h, c), (h_dot, c_dot), tuple(self.final_ada.parameters()), checkpoint)
+
+    def _trunk_input(self, x, embedded: bool) -> torch.Tensor:
+        if self.in_dim is None:
+            raise RuntimeError("DiT.bind(in_dim, out_dim) must be called before forward")
+        if not embedded:
+            return self.embed_input(x)
+        if x.dim() != 3 or x.shape[-1] != self.width:
+            raise ValueError(f"an input embedding must have shape (B, L, {self.width}), got {tuple(x.shape)}")
+        return x if torch.is_autocast_enabled() else x.to(self.embed.weight.dtype)
+
+    def _final(self, h: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.final_ada(c).chunk(2, dim=-1)  # the final adaLN modulation
         return modulate(self.final_norm(h), shift, scale)
 
     def new_cache(self) -> list[dict]:
