@@ -6,8 +6,8 @@ Public entry points (all dispatch automatically; ``backend="triton"|"reference"`
 - :func:`noisy_embedding` -- (a x0 + b onehot(ids) + c delta) W_in^T without the (B, L, V) state.
 - :func:`linear_cross_entropy` -- CE of softmax(cap(h W^T + b)) against ids / soft / teacher targets,
   chunked over V.
-- :func:`flow_map_step_embedding` -- X = alpha x + beta softmax(logits) and X W_in^T in one pass.
-- :func:`softmax_embedding` -- softmax(cap(h W_out^T + b)) W_in^T chunked over V (teacher landing points).
+- :func:`softmax_embedding` -- softmax(cap(h W_out^T + b)) W_in^T chunked over V (landing points: flow-map
+  sampling steps on embeddings, stop-gradient teachers).
 - :func:`lsd_residual_loss` -- sum_v (delta + kappa d/dt delta - sg D)^2 from hidden states, chunked over V.
 - :func:`shared_head_losses` -- several of those losses (parts of one batch) through one output projection,
   with a single (V, D) weight gradient buffer.
@@ -16,12 +16,7 @@ Public entry points (all dispatch automatically; ``backend="triton"|"reference"`
 from flowzoo.kernels.cross_entropy import TeacherTarget, linear_cross_entropy, linear_cross_entropy_reference
 from flowzoo.kernels.dispatch import triton_available, use_triton
 from flowzoo.kernels.embedding import noisy_embedding, noisy_embedding_reference
-from flowzoo.kernels.flow_map_step import (
-    flow_map_step_embedding,
-    flow_map_step_reference,
-    softmax_embedding,
-    softmax_embedding_reference,
-)
+from flowzoo.kernels.flow_map_step import softmax_embedding, softmax_embedding_reference
 from flowzoo.kernels.interpolant import interpolant, interpolant_reference, interpolant_triton
 from flowzoo.kernels.lsd import lsd_residual_loss, lsd_residual_loss_reference
 from flowzoo.kernels.noise import draw_seed, reference_noise, seeded_noise
@@ -32,8 +27,6 @@ __all__ = [
     "LagrangianPart",
     "TeacherTarget",
     "draw_seed",
-    "flow_map_step_embedding",
-    "flow_map_step_reference",
     "interpolant",
     "interpolant_reference",
     "interpolant_triton",

@@ -4,32 +4,47 @@ from __future__ import annotations
 
 import torch
 
+from flowzoo.objectives._flowmap import map_weights
+from flowzoo.objectives._fused import hidden
+from flowzoo.paths.base import expand_time
 from flowzoo.progress import progress
 from flowzoo.registry import register
+from flowzoo.samplers._embedded import EmbeddedSampling, decode_hidden, delta_embedding, prior_embedding
 from flowzoo.samplers.base import SampleOutput, Sampler, check_decode, decode_tokens
 
 
 @register("sampler", "euler")
-class EulerSampler(Sampler):
-    """Euler ODE: x <- x + (t_{i+1} - t_i) b_{t_i}(x) from t = 0, then decode from D at the last time (steps = NFE)."""
+class EulerSampler(EmbeddedSampling, Sampler):
+    """Euler ODE: x <- x + (t_{i+1} - t_i) b_{t_i}(x) from t = 0, then decode from D at the last time (steps = NFE).
 
-    def __init__(self, steps: int = 128, decode: str = "argmax", temperature: float = 1.0) -> None:
+    On the linear path an Euler step is the flow map on the diagonal, x <- a x + b D_t(x) with
+    (a, b) = ((1-t')/(1-t), (t'-t)/(1-t)); ``fused`` (None: automatic, on CUDA) then carries x as its input
+    embedding (B, L, D) with flowzoo.kernels (``flowzoo.samplers._embedded``).
+    """
+
+    def __init__(self, steps: int = 128, decode: str = "argmax", temperature: float = 1.0, fused: bool | None = None) -> None:
         if steps < 1:
             raise ValueError(f"steps must be at least 1, got {steps}")
         check_decode(decode, temperature)
         self.steps, self.decode, self.temperature = steps, decode, temperature
+        self.set_fused(fused)
 
     def incompatibility(self, parts):
         if parts["path"].state != "continuous":
             return "path", "Euler integration needs a continuous path"
-        return None
+        return super().incompatibility(parts)
+
+    def schedule(self, path, device=None) -> torch.Tensor:
+        """steps evaluations at 0 = t_0 < ... < t_{steps-1} = t_max; the last one is decoded, not integrated."""
+        return path.schedule(max(self.steps - 1, 1), end=getattr(path, "t_max", 1.0), device=device)
 
     @torch.no_grad()
     def sample(self, model, num_samples, length, generator=None):
+        if self.use_embedded(model):
+            return self._sample_embedded(model, num_samples, length, generator)
         path = model.path
         x = path.sample_prior(num_samples, length, model.vocab_size, generator=generator, device=model.device)
-        # steps evaluations at 0 = t_0 < ... < t_{steps-1} = t_max; the last one is decoded, not integrated
-        times = path.schedule(max(self.steps - 1, 1), end=getattr(path, "t_max", 1.0), device=model.device)
+        times = self.schedule(path, device=model.device)
         for i in progress(range(self.steps), desc="euler"):
             t = times[i].expand(num_samples)
             denoised = model.denoise(x, t)  # (B, L, V)
@@ -38,6 +53,18 @@ class EulerSampler(Sampler):
                 if hasattr(path, "project"):  # paths on the simplex (dirichlet) stay on it
                     x = path.project(x)
         return SampleOutput(decode_tokens(denoised, self.decode, self.temperature, generator), nfe=self.steps)
+
+    def _sample_embedded(self, model, num_samples, length, generator):
+        """The same steps on e = x W_in^T (B, L, D): e <- a e + b D_t W_in^T, D_t never materialised."""
+        _, e = prior_embedding(model, num_samples, length, generator)
+        times = self.schedule(model.path, device=model.device)
+        for i in progress(range(self.steps), desc="euler"):
+            t = times[i].expand(num_samples)
+            h = hidden(model, e, t, t, embedded=True)  # (B, L, D)
+            if i + 1 < self.steps:
+                a, b = map_weights(t, times[i + 1].expand(num_samples))
+                e = expand_time(a) * e + expand_time(b) * delta_embedding(model, h)
+        return SampleOutput(decode_hidden(model, h, self.decode, self.temperature, generator), nfe=self.steps)
 
 
 @register("sampler", "marginal")

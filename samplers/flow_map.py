@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import torch
 
-from flowzoo.objectives._flowmap import check_flow_map_parts, flow_map
+from flowzoo.objectives._fused import hidden
+from flowzoo.objectives._flowmap import check_flow_map_parts, flow_map, map_weights
+from flowzoo.paths.base import expand_time
 from flowzoo.progress import progress
 from flowzoo.registry import register
+from flowzoo.samplers._embedded import EmbeddedSampling, decode_hidden, delta_embedding, fresh_noise_embedding, prior_embedding
 from flowzoo.samplers.base import SampleOutput, Sampler, check_decode, decode_tokens
 
 
 @register("sampler", "flow_map")
-class FlowMapSampler(Sampler):
+class FlowMapSampler(EmbeddedSampling, Sampler):
     """Flow map jumps x <- X_{t_i,t_{i+1}}(x) on k steps (uniform in the path's u-time, or ``times``), decoded from delta_{t_{k-1},1}; steps = NFE.
 
     ``gamma`` > 0 re-noises between steps (FMLM churn): at t_{i+1} the state is rewritten as
     (1-t) sigma eps' + t delta with eps' = sqrt(1-gamma^2) eps_hat + gamma z, where eps_hat is the noise the
     state implies given the last prediction delta and z is fresh noise; gamma = 0 is the deterministic map.
+    ``fused`` (None: automatic, on CUDA) carries the state as its input embedding x W_in^T (B, L, D) with
+    flowzoo.kernels, so no (B, L, V) tensor exists but the last step's logits (``flowzoo.samplers._embedded``).
     """
 
     def __init__(
@@ -26,6 +31,7 @@ class FlowMapSampler(Sampler):
         decode: str = "argmax",
         temperature: float = 1.0,
         gamma: float = 0.0,
+        fused: bool | None = None,
     ) -> None:
         if times is not None:
             times = [float(v) for v in times]
@@ -38,9 +44,10 @@ class FlowMapSampler(Sampler):
             raise ValueError(f"gamma must lie in [0, 1], got {gamma}")
         check_decode(decode, temperature)
         self.steps, self.times, self.decode, self.temperature, self.gamma = steps, times, decode, temperature, gamma
+        self.set_fused(fused)
 
     def incompatibility(self, parts):
-        return check_flow_map_parts(parts)
+        return check_flow_map_parts(parts) or super().incompatibility(parts)
 
     def schedule(self, path, device=None) -> torch.Tensor:
         """The k + 1 path times 0 = t_0 < ... < t_k = 1."""
@@ -50,6 +57,8 @@ class FlowMapSampler(Sampler):
 
     @torch.no_grad()
     def sample(self, model, num_samples, length, generator=None):
+        if self.use_embedded(model):
+            return self._sample_embedded(model, num_samples, length, generator)
         path = model.path
         x = path.sample_prior(num_samples, length, model.vocab_size, generator=generator, device=model.device)
         times = self.schedule(path, device=model.device)
@@ -62,14 +71,32 @@ class FlowMapSampler(Sampler):
             if hasattr(path, "project"):  # paths on the simplex (dirichlet) stay on it
                 x = path.project(x)
             if self.gamma > 0:
-                x = self._renoise(path, x, delta, t, generator)
+                z = torch.randn(x.shape, generator=generator, device=x.device)
+                x = self._renoise(x, delta, t, expand_time((1 - t) * getattr(path, "sigma", 1.0) * self.gamma) * z)
         return SampleOutput(decode_tokens(delta, self.decode, self.temperature, generator), nfe=self.steps)
 
-    def _renoise(self, path, x, delta, t, generator):
-        """Swap a share gamma of the implied noise for fresh noise, keeping the state on the path at t."""
-        sigma = getattr(path, "sigma", 1.0)
-        t3 = t.reshape(-1, 1, 1)
-        eps_hat = (x - t3 * delta) / ((1 - t3) * sigma)
-        z = torch.randn(x.shape, generator=generator, device=x.device)
-        eps = (1 - self.gamma**2) ** 0.5 * eps_hat + self.gamma * z
-        return (1 - t3) * sigma * eps + t3 * delta
+    def _sample_embedded(self, model, num_samples, length, generator):
+        """The same steps on e = x W_in^T (B, L, D): e <- a e + b delta W_in^T, delta never materialised."""
+        ids, e = prior_embedding(model, num_samples, length, generator)
+        times = self.schedule(model.path, device=model.device)
+        for i in progress(range(self.steps), desc="flow_map"):
+            s, t = times[i].expand(num_samples), times[i + 1].expand(num_samples)
+            h = hidden(model, e, t, s, embedded=True)  # (B, L, D)
+            if i + 1 == self.steps:
+                break
+            d = delta_embedding(model, h)  # delta_{s,t} W_in^T
+            a, b = map_weights(s, t)
+            e = expand_time(a) * e + expand_time(b) * d
+            if self.gamma > 0:
+                e = self._renoise(e, d, t, fresh_noise_embedding(model, ids, (1 - t) * model.path.sigma * self.gamma, generator))
+        return SampleOutput(decode_hidden(model, h, self.decode, self.temperature, generator), nfe=self.steps)
+
+    def _renoise(self, x, delta, t, fresh):
+        """Swap a share gamma of the implied noise for fresh noise, keeping the state on the path at t.
+
+        x = (1-t) sigma eps_hat + t delta becomes (1-t) sigma (sqrt(1-gamma^2) eps_hat + gamma z) + t delta
+        = sqrt(1-gamma^2) (x - t delta) + t delta + fresh with fresh = (1-t) sigma gamma z: linear in (x, delta,
+        z), so the same on states (B, L, V) and on their embeddings (B, L, D).
+        """
+        t3 = expand_time(t)
+        return (1 - self.gamma**2) ** 0.5 * (x - t3 * delta) + t3 * delta + fresh

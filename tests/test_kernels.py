@@ -15,7 +15,6 @@ import torch
 import flowzoo.kernels.cross_entropy as ce
 from flowzoo.kernels import (
     TeacherTarget,
-    flow_map_step_embedding,
     interpolant,
     interpolant_reference,
     linear_cross_entropy,
@@ -181,16 +180,7 @@ def test_linear_cross_entropy_bad_input():
         linear_cross_entropy(h, weight, None, torch.zeros(2, 3, dtype=torch.long), softcap=0.0)
 
 
-# ------------------------------------------------------------------ flow-map step (reference)
-
-
-def test_flow_map_step_embedding_reference():
-    x, logits, weight = torch.randn(2, 3, 20), torch.randn(2, 3, 20), torch.randn(6, 20)
-    alpha, beta = torch.tensor([0.2, 0.9]), torch.tensor([0.8, 0.1])
-    X, E = flow_map_step_embedding(x, logits, alpha, beta, weight)
-    want = alpha[:, None, None] * x + beta[:, None, None] * torch.softmax(logits, -1)
-    _close(X, want)
-    _close(E, want @ weight.t())
+# ------------------------------------------------------------------ softmax embedding (reference)
 
 
 @pytest.mark.parametrize("softcap", [None, 2.5])

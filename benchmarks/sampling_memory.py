@@ -1,0 +1,142 @@
+"""Peak memory and time of sampling: flow-map and Euler samplers on the dense (B, L, V) state or on input
+embeddings (the samplers' switch ``fused``), beside MDLM's ancestral sampler, on the same DiT trunk.
+
+With ``fused`` on, the state is carried as x W_in^T (B, L, D): each step is e <- a e + b softmax_embedding(h)
+(flowzoo.samplers._embedded), so no (B, L, V) tensor exists but the last step's logits. Memory is measured
+as in benchmarks/kernel_memory.py (CPU: peak live bytes of tensor storages created during the call and the
+process's peak RSS; CUDA: torch.cuda.max_memory_allocated minus the memory held before it); parameters excluded.
+
+    python benchmarks/sampling_memory.py                     # CPU, writes benchmarks/results/sampling_memory.md
+    python benchmarks/sampling_memory.py --device cuda --batch 32 --length 1024
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from kernel_memory import LiveBytes, PeakRSS  # noqa: E402
+
+from flowzoo.module import FlowLM  # noqa: E402
+
+# row name -> (path, sampler name, fused)
+RUNS = {
+    "mdlm ancestral": ("masked", "ancestral", None),
+    "flow_map dense": ("linear", "flow_map", False),
+    "flow_map fused": ("linear", "flow_map", True),
+    "euler dense": ("linear", "euler", False),
+    "euler fused": ("linear", "euler", True),
+}
+
+
+def build(path: str, args, device) -> FlowLM:
+    backbone = {"name": "dit", "init_args": {"width": args.width, "depth": args.depth, "heads": args.heads, "cond_dim": 128}}
+    objective = "mdlm" if path == "masked" else "psd"
+    model = FlowLM(backbone=backbone, path=path, objective=objective, sampler="ancestral" if path == "masked" else "flow_map",
+                   vocab_size=args.vocab).to(device).eval()
+    torch.nn.init.normal_(model.backbone.unembed.weight, std=0.02)  # not the zero init: a real softmax
+    return model
+
+
+def measure(name: str, args, device) -> dict:
+    path, sampler, fused = RUNS[name]
+    torch.manual_seed(0)
+    model = build(path, args, device)
+    init = {"steps": args.steps} if fused is None else {"steps": args.steps, "fused": fused}
+    spec = {"name": sampler, "init_args": init}
+    times, peak, rss = [], 0, float("nan")
+    for i in range(1 + args.repeat):  # call 0: the tensor tracker (slow, not timed); 1: peak RSS
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+        live = LiveBytes() if device.type == "cpu" and i == 0 else None
+        with PeakRSS() if device.type == "cpu" and i == 1 else contextlib.nullcontext() as watch:
+            start = time.perf_counter()
+            with live if live is not None else contextlib.nullcontext():
+                model.generate(args.batch, args.length, sampler=spec, seed=0)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            elapsed = time.perf_counter() - start
+        if device.type == "cuda":
+            peak = max(peak, torch.cuda.max_memory_allocated() - base)
+        if live is not None:
+            peak = live.peak
+        if watch is not None:
+            rss = watch.peak
+        if i >= 1:
+            times.append(elapsed)
+    return {"name": name, "peak": peak, "rss": rss, "time": statistics.median(times)}
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--vocab", type=int, default=50257)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--length", type=int, default=128)
+    p.add_argument("--width", type=int, default=256)
+    p.add_argument("--depth", type=int, default=4)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--steps", type=int, default=4, help="sampler steps (network evaluations)")
+    p.add_argument("--repeat", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--runs", default=",".join(RUNS), help="comma-separated subset of: " + ", ".join(RUNS))
+    p.add_argument("--out", default=str(Path(__file__).parent / "results" / "sampling_memory.md"))
+    args = p.parse_args(argv)
+    names = [n.strip() for n in args.runs.split(",") if n.strip()]
+    unknown = sorted(set(names) - set(RUNS))
+    if unknown:
+        p.error(f"unknown runs {unknown}; choose from {', '.join(RUNS)}")
+    if args.device == "cpu" and "MALLOC_MMAP_THRESHOLD_" not in os.environ and argv is None:
+        os.environ["MALLOC_MMAP_THRESHOLD_"] = "131072"  # glibc: big blocks mmapped, freed blocks unmapped
+        os.execv(sys.executable, [sys.executable, *sys.argv])
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    rows = []
+    for name in names:
+        rows.append(measure(name, args, device))
+        r = rows[-1]
+        print(f"{name:16s} peak {r['peak'] / 2**20:9.1f} MiB  rss {r['rss'] / 2**20:9.1f} MiB  {r['time'] * 1e3:9.1f} ms", flush=True)
+    write_table(rows, args, device)
+
+
+def write_table(rows, args, device) -> None:
+    ref = next((r["peak"] for r in rows if r["name"] == "mdlm ancestral"), float("nan"))
+    state = args.batch * args.length * args.vocab * 4
+    lines = [
+        "# Sampling memory benchmark",
+        "",
+        f"Device: {device.type}" + (f" ({torch.cuda.get_device_name()})" if device.type == "cuda" else f", {args.threads} thread(s)")
+        + f"; V = {args.vocab}, {args.batch} samples x length {args.length}, {args.steps} steps, DiT width {args.width}, "
+        f"depth {args.depth}; float32. One (B, L, V) float32 tensor = {state / 2**20:.1f} MiB.",
+        "",
+        "Peak: " + ("torch.cuda.max_memory_allocated during the call minus memory before it." if device.type == "cuda" else
+                    "peak live bytes of tensor storages created during `model.generate` (TorchDispatchMode + storage "
+                    "weakrefs); peak RSS: the process's peak resident memory above its resident memory before the call.")
+        + f" Time: median of {args.repeat} call(s) after the tracked one. fused = the sampler's switch.",
+        "",
+        "| sampler | peak MiB | peak RSS MiB | time ms | peak / MDLM |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        lines.append(f"| {r['name']} | {r['peak'] / 2**20:.1f} | {r['rss'] / 2**20:.1f} | {r['time'] * 1e3:.0f} | {r['peak'] / ref:.2f} |")
+    out = Path(args.out)
+    shown = {**vars(args), "out": os.path.relpath(out.resolve(), Path(__file__).resolve().parent.parent)}
+    lines += ["", "Command: `python benchmarks/sampling_memory.py " + " ".join(f"--{k} '{v}'" if " " in str(v) else f"--{k} {v}"
+                                                                     for k, v in shown.items()) + "`", ""]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
