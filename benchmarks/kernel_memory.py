@@ -342,22 +342,37 @@ def measure(name: str, kernels: bool, args, device) -> dict:
         net, step = Net(V, V + 1 if name == "mdlm" else V, args.width, args.depth, args.heads).to(device), STEPS[name]
     x1 = torch.randint(0, V, (args.batch, args.length), generator=gen, device=device)
     params = sum(p.numel() * p.element_size() for p in net.parameters())
-    times, peak, saved, peak_rss = [], 0, 0, float("nan")
-    for i in range(1 + args.repeat):  # step 0: warm-up (and the tensor tracker on the CPU)
+    saved = [0]
+
+    def one_step():
         net.zero_grad(set_to_none=True)
+        tracker = SavedBytes({p.untyped_storage().data_ptr() for p in net.parameters()})
+        with torch.autograd.graph.saved_tensors_hooks(tracker.pack, lambda t: t):  # what the forward keeps
+            loss = step(net, x1, gen, kernels)
+        loss.backward()
+        saved[0] = max(saved[0], tracker.total)
+
+    measured = peak_and_time(one_step, device, args.repeat)
+    return {"step": name, "kernels": kernels, "saved": saved[0], "params": params, **measured}
+
+
+def peak_and_time(call, device, repeat: int) -> dict:
+    """Peak memory ("peak", "rss") and median wall time ("time") of ``call()``, run 1 + ``repeat`` times.
+
+    Call 0 is a warm-up, under the tensor tracker on the CPU (it slows the call: not timed); call 1 is watched
+    for the peak RSS on the CPU; on CUDA every call's max_memory_allocated above the memory held before it.
+    """
+    times, peak, peak_rss = [], 0, float("nan")
+    for i in range(1 + repeat):
         if device.type == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated()
-        tracker = SavedBytes({p.untyped_storage().data_ptr() for p in net.parameters()})
-        live = LiveBytes() if device.type == "cpu" and i == 0 else None  # the tracker slows the step: not timed
+        live = LiveBytes() if device.type == "cpu" and i == 0 else None
         with PeakRSS() if device.type == "cpu" and i == 1 else contextlib.nullcontext() as rss:
             start = time.perf_counter()
             with live if live is not None else contextlib.nullcontext():
-                with torch.autograd.graph.saved_tensors_hooks(tracker.pack, lambda t: t):  # what the forward keeps
-                    loss = step(net, x1, gen, kernels)
-                loss.backward()
-                del loss
+                call()
             if device.type == "cuda":
                 torch.cuda.synchronize()
             elapsed = time.perf_counter() - start
@@ -367,11 +382,9 @@ def measure(name: str, kernels: bool, args, device) -> dict:
             peak = live.peak
         if rss is not None:
             peak_rss = rss.peak
-        saved = max(saved, tracker.total)
         if i >= 1:
             times.append(elapsed)
-    return {"step": name, "kernels": kernels, "peak": peak, "rss": peak_rss, "saved": saved, "params": params,
-            "time": statistics.median(times)}
+    return {"peak": peak, "rss": peak_rss, "time": statistics.median(times)}
 
 
 def main(argv=None) -> None:

@@ -13,17 +13,14 @@ process's peak RSS; CUDA: torch.cuda.max_memory_allocated minus the memory held 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from kernel_memory import LiveBytes, PeakRSS  # noqa: E402
+from kernel_memory import peak_and_time  # noqa: E402
 
 from flowzoo.module import FlowLM  # noqa: E402
 
@@ -52,29 +49,8 @@ def measure(name: str, args, device) -> dict:
     model = build(path, args, device)
     init = {"steps": args.steps} if fused is None else {"steps": args.steps, "fused": fused}
     spec = {"name": sampler, "init_args": init}
-    times, peak, rss = [], 0, float("nan")
-    for i in range(1 + args.repeat):  # call 0: the tensor tracker (slow, not timed); 1: peak RSS
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            base = torch.cuda.memory_allocated()
-        live = LiveBytes() if device.type == "cpu" and i == 0 else None
-        with PeakRSS() if device.type == "cpu" and i == 1 else contextlib.nullcontext() as watch:
-            start = time.perf_counter()
-            with live if live is not None else contextlib.nullcontext():
-                model.generate(args.batch, args.length, sampler=spec, seed=0)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            elapsed = time.perf_counter() - start
-        if device.type == "cuda":
-            peak = max(peak, torch.cuda.max_memory_allocated() - base)
-        if live is not None:
-            peak = live.peak
-        if watch is not None:
-            rss = watch.peak
-        if i >= 1:
-            times.append(elapsed)
-    return {"name": name, "peak": peak, "rss": rss, "time": statistics.median(times)}
+    measured = peak_and_time(lambda: model.generate(args.batch, args.length, sampler=spec, seed=0), device, args.repeat)
+    return {"name": name, **measured}
 
 
 def main(argv=None) -> None:

@@ -118,3 +118,20 @@ def test_fused_true_needs_the_linear_path_and_auto_keeps_the_dense_state_on_the_
     assert not m.sampler.use_embedded(m)  # automatic: the Triton kernels run on CUDA only
     with pytest.raises(ValueError, match="fused must be true, false or null"):
         FlowLM(backbone="dit", path="linear", objective="psd", sampler={"name": "flow_map", "init_args": {"fused": "yes"}}, vocab_size=V)
+
+
+def test_sampling_memory_benchmark_writes_its_table(tmp_path):
+    """benchmarks/sampling_memory.py at a tiny size: a row per sampler, embeddings below the dense state."""
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("sampling_memory", root / "benchmarks" / "sampling_memory.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "sampling.md"
+    bench.main(["--device", "cpu", "--vocab", "3000", "--batch", "2", "--length", "8", "--width", "16", "--depth", "1",
+                "--heads", "2", "--steps", "2", "--runs", "flow_map dense,flow_map fused", "--out", str(out)])
+    rows = {line.split("|")[1].strip(): float(line.split("|")[2]) for line in out.read_text().splitlines()
+            if line.startswith("| flow_map")}
+    assert rows["flow_map fused"] < rows["flow_map dense"]
