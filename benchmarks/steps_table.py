@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+import yaml
 
 from flowzoo import registry
 from flowzoo.benchmark import _fmt, load_config, run
@@ -54,8 +55,13 @@ def parse_checkpoint(value: str) -> tuple[str, str]:
     return (p.name if p.is_dir() else p.stem), value
 
 
-def sampler_entry(checkpoint: str, steps: Sequence[int], sampler: str | None = None) -> dict[str, Any]:
-    """The sampler grid of one checkpoint: its own sampler (or ``sampler``) with its options, at each step count."""
+def sampler_entry(checkpoint: str, steps: Sequence[int], sampler: str | None = None,
+                  options: dict[str, Any] | None = None, every: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The sampler grid of one checkpoint: its own sampler (or ``sampler``) with its options, at each step count.
+
+    ``options`` override the sampler's options (an unknown one is an error); ``every`` those of them its
+    sampler has (options given for all checkpoints).
+    """
     from flowzoo.checkpoints import load_checkpoint
 
     model = load_checkpoint(checkpoint)
@@ -63,7 +69,13 @@ def sampler_entry(checkpoint: str, steps: Sequence[int], sampler: str | None = N
     if sampler is not None and sampler != spec["name"]:
         spec = {"name": sampler, "init_args": {}}
     args = dict(spec.get("init_args") or {})
-    accepts_steps = "steps" in inspect.signature(registry.get("sampler", spec["name"])).parameters
+    accepted = inspect.signature(registry.get("sampler", spec["name"])).parameters
+    refused = sorted(k for k in options or {} if k not in accepted or k == "steps")  # steps: the --steps grid
+    if refused:
+        raise ValueError(f"sampler {spec['name']!r} has no option {', '.join(refused)} to set here; its options: {', '.join(k for k in accepted if k != 'steps')}")
+    args.update({k: v for k, v in (every or {}).items() if k in accepted and k != "steps"})
+    args.update(options or {})
+    accepts_steps = "steps" in accepted
     args.pop("steps", None)
     if accepts_steps:
         args.pop("times", None)  # flow_map: explicit times would override the step count
@@ -115,8 +127,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     parser.add_argument("--threads", type=int, help="torch threads")
     parser.add_argument("--judge", help="generative perplexity judge (transformers name/folder or flowzoo AR checkpoint)")
+    parser.add_argument("--sampler-option", action="append", default=[], metavar="[NAME:]KEY=VALUE",
+                        help="a sampler option (value in YAML) for the checkpoint NAME, or for every checkpoint whose sampler "
+                        "has it; repeatable, e.g. flow_map_churn:gamma=1.0")
     parser.add_argument("--output", required=True, help="Markdown file to write (the JSON goes beside it)")
     args = parser.parse_args(argv)
+    every, named = {}, {}
+    for item in args.sampler_option:
+        target, key_value = item.split(":", 1) if ":" in item.split("=", 1)[0] else (None, item)
+        key, sep, value = key_value.partition("=")
+        if not sep or not key:
+            parser.error(f"--sampler-option expects [NAME:]KEY=VALUE, got {item!r}")
+        (every if target is None else named.setdefault(target, {}))[key] = yaml.safe_load(value)
     if any(s < 1 for s in args.steps):
         parser.error(f"--steps must be positive, got {args.steps}")
     output = Path(args.output)
@@ -133,9 +155,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             name, k = f"{base}-{k}", k + 1
         seen.add(name)
         try:
-            models.append({"name": name, "checkpoint": path, "samplers": [sampler_entry(path, args.steps, args.sampler)]})
+            entry = sampler_entry(path, args.steps, args.sampler, named.pop(name, None), every)
+            models.append({"name": name, "checkpoint": path, "samplers": [entry]})
         except (FlowzooError, ValueError) as err:
             parser.error(f"--checkpoint {value}: {err}")
+    if named:
+        parser.error(f"--sampler-option for unknown checkpoint names {sorted(named)}; the names: {', '.join(sorted(seen))}")
     config = load_config(
         None,
         name="steps_table",

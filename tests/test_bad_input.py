@@ -208,8 +208,11 @@ def test_missing_directories_are_named(tmp_path):
         (["--sampler", "marginal", "--steps", "2"], "sampler 'marginal' has no option --steps; its options: temperature"),
         (["--sampler", "curvy"], "unknown sampler 'curvy'; valid sampler names"),
         (["--sampler", "ancestral"], "sampler 'ancestral' cannot be used with path 'linear'"),
+        (["--option", "gamma=0.5"], "sampler 'euler' has no option --gamma; its options: steps, decode, temperature"),
+        (["--option", "gamma"], "--option expects KEY=VALUE, got 'gamma'"),
     ],
-    ids=["steps", "num-samples", "length", "temperature", "option-of-another-sampler", "unknown-sampler", "incompatible-sampler"],
+    ids=["steps", "num-samples", "length", "temperature", "option-of-another-sampler", "unknown-sampler", "incompatible-sampler",
+         "unknown-option", "option-without-value"],
 )
 def test_sample_refuses_bad_options(saved, capsys, extra, match):
     assert main(["sample", "--model", str(saved), *extra]) == 2

@@ -90,3 +90,21 @@ def test_checkpoint_names_and_bad_arguments(tmp_path):
         script.main(["--checkpoint", "x", "--steps", "0", "--output", str(tmp_path / "t.md")])
     with pytest.raises(SystemExit):
         script.main(["--checkpoint", "x", "--output", str(tmp_path / "missing" / "t.md")])
+
+
+def test_sampler_options_for_one_checkpoint_or_every_one(checkpoints, tmp_path):
+    """--sampler-option NAME:KEY=VALUE sets one checkpoint's sampler option; KEY=VALUE every sampler that has it."""
+    script = _script()
+    flow_map = checkpoints["flow_map"]
+    argv = [f"--checkpoint=plain={flow_map}", f"--checkpoint=churn={flow_map}", f"--checkpoint=flow={checkpoints['flow']}",
+            "--sampler-option", "churn:gamma=1.0", "--sampler-option", "decode=sample", "--steps", "3",
+            "--num-samples", "8", "--batch-size", "8", "--output", str(tmp_path / "t.md")]
+    results = script.main(argv)
+    samplers = {r["model"]: r for r in results["rows"]}
+    options = {m["name"]: m["samplers"][0]["init_args"] for m in results["config"]["models"]}
+    assert options["churn"]["gamma"] == 1.0 and options["plain"].get("gamma", 0.0) == 0.0
+    assert options["plain"]["decode"] == options["flow"]["decode"] == "sample"
+    assert samplers["churn"]["metrics"] != samplers["plain"]["metrics"]  # fresh noise between the 3 steps
+    for bad in ("flow:gamma=1.0", "nobody:gamma=1.0", "churn:steps=2", "gamma"):
+        with pytest.raises(SystemExit):
+            script.main([*argv[:6], "--sampler-option", bad, "--output", str(tmp_path / "bad.md")])

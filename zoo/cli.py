@@ -12,7 +12,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from flowzoo import registry
 from flowzoo.errors import CheckpointError, FlowzooError
@@ -103,6 +103,19 @@ def lightning_main(argv: Sequence[str]) -> None:
 _MODEL_DEFAULTS = {"backbone": "dit", "path": "linear", "head": "categorical", "objective": "flow_matching", "sampler": "euler"}
 
 
+def parse_options(items: Sequence[str]) -> dict[str, Any]:
+    """KEY=VALUE strings -> {KEY: yaml(VALUE)}; a string without '=' is refused."""
+    import yaml
+
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--option expects KEY=VALUE, got {item!r}")
+        options[key] = yaml.safe_load(value)
+    return options
+
+
 def sample_main(argv: Sequence[str]) -> None:
     parser = argparse.ArgumentParser(prog="flowzoo sample", description="Sample text from a trained flowzoo model.")
     parser.add_argument("--checkpoint", "--model", dest="checkpoint", required=True, help="Lightning .ckpt, save_pretrained directory, or Hub repo id (org/name)")
@@ -110,6 +123,8 @@ def sample_main(argv: Sequence[str]) -> None:
     parser.add_argument("--steps", type=int, help="sampler steps (NFE for euler and flow_map)")
     parser.add_argument("--decode", choices=("argmax", "sample"), help="decoding of the final prediction")
     parser.add_argument("--temperature", type=float)
+    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                        help="another option of the sampler, value in YAML (repeatable), e.g. gamma=1.0 or times=[0,0.3,1]")
     parser.add_argument("--num-samples", type=int, default=8)
     parser.add_argument("--length", type=int, help="tokens per sample (default: the training length)")
     parser.add_argument("--seed", type=int, default=0)
@@ -122,6 +137,7 @@ def sample_main(argv: Sequence[str]) -> None:
     from flowzoo.sampling import sample_from_checkpoint
 
     overrides = {k: v for k, v in (("steps", args.steps), ("decode", args.decode), ("temperature", args.temperature)) if v is not None}
+    overrides.update(parse_options(args.option))
     result = sample_from_checkpoint(args.checkpoint, args.sampler, overrides, args.num_samples, args.length, args.seed)
     for text in result["texts"][: args.show]:
         print(text)
