@@ -112,10 +112,18 @@ class Distill(FlowMapObjective):
         return teacher
 
     def _copy_into(self, model, teacher) -> None:
+        """Copy the teacher's backbone into the student. A deeper student (more ``blocks.<i>.`` entries, the rest
+        alike) gets the teacher's blocks first and keeps its own extra blocks, which a DiT starts as the identity
+        (adaLN-zero gates), so the student starts as the teacher's function either way."""
         student = model.backbone.state_dict()
         source = teacher.backbone.state_dict()
-        if set(student) != set(source) or any(student[k].shape != source[k].shape for k in student):
-            raise CheckpointError("init_from_teacher needs the student's backbone to have the teacher's architecture")
+        extra = set(student) - set(source)
+        if set(source) - set(student) or any(student[k].shape != source[k].shape for k in source) or any(
+            not k.startswith("blocks.") for k in extra
+        ):
+            raise CheckpointError("init_from_teacher needs the student's backbone to have the teacher's architecture (or more blocks)")
+        if extra and not _identity_blocks(model.backbone, extra):
+            raise CheckpointError("init_from_teacher: the student's extra blocks must start as the identity (zero adaLN gates)")
         with torch.no_grad():
             for k, v in source.items():
                 student[k].copy_(v)
@@ -148,6 +156,15 @@ class Distill(FlowMapObjective):
         u = sample_middle(model.path, pairs, self.midpoint)
         target = semigroup_target(model, xs, pairs.s, u, pairs.t, short_model=teacher, short_gap=self.teacher_gap)
         return semigroup_loss(model, xs, pairs.s, pairs.t, target, self.adaptive)
+
+
+def _identity_blocks(backbone, keys) -> bool:
+    """Whether the blocks named in ``keys`` have all-zero adaLN modulation (a DiT block is then the identity)."""
+    blocks = {int(k.split(".")[1]) for k in keys}
+    return all(
+        hasattr(backbone.blocks[i], "ada") and not backbone.blocks[i].ada.weight.any() and not backbone.blocks[i].ada.bias.any()
+        for i in blocks
+    )
 
 
 @torch.no_grad()

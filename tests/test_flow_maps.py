@@ -182,6 +182,33 @@ def test_distilled_student_saves_without_the_teacher_and_reloads(tmp_path):
     assert torch.allclose(again.logits(x, t), before)
 
 
+def test_a_deeper_student_starts_as_its_teacher_and_other_shapes_are_refused():
+    from flowzoo.errors import CheckpointError
+
+    teacher = small_model()
+    deeper = {**TINY, "init_args": {**TINY["init_args"], "depth": TINY["init_args"]["depth"] + 2}}
+    student = FlowLM(backbone=deeper, vocab_size=V, objective="distill")
+    student.objective.set_teacher(teacher)
+    student.objective(student, torch.randint(0, V, (B, L)))["loss"].backward()  # copies on first use
+    assert bool(student.objective.teacher_copied)
+    x, t = torch.randn(2, L, V), torch.rand(2)
+    fresh = FlowLM(backbone=deeper, vocab_size=V, objective="distill")
+    fresh.objective.set_teacher(teacher)
+    fresh.objective.teacher(fresh, x.device)
+    assert torch.allclose(fresh.logits(x, t), teacher.logits(x, t), atol=1e-5)  # extra blocks are the identity
+    for other in ({"width": 48, "heads": 4}, {"depth": 1}):
+        bad = FlowLM(backbone={**TINY, "init_args": {**TINY["init_args"], **other}}, vocab_size=V, objective="distill")
+        bad.objective.set_teacher(teacher)
+        with pytest.raises(CheckpointError, match="architecture"):
+            bad.objective(bad, torch.randint(0, V, (B, L)))
+    moved = FlowLM(backbone=deeper, vocab_size=V, objective="distill")
+    with torch.no_grad():
+        moved.backbone.blocks[-1].ada.weight.add_(0.1)  # an extra block that is not the identity
+    moved.objective.set_teacher(teacher)
+    with pytest.raises(CheckpointError, match="identity"):
+        moved.objective(moved, torch.randint(0, V, (B, L)))
+
+
 def test_distill_lagrangian_target_uses_the_teacher_velocity():
     teacher = small_model()
     student = FlowLM(backbone=TINY, vocab_size=V, objective={"name": "distill", "init_args": {"target": "lagrangian", "diagonal_share": 0.0}})
