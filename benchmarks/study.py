@@ -19,6 +19,8 @@ writing ``docs/benchmark/<data>/results.{json,md,png}``.
     python benchmarks/study.py --data markov --tiny --runs /tmp/study --output /tmp/study/out   # smoke test
     python benchmarks/study.py --data markov --flow runs/flowmap_markov/teacher/teacher.ckpt     # reuse a flow
     python benchmarks/study.py --data shakespeare --max-steps 1500 --distill-steps 500 --judge-steps 2000  # reduced budget
+    python benchmarks/study.py --data markov --methods flow_map --flow runs/study/markov/flow/pretrained \
+        --train-flag flow_map:--model.objective.init_args.boundary=0.25 --runs runs/study_b25 --no-benchmark  # a variant
 """
 
 from __future__ import annotations
@@ -91,6 +93,7 @@ def train(data: str, method: str, runs: Path, args, teacher: Path | None) -> Pat
         extra = [e for e in extra if not e.startswith("--trainer.max_steps")]
     if args.max_steps and not args.tiny and method != "flow_map":  # a reduced budget, the same for every method
         extra = [f"--trainer.max_steps={args.max_steps}", f"--trainer.val_check_interval={min(1000, args.max_steps)}"]
+    extra += [flag for target, flag in args.train_flags if target == method]
     cmd = flowzoo("fit", "--config", str(ROOT / "benchmarks" / "study" / f"{data}.yaml"), *flags, f"--trainer.default_root_dir={out}", SAVE, *extra)
     run(cmd, args.threads)
     return out / "pretrained"
@@ -142,6 +145,8 @@ def main() -> None:
     parser.add_argument("--distill-steps", type=int, default=1000, help="training steps of the flow-map student")
     parser.add_argument("--max-steps", type=int, help="training steps of flow, MDLM and AR (default: the shared config's)")
     parser.add_argument("--judge-steps", type=int, help="training steps of the judge, in bf16 (default: its config's)")
+    parser.add_argument("--train-flag", action="append", default=[], metavar="METHOD:FLAG",
+                        help="one more `flowzoo fit` flag for one method (repeatable), e.g. flow_map:--model.objective.init_args.boundary=0.25")
     parser.add_argument("--tiny", action="store_true", help="a few steps of tiny models and a reduced grid: an end-to-end check")
     parser.add_argument("--no-benchmark", action="store_true", help="only train")
     for method in METHODS:
@@ -152,6 +157,10 @@ def main() -> None:
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
         parser.error(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
+    args.train_flags = [tuple(item.split(":", 1)) for item in args.train_flag]
+    bad = [item for item, parts in zip(args.train_flag, args.train_flags) if len(parts) != 2 or parts[0] not in METHODS or not parts[1].startswith("--")]
+    if bad:
+        parser.error(f"--train-flag expects METHOD:--flag with METHOD one of {', '.join(METHODS)}, got {bad}")
     runs = (ROOT / args.runs).resolve()
 
     checkpoints: dict[str, Path] = {}
