@@ -108,3 +108,16 @@ def test_sampler_options_for_one_checkpoint_or_every_one(checkpoints, tmp_path):
     for bad in ("flow:gamma=1.0", "nobody:gamma=1.0", "churn:steps=2", "gamma"):
         with pytest.raises(SystemExit):
             script.main([*argv[:6], "--sampler-option", bad, "--output", str(tmp_path / "bad.md")])
+
+
+def test_one_step_confidence_reads_the_map_prediction_at_invalid_tokens(checkpoints):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("one_step_confidence", Path(__file__).resolve().parents[1] / "benchmarks" / "one_step_confidence.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = script.main(["--checkpoint", str(checkpoints["flow_map"]), "--num-samples", "16", "--batch-size", "8"])
+    assert 0.0 <= out["valid_transitions"] < 1.0  # 3 training steps: many invalid transitions
+    V = DATA["num_states"]
+    for mean, median in (out["confidence_in_invalid"], out["confidence_elsewhere"]):
+        assert 1.0 / V - 1e-6 <= mean <= 1.0 and 1.0 / V - 1e-6 <= median <= 1.0
