@@ -75,12 +75,12 @@ def sampler_entry(checkpoint: str, steps: Sequence[int], sampler: str | None = N
         raise ValueError(f"sampler {spec['name']!r} has no option {', '.join(refused)} to set here; its options: {', '.join(k for k in accepted if k != 'steps')}")
     args.update({k: v for k, v in (every or {}).items() if k in accepted and k != "steps"})
     args.update(options or {})
-    accepts_steps = "steps" in accepted
+    given_times = "times" in (options or {}) or "times" in (every or {}) and "times" in accepted
     args.pop("steps", None)
-    if accepts_steps:
-        args.pop("times", None)  # flow_map: explicit times would override the step count
+    if "steps" in accepted and not given_times:
+        args.pop("times", None)  # flow_map: the checkpoint's own times would override the step count
         return {"name": spec["name"], "steps": [int(s) for s in steps], "init_args": args}
-    return {"name": spec["name"], "init_args": args}
+    return {"name": spec["name"], "init_args": args}  # one row (flow_map with given times: len(times) - 1 steps)
 
 
 def table(results: dict[str, Any], command: str) -> str:

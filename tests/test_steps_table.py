@@ -105,6 +105,9 @@ def test_sampler_options_for_one_checkpoint_or_every_one(checkpoints, tmp_path):
     assert options["churn"]["gamma"] == 1.0 and options["plain"].get("gamma", 0.0) == 0.0
     assert options["plain"]["decode"] == options["flow"]["decode"] == "sample"
     assert samplers["churn"]["metrics"] != samplers["plain"]["metrics"]  # fresh noise between the 3 steps
+    timed = script.main([*argv[:2], "--sampler-option", "churn:times=[0.0,0.5,1.0]", "--steps", "3", "--num-samples", "8",
+                         "--batch-size", "8", "--output", str(tmp_path / "times.md")])
+    assert [(r["model"], r["nfe"]) for r in timed["rows"][:-1]] == [("plain", 3), ("churn", 2)]  # given times: one row
     for bad in ("flow:gamma=1.0", "nobody:gamma=1.0", "churn:steps=2", "gamma"):
         with pytest.raises(SystemExit):
             script.main([*argv[:6], "--sampler-option", bad, "--output", str(tmp_path / "bad.md")])
