@@ -387,17 +387,32 @@ def peak_and_time(call, device, repeat: int) -> dict:
     return {"peak": peak, "rss": peak_rss, "time": statistics.median(times)}
 
 
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_size_arguments(p: argparse.ArgumentParser, batch: int, length: int, repeat: int) -> None:
+    """The options shared by the memory benchmarks: device, model and batch size, repeats, threads."""
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--vocab", type=int, default=50257)
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--length", type=int, default=64)
+    p.add_argument("--batch", type=int, default=batch)
+    p.add_argument("--length", type=int, default=length)
     p.add_argument("--width", type=int, default=256)
     p.add_argument("--depth", type=int, default=4)
     p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--repeat", type=int, default=2)
+    p.add_argument("--repeat", type=int, default=repeat)
     p.add_argument("--threads", type=int, default=1)
+
+
+def prepare_device(args, argv) -> torch.device:
+    """On the CPU from the command line, re-execute once with glibc told to mmap large blocks (freed tensors then
+    leave RSS, so peak RSS follows the live tensors); set the torch threads; return the device."""
+    if args.device == "cpu" and "MALLOC_MMAP_THRESHOLD_" not in os.environ and argv is None:
+        os.environ["MALLOC_MMAP_THRESHOLD_"] = "131072"  # glibc: big blocks mmapped, freed blocks unmapped
+        os.execv(sys.executable, [sys.executable, *sys.argv])
+    torch.set_num_threads(args.threads)
+    return torch.device(args.device)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_size_arguments(p, batch=4, length=64, repeat=2)
     p.add_argument("--source", choices=("objectives", "emulated"), default="objectives",
                    help="the real FlowLM objectives (fused off / on) or the in-script emulations")
     p.add_argument("--steps", default=None, help="comma-separated; default mdlm,fm,psd,lsd (+ lsd_1jvp, lsd_sg, ar for objectives)")
@@ -411,11 +426,7 @@ def main(argv=None) -> None:
     unknown = set(args.steps.split(",")) - set(OBJECTIVES if args.source == "objectives" else STEPS)
     if unknown:
         p.error(f"unknown steps {sorted(unknown)} for --source {args.source}")
-    if args.device == "cpu" and "MALLOC_MMAP_THRESHOLD_" not in os.environ and argv is None:
-        os.environ["MALLOC_MMAP_THRESHOLD_"] = "131072"  # glibc: big blocks mmapped, freed blocks unmapped
-        os.execv(sys.executable, [sys.executable, *sys.argv])
-    torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    device = prepare_device(args, argv)
     rows = []
     for name in args.steps.split(","):
         for kernels in (False, True):

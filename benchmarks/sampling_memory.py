@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from kernel_memory import peak_and_time  # noqa: E402
+from kernel_memory import add_size_arguments, peak_and_time, prepare_device  # noqa: E402
 
 from flowzoo.module import FlowLM  # noqa: E402
 
@@ -55,16 +55,8 @@ def measure(name: str, args, device) -> dict:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--vocab", type=int, default=50257)
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--length", type=int, default=128)
-    p.add_argument("--width", type=int, default=256)
-    p.add_argument("--depth", type=int, default=4)
-    p.add_argument("--heads", type=int, default=4)
+    add_size_arguments(p, batch=8, length=128, repeat=1)
     p.add_argument("--steps", type=int, default=4, help="sampler steps (network evaluations)")
-    p.add_argument("--repeat", type=int, default=1)
-    p.add_argument("--threads", type=int, default=1)
     p.add_argument("--runs", default=",".join(RUNS), help="comma-separated subset of: " + ", ".join(RUNS))
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "sampling_memory.md"))
     args = p.parse_args(argv)
@@ -72,11 +64,7 @@ def main(argv=None) -> None:
     unknown = sorted(set(names) - set(RUNS))
     if unknown:
         p.error(f"unknown runs {unknown}; choose from {', '.join(RUNS)}")
-    if args.device == "cpu" and "MALLOC_MMAP_THRESHOLD_" not in os.environ and argv is None:
-        os.environ["MALLOC_MMAP_THRESHOLD_"] = "131072"  # glibc: big blocks mmapped, freed blocks unmapped
-        os.execv(sys.executable, [sys.executable, *sys.argv])
-    torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    device = prepare_device(args, argv)
     rows = []
     for name in names:
         rows.append(measure(name, args, device))
