@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-import yaml
 
 from flowzoo import registry
 from flowzoo.benchmark import _fmt, load_config, run
+from flowzoo.cli import parse_options
 from flowzoo.errors import FlowzooError
 
 DEFAULT_STEPS = (8, 16, 32, 64, 128)
@@ -135,10 +135,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     every, named = {}, {}
     for item in args.sampler_option:
         target, key_value = item.split(":", 1) if ":" in item.split("=", 1)[0] else (None, item)
-        key, sep, value = key_value.partition("=")
-        if not sep or not key:
+        try:
+            (every if target is None else named.setdefault(target, {})).update(parse_options([key_value]))
+        except ValueError:
             parser.error(f"--sampler-option expects [NAME:]KEY=VALUE, got {item!r}")
-        (every if target is None else named.setdefault(target, {}))[key] = yaml.safe_load(value)
     if any(s < 1 for s in args.steps):
         parser.error(f"--steps must be positive, got {args.steps}")
     output = Path(args.output)
