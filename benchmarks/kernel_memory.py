@@ -345,25 +345,27 @@ def measure(name: str, kernels: bool, args, device) -> dict:
     saved = [0]
 
     def one_step():
-        net.zero_grad(set_to_none=True)
         tracker = SavedBytes({p.untyped_storage().data_ptr() for p in net.parameters()})
         with torch.autograd.graph.saved_tensors_hooks(tracker.pack, lambda t: t):  # what the forward keeps
             loss = step(net, x1, gen, kernels)
         loss.backward()
         saved[0] = max(saved[0], tracker.total)
 
-    measured = peak_and_time(one_step, device, args.repeat)
+    measured = peak_and_time(one_step, device, args.repeat, before=lambda: net.zero_grad(set_to_none=True))
     return {"step": name, "kernels": kernels, "saved": saved[0], "params": params, **measured}
 
 
-def peak_and_time(call, device, repeat: int) -> dict:
-    """Peak memory ("peak", "rss") and median wall time ("time") of ``call()``, run 1 + ``repeat`` times.
+def peak_and_time(call, device, repeat: int, before=None) -> dict:
+    """Peak memory ("peak", "rss") and median wall time ("time") of ``call()``, run 1 + ``repeat`` times;
+    ``before()`` runs ahead of each call, outside what is measured (e.g. freeing the last step's gradients).
 
     Call 0 is a warm-up, under the tensor tracker on the CPU (it slows the call: not timed); call 1 is watched
     for the peak RSS on the CPU; on CUDA every call's max_memory_allocated above the memory held before it.
     """
     times, peak, peak_rss = [], 0, float("nan")
     for i in range(1 + repeat):
+        if before is not None:
+            before()
         if device.type == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
