@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import torch
 
-from flowzoo.kernels import draw_seed, linear_cross_entropy, noisy_embedding
+from flowzoo.kernels import draw_seed, linear_cross_entropy, noisy_embedding, softmax_embedding
 from flowzoo.validation import check_times, check_tokens, on_host
 
-__all__ = ["FusedSwitch", "hidden", "lm_cross_entropy", "mixture_entropy", "noise_seed", "noisy_state_embedding"]
+__all__ = ["FusedSwitch", "delta_embedding", "hidden", "lm_cross_entropy", "mixture_entropy", "noise_seed", "noisy_state_embedding"]
 
 # (row, column) entries per temporary of mixture_entropy: 4 MiB in float32 on the CPU (as the kernels'
 # chunked references), 64 MiB on an accelerator (fewer Python steps)
@@ -66,7 +66,7 @@ class FusedSwitch:
         return found[0], f"fused=true cannot be used here: {found[1]} (set fused=false, or leave it unset to choose automatically)"
 
     def use_fused(self, model) -> bool:
-        """Whether this forward pass runs the kernels (automatic: whenever the model's parts allow it)."""
+        """Whether this call runs the kernels (automatic: whenever the model's parts allow it and :meth:`auto_fused`)."""
         if self.fused is False:
             return False
         if self.fused is None and not _plain_logits(model):
@@ -74,10 +74,14 @@ class FusedSwitch:
         parts = {kind: getattr(model, kind, None) for kind in ("backbone", "path", "head")}
         found = self.fused_refusal(parts)
         if found is None:
-            return True
+            return self.fused is True or self.auto_fused(model)
         if self.fused:
             raise ValueError(f"fused=true cannot be used with this {found[0]}: {found[1]}")
         return False
+
+    def auto_fused(self, model) -> bool:
+        """Automatic choice once the parts allow the kernels: always for the objectives (their references are lean)."""
+        return True
 
 
 def _plain_logits(model) -> bool:
@@ -104,6 +108,16 @@ def hidden(model, x: torch.Tensor, t: torch.Tensor | None, s: torch.Tensor | Non
     nt = None if t is None else model.path.network_time(t)
     ns = None if s is None else model.path.network_time(s)
     return model.backbone.hidden(x, nt, ns, embedded=embedded)
+
+
+def delta_embedding(model, h: torch.Tensor) -> torch.Tensor:
+    """delta W_in^T (*rows, D) for the head's delta = softmax(cap(h W_out^T + b_out)), chunked over V.
+
+    The embedding is linear, so a landing point X = a x + b delta embeds as a (x W_in^T) + b delta_embedding(h):
+    ``flow_map(path, e, delta_embedding(model, h), s, t)`` on embeddings.
+    """
+    unembed = model.backbone.unembed
+    return softmax_embedding(h, unembed.weight, unembed.bias, model.backbone.embed.weight, softcap=model.head.softcap)
 
 
 def noisy_state_embedding(model, x1: torch.Tensor, t: torch.Tensor, seed: int) -> torch.Tensor:

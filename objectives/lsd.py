@@ -5,10 +5,9 @@ from __future__ import annotations
 import torch
 
 from flowzoo.backbones.base import plain_attention
-from flowzoo.kernels import LagrangianPart, softmax_embedding
-from flowzoo.objectives._flowmap import FlowMapObjective, adaptive_weight, lagrangian_residual, map_weights, weighted_mean
-from flowzoo.objectives._fused import check_switch, hidden
-from flowzoo.paths.base import expand_time
+from flowzoo.kernels import LagrangianPart
+from flowzoo.objectives._flowmap import FlowMapObjective, adaptive_weight, flow_map, lagrangian_residual, map_weights, weighted_mean
+from flowzoo.objectives._fused import check_switch, delta_embedding, hidden
 from flowzoo.validation import check_times, on_host
 from flowzoo.registry import register
 
@@ -18,22 +17,20 @@ def fused_lagrangian_part(model, e_s, pairs, stop_tangent: bool = False, checkpo
 
     = ||delta + kappa d/dt delta - sg D_t(X)||^2 with kappa = (1-t) b, X = a x_s + b delta, (a, b) = map_weights(s, t):
     the jvp is taken of the trunk's hidden state in t from e_s = x_s W_in^T (m, L, D) (block by block and
-    recomputed in the backward pass with ``checkpoint``); X enters the teacher as a e_s + b softmax_embedding(h);
+    recomputed in the backward pass with ``checkpoint``); X enters the teacher as a e_s + b delta_embedding(h);
     the residual is read from the three hidden states tile by tile over V.
     """
     s, t = pairs.s, pairs.t
-    unembed, w_in = model.backbone.unembed, model.backbone.embed.weight
     if stop_tangent:  # the tangent is a constant: its jvp keeps no graph, h comes from a plain pass
         with torch.no_grad():
             _, h_dot = trunk_jvp(model, e_s, t, s)
         h = hidden(model, e_s, t, s, embedded=True)
     else:
         h, h_dot = trunk_jvp(model, e_s, t, s, checkpoint)
-    a, b = map_weights(s, t)
     with torch.no_grad():
-        landing = expand_time(a) * e_s + expand_time(b) * softmax_embedding(h.detach(), unembed.weight, unembed.bias, w_in)
+        landing = flow_map(model.path, e_s, delta_embedding(model, h.detach()), s, t)  # X_{s,t} W_in^T
         h_teacher = hidden(model, landing, t, t, embedded=True)
-    return LagrangianPart(h, h_dot, h_teacher, (1 - t) * b, stop_tangent=stop_tangent)
+    return LagrangianPart(h, h_dot, h_teacher, (1 - t) * map_weights(s, t)[1], stop_tangent=stop_tangent)
 
 
 def trunk_jvp(model, e, t, s, checkpoint: bool = False) -> tuple[torch.Tensor, torch.Tensor]:

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import torch
 
-from flowzoo.kernels import CrossEntropyPart, TeacherTarget, softmax_embedding
+from flowzoo.kernels import CrossEntropyPart, TeacherTarget
 from flowzoo.objectives._flowmap import (
     MIDPOINTS,
     FlowMapObjective,
     adaptive_weight,
     flow_map,
-    map_weights,
     sample_middle,
     semigroup_weight,
     weighted_mean,
 )
-from flowzoo.objectives._fused import check_switch, hidden, mixture_entropy
+from flowzoo.objectives._fused import check_switch, delta_embedding, hidden, mixture_entropy
 from flowzoo.paths.base import expand_time
 from flowzoo.registry import register
 
@@ -65,20 +64,17 @@ def fused_semigroup_part(model, e_s, pairs, u):
     """:func:`semigroup_target` + :func:`semigroup_loss` (not adaptive) on the fused path: a kernels part and its finish.
 
     x_s enters as its embedding e_s = x_s W_in^T (m, L, D); the landing point X_{s,u} = a x_s + b delta_{s,u} as
-    a e_s + b softmax_embedding(h_{s,u}) (the embedding is linear); the target gamma delta_{s,u} + (1-gamma)
+    a e_s + b delta_embedding(h_{s,u}) (the embedding is linear); the target gamma delta_{s,u} + (1-gamma)
     delta_{u,t} is a TeacherTarget of the two teachers' hidden states, so no (B, L, V) tensor is built.
     """
     s, t = pairs.s, pairs.t
-    unembed, head = model.backbone.unembed, model.head
     with torch.no_grad():
         h_su = hidden(model, e_s, u, s, embedded=True)
-        a, b = map_weights(s, u)
-        landing = expand_time(a) * e_s + expand_time(b) * softmax_embedding(
-            h_su, unembed.weight, unembed.bias, model.backbone.embed.weight, softcap=head.softcap)
+        landing = flow_map(model.path, e_s, delta_embedding(model, h_su), s, u)  # X_{s,u} W_in^T
         h_ut = hidden(model, landing, t, u, embedded=True)
         g = semigroup_weight(s, u, t)
         teachers, mix = torch.stack([h_su, h_ut]), torch.stack([g, 1 - g])[:, :, None]  # (2, m, L, D), (2, m, 1)
-    part = CrossEntropyPart(hidden(model, e_s, t, s, embedded=True), TeacherTarget(teachers, mix), head.softcap)
+    part = CrossEntropyPart(hidden(model, e_s, t, s, embedded=True), TeacherTarget(teachers, mix), model.head.softcap)
 
     def finish(per_token):
         entropy = mixture_entropy(model, teachers, mix)  # KL = CE - H(target), as semigroup_loss logs it

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import torch
 
-from flowzoo.kernels import draw_seed, noisy_embedding, softmax_embedding, use_triton
+from flowzoo.kernels import draw_seed, noisy_embedding, use_triton
 from flowzoo.kernels.cross_entropy import _logits_chunk, chunk_columns
-from flowzoo.objectives._fused import FusedSwitch, _plain_logits, check_switch
+from flowzoo.objectives._fused import FusedSwitch, check_switch
 from flowzoo.samplers.base import decode_tokens
 
 
@@ -31,34 +31,19 @@ class EmbeddedSampling(FusedSwitch):
     def incompatibility(self, parts):
         return self.fused_incompatibility(parts)
 
-    def use_embedded(self, model) -> bool:
-        if self.fused is False:
-            return False
-        parts = {kind: getattr(model, kind, None) for kind in ("backbone", "path", "head")}
-        found = self.fused_refusal(parts)
-        if self.fused is True:
-            if found is not None:
-                raise ValueError(f"fused=true cannot be used with this {found[0]}: {found[1]}")
-            return True
-        return found is None and _plain_logits(model) and use_triton(model.backbone.embed.weight)
+    def auto_fused(self, model) -> bool:
+        return use_triton(model.backbone.embed.weight)
+
+
+def fresh_noise_embedding(model, ids: torch.Tensor, scale, generator=None) -> torch.Tensor:
+    """scale z W_in^T (B, L, D) for fresh noise z ~ N(0, I) (B, L, V) drawn inside the kernel; scale a float or (B,)."""
+    return noisy_embedding(ids, model.backbone.embed.weight, scale, 0.0, seed=draw_seed(generator))
 
 
 def prior_embedding(model, num_samples: int, length: int, generator=None) -> tuple[torch.Tensor, torch.Tensor]:
     """(ids, e0): zero ids (B, L) and e0 = x0 W_in^T for the prior x0 = sigma eps (B, L, D), eps from a seed."""
     ids = torch.zeros(num_samples, length, dtype=torch.long, device=model.device)
-    weight = model.backbone.embed.weight
-    return ids, noisy_embedding(ids, weight, model.path.sigma, 0.0, seed=draw_seed(generator))
-
-
-def delta_embedding(model, h: torch.Tensor) -> torch.Tensor:
-    """delta W_in^T (B, L, D) for delta = softmax(cap(h W_out^T + b_out)), chunked over V."""
-    unembed = model.backbone.unembed
-    return softmax_embedding(h, unembed.weight, unembed.bias, model.backbone.embed.weight, softcap=model.head.softcap)
-
-
-def fresh_noise_embedding(model, ids: torch.Tensor, scale: torch.Tensor, generator=None) -> torch.Tensor:
-    """scale z W_in^T (B, L, D) for fresh noise z ~ N(0, I) (B, L, V) drawn inside the kernel; scale (B,)."""
-    return noisy_embedding(ids, model.backbone.embed.weight, scale, 0.0, seed=draw_seed(generator))
+    return ids, fresh_noise_embedding(model, ids, model.path.sigma, generator)
 
 
 def decode_hidden(model, h: torch.Tensor, decode: str, temperature: float, generator=None) -> torch.Tensor:

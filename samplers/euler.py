@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from flowzoo.objectives._flowmap import map_weights
-from flowzoo.objectives._fused import hidden
-from flowzoo.paths.base import expand_time
+from flowzoo.objectives._flowmap import flow_map
+from flowzoo.objectives._fused import delta_embedding, hidden
 from flowzoo.progress import progress
 from flowzoo.registry import register
-from flowzoo.samplers._embedded import EmbeddedSampling, decode_hidden, delta_embedding, prior_embedding
+from flowzoo.samplers._embedded import EmbeddedSampling, decode_hidden, prior_embedding
 from flowzoo.samplers.base import SampleOutput, Sampler, check_decode, decode_tokens
 
 
@@ -40,7 +39,7 @@ class EulerSampler(EmbeddedSampling, Sampler):
 
     @torch.no_grad()
     def sample(self, model, num_samples, length, generator=None):
-        if self.use_embedded(model):
+        if self.use_fused(model):
             return self._sample_embedded(model, num_samples, length, generator)
         path = model.path
         x = path.sample_prior(num_samples, length, model.vocab_size, generator=generator, device=model.device)
@@ -61,9 +60,8 @@ class EulerSampler(EmbeddedSampling, Sampler):
         for i in progress(range(self.steps), desc="euler"):
             t = times[i].expand(num_samples)
             h = hidden(model, e, t, t, embedded=True)  # (B, L, D)
-            if i + 1 < self.steps:
-                a, b = map_weights(t, times[i + 1].expand(num_samples))
-                e = expand_time(a) * e + expand_time(b) * delta_embedding(model, h)
+            if i + 1 < self.steps:  # the Euler step on the linear path is the map X_{t,t'} with delta = D_t
+                e = flow_map(model.path, e, delta_embedding(model, h), t, times[i + 1].expand(num_samples))
         return SampleOutput(decode_hidden(model, h, self.decode, self.temperature, generator), nfe=self.steps)
 
 

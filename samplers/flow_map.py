@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from flowzoo.objectives._fused import hidden
-from flowzoo.objectives._flowmap import check_flow_map_parts, flow_map, map_weights
+from flowzoo.objectives._fused import delta_embedding, hidden
+from flowzoo.objectives._flowmap import check_flow_map_parts, flow_map
 from flowzoo.paths.base import expand_time
 from flowzoo.progress import progress
 from flowzoo.registry import register
-from flowzoo.samplers._embedded import EmbeddedSampling, decode_hidden, delta_embedding, fresh_noise_embedding, prior_embedding
+from flowzoo.samplers._embedded import EmbeddedSampling, decode_hidden, fresh_noise_embedding, prior_embedding
 from flowzoo.samplers.base import SampleOutput, Sampler, check_decode, decode_tokens
 
 
@@ -57,7 +57,7 @@ class FlowMapSampler(EmbeddedSampling, Sampler):
 
     @torch.no_grad()
     def sample(self, model, num_samples, length, generator=None):
-        if self.use_embedded(model):
+        if self.use_fused(model):
             return self._sample_embedded(model, num_samples, length, generator)
         path = model.path
         x = path.sample_prior(num_samples, length, model.vocab_size, generator=generator, device=model.device)
@@ -85,8 +85,7 @@ class FlowMapSampler(EmbeddedSampling, Sampler):
             if i + 1 == self.steps:
                 break
             d = delta_embedding(model, h)  # delta_{s,t} W_in^T
-            a, b = map_weights(s, t)
-            e = expand_time(a) * e + expand_time(b) * d
+            e = flow_map(model.path, e, d, s, t)  # X_{s,t} W_in^T: the map is linear in the state
             if self.gamma > 0:
                 e = self._renoise(e, d, t, fresh_noise_embedding(model, ids, (1 - t) * model.path.sigma * self.gamma, generator))
         return SampleOutput(decode_hidden(model, h, self.decode, self.temperature, generator), nfe=self.steps)

@@ -115,7 +115,7 @@ def test_fused_true_needs_the_linear_path_and_auto_keeps_the_dense_state_on_the_
         FlowLM(backbone={"name": "dit", "init_args": {"width": 32, "depth": 1, "heads": 4, "cond_dim": 16}},
                path="dirichlet", objective="flow_matching", sampler={"name": "euler", "init_args": {"fused": True}}, vocab_size=V)
     m = model()
-    assert not m.sampler.use_embedded(m)  # automatic: the Triton kernels run on CUDA only
+    assert not m.sampler.use_fused(m)  # automatic: the Triton kernels run on CUDA only
     with pytest.raises(ValueError, match="fused must be true, false or null"):
         FlowLM(backbone="dit", path="linear", objective="psd", sampler={"name": "flow_map", "init_args": {"fused": "yes"}}, vocab_size=V)
 

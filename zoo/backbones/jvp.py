@@ -25,7 +25,7 @@ class _CheckpointedJvp(torch.autograd.Function):
     @staticmethod
     def forward(ctx, fn, n, *args):
         primals, tangents = args[:n], args[n:2 * n]
-        ctx.fn, ctx.n, ctx.n_params = fn, n, len(args) - 2 * n
+        ctx.fn, ctx.n = fn, n
         ctx.params = args[2 * n:]
         ctx.autocast = _autocast_state(primals[0].device.type)
         ctx.rng = _RngState(primals[0].device)
@@ -47,7 +47,7 @@ class _CheckpointedJvp(torch.autograd.Function):
             if g is not None and out.requires_grad:
                 outputs.append(out)
                 grads_out.append(g)
-        grads = [None] * (2 * n + ctx.n_params)
+        grads = [None] * (2 * n + len(ctx.params))
         if wanted and outputs:
             found = torch.autograd.grad(outputs, [x for _, x in wanted], grads_out, allow_unused=True)
             for (i, _), g in zip(wanted, found):
