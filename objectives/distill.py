@@ -38,7 +38,8 @@ class Distill(FlowMapObjective):
 
     The teacher is loaded on first use and kept out of the module tree (never in the student's weights).
     ``init_from_teacher`` copies the teacher's backbone into the student once (a buffer remembers it, so a
-    resumed or reloaded student is never overwritten).
+    resumed or reloaded student is never overwritten), or, with ``init_from`` (a checkpoint of a model on the
+    same path, e.g. an already distilled student), that model's backbone: fine-tuning with another objective.
     """
 
     def __init__(
@@ -56,6 +57,7 @@ class Distill(FlowMapObjective):
         midpoint: str = "middle",
         adaptive: bool = False,
         teacher_steps: int = 16,
+        init_from: str = "",
     ) -> None:
         super().__init__(diagonal_share, pair_sampling, boundary, time_sampling, map_weight)
         if teacher_steps < 1:
@@ -70,7 +72,7 @@ class Distill(FlowMapObjective):
         if teacher_gap < 0:
             raise ValueError(f"teacher_gap must be non-negative, got {teacher_gap}")
         self.teacher_path, self.target, self.diagonal_target_kind = teacher, target, diagonal_target
-        self.init_from_teacher, self.teacher_gap = init_from_teacher, teacher_gap
+        self.init_from_teacher, self.teacher_gap, self.init_from = init_from_teacher, teacher_gap, init_from
         self.midpoint, self.adaptive = midpoint, adaptive
         # whether the student has been initialised from the teacher: saved with the weights
         self.register_buffer("teacher_copied", torch.zeros((), dtype=torch.bool))
@@ -98,17 +100,17 @@ class Distill(FlowMapObjective):
 
             self.set_teacher(load_checkpoint(self.teacher_path))
         teacher = self._teacher
-        if teacher.vocab_size != model.vocab_size:
-            raise CheckpointError(f"teacher vocabulary {teacher.vocab_size} differs from the student's {model.vocab_size}")
-        if registry.spec(teacher.path) != registry.spec(model.path):
-            raise CheckpointError(
-                f"the teacher was trained on the path {registry.spec(teacher.path)} but the student uses {registry.spec(model.path)}; "
-                "give the student the teacher's path (its time and noise define what the teacher's D means)"
-            )
+        _check_same_space(teacher, model, "teacher")
         if next(teacher.parameters()).device != device:
             teacher.to(device)
         if self.init_from_teacher and not bool(self.teacher_copied):
-            self._copy_into(model, teacher)
+            source = teacher
+            if self.init_from:
+                from flowzoo.checkpoints import load_checkpoint
+
+                source = load_checkpoint(self.init_from)
+                _check_same_space(source, model, "init_from model")
+            self._copy_into(model, source)
         return teacher
 
     def _copy_into(self, model, teacher) -> None:
@@ -121,7 +123,7 @@ class Distill(FlowMapObjective):
         if set(source) - set(student) or any(student[k].shape != source[k].shape for k in source) or any(
             not k.startswith("blocks.") for k in extra
         ):
-            raise CheckpointError("init_from_teacher needs the student's backbone to have the teacher's architecture (or more blocks)")
+            raise CheckpointError("init_from_teacher needs the student's backbone to have the source's architecture (or more blocks)")
         if extra and not _identity_blocks(model.backbone, extra):
             raise CheckpointError("init_from_teacher: the student's extra blocks must start as the identity (zero adaLN gates)")
         with torch.no_grad():
@@ -156,6 +158,17 @@ class Distill(FlowMapObjective):
         u = sample_middle(model.path, pairs, self.midpoint)
         target = semigroup_target(model, xs, pairs.s, u, pairs.t, short_model=teacher, short_gap=self.teacher_gap)
         return semigroup_loss(model, xs, pairs.s, pairs.t, target, self.adaptive)
+
+
+def _check_same_space(source, model, what: str) -> None:
+    """A teacher (or initialising model) must share the student's vocabulary and path."""
+    if source.vocab_size != model.vocab_size:
+        raise CheckpointError(f"{what} vocabulary {source.vocab_size} differs from the student's {model.vocab_size}")
+    if registry.spec(source.path) != registry.spec(model.path):
+        raise CheckpointError(
+            f"the {what} was trained on the path {registry.spec(source.path)} but the student uses {registry.spec(model.path)}; "
+            f"give the student the {what}'s path (its time and noise define what its D means)"
+        )
 
 
 def _identity_blocks(backbone, keys) -> bool:

@@ -8,6 +8,7 @@ import torch
 from flowzoo import registry
 from flowzoo.checkpoints import from_pretrained, save_pretrained
 from flowzoo.cli import main
+from flowzoo.errors import CheckpointError, IncompatibleComponentsError
 from flowzoo.module import FlowLM
 from flowzoo.objectives._flowmap import lagrangian_residual, map_weights, sample_pairs, semigroup_weight
 from flowzoo.objectives.psd import semigroup_loss, semigroup_target
@@ -150,6 +151,12 @@ def test_objectives_reject_bad_arguments():
         registry.build("objective", {"name": "psd", "init_args": {"midpoint": "edge"}})
     with pytest.raises(ValueError, match="target"):
         registry.build("objective", {"name": "distill", "init_args": {"target": "velocity"}})
+    with pytest.raises(ValueError, match="noise_range"):
+        registry.build("objective", {"name": "dmd", "init_args": {"noise_range": [0.9, 0.1]}})
+    with pytest.raises(ValueError, match="critic_steps"):
+        registry.build("objective", {"name": "dmd", "init_args": {"critic_steps": 0}})
+    with pytest.raises(IncompatibleComponentsError, match="categorical head"):
+        FlowLM(backbone=TINY, vocab_size=V, head="gaussian", objective="dmd")
 
 
 # --- distillation ----------------------------------------------------------------------------
@@ -183,8 +190,6 @@ def test_distilled_student_saves_without_the_teacher_and_reloads(tmp_path):
 
 
 def test_a_deeper_student_starts_as_its_teacher_and_other_shapes_are_refused():
-    from flowzoo.errors import CheckpointError
-
     teacher = small_model()
     deeper = {**TINY, "init_args": {**TINY["init_args"], "depth": TINY["init_args"]["depth"] + 2}}
     student = FlowLM(backbone=deeper, vocab_size=V, objective="distill")
@@ -220,13 +225,76 @@ def test_distill_lagrangian_target_uses_the_teacher_velocity():
 
 
 def test_distill_refuses_a_teacher_on_another_path():
-    from flowzoo.errors import CheckpointError
-
     teacher = small_model()
     student = FlowLM(backbone=TINY, vocab_size=V, path={"name": "linear", "init_args": {"time": "tau"}}, objective="distill")
     student.objective.set_teacher(teacher)
     with pytest.raises(CheckpointError, match="path"):
         student.objective(student, torch.randint(0, V, (B, L)))
+
+
+def test_init_from_starts_the_student_from_another_model_than_its_teacher(monkeypatch):
+    import flowzoo.checkpoints
+
+    teacher = small_model()
+    models = {"other": small_model(), "wrong_vocab": FlowLM(backbone=TINY, vocab_size=V + 1)}
+    monkeypatch.setattr(flowzoo.checkpoints, "load_checkpoint", models.__getitem__)
+    x, t = torch.randn(2, L, V), torch.rand(2)
+    for name in models:
+        student = FlowLM(backbone=TINY, vocab_size=V, objective={"name": "distill", "init_args": {"init_from": name}})
+        student.objective.set_teacher(teacher)
+        if name == "wrong_vocab":
+            with pytest.raises(CheckpointError, match="init_from model vocabulary"):
+                student.objective.teacher(student, x.device)
+            continue
+        student.objective.teacher(student, x.device)
+        assert torch.allclose(student.logits(x, t), models[name].logits(x, t), atol=1e-5)
+        assert not torch.allclose(student.logits(x, t), teacher.logits(x, t), atol=1e-3)
+
+
+def _dmd_student(teacher, **init_args):
+    student = FlowLM(backbone=TINY, vocab_size=V, objective={"name": "dmd", "init_args": init_args})
+    student.objective.set_teacher(teacher)
+    return student
+
+
+def test_dmd_pushes_the_one_step_samples_only_by_the_critic_teacher_gap():
+    teacher = small_model()
+    student = _dmd_student(teacher, init_from_teacher=False)
+    with torch.no_grad():  # a student that is not its teacher: its one-step samples are not the teacher's
+        for p in student.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    student.eval()  # no critic step: the critic is still the teacher
+    out = student.objective.distribution_loss(student, B, L, torch.device("cpu"))
+    grads = torch.autograd.grad(out["dmd"], [p for p in student.parameters() if p.requires_grad], allow_unused=True)
+    assert float(out["dmd_gap"]) == 0.0 and all(g is None or not g.any() for g in grads)
+    critic, _ = student.objective.critic(student, teacher)
+    with torch.no_grad():
+        for p in critic.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    out = student.objective.distribution_loss(student, B, L, torch.device("cpu"))
+    grads = torch.autograd.grad(out["dmd"], [p for p in student.parameters() if p.requires_grad], allow_unused=True)
+    assert float(out["dmd_gap"]) > 0 and any(g is not None and g.any() for g in grads)
+
+
+def test_dmd_critic_learns_the_one_step_samples_and_stays_out_of_the_weights(tmp_path):
+    teacher = small_model()
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    student = _dmd_student(teacher, critic_steps=4, critic_lr=3e-3)
+    student.train()
+    torch.manual_seed(0)
+    x1 = torch.randint(0, V, (B, L))
+    first = student.objective(student, x1)
+    first["loss"].backward()
+    assert torch.isfinite(first["loss"]) and {"dmd", "dmd_gap", "critic", "diag", "map"} <= set(first)
+    critic, _ = student.objective.critic(student, teacher)
+    assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in before.items())  # the teacher is frozen
+    assert not all(torch.equal(v, critic.state_dict()[k]) for k, v in before.items())  # the critic moved
+    losses = [float(student.objective(student, x1)["critic"]) for _ in range(6)]
+    assert losses[-1] < float(first["critic"])  # flow matching on the student's (fixed) one-step law
+    assert not any("critic" in k for k in student.state_dict())
+    save_pretrained(student, tmp_path / "student")
+    again = from_pretrained(tmp_path / "student")
+    assert again.objective.registry_name == "dmd" and again.objective._critic is None
 
 
 # --- the sampler -------------------------------------------------------------------------------
@@ -307,5 +375,10 @@ def test_fit_lsd_psd_and_distill_from_the_command_line(tmp_path):
     root = tmp_path / "distill"
     args = ["fit", *CLI_TINY, f"--trainer.default_root_dir={root}", "--model.objective=distill",
             f"--model.objective.teacher={teacher}", "--model.sampler=flow_map", "--model.sampler.steps=2"]
+    assert main(args) == 0
+    student = sorted(root.rglob("*.ckpt"))[-1]
+    root = tmp_path / "dmd"  # fine-tune the distilled student with distribution matching
+    args = ["fit", *CLI_TINY, f"--trainer.default_root_dir={root}", "--model.objective=dmd", f"--model.objective.teacher={teacher}",
+            f"--model.objective.init_from={student}", "--model.objective.critic_steps=2", "--model.sampler=flow_map"]
     assert main(args) == 0
     assert sorted(root.rglob("*.ckpt"))

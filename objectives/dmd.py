@@ -1,0 +1,120 @@
+"""Distribution matching distillation (DMD) of the one-step map, on top of the two-stage ``distill`` losses."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+
+from flowzoo.objectives._flowmap import flow_map, uses_mean_denoiser
+from flowzoo.objectives.distill import Distill
+from flowzoo.registry import register
+
+
+@register("objective", "dmd")
+class DistributionMatching(Distill):
+    """``distill``'s losses plus distribution matching of the one-step samples (DMD, Yin et al. 2024).
+
+    Per-sample losses fit delta_{0,1}(eps) to where the teacher's ODE goes from eps, and where the student cannot
+    resolve which branch that is they settle on the mixture of branches. DMD instead compares the law of the
+    one-step samples x^ = delta_{0,1}(eps) (eps ~ prior) with the data's: noised along the path,
+    x_t = (1-t) sigma eps' + t x^, the two laws have scores (t D_t(x) - x) / ((1-t) sigma)^2 with D^real the
+    teacher's denoiser and D^fake a critic's, trained online on the one-step samples, so
+
+        grad_x^ KL(p^fake_t || p^real_t) ~ w (D^fake_t - D^real_t)(x_t),   w = 1 / mean_{L,V} |x^ - D^real_t(x_t)|,
+
+    applied as the loss 1/2 mean (x^ - sg[x^ - w (D^fake - D^real)])^2, times ``dmd_weight``, on ``num_generated``
+    fresh samples a step (0: the batch size), t uniform in the path's uniform time within ``noise_range``.
+    The critic starts as a copy of the teacher and takes ``critic_steps`` Adam steps (``critic_lr``, 0: the
+    model's lr; the model's betas) per training step on CE(x^ || D^fake_t(x_t)) at the diagonal's times. It is
+    kept out of the module tree, like the teacher: not saved, so a resumed run restarts it from the teacher,
+    and under DDP each rank trains its own.
+    """
+
+    def __init__(
+        self,
+        dmd_weight: float = 1.0,
+        num_generated: int = 0,
+        noise_range: tuple[float, float] = (0.02, 0.98),
+        critic_steps: int = 1,
+        critic_lr: float = 0.0,
+        **distill,
+    ) -> None:
+        super().__init__(**distill)
+        lo, hi = noise_range
+        if not 0.0 <= lo <= hi <= 1.0:
+            raise ValueError(f"noise_range must satisfy 0 <= lo <= hi <= 1, got {noise_range}")
+        if dmd_weight < 0 or num_generated < 0 or critic_steps < 1 or critic_lr < 0:
+            raise ValueError(
+                "dmd needs dmd_weight >= 0, num_generated >= 0, critic_steps >= 1 and critic_lr >= 0, got "
+                f"{dmd_weight}, {num_generated}, {critic_steps}, {critic_lr}"
+            )
+        self.dmd_weight, self.num_generated, self.noise_range = dmd_weight, num_generated, (float(lo), float(hi))
+        self.critic_steps, self.critic_lr = critic_steps, critic_lr
+        object.__setattr__(self, "_critic", None)  # (model, optimizer), outside the module tree like the teacher
+
+    def incompatibility(self, parts):
+        found = super().incompatibility(parts)
+        if found is None and not uses_mean_denoiser(parts["path"]):
+            return "path", "dmd noises the one-step samples along the path, which needs the mean-denoiser (linear) path"
+        if found is None and not parts["head"].on_simplex:
+            return "head", "dmd compares denoisers on the simplex: it needs the categorical head"
+        return found
+
+    def critic(self, model, teacher):
+        """The fake-score denoiser D^fake and its optimizer, created from the teacher on first use."""
+        if self._critic is None:
+            critic = copy.deepcopy(teacher).train()
+            for p in critic.parameters():
+                p.requires_grad_(True)
+            optimizer = torch.optim.Adam(critic.parameters(), lr=self.critic_lr or model.lr, betas=model.betas)
+            object.__setattr__(self, "_critic", (critic, optimizer))
+        return self._critic
+
+    def forward(self, model, x1):
+        out = super().forward(model, x1)  # distill's diagonal and map losses (and the teacher, loaded)
+        n = self.num_generated or x1.shape[0]
+        found = self.distribution_loss(model, n, x1.shape[1], x1.device)
+        out.update({k: v.detach() for k, v in found.items()})
+        out["loss"] = out["loss"] + self.dmd_weight * found["dmd"]
+        return out
+
+    def noise_times(self, model, n: int, device) -> torch.Tensor:
+        lo, hi = self.noise_range
+        return model.path.time_from_uniform(lo + (hi - lo) * torch.rand(n, device=device))
+
+    def noised(self, model, sample: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """x_t = (1-t) sigma eps + t x^: the path from fresh prior noise to the (soft) sample. (n, L, V)"""
+        eps = model.path.sample_prior(*sample.shape, device=sample.device)
+        return flow_map(model.path, eps, sample, torch.zeros_like(t), t)
+
+    def distribution_loss(self, model, n: int, length: int, device) -> dict[str, torch.Tensor]:
+        teacher = self.teacher(model, device)
+        critic, optimizer = self.critic(model, teacher)
+        zeros, ones = torch.zeros(n, device=device), torch.ones(n, device=device)
+        eps = model.path.sample_prior(n, length, model.vocab_size, device=device)  # (n, L, V)
+        sample = model.head.denoise(model.logits(eps, ones, zeros)).float()  # x^ = delta_{0,1}(eps), (n, L, V)
+        out = {}
+        if torch.is_grad_enabled() and model.training:
+            out["critic"] = self.train_critic(model, critic, optimizer, sample.detach())
+        t = self.noise_times(model, n, device)
+        with torch.no_grad():
+            xt = self.noised(model, sample, t)
+            real = teacher.head.denoise(teacher.logits(xt, t, t)).float()  # D^real_t(x_t), (n, L, V)
+            fake = critic.head.denoise(critic.logits(xt, t, t)).float()  # D^fake_t(x_t)
+            weight = 1 / (sample - real).abs().mean(dim=(1, 2), keepdim=True).clamp_min(1e-4)  # (n, 1, 1)
+            step = weight * (fake - real)
+        out["dmd"] = 0.5 * F.mse_loss(sample, (sample - step).detach())
+        out["dmd_gap"] = (fake - real).abs().sum(-1).mean()  # mean total-variation x2 between the denoisers
+        return out
+
+    def train_critic(self, model, critic, optimizer, sample: torch.Tensor) -> torch.Tensor:
+        """``critic_steps`` steps of CE(x^ || D^fake_t(x_t)): flow matching on the one-step samples."""
+        for _ in range(self.critic_steps):
+            t = self.diagonal_times(sample.shape[0], model, sample.device)
+            loss = critic.head.loss(critic.logits(self.noised(model, sample, t), t, t), sample).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        return loss.detach()
