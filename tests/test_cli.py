@@ -131,3 +131,22 @@ def test_validate_test_and_predict_from_a_fitted_checkpoint(tmp_path, capsys):
     # a checkpoint that is not there is refused before anything is built
     assert main(["validate", *common, f"--ckpt_path={tmp_path / 'none.ckpt'}"]) == 2
     assert "does not exist (--ckpt_path)" in capsys.readouterr().err
+
+
+def test_bf16_on_a_cpu_without_bf16_instructions_trains_in_fp32(tmp_path, monkeypatch, capsys):
+    import flowzoo.cli as cli
+
+    monkeypatch.setattr(cli, "cpu_has_bf16", lambda: False)
+    monkeypatch.delenv("FLOWZOO_CPU_BF16", raising=False)
+    root = tmp_path / "run"
+    code = main(["fit", *TINY, "--trainer.max_steps=1", "--trainer.limit_val_batches=0", f"--trainer.default_root_dir={root}",
+                 "--trainer.enable_progress_bar=false", "--trainer.accelerator=cpu", "--trainer.precision=bf16-mixed"])
+    assert code == 0 and "no bf16 instructions" in capsys.readouterr().err
+    saved = yaml.safe_load(next(root.rglob("config.yaml")).read_text())
+    assert saved["trainer"]["precision"] == "32-true"
+    assert cli.cpu_precision("bf16-mixed", "gpu") == "bf16-mixed"  # not on the CPU: as asked
+    monkeypatch.setenv("FLOWZOO_CPU_BF16", "1")
+    assert cli.cpu_precision("bf16-mixed", "cpu") == "bf16-mixed"
+    monkeypatch.setattr(cli, "cpu_has_bf16", lambda: True)
+    monkeypatch.delenv("FLOWZOO_CPU_BF16")
+    assert cli.cpu_precision("bf16-mixed", "cpu") == "bf16-mixed" and cli.cpu_precision("32-true", "cpu") == "32-true"

@@ -67,6 +67,32 @@ def check_ckpt_path(argv: Sequence[str]) -> None:
             raise CheckpointError(f"checkpoint {value} does not exist (--ckpt_path)")
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU has bf16 instructions (AVX512-BF16, AMX, Arm BF16); True where it cannot be told."""
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return True
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def cpu_precision(precision: Any, accelerator: Any) -> Any:
+    """``precision``, or "32-true" for bf16 training on a CPU without bf16 instructions, where autocast emulates
+    it (measured on an AVX2 AMD EPYC: 4.96 s per step against 0.41 s in fp32, DiT width 192, batch 64 x 32).
+    FLOWZOO_CPU_BF16=1 keeps bf16 anyway."""
+    import torch
+
+    on_cpu = accelerator == "cpu" or (accelerator in (None, "auto") and not torch.cuda.is_available())
+    if "bf16" not in str(precision) or not on_cpu or cpu_has_bf16() or os.environ.get("FLOWZOO_CPU_BF16") == "1":
+        return precision
+    print(
+        f"flowzoo: this CPU has no bf16 instructions, so precision={precision} would be emulated (about 12x slower "
+        "than fp32); training in 32-true instead (set FLOWZOO_CPU_BF16=1 to keep bf16)",
+        file=sys.stderr,
+    )
+    return "32-true"
+
+
 def lightning_main(argv: Sequence[str]) -> None:
     from lightning.pytorch.cli import LightningCLI
 
@@ -79,6 +105,10 @@ def lightning_main(argv: Sequence[str]) -> None:
             defaults = {f"model.{kind}": {"class_path": registry.class_path(registry.get(kind, name))} for kind, name in _MODEL_DEFAULTS.items()}
             defaults["data"] = {"class_path": registry.class_path(registry.get("data", "markov"))}
             parser.set_defaults(defaults)
+
+        def before_instantiate_classes(self) -> None:
+            trainer = (self.config[self.subcommand] if self.subcommand else self.config)["trainer"]
+            trainer["precision"] = cpu_precision(trainer.get("precision"), trainer.get("accelerator"))
 
         def before_fit(self) -> None:
             place_checkpoints(self.trainer)
