@@ -5,7 +5,7 @@ with its own sampler (``ancestral`` for MDLM, ``euler`` for a flow, ``flow_map``
 without a ``steps`` option, like ``ar``, gives one row) at each of ``--steps``, ``--num-samples`` sequences
 in batches seeded ``seed + batch index`` (the same for every row), and scored by the data module's
 ``evaluate_samples`` (on ``markov``: valid-transition rate, exact NLL per transition, its gap to the
-entropy rate) plus unigram entropy and the share of distinct samples. A row of real validation sequences
+entropy rate, the bigram TV to the chain) plus unigram entropy and the share of distinct samples. A row of real validation sequences
 is the reference. Writes a Markdown table to ``--output`` (the command that produced it on top) and the
 full benchmark results beside it as JSON (same name, ``.json``).
 
@@ -36,6 +36,7 @@ COLUMNS = {  # metric -> column header; those the data module does not report ar
     "valid_transitions": "valid transitions ↑",
     "nll": "NLL / transition ↓",
     "nll_gap": "NLL − H ↓",
+    "bigram_tv": "bigram TV ↓",
     "word_validity": "word validity ↑",
     "unique_words": "unique words ↑",
     "gen_ppl": "gen. PPL ↓",

@@ -92,6 +92,18 @@ def test_entropy_rate_is_the_nll_of_the_chains_own_samples():
     assert abs(report["nll_gap"]) < 0.02
     first = np.bincount(x[:, 0], minlength=chain.num_states) / len(x)
     assert np.abs(first - chain.stationary).max() < 0.04  # the first token is drawn from pi
+    assert report["bigram_tv"] < 0.03  # the chain's own bigrams: sampling noise only
+
+
+def test_bigram_tv_sees_mode_collapse_that_the_valid_rate_cannot():
+    chain = MarkovChain()
+    x = chain.sample(512, 32, seed=5)
+    collapsed = np.repeat(x[:1], 512, axis=0)  # one valid sequence, 512 times
+    report = chain.evaluate(torch.from_numpy(collapsed))
+    assert report["valid_transitions"] == 1.0 and report["bigram_tv"] > 0.5
+    assert chain.evaluate(torch.from_numpy(x))["bigram_tv"] < 0.1
+    uniform = chain.evaluate(torch.randint(0, chain.num_states, (512, 32)))["bigram_tv"]
+    assert uniform > 0.9  # 48 x 48 uniform bigrams against a sparse law
 
 
 def test_entropy_rate_reacts_to_the_transition_matrix():

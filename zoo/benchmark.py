@@ -4,7 +4,7 @@ For each row (a model and a sampler spec) the harness draws ``num_samples`` sequ
 tokens in batches of ``batch_size``, batch b with seed ``seed + b`` (the same for every row), and records:
 
 - quality: unigram entropy; generative perplexity under the judge (if one is configured); on
-  ``markov`` the valid-transition rate, exact NLL per transition and its gap to the entropy rate;
+  ``markov`` the valid-transition rate, exact NLL per transition, its gap to the entropy rate and the bigram TV to the chain;
   the data module's own ``evaluate_samples`` figures; the share of distinct samples;
 - NFE as the sampler reports it (per batch);
 - wall-clock per batch: the median over the timed batches (every quality batch, and extra ones up to
@@ -65,6 +65,7 @@ METRICS = {
     "valid_transitions": True,
     "nll": False,
     "nll_gap": False,
+    "bigram_tv": False,
     "word_validity": True,
     "unique_words": True,
     "distinct": True,

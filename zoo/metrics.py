@@ -84,7 +84,8 @@ class UnigramEntropy(Metric):
 
 
 class MarkovQuality(Metric):
-    """Under the true chain P: valid rate mean[P(y_i|y_{i-1}) > 0], NLL mean[-log max(P, floor)], NLL - H."""
+    """Under the true chain P: valid rate mean[P(y_i|y_{i-1}) > 0], NLL mean[-log max(P, floor)], NLL - H, and the
+    total variation of the sample's bigrams to pi(a) P(b|a) (``MarkovChain.bigram_tv``)."""
 
     full_state_update = False
 
@@ -95,6 +96,8 @@ class MarkovQuality(Metric):
         _sum_state(self, "valid")
         _sum_state(self, "total_nll")
         _sum_state(self, "num_transitions")
+        V = chain.num_states
+        self.add_state("bigrams", default=torch.zeros(V, V, dtype=torch.float64), dist_reduce_fx="sum")  # (V, V) counts
 
     def update(self, tokens: torch.Tensor) -> None:
         x = tokens.detach().cpu().long().numpy()
@@ -102,11 +105,14 @@ class MarkovQuality(Metric):
         self.valid += float((probs > 0).sum())
         self.total_nll += float(-np.log(np.maximum(probs, self.floor)).sum())
         self.num_transitions += probs.size
+        self.bigrams += torch.from_numpy(self.chain.bigram_counts(x)).to(self.bigrams)
 
     def compute(self) -> dict[str, torch.Tensor]:
         nll = self.total_nll / self.num_transitions
         H = torch.tensor(self.chain.entropy_rate(), dtype=torch.float64, device=nll.device)
-        return {"valid_transitions": self.valid / self.num_transitions, "nll": nll, "entropy_rate": H, "nll_gap": nll - H}
+        tv = torch.tensor(self.chain.bigram_tv(self.bigrams.cpu().numpy()), dtype=torch.float64, device=nll.device)
+        return {"valid_transitions": self.valid / self.num_transitions, "nll": nll, "entropy_rate": H, "nll_gap": nll - H,
+                "bigram_tv": tv}
 
 
 class ValidationLoss(Metric):
