@@ -38,7 +38,7 @@ class Distill(FlowMapObjective):
 
     The teacher is loaded on first use and kept out of the module tree (never in the student's weights).
     ``init_from_teacher`` copies the teacher's backbone into the student once (a buffer remembers it, so a
-    resumed or reloaded student is never overwritten), or, with ``init_from`` (a checkpoint of a model on the
+    resumed or reloaded student is never overwritten), or, given ``init_from`` (a checkpoint of a model on the
     same path, e.g. an already distilled student), that model's backbone: fine-tuning with another objective.
     """
 
@@ -93,41 +93,39 @@ class Distill(FlowMapObjective):
         object.__setattr__(self, "_teacher", teacher)
 
     def teacher(self, model, device):
+        from flowzoo.checkpoints import load_checkpoint
+
         if self._teacher is None:
             if not self.teacher_path:
                 raise CheckpointError("the distill objective needs a teacher: set --model.objective.teacher=PATH (a .ckpt or save_pretrained directory)")
-            from flowzoo.checkpoints import load_checkpoint
-
             self.set_teacher(load_checkpoint(self.teacher_path))
         teacher = self._teacher
         _check_same_space(teacher, model, "teacher")
         if next(teacher.parameters()).device != device:
             teacher.to(device)
-        if self.init_from_teacher and not bool(self.teacher_copied):
+        if (self.init_from_teacher or self.init_from) and not bool(self.teacher_copied):
             source = teacher
             if self.init_from:
-                from flowzoo.checkpoints import load_checkpoint
-
                 source = load_checkpoint(self.init_from)
                 _check_same_space(source, model, "init_from model")
             self._copy_into(model, source)
         return teacher
 
-    def _copy_into(self, model, teacher) -> None:
-        """Copy the teacher's backbone into the student. A deeper student (more ``blocks.<i>.`` entries, the rest
-        alike) gets the teacher's blocks first and keeps its own extra blocks, which a DiT starts as the identity
-        (adaLN-zero gates), so the student starts as the teacher's function either way."""
+    def _copy_into(self, model, source) -> None:
+        """Copy the backbone of ``source`` (the teacher, or the ``init_from`` model) into the student. A deeper
+        student (more ``blocks.<i>.`` entries, the rest alike) gets the source's blocks first and keeps its own extra
+        blocks, which a DiT starts as the identity (adaLN-zero gates), so the student starts as the source's function."""
         student = model.backbone.state_dict()
-        source = teacher.backbone.state_dict()
-        extra = set(student) - set(source)
-        if set(source) - set(student) or any(student[k].shape != source[k].shape for k in source) or any(
+        weights = source.backbone.state_dict()
+        extra = set(student) - set(weights)
+        if set(weights) - set(student) or any(student[k].shape != weights[k].shape for k in weights) or any(
             not k.startswith("blocks.") for k in extra
         ):
             raise CheckpointError("init_from_teacher needs the student's backbone to have the source's architecture (or more blocks)")
         if extra and not _identity_blocks(model.backbone, extra):
             raise CheckpointError("init_from_teacher: the student's extra blocks must start as the identity (zero adaLN gates)")
         with torch.no_grad():
-            for k, v in source.items():
+            for k, v in weights.items():
                 student[k].copy_(v)
         self.teacher_copied.fill_(True)
 
