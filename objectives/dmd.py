@@ -12,6 +12,9 @@ from flowzoo.objectives.distill import Distill
 from flowzoo.registry import register
 
 
+SAMPLE_FORMS = ("argmax", "soft")
+
+
 @register("objective", "dmd")
 class DistributionMatching(Distill):
     """``distill``'s losses plus distribution matching of the one-step samples (DMD, Yin et al. 2024).
@@ -26,6 +29,10 @@ class DistributionMatching(Distill):
 
     applied as the loss 1/2 mean (x^ - sg[x^ - w (D^fake - D^real)])^2, times ``dmd_weight``, on ``num_generated``
     fresh samples a step (0: the batch size), t uniform in the path's uniform time within ``noise_range``.
+    ``samples="argmax"`` (default) makes x^ the one-hot of the sampler's argmax decode with a straight-through
+    gradient (d loss / d delta := d loss / d x^): the compared laws are of sequences, as the data's are, so the
+    gradient is about which token; ``"soft"`` compares the soft delta itself, whose gap to the teacher is then
+    mostly "not a vertex" (sharpening, which leaves the argmax decode as it is).
     The critic starts as a copy of the teacher and takes ``critic_steps`` Adam steps (``critic_lr``, 0: the
     model's lr; the model's betas) per training step on CE(x^ || D^fake_t(x_t)) at the diagonal's times. It is
     kept out of the module tree, like the teacher: not saved, so a resumed run restarts it from the teacher,
@@ -39,6 +46,7 @@ class DistributionMatching(Distill):
         noise_range: tuple[float, float] = (0.02, 0.98),
         critic_steps: int = 1,
         critic_lr: float = 0.0,
+        samples: str = "argmax",
         **distill,
     ) -> None:
         super().__init__(**distill)
@@ -51,7 +59,9 @@ class DistributionMatching(Distill):
                 f"{dmd_weight}, {num_generated}, {critic_steps}, {critic_lr}"
             )
         self.dmd_weight, self.num_generated, self.noise_range = dmd_weight, num_generated, (float(lo), float(hi))
-        self.critic_steps, self.critic_lr = critic_steps, critic_lr
+        if samples not in SAMPLE_FORMS:
+            raise ValueError(f"unknown samples {samples!r}; choices: {', '.join(SAMPLE_FORMS)}")
+        self.critic_steps, self.critic_lr, self.samples = critic_steps, critic_lr, samples
         object.__setattr__(self, "_critic", None)  # (model, optimizer), outside the module tree like the teacher
 
     def incompatibility(self, parts):
@@ -94,10 +104,14 @@ class DistributionMatching(Distill):
         critic, optimizer = self.critic(model, teacher)
         zeros, ones = torch.zeros(n, device=device), torch.ones(n, device=device)
         eps = model.path.sample_prior(n, length, model.vocab_size, device=device)  # (n, L, V)
-        sample = model.head.denoise(model.logits(eps, ones, zeros)).float()  # x^ = delta_{0,1}(eps), (n, L, V)
+        delta = model.head.denoise(model.logits(eps, ones, zeros)).float()  # delta_{0,1}(eps), (n, L, V)
+        if self.samples == "argmax":  # x^: the one-hot decode; its gradient passes to delta (straight-through)
+            sample = F.one_hot(delta.argmax(-1), delta.shape[-1]).to(delta.dtype)
+        else:
+            sample = delta.detach()
         out = {}
         if torch.is_grad_enabled() and model.training:
-            out["critic"] = self.train_critic(model, critic, optimizer, sample.detach())
+            out["critic"] = self.train_critic(model, critic, optimizer, sample)
         t = self.noise_times(model, n, device)
         with torch.no_grad():
             xt = self.noised(model, sample, t)
@@ -105,7 +119,7 @@ class DistributionMatching(Distill):
             fake = critic.head.denoise(critic.logits(xt, t, t)).float()  # D^fake_t(x_t)
             weight = 1 / (sample - real).abs().mean(dim=(1, 2), keepdim=True).clamp_min(1e-4)  # (n, 1, 1)
             step = weight * (fake - real)
-        out["dmd"] = 0.5 * F.mse_loss(sample, (sample - step).detach())
+        out["dmd"] = 0.5 * F.mse_loss(delta, (delta - step).detach())  # gradient step / numel on x^ (= delta)
         out["dmd_gap"] = (fake - real).abs().sum(-1).mean()  # mean total-variation x2 between the denoisers
         return out
 

@@ -276,6 +276,27 @@ def test_dmd_pushes_the_one_step_samples_only_by_the_critic_teacher_gap():
     assert float(out["dmd_gap"]) > 0 and any(g is not None and g.any() for g in grads)
 
 
+def test_dmd_compares_argmax_decodes_straight_through_or_the_soft_map():
+    teacher = small_model()
+    seen = {}
+    for form in ("argmax", "soft"):
+        student = _dmd_student(teacher, samples=form)
+        student.objective.train_critic = lambda model, critic, optimizer, sample, form=form: seen.setdefault(form, sample) * 0
+        student.train()
+        critic, _ = student.objective.critic(student, teacher)
+        with torch.no_grad():  # a critic that differs from the teacher: a nonzero push
+            for p in critic.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+        out = student.objective.distribution_loss(student, B, L, torch.device("cpu"))
+        out["dmd"].backward()
+        assert any(p.grad is not None and p.grad.any() for p in student.parameters())  # the gradient reaches delta
+    hard = seen["argmax"]
+    assert set(hard.unique().tolist()) <= {0.0, 1.0} and torch.equal(hard.sum(-1), torch.ones(B, L))
+    assert not set(seen["soft"].unique().tolist()) <= {0.0, 1.0}
+    with pytest.raises(ValueError, match="samples"):
+        registry.build("objective", {"name": "dmd", "init_args": {"samples": "gumbel"}})
+
+
 def test_dmd_critic_learns_the_one_step_samples_and_stays_out_of_the_weights(tmp_path):
     teacher = small_model()
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
