@@ -7,6 +7,8 @@ Per data set (``markov``, ``shakespeare``) it trains, with ``flowzoo fit`` and t
 - ``flow``: linear path, flow matching (cross-entropy), Euler sampler;
 - ``flow_map``: distilled from that flow (``distill`` objective, FMLM recipe, student initialised from
   the teacher), ``flow_map`` sampler;
+- ``flow_map_dmd`` (only when asked for in ``--methods``): that flow map fine-tuned with distribution
+  matching of its one-step samples (``dmd`` objective, teacher: the flow, ``init_from``: the flow map);
 - ``mdlm``: masked path, MDLM NELBO, ancestral sampler;
 - ``ar``: autoregressive path, next-token cross-entropy, causal backbone, KV-cache sampler;
 - on shakespeare, the judge: ``flowzoo judge fit --config configs/judge_shakespeare.yaml``;
@@ -21,6 +23,8 @@ writing ``docs/benchmark/<data>/results.{json,md,png}``.
     python benchmarks/study.py --data shakespeare --max-steps 1500 --distill-steps 500 --judge-steps 2000  # reduced budget
     python benchmarks/study.py --data markov --methods flow_map --flow runs/study/markov/flow/pretrained \
         --train-flag flow_map:--model.objective.init_args.boundary=0.25 --runs runs/study_b25 --no-benchmark  # a variant
+    python benchmarks/study.py --data markov --methods flow_map_dmd --flow runs/study/markov/flow/pretrained \
+        --flow-map runs/study_b25/markov/flow_map/pretrained --runs runs/study_dmd --no-benchmark  # its dmd fine-tune
 """
 
 from __future__ import annotations
@@ -34,7 +38,14 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = ("flow", "flow_map", "mdlm", "ar")
+METHODS = ("flow", "flow_map", "mdlm", "ar", "flow_map_dmd")
+DEFAULT_METHODS = ("flow", "flow_map", "mdlm", "ar")
+DISTILLED = ("flow_map", "flow_map_dmd")  # methods trained from the flow, with their own step budget
+EMA_099 = [  # a short fine-tune averages its own last ~100 steps, not the weights it started from
+    "--trainer.callbacks=lightning.pytorch.callbacks.EMAWeightAveraging",
+    "--trainer.callbacks.decay=0.99",
+    "--trainer.callbacks.update_starting_at_step=10",
+]
 FLAGS = {
     "flow": ["--model.path=linear", "--model.path.init_args.time=tau", "--model.objective=flow_matching", "--model.sampler=euler", "--model.sampler.init_args.steps=128"],
     "flow_map": [
@@ -49,6 +60,23 @@ FLAGS = {
         "--model.betas=[0.9,0.95]",
         "--model.warmup_steps=50",
         "--trainer.max_steps={distill_steps}",
+    ],
+    "flow_map_dmd": [
+        "--model.path=linear",
+        "--model.path.init_args.time=tau",
+        "--model.objective=dmd",
+        "--model.objective.init_args.teacher={teacher}",
+        "--model.objective.init_args.init_from={student}",
+        "--model.objective.init_args.teacher_gap=0.05",
+        "--model.objective.init_args.dmd_weight=10",
+        "--model.objective.init_args.num_generated=32",
+        "--model.sampler=flow_map",
+        "--model.sampler.init_args.steps=1",
+        "--model.lr=0.0005",
+        "--model.betas=[0.9,0.95]",
+        "--model.warmup_steps=50",
+        "--trainer.max_steps={dmd_steps}",
+        *EMA_099,
     ],
     "mdlm": ["--model.path=masked", "--model.objective=mdlm", "--model.sampler=ancestral", "--model.sampler.init_args.steps=128"],
     "ar": ["--model.path=autoregressive", "--model.objective=ar", "--model.sampler=ar", "--model.backbone.init_args.causal=true"],
@@ -77,7 +105,7 @@ def flowzoo(*args: str) -> list[str]:
     return [sys.executable, "-m", "flowzoo", *args]
 
 
-def train(data: str, method: str, runs: Path, args, teacher: Path | None) -> Path:
+def train(data: str, method: str, runs: Path, args, teacher: Path | None, student: Path | None = None) -> Path:
     """Train one method (unless its pretrained directory exists); returns the checkpoint to benchmark."""
     given = getattr(args, method)
     if given:
@@ -86,12 +114,13 @@ def train(data: str, method: str, runs: Path, args, teacher: Path | None) -> Pat
     if (out / "pretrained" / "config.json").is_file():
         print(f"= {method}: {out / 'pretrained'} exists, not retrained", flush=True)
         return out / "pretrained"
-    values = {"teacher": teacher, "distill_steps": args.distill_steps if not args.tiny else 3}
+    values = {"teacher": teacher, "student": student, "distill_steps": args.distill_steps if not args.tiny else 3,
+              "dmd_steps": args.dmd_steps if not args.tiny else 3}
     flags = [f.format(**values) for f in FLAGS[method]]
     extra = TINY_TRAIN + TINY_DATA[data] + ["--trainer.max_steps=4"] if args.tiny else []
-    if args.tiny and method == "flow_map":
+    if args.tiny and method in DISTILLED:
         extra = [e for e in extra if not e.startswith("--trainer.max_steps")]
-    if args.max_steps and not args.tiny and method != "flow_map":  # a reduced budget, the same for every method
+    if args.max_steps and not args.tiny and method not in DISTILLED:  # a reduced budget, the same for every method
         extra = [f"--trainer.max_steps={args.max_steps}", f"--trainer.val_check_interval={min(1000, args.max_steps)}"]
     extra += [flag for target, flag in args.train_flags if target == method]
     cmd = flowzoo("fit", "--config", str(ROOT / "benchmarks" / "study" / f"{data}.yaml"), *flags, f"--trainer.default_root_dir={out}", SAVE, *extra)
@@ -138,11 +167,12 @@ def benchmark_config(data: str, checkpoints: dict[str, Path], judge: Path | None
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", choices=("markov", "shakespeare"), default="markov")
-    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
+    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS), help="comma-separated subset of " + ",".join(METHODS))
     parser.add_argument("--runs", default="runs/study", help="where the trained models go")
     parser.add_argument("--output", help="benchmark output directory (default: the config's, docs/benchmark/<data>)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for training and benchmarking")
     parser.add_argument("--distill-steps", type=int, default=1000, help="training steps of the flow-map student")
+    parser.add_argument("--dmd-steps", type=int, default=1200, help="training steps of the dmd fine-tune of the flow map")
     parser.add_argument("--max-steps", type=int, help="training steps of flow, MDLM and AR (default: the shared config's)")
     parser.add_argument("--judge-steps", type=int, help="training steps of the judge, in bf16 (default: its config's)")
     parser.add_argument("--train-flag", action="append", default=[], metavar="METHOD:FLAG",
@@ -164,13 +194,18 @@ def main() -> None:
     runs = (ROOT / args.runs).resolve()
 
     checkpoints: dict[str, Path] = {}
-    if "flow" in methods or "flow_map" in methods:
+    if {"flow", *DISTILLED} & set(methods):
         checkpoints["flow"] = train(args.data, "flow", runs, args, None)
-    for method in ("flow_map", "mdlm", "ar"):
+    if set(DISTILLED) & set(methods):
+        checkpoints["flow_map"] = train(args.data, "flow_map", runs, args, checkpoints["flow"])
+    if "flow_map_dmd" in methods:
+        checkpoints["flow_map_dmd"] = train(args.data, "flow_map_dmd", runs, args, checkpoints["flow"], checkpoints["flow_map"])
+    for method in ("mdlm", "ar"):
         if method in methods:
-            checkpoints[method] = train(args.data, method, runs, args, checkpoints.get("flow"))
-    if "flow" not in methods:
-        checkpoints.pop("flow", None)
+            checkpoints[method] = train(args.data, method, runs, args, None)
+    for method in ("flow", "flow_map"):
+        if method not in methods:
+            checkpoints.pop(method, None)
     config = yaml.safe_load((ROOT / "benchmarks" / f"study_{args.data}.yaml").read_text())
     judge = train_judge(args.data, runs, args) if config.get("judge") else None
     if args.no_benchmark:
