@@ -13,6 +13,7 @@ from flowzoo.registry import register
 
 
 SAMPLE_FORMS = ("argmax", "soft")
+GRADIENTS_THROUGH = ("probs", "logits")
 
 
 @register("objective", "dmd")
@@ -32,7 +33,10 @@ class DistributionMatching(Distill):
     ``samples="argmax"`` (default) makes x^ the one-hot of the sampler's argmax decode with a straight-through
     gradient (d loss / d delta := d loss / d x^): the compared laws are of sequences, as the data's are, so the
     gradient is about which token; ``"soft"`` compares the soft delta itself, whose gap to the teacher is then
-    mostly "not a vertex" (sharpening, which leaves the argmax decode as it is).
+    mostly "not a vertex" (sharpening, which leaves the argmax decode as it is). ``gradient_through="probs"``
+    applies the step to delta (through the softmax, whose Jacobian p (g - <p, g>) scales the push toward a token
+    by its current probability); ``"logits"`` applies it to the logits directly (the step sums to 0 over V, as a
+    logit gradient does), so tokens the student gives little probability can still be pushed up.
     The critic starts as a copy of the teacher and takes ``critic_steps`` Adam steps (``critic_lr``, 0: the
     model's lr; the model's betas) per training step on CE(x^ || D^fake_t(x_t)) at the diagonal's times. It is
     kept out of the module tree, like the teacher: not saved, so a resumed run restarts it from the teacher,
@@ -47,6 +51,7 @@ class DistributionMatching(Distill):
         critic_steps: int = 1,
         critic_lr: float = 0.0,
         samples: str = "argmax",
+        gradient_through: str = "probs",
         **distill,
     ) -> None:
         super().__init__(**distill)
@@ -61,7 +66,10 @@ class DistributionMatching(Distill):
         self.dmd_weight, self.num_generated, self.noise_range = dmd_weight, num_generated, (float(lo), float(hi))
         if samples not in SAMPLE_FORMS:
             raise ValueError(f"unknown samples {samples!r}; choices: {', '.join(SAMPLE_FORMS)}")
+        if gradient_through not in GRADIENTS_THROUGH:
+            raise ValueError(f"unknown gradient_through {gradient_through!r}; choices: {', '.join(GRADIENTS_THROUGH)}")
         self.critic_steps, self.critic_lr, self.samples = critic_steps, critic_lr, samples
+        self.gradient_through = gradient_through
         object.__setattr__(self, "_critic", None)  # (model, optimizer), outside the module tree like the teacher
 
     def incompatibility(self, parts):
@@ -104,7 +112,8 @@ class DistributionMatching(Distill):
         critic, optimizer = self.critic(model, teacher)
         zeros, ones = torch.zeros(n, device=device), torch.ones(n, device=device)
         eps = model.path.sample_prior(n, length, model.vocab_size, device=device)  # (n, L, V)
-        delta = model.head.denoise(model.logits(eps, ones, zeros)).float()  # delta_{0,1}(eps), (n, L, V)
+        logits = model.logits(eps, ones, zeros).float()  # (n, L, V)
+        delta = model.head.denoise(logits)  # delta_{0,1}(eps)
         if self.samples == "argmax":  # x^: the one-hot decode; its gradient passes to delta (straight-through)
             sample = F.one_hot(delta.argmax(-1), delta.shape[-1]).to(delta.dtype)
         else:
@@ -119,7 +128,8 @@ class DistributionMatching(Distill):
             fake = critic.head.denoise(critic.logits(xt, t, t)).float()  # D^fake_t(x_t)
             weight = 1 / (sample - real).abs().mean(dim=(1, 2), keepdim=True).clamp_min(1e-4)  # (n, 1, 1)
             step = weight * (fake - real)
-        out["dmd"] = 0.5 * F.mse_loss(delta, (delta - step).detach())  # gradient step / numel on x^ (= delta)
+        pushed = delta if self.gradient_through == "probs" else logits  # d loss / d pushed = step / numel
+        out["dmd"] = 0.5 * F.mse_loss(pushed, (pushed - step).detach())
         out["dmd_gap"] = (fake - real).abs().sum(-1).mean()  # mean total-variation x2 between the denoisers
         return out
 

@@ -295,6 +295,34 @@ def test_dmd_compares_argmax_decodes_straight_through_or_the_soft_map():
     assert not set(seen["soft"].unique().tolist()) <= {0.0, 1.0}
     with pytest.raises(ValueError, match="samples"):
         registry.build("objective", {"name": "dmd", "init_args": {"samples": "gumbel"}})
+    with pytest.raises(ValueError, match="gradient_through"):
+        registry.build("objective", {"name": "dmd", "init_args": {"gradient_through": "both"}})
+
+
+def test_dmd_step_on_the_logits_is_the_logit_gradient():
+    """gradient_through="logits": d dmd / d logits is w (D^fake - D^real) / numel, which sums to 0 over V."""
+    teacher = small_model()
+    student = _dmd_student(teacher, gradient_through="logits")
+    critic, _ = student.objective.critic(student, teacher)
+    with torch.no_grad():
+        for p in critic.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    captured = {}
+    original = student.logits
+
+    def keep(x, t, s=None):
+        out = original(x, t, s)
+        if s is not None and bool((s == 0).all()) and bool((t == 1).all()):
+            out.retain_grad()
+            captured["logits"] = out
+        return out
+
+    student.logits = keep
+    student.eval()
+    out = student.objective.distribution_loss(student, B, L, torch.device("cpu"))
+    out["dmd"].backward()
+    g = captured["logits"].grad  # (B, L, V)
+    assert g.abs().max() > 0 and g.sum(-1).abs().max() < 1e-4 * g.abs().max()
 
 
 def test_dmd_critic_learns_the_one_step_samples_and_stays_out_of_the_weights(tmp_path):
