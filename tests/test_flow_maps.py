@@ -300,9 +300,10 @@ def test_dmd_compares_argmax_decodes_straight_through_or_the_soft_map():
 
 
 def test_dmd_step_on_the_logits_is_the_logit_gradient():
-    """gradient_through="logits": d dmd / d logits is w (D^fake - D^real) / numel, which sums to 0 over V."""
+    """gradient_through="logits": d dmd / d logits is the step g itself; "probs" applies g to delta, so the logits
+    get the softmax Jacobian of it, p (g - <p, g>). Same noise for both (same seed)."""
     teacher = small_model()
-    student = _dmd_student(teacher, gradient_through="logits")
+    student = _dmd_student(teacher)
     critic, _ = student.objective.critic(student, teacher)
     with torch.no_grad():
         for p in critic.parameters():
@@ -319,10 +320,18 @@ def test_dmd_step_on_the_logits_is_the_logit_gradient():
 
     student.logits = keep
     student.eval()
-    out = student.objective.distribution_loss(student, B, L, torch.device("cpu"))
-    out["dmd"].backward()
-    g = captured["logits"].grad  # (B, L, V)
-    assert g.abs().max() > 0 and g.sum(-1).abs().max() < 1e-4 * g.abs().max()
+    grads = {}
+    for through in ("logits", "probs"):
+        student.objective.gradient_through = through
+        torch.manual_seed(1)
+        student.objective.distribution_loss(student, B, L, torch.device("cpu"))["dmd"].backward()
+        grads[through] = captured["logits"].grad  # (B, L, V)
+    g = grads["logits"]
+    assert g.abs().max() > 0 and g.sum(-1).abs().max() < 1e-4 * g.abs().max()  # a step that sums to 0 over V
+    p = torch.softmax(captured["logits"].detach(), -1)
+    expected = p * (g - (p * g).sum(-1, keepdim=True))
+    assert torch.allclose(grads["probs"], expected, rtol=1e-3, atol=1e-3 * expected.abs().max())
+    assert not torch.allclose(grads["probs"], g, atol=1e-3 * g.abs().max())
 
 
 def test_dmd_critic_learns_the_one_step_samples_and_stays_out_of_the_weights(tmp_path):
