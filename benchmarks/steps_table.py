@@ -76,7 +76,7 @@ def sampler_entry(checkpoint: str, steps: Sequence[int], sampler: str | None = N
         raise ValueError(f"sampler {spec['name']!r} has no option {', '.join(refused)} to set here; its options: {', '.join(k for k in accepted if k != 'steps')}")
     args.update({k: v for k, v in (every or {}).items() if k in accepted and k != "steps"})
     args.update(options or {})
-    given_times = "times" in (options or {}) or "times" in (every or {}) and "times" in accepted
+    given_times = "times" in (options or {}) or ("times" in (every or {}) and "times" in accepted)
     args.pop("steps", None)
     if "steps" in accepted and not given_times:
         args.pop("times", None)  # flow_map: the checkpoint's own times would override the step count
