@@ -38,7 +38,8 @@ class DistributionMatching(Distill):
     by its current probability); ``"logits"`` applies it to the logits directly (the step sums to 0 over V, as a
     logit gradient does), so tokens the student gives little probability can still be pushed up.
     The critic starts as a copy of the teacher and takes ``critic_steps`` Adam steps (``critic_lr``, 0: the
-    model's lr; the model's betas) per training step on CE(x^ || D^fake_t(x_t)) at the diagonal's times. It is
+    model's lr; the model's betas) per training step on CE(x^ || D^fake_t(x_t)) at the diagonal's times, each
+    after the first on fresh one-step samples. It is
     kept out of the module tree, like the teacher: not saved, so a resumed run restarts it from the teacher,
     and under DDP each rank trains its own.
     """
@@ -110,14 +111,7 @@ class DistributionMatching(Distill):
     def distribution_loss(self, model, n: int, length: int, device) -> dict[str, torch.Tensor]:
         teacher = self.teacher(model, device)
         critic, optimizer = self.critic(model, teacher)
-        zeros, ones = torch.zeros(n, device=device), torch.ones(n, device=device)
-        eps = model.path.sample_prior(n, length, model.vocab_size, device=device)  # (n, L, V)
-        logits = model.logits(eps, ones, zeros).float()  # (n, L, V)
-        delta = model.head.denoise(logits)  # delta_{0,1}(eps)
-        if self.samples == "argmax":  # x^: the one-hot decode; its gradient passes to delta (straight-through)
-            sample = F.one_hot(delta.argmax(-1), delta.shape[-1]).to(delta.dtype)
-        else:
-            sample = delta.detach()
+        logits, delta, sample = self.one_step(model, n, length, device)
         out = {}
         if torch.is_grad_enabled() and model.training:
             out["critic"] = self.train_critic(model, critic, optimizer, sample)
@@ -133,9 +127,26 @@ class DistributionMatching(Distill):
         out["dmd_gap"] = (fake - real).abs().sum(-1).mean()  # mean total-variation x2 between the denoisers
         return out
 
+    def one_step(self, model, n: int, length: int, device):
+        """Logits and delta_{0,1}(eps) of n fresh one-step samples, (n, L, V) each, and the sample x^ compared."""
+        zeros, ones = torch.zeros(n, device=device), torch.ones(n, device=device)
+        eps = model.path.sample_prior(n, length, model.vocab_size, device=device)  # (n, L, V)
+        logits = model.logits(eps, ones, zeros).float()  # (n, L, V)
+        delta = model.head.denoise(logits)  # delta_{0,1}(eps)
+        if self.samples == "argmax":  # x^: the one-hot decode; its gradient passes to delta (straight-through)
+            sample = F.one_hot(delta.argmax(-1), delta.shape[-1]).to(delta.dtype)
+        else:
+            sample = delta.detach()
+        return logits, delta, sample
+
     def train_critic(self, model, critic, optimizer, sample: torch.Tensor) -> torch.Tensor:
-        """``critic_steps`` steps of CE(x^ || D^fake_t(x_t)): flow matching on the one-step samples."""
-        for _ in range(self.critic_steps):
+        """``critic_steps`` steps of CE(x^ || D^fake_t(x_t)): flow matching on the one-step samples, the first on
+        ``sample`` and each further one on fresh samples of the current map (DMD2's several critic updates per
+        generator update, each on new samples)."""
+        for i in range(self.critic_steps):
+            if i:
+                with torch.no_grad():
+                    sample = self.one_step(model, *sample.shape[:2], sample.device)[2]
             t = self.diagonal_times(sample.shape[0], model, sample.device)
             loss = critic.head.loss(critic.logits(self.noised(model, sample, t), t, t), sample).mean()
             optimizer.zero_grad(set_to_none=True)
