@@ -53,17 +53,19 @@ class DistributionMatching(Distill):
         critic_lr: float = 0.0,
         samples: str = "argmax",
         gradient_through: str = "probs",
+        gan_weight: float = 0.0,
         **distill,
     ) -> None:
         super().__init__(**distill)
         lo, hi = noise_range
         if not 0.0 <= lo <= hi <= 1.0:
             raise ValueError(f"noise_range must satisfy 0 <= lo <= hi <= 1, got {noise_range}")
-        if dmd_weight < 0 or num_generated < 0 or critic_steps < 1 or critic_lr < 0:
+        if dmd_weight < 0 or num_generated < 0 or critic_steps < 1 or critic_lr < 0 or gan_weight < 0:
             raise ValueError(
-                "dmd needs dmd_weight >= 0, num_generated >= 0, critic_steps >= 1 and critic_lr >= 0, got "
-                f"{dmd_weight}, {num_generated}, {critic_steps}, {critic_lr}"
+                "dmd needs dmd_weight >= 0, num_generated >= 0, critic_steps >= 1, critic_lr >= 0 and gan_weight >= 0, "
+                f"got {dmd_weight}, {num_generated}, {critic_steps}, {critic_lr}, {gan_weight}"
             )
+        self.gan_weight = float(gan_weight)
         self.dmd_weight, self.num_generated, self.noise_range = dmd_weight, num_generated, (float(lo), float(hi))
         if samples not in SAMPLE_FORMS:
             raise ValueError(f"unknown samples {samples!r}; choices: {', '.join(SAMPLE_FORMS)}")
@@ -79,12 +81,17 @@ class DistributionMatching(Distill):
             return "path", "dmd noises the one-step samples along the path, which needs the mean-denoiser (linear) path"
         if found is None and not parts["head"].on_simplex:
             return "head", "dmd compares denoisers on the simplex: it needs the categorical head"
+        if found is None and self.gan_weight and not hasattr(parts["backbone"], "hidden"):
+            return "backbone", "dmd's gan_weight reads the critic's hidden states: it needs a backbone with hidden() (dit)"
         return found
 
     def critic(self, model, teacher):
-        """The fake-score denoiser D^fake and its optimizer, created from the teacher on first use."""
+        """The fake-score denoiser D^fake and its optimizer, created from the teacher on first use; with
+        ``gan_weight`` it also carries the discriminator's linear head on its hidden states."""
         if self._critic is None:
             critic = copy.deepcopy(teacher).train()
+            if self.gan_weight:
+                critic.discriminator = torch.nn.Linear(critic.backbone.width, 1).to(next(critic.parameters()).device)
             for p in critic.parameters():
                 p.requires_grad_(True)
             optimizer = torch.optim.Adam(critic.parameters(), lr=self.critic_lr or model.lr, betas=model.betas)
@@ -94,9 +101,11 @@ class DistributionMatching(Distill):
     def forward(self, model, x1):
         out = super().forward(model, x1)  # distill's diagonal and map losses (and the teacher, loaded)
         n = self.num_generated or x1.shape[0]
-        found = self.distribution_loss(model, n, x1.shape[1], x1.device)
+        found = self.distribution_loss(model, n, x1.shape[1], x1.device, real=x1)
         out.update({k: v.detach() for k, v in found.items()})
         out["loss"] = out["loss"] + self.dmd_weight * found["dmd"]
+        if self.gan_weight:
+            out["loss"] = out["loss"] + self.gan_weight * found["gan"]
         return out
 
     def noise_times(self, model, n: int, device) -> torch.Tensor:
@@ -108,13 +117,19 @@ class DistributionMatching(Distill):
         eps = model.path.sample_prior(*sample.shape, device=sample.device)
         return flow_map(model.path, eps, sample, torch.zeros_like(t), t)
 
-    def distribution_loss(self, model, n: int, length: int, device) -> dict[str, torch.Tensor]:
+    def distribution_loss(self, model, n: int, length: int, device, real: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """``dmd`` (and ``gan``, the generator's GAN loss, with ``gan_weight``) on n fresh one-step samples; in
+        training, first the critic's steps (``real``: data token ids (B, L), which the discriminator needs)."""
+        if self.gan_weight and real is None:
+            raise ValueError("dmd with gan_weight > 0 needs real data (token ids) for its discriminator")
         teacher = self.teacher(model, device)
         critic, optimizer = self.critic(model, teacher)
         logits, delta, sample = self.one_step(model, n, length, device)
         out = {}
         if torch.is_grad_enabled() and model.training:
-            out["critic"] = self.train_critic(model, critic, optimizer, sample)
+            out.update(self.train_critic(model, critic, optimizer, sample, real))
+        if self.gan_weight:
+            out["gan"] = self.generator_gan_loss(model, critic, sample + delta - delta.detach() if self.samples == "argmax" else delta)
         t = self.noise_times(model, n, device)
         with torch.no_grad():
             xt = self.noised(model, sample, t)
@@ -139,17 +154,47 @@ class DistributionMatching(Distill):
             sample = delta.detach()
         return logits, delta, sample
 
-    def train_critic(self, model, critic, optimizer, sample: torch.Tensor) -> torch.Tensor:
+    def discriminate(self, model, critic, sample: torch.Tensor) -> torch.Tensor:
+        """Real-vs-generated logits (n, L), one per position, of the discriminator head on the critic's hidden
+        states at x_t, the sample noised to a time in ``noise_range``."""
+        t = self.noise_times(model, sample.shape[0], sample.device)
+        nt = critic.path.network_time(t)
+        return critic.discriminator(critic.backbone.hidden(self.noised(model, sample, t), nt, nt)).squeeze(-1)
+
+    def generator_gan_loss(self, model, critic, sample: torch.Tensor) -> torch.Tensor:
+        """Non-saturating GAN loss softplus(-d(x_t)) of the one-step samples; its gradient reaches the map through
+        ``sample`` only (the critic's weights take none)."""
+        params = list(critic.parameters())
+        for p in params:
+            p.requires_grad_(False)
+        try:
+            return F.softplus(-self.discriminate(model, critic, sample)).mean()
+        finally:
+            for p in params:
+                p.requires_grad_(True)
+
+    def train_critic(self, model, critic, optimizer, sample: torch.Tensor, real: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """``critic_steps`` steps of CE(x^ || D^fake_t(x_t)): flow matching on the one-step samples, the first on
         ``sample`` and each further one on fresh samples of the current map (DMD2's several critic updates per
-        generator update, each on new samples)."""
+        generator update, each on new samples). With ``gan_weight`` each step also trains the discriminator,
+        softplus(-d(real_t)) + softplus(d(x^_t)), on as many data rows of ``real`` (drawn with replacement)."""
+        n, length = sample.shape[:2]
         for i in range(self.critic_steps):
             if i:
                 with torch.no_grad():
-                    sample = self.one_step(model, *sample.shape[:2], sample.device)[2]
-            t = self.diagonal_times(sample.shape[0], model, sample.device)
+                    sample = self.one_step(model, n, length, sample.device)[2]
+            t = self.diagonal_times(n, model, sample.device)
             loss = critic.head.loss(critic.logits(self.noised(model, sample, t), t, t), sample).mean()
+            total = loss
+            if self.gan_weight:
+                rows = real[torch.randint(real.shape[0], (n,), device=real.device)]
+                data = F.one_hot(rows, sample.shape[-1]).to(sample.dtype)  # (n, L, V)
+                disc = F.softplus(-self.discriminate(model, critic, data)).mean() + F.softplus(self.discriminate(model, critic, sample)).mean()
+                total = loss + disc
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            total.backward()
             optimizer.step()
-        return loss.detach()
+        out = {"critic": loss.detach()}
+        if self.gan_weight:
+            out["disc"] = disc.detach()
+        return out

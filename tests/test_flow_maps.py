@@ -281,7 +281,7 @@ def test_dmd_compares_argmax_decodes_straight_through_or_the_soft_map():
     seen = {}
     for form in ("argmax", "soft"):
         student = _dmd_student(teacher, samples=form)
-        student.objective.train_critic = lambda model, critic, optimizer, sample, form=form: seen.setdefault(form, sample) * 0
+        student.objective.train_critic = lambda model, critic, optimizer, sample, real=None, form=form: {"critic": seen.setdefault(form, sample).sum() * 0}
         student.train()
         critic, _ = student.objective.critic(student, teacher)
         with torch.no_grad():  # a critic that differs from the teacher: a nonzero push
@@ -353,6 +353,45 @@ def test_dmd_critic_learns_the_one_step_samples_and_stays_out_of_the_weights(tmp
     save_pretrained(student, tmp_path / "student")
     again = from_pretrained(tmp_path / "student")
     assert again.objective.registry_name == "dmd" and again.objective._critic is None
+
+
+def test_dmd_gan_discriminator_tells_data_from_one_step_samples():
+    """With gan_weight the critic's steps also train a per-position discriminator head: after a few, it scores
+    data (here: one fixed sequence the samples are not) above the student's one-step samples."""
+    teacher = small_model()
+    student = _dmd_student(teacher, gan_weight=1.0, critic_lr=3e-3, noise_range=(0.8, 0.98))
+    student.train()
+    torch.manual_seed(0)
+    real = (torch.arange(L) % (V - 1) + 1).expand(B, L)
+    critic, optimizer = student.objective.critic(student, teacher)
+    sample = student.objective.one_step(student, B, L, torch.device("cpu"))[2]
+    assert not (sample.argmax(-1) == real).all()
+    losses = [float(student.objective.train_critic(student, critic, optimizer, sample, real)["disc"]) for _ in range(40)]
+    assert losses[-1] < losses[0]
+    with torch.no_grad():
+        data = torch.nn.functional.one_hot(real, V).float()
+        margin = student.objective.discriminate(student, critic, data).mean() - student.objective.discriminate(student, critic, sample).mean()
+    assert margin > 0
+    assert not any("discriminator" in k or "critic" in k for k in student.state_dict())
+
+
+def test_dmd_gan_gradient_reaches_the_map_and_not_the_critic():
+    teacher = small_model()
+    student = _dmd_student(teacher, gan_weight=1.0, dmd_weight=0.0)
+    student.eval()  # no critic steps
+    x1 = torch.randint(0, V, (B, L))
+    out = student.objective.distribution_loss(student, B, L, torch.device("cpu"), real=x1)
+    out["gan"].backward()
+    critic, _ = student.objective.critic(student, teacher)
+    assert any(p.grad is not None and p.grad.any() for p in student.parameters())
+    assert all(p.grad is None for p in critic.parameters()) and all(p.requires_grad for p in critic.parameters())
+    with pytest.raises(ValueError, match="real data"):
+        student.objective.distribution_loss(student, B, L, torch.device("cpu"))
+    with pytest.raises(ValueError, match="gan_weight"):
+        registry.build("objective", {"name": "dmd", "init_args": {"gan_weight": -1.0}})
+    student.train()
+    out = student.objective(student, x1)
+    assert {"gan", "disc", "dmd"} <= set(out) and torch.isfinite(out["loss"])
 
 
 # --- the sampler -------------------------------------------------------------------------------
