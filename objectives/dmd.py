@@ -39,7 +39,9 @@ class DistributionMatching(Distill):
     logit gradient does), so tokens the student gives little probability can still be pushed up.
     The critic starts as a copy of the teacher and takes ``critic_steps`` Adam steps (``critic_lr``, 0: the
     model's lr; the model's betas) per training step on CE(x^ || D^fake_t(x_t)) at the diagonal's times, each
-    after the first on fresh one-step samples. It is
+    after the first on fresh one-step samples. With ``gan_weight`` > 0 (DMD2's GAN term) the critic also carries a
+    linear head d on its hidden states, one real-vs-generated logit per position of a noised sequence, trained on
+    data rows against one-step samples; the map adds ``gan_weight`` * softplus(-d(x^_t)). The critic is
     kept out of the module tree, like the teacher: not saved, so a resumed run restarts it from the teacher,
     and under DDP each rank trains its own.
     """
