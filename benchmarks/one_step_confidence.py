@@ -16,7 +16,6 @@ import argparse
 import numpy as np
 import torch
 
-import flowzoo.samplers.flow_map as flow_map_module
 from flowzoo.checkpoints import load_checkpoint
 from flowzoo.data.markov import MarkovData
 
@@ -33,16 +32,10 @@ def main(argv=None) -> dict:
     model = load_checkpoint(args.checkpoint).eval()
     data_args = (model.data_spec or {}).get("init_args") or {}
     chain, length = MarkovData(**data_args).chain, data_args.get("seq_len", 32)
-    predictions, real = [], flow_map_module.decode_tokens
-    flow_map_module.decode_tokens = lambda p, *a, **k: predictions.append(p) or real(p, *a, **k)
-    try:
-        tokens = torch.cat([
-            model.generate(args.batch_size, length, sampler={"name": "flow_map", "init_args": {"steps": args.steps, "fused": False}}, seed=b).tokens
-            for b in range(-(-args.num_samples // args.batch_size))
-        ])[: args.num_samples].numpy()
-    finally:
-        flow_map_module.decode_tokens = real
-    top = torch.cat(predictions)[: args.num_samples].max(-1).values.numpy()  # (N, L): max_v delta_v
+    sampler = {"name": "flow_map", "init_args": {"steps": args.steps, "fused": False}}  # unfused: delta is formed
+    outs = [model.generate(args.batch_size, length, sampler=sampler, seed=b) for b in range(-(-args.num_samples // args.batch_size))]
+    tokens = torch.cat([o.tokens for o in outs])[: args.num_samples].numpy()
+    top = torch.cat([o.prediction for o in outs])[: args.num_samples].max(-1).values.numpy()  # (N, L): max_v delta_v
     valid = chain.transition[tokens[:, :-1], tokens[:, 1:]] > 0  # (N, L-1)
     in_invalid = np.zeros_like(top, dtype=bool)
     in_invalid[:, :-1] |= ~valid

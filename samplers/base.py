@@ -19,6 +19,7 @@ DECODES = ("argmax", "sample")
 class SampleOutput:
     tokens: torch.Tensor  # (B, L) int64
     nfe: int  # network evaluations for the whole batch
+    prediction: torch.Tensor | None = None  # (B, L, V) the per-position prediction decoded, where one was formed
 
 
 class Sampler(Component):

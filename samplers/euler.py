@@ -51,7 +51,7 @@ class EulerSampler(EmbeddedSampling, Sampler):
                 x = x + (times[i + 1] - times[i]) * path.velocity(x, denoised, t)
                 if hasattr(path, "project"):  # paths on the simplex (dirichlet) stay on it
                     x = path.project(x)
-        return SampleOutput(decode_tokens(denoised, self.decode, self.temperature, generator), nfe=self.steps)
+        return SampleOutput(decode_tokens(denoised, self.decode, self.temperature, generator), nfe=self.steps, prediction=denoised)
 
     def _sample_embedded(self, model, num_samples, length, generator):
         """The same steps on e = x W_in^T (B, L, D): e <- a e + b D_t W_in^T, D_t never materialised."""

@@ -73,7 +73,7 @@ class FlowMapSampler(EmbeddedSampling, Sampler):
             if self.gamma > 0:
                 z = torch.randn(x.shape, generator=generator, device=x.device)
                 x = self._renoise(x, delta, t, expand_time((1 - t) * getattr(path, "sigma", 1.0) * self.gamma) * z)
-        return SampleOutput(decode_tokens(delta, self.decode, self.temperature, generator), nfe=self.steps)
+        return SampleOutput(decode_tokens(delta, self.decode, self.temperature, generator), nfe=self.steps, prediction=delta)
 
     def _sample_embedded(self, model, num_samples, length, generator):
         """The same steps on e = x W_in^T (B, L, D): e <- a e + b delta W_in^T, delta never materialised."""

@@ -411,6 +411,7 @@ def test_flow_map_sampler_steps_are_network_evaluations():
     model = Counting(small_model())
     out = FlowMapSampler(steps=1).sample(model, 3, L, generator=torch.Generator().manual_seed(0))
     assert out.nfe == 1 and model.calls == [(0.0, 1.0)] and out.tokens.shape == (3, L)
+    assert out.prediction.shape == (3, L, V) and torch.equal(out.prediction.argmax(-1), out.tokens)  # the delta decoded
     model.calls.clear()
     FlowMapSampler(times=[0.0, 0.25, 0.75, 1.0]).sample(model, 3, L)
     assert model.calls == [(0.0, 0.25), (0.25, 0.75), (0.75, 1.0)]
