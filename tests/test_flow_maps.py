@@ -355,6 +355,24 @@ def test_dmd_critic_learns_the_one_step_samples_and_stays_out_of_the_weights(tmp
     assert again.objective.registry_name == "dmd" and again.objective._critic is None
 
 
+def test_dmd_critic_steps_after_the_first_train_on_fresh_one_step_samples():
+    teacher = small_model()
+    student = _dmd_student(teacher, critic_steps=3)
+    student.train()
+    drawn, original = [], student.objective.one_step
+
+    def counting(*args):
+        out = original(*args)
+        drawn.append((torch.is_grad_enabled(), out[2]))
+        return out
+
+    student.objective.one_step = counting
+    torch.manual_seed(0)
+    student.objective.distribution_loss(student, B, L, torch.device("cpu"))
+    assert [grad for grad, _ in drawn] == [True, False, False]  # the map's samples, then two fresh ones for the critic
+    assert not torch.equal(drawn[0][1], drawn[1][1]) and not torch.equal(drawn[1][1], drawn[2][1])
+
+
 def test_dmd_gan_discriminator_tells_data_from_one_step_samples():
     """With gan_weight the critic's steps also train a per-position discriminator head: after a few, it scores
     data (here: one fixed sequence the samples are not) above the student's one-step samples."""
