@@ -83,7 +83,8 @@ class DistributionMatching(Distill):
             return "path", "dmd noises the one-step samples along the path, which needs the mean-denoiser (linear) path"
         if found is None and not parts["head"].on_simplex:
             return "head", "dmd compares denoisers on the simplex: it needs the categorical head"
-        if found is None and self.gan_weight and not hasattr(parts["backbone"], "hidden"):
+        backbone = parts.get("backbone")  # given when the model is built (not when a sampler is swapped in)
+        if found is None and self.gan_weight and backbone is not None and not hasattr(backbone, "hidden"):
             return "backbone", "dmd's gan_weight reads the critic's hidden states: it needs a backbone with hidden() (dit)"
         return found
 

@@ -410,6 +410,8 @@ def test_dmd_gan_gradient_reaches_the_map_and_not_the_critic():
     student.train()
     out = student.objective(student, x1)
     assert {"gan", "disc", "dmd"} <= set(out) and torch.isfinite(out["loss"])
+    other = {"name": "flow_map", "init_args": {"steps": 2}}  # a sampler other than the model's: checked again
+    assert student.generate(2, L, sampler=other, seed=0).tokens.shape == (2, L)
 
 
 # --- the sampler -------------------------------------------------------------------------------
