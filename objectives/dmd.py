@@ -104,7 +104,7 @@ class DistributionMatching(Distill):
     def forward(self, model, x1):
         out = super().forward(model, x1)  # distill's diagonal and map losses (and the teacher, loaded)
         n = self.num_generated or x1.shape[0]
-        found = self.distribution_loss(model, n, x1.shape[1], x1.device, real=x1)
+        found = self.distribution_loss(model, n, x1.shape[1], x1.device, data=x1)
         out.update({k: v.detach() for k, v in found.items()})
         out["loss"] = out["loss"] + self.dmd_weight * found["dmd"]
         if self.gan_weight:
@@ -120,17 +120,17 @@ class DistributionMatching(Distill):
         eps = model.path.sample_prior(*sample.shape, device=sample.device)
         return flow_map(model.path, eps, sample, torch.zeros_like(t), t)
 
-    def distribution_loss(self, model, n: int, length: int, device, real: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def distribution_loss(self, model, n: int, length: int, device, data: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """``dmd`` (and ``gan``, the generator's GAN loss, with ``gan_weight``) on n fresh one-step samples; in
-        training, first the critic's steps (``real``: data token ids (B, L), which the discriminator needs)."""
-        if self.gan_weight and real is None:
+        training, first the critic's steps (``data``: token ids (B, L), which the discriminator needs)."""
+        if self.gan_weight and data is None:
             raise ValueError("dmd with gan_weight > 0 needs real data (token ids) for its discriminator")
         teacher = self.teacher(model, device)
         critic, optimizer = self.critic(model, teacher)
         logits, delta, sample = self.one_step(model, n, length, device)
         out = {}
         if torch.is_grad_enabled() and model.training:
-            out.update(self.train_critic(model, critic, optimizer, sample, real))
+            out.update(self.train_critic(model, critic, optimizer, sample, data))
         if self.gan_weight:
             out["gan"] = self.generator_gan_loss(model, critic, sample + delta - delta.detach() if self.samples == "argmax" else delta)
         t = self.noise_times(model, n, device)
@@ -176,11 +176,11 @@ class DistributionMatching(Distill):
             for p in params:
                 p.requires_grad_(True)
 
-    def train_critic(self, model, critic, optimizer, sample: torch.Tensor, real: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def train_critic(self, model, critic, optimizer, sample: torch.Tensor, data: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """``critic_steps`` steps of CE(x^ || D^fake_t(x_t)): flow matching on the one-step samples, the first on
         ``sample`` and each further one on fresh samples of the current map (DMD2's several critic updates per
         generator update, each on new samples). With ``gan_weight`` each step also trains the discriminator,
-        softplus(-d(real_t)) + softplus(d(x^_t)), on as many data rows of ``real`` (drawn with replacement)."""
+        softplus(-d(data_t)) + softplus(d(x^_t)), on as many rows of ``data`` (token ids, drawn with replacement)."""
         n, length = sample.shape[:2]
         for i in range(self.critic_steps):
             if i:
@@ -190,9 +190,9 @@ class DistributionMatching(Distill):
             loss = critic.head.loss(critic.logits(self.noised(model, sample, t), t, t), sample).mean()
             total = loss
             if self.gan_weight:
-                rows = real[torch.randint(real.shape[0], (n,), device=real.device)]
-                data = F.one_hot(rows, sample.shape[-1]).to(sample.dtype)  # (n, L, V)
-                disc = F.softplus(-self.discriminate(model, critic, data)).mean() + F.softplus(self.discriminate(model, critic, sample)).mean()
+                rows = data[torch.randint(data.shape[0], (n,), device=data.device)]
+                onehot = F.one_hot(rows, sample.shape[-1]).to(sample.dtype)  # (n, L, V)
+                disc = F.softplus(-self.discriminate(model, critic, onehot)).mean() + F.softplus(self.discriminate(model, critic, sample)).mean()
                 total = loss + disc
             optimizer.zero_grad(set_to_none=True)
             total.backward()

@@ -281,7 +281,7 @@ def test_dmd_compares_argmax_decodes_straight_through_or_the_soft_map():
     seen = {}
     for form in ("argmax", "soft"):
         student = _dmd_student(teacher, samples=form)
-        student.objective.train_critic = lambda model, critic, optimizer, sample, real=None, form=form: {"critic": seen.setdefault(form, sample).sum() * 0}
+        student.objective.train_critic = lambda model, critic, optimizer, sample, data=None, form=form: {"critic": seen.setdefault(form, sample).sum() * 0}
         student.train()
         critic, _ = student.objective.critic(student, teacher)
         with torch.no_grad():  # a critic that differs from the teacher: a nonzero push
@@ -398,7 +398,7 @@ def test_dmd_gan_gradient_reaches_the_map_and_not_the_critic():
     student = _dmd_student(teacher, gan_weight=1.0, dmd_weight=0.0)
     student.eval()  # no critic steps
     x1 = torch.randint(0, V, (B, L))
-    out = student.objective.distribution_loss(student, B, L, torch.device("cpu"), real=x1)
+    out = student.objective.distribution_loss(student, B, L, torch.device("cpu"), data=x1)
     out["gan"].backward()
     critic, _ = student.objective.critic(student, teacher)
     assert any(p.grad is not None and p.grad.any() for p in student.parameters())
