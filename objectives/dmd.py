@@ -29,7 +29,10 @@ class DistributionMatching(Distill):
         grad_x^ KL(p^fake_t || p^real_t) ~ w (D^fake_t - D^real_t)(x_t),   w = 1 / mean_{L,V} |x^ - D^real_t(x_t)|,
 
     applied as the loss 1/2 mean (x^ - sg[x^ - w (D^fake - D^real)])^2, times ``dmd_weight``, on ``num_generated``
-    fresh samples a step (0: the batch size), t uniform in the path's uniform time within ``noise_range``.
+    fresh samples a step (0: the batch size), t uniform in the path's uniform time within ``noise_range``. A list
+    of ranges (bands) splits the samples among them, sample i in band i mod K, each band's loss weighted by its
+    entry of ``band_weights`` (default 1): e.g. a low-noise band, where local validity shows, and a high-noise band,
+    where which states a sample visits shows, with their own weights.
     ``samples="argmax"`` (default) makes x^ the one-hot of the sampler's argmax decode with a straight-through
     gradient (d loss / d delta := d loss / d x^): the compared laws are of sequences, as the data's are, so the
     gradient is about which token; ``"soft"`` compares the soft delta itself, whose gap to the teacher is then
@@ -50,7 +53,8 @@ class DistributionMatching(Distill):
         self,
         dmd_weight: float = 1.0,
         num_generated: int = 0,
-        noise_range: tuple[float, float] = (0.02, 0.98),
+        noise_range: tuple[float, float] | list[tuple[float, float]] = (0.02, 0.98),
+        band_weights: list[float] | None = None,
         critic_steps: int = 1,
         critic_lr: float = 0.0,
         samples: str = "argmax",
@@ -59,16 +63,21 @@ class DistributionMatching(Distill):
         **distill,
     ) -> None:
         super().__init__(**distill)
-        lo, hi = noise_range
-        if not 0.0 <= lo <= hi <= 1.0:
-            raise ValueError(f"noise_range must satisfy 0 <= lo <= hi <= 1, got {noise_range}")
+        bands = [noise_range] if len(noise_range) == 2 and not isinstance(noise_range[0], (list, tuple)) else list(noise_range)
+        if not bands or any(len(b) != 2 or not 0.0 <= b[0] <= b[1] <= 1.0 for b in bands):
+            raise ValueError(f"noise_range must be a pair (lo, hi) or a list of pairs with 0 <= lo <= hi <= 1, got {noise_range}")
+        band_weights = [1.0] * len(bands) if band_weights is None else [float(w) for w in band_weights]
+        if len(band_weights) != len(bands) or min(band_weights) < 0:
+            raise ValueError(f"band_weights needs one weight >= 0 per noise band ({len(bands)}), got {band_weights}")
         if dmd_weight < 0 or num_generated < 0 or critic_steps < 1 or critic_lr < 0 or gan_weight < 0:
             raise ValueError(
                 "dmd needs dmd_weight >= 0, num_generated >= 0, critic_steps >= 1, critic_lr >= 0 and gan_weight >= 0, "
                 f"got {dmd_weight}, {num_generated}, {critic_steps}, {critic_lr}, {gan_weight}"
             )
         self.gan_weight = float(gan_weight)
-        self.dmd_weight, self.num_generated, self.noise_range = dmd_weight, num_generated, (float(lo), float(hi))
+        self.dmd_weight, self.num_generated = dmd_weight, num_generated
+        self.noise_bands = torch.tensor(bands, dtype=torch.float64)  # (K, 2): lo, hi in the path's uniform time
+        self.band_weights = torch.tensor(band_weights)  # (K,)
         if samples not in SAMPLE_FORMS:
             raise ValueError(f"unknown samples {samples!r}; choices: {', '.join(SAMPLE_FORMS)}")
         if gradient_through not in GRADIENTS_THROUGH:
@@ -111,8 +120,13 @@ class DistributionMatching(Distill):
             out["loss"] = out["loss"] + self.gan_weight * found["gan"]
         return out
 
+    def band_of(self, n: int, device) -> torch.Tensor:
+        """The noise band of each of n samples, i mod K. (n,)"""
+        return torch.arange(n, device=device) % len(self.band_weights)
+
     def noise_times(self, model, n: int, device) -> torch.Tensor:
-        lo, hi = self.noise_range
+        """t uniform in the path's uniform time within each sample's noise band. (n,)"""
+        lo, hi = self.noise_bands.to(device=device, dtype=torch.float32)[self.band_of(n, device)].unbind(-1)
         return model.path.time_from_uniform(lo + (hi - lo) * torch.rand(n, device=device))
 
     def noised(self, model, sample: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -140,8 +154,9 @@ class DistributionMatching(Distill):
             fake = critic.head.denoise(critic.logits(xt, t, t)).float()  # D^fake_t(x_t)
             weight = 1 / (sample - real).abs().mean(dim=(1, 2), keepdim=True).clamp_min(1e-4)  # (n, 1, 1)
             step = weight * (fake - real)
-        pushed = delta if self.gradient_through == "probs" else logits  # d loss / d pushed = step / numel
-        out["dmd"] = 0.5 * F.mse_loss(pushed, (pushed - step).detach())
+        pushed = delta if self.gradient_through == "probs" else logits  # d loss / d pushed = band weight * step / numel
+        per_sample = 0.5 * (pushed - (pushed - step).detach()).pow(2).mean(dim=(1, 2))  # (n,)
+        out["dmd"] = (self.band_weights.to(device)[self.band_of(n, device)] * per_sample).mean()
         out["dmd_gap"] = (fake - real).abs().sum(-1).mean()  # mean total-variation x2 between the denoisers
         return out
 

@@ -276,6 +276,36 @@ def test_dmd_pushes_the_one_step_samples_only_by_the_critic_teacher_gap():
     assert float(out["dmd_gap"]) > 0 and any(g is not None and g.any() for g in grads)
 
 
+def test_dmd_noise_bands_split_the_samples_and_weight_their_losses():
+    """Two bands: sample i is noised within band i mod 2, and a band of weight 0 takes no gradient."""
+    teacher = small_model()
+    student = _dmd_student(teacher, noise_range=[[0.0, 0.1], [0.9, 1.0]], band_weights=[0.0, 2.0])
+    u = student.path.network_time(student.objective.noise_times(student, 64, torch.device("cpu")))
+    assert (u[0::2] <= 0.1 + 1e-5).all() and (u[1::2] >= 0.9 - 1e-5).all()
+    critic, _ = student.objective.critic(student, teacher)
+    with torch.no_grad():  # a critic that differs from the teacher: a nonzero push
+        for p in critic.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    student.eval()
+    captured = {}
+    original = student.objective.one_step
+
+    def keep(*args):
+        logits, delta, sample = original(*args)
+        delta.retain_grad()
+        captured["delta"] = delta
+        return logits, delta, sample
+
+    student.objective.one_step = keep
+    student.objective.distribution_loss(student, B, L, torch.device("cpu"))["dmd"].backward()
+    g = captured["delta"].grad  # (B, L, V)
+    assert not g[0::2].any() and g[1::2].abs().sum() > 0
+    with pytest.raises(ValueError, match="band_weights"):
+        registry.build("objective", {"name": "dmd", "init_args": {"noise_range": [[0.0, 0.5], [0.5, 1.0]], "band_weights": [1.0]}})
+    with pytest.raises(ValueError, match="noise_range"):
+        registry.build("objective", {"name": "dmd", "init_args": {"noise_range": [[0.0, 0.5], [0.9, 0.1]]}})
+
+
 def test_dmd_compares_argmax_decodes_straight_through_or_the_soft_map():
     teacher = small_model()
     seen = {}
