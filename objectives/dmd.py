@@ -76,8 +76,9 @@ class DistributionMatching(Distill):
             )
         self.gan_weight = float(gan_weight)
         self.dmd_weight, self.num_generated = dmd_weight, num_generated
-        self.noise_bands = torch.tensor(bands, dtype=torch.float64)  # (K, 2): lo, hi in the path's uniform time
-        self.band_weights = torch.tensor(band_weights)  # (K,)
+        # not saved (they come from the config) but moved with the model, so no host-to-device copy a step
+        self.register_buffer("noise_bands", torch.tensor(bands), persistent=False)  # (K, 2): lo, hi in uniform time
+        self.register_buffer("band_weights", torch.tensor(band_weights), persistent=False)  # (K,)
         if samples not in SAMPLE_FORMS:
             raise ValueError(f"unknown samples {samples!r}; choices: {', '.join(SAMPLE_FORMS)}")
         if gradient_through not in GRADIENTS_THROUGH:
@@ -126,7 +127,7 @@ class DistributionMatching(Distill):
 
     def noise_times(self, model, n: int, device) -> torch.Tensor:
         """t uniform in the path's uniform time within each sample's noise band. (n,)"""
-        lo, hi = self.noise_bands.to(device=device, dtype=torch.float32)[self.band_of(n, device)].unbind(-1)
+        lo, hi = self.noise_bands[self.band_of(n, device)].unbind(-1)
         return model.path.time_from_uniform(lo + (hi - lo) * torch.rand(n, device=device))
 
     def noised(self, model, sample: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -156,7 +157,7 @@ class DistributionMatching(Distill):
             step = weight * (fake - real)
         pushed = delta if self.gradient_through == "probs" else logits  # d loss / d pushed = band weight * step / numel
         per_sample = 0.5 * (pushed - (pushed - step).detach()).pow(2).mean(dim=(1, 2))  # (n,)
-        out["dmd"] = (self.band_weights.to(device)[self.band_of(n, device)] * per_sample).mean()
+        out["dmd"] = (self.band_weights[self.band_of(n, device)] * per_sample).mean()
         out["dmd_gap"] = (fake - real).abs().sum(-1).mean()  # mean total-variation x2 between the denoisers
         return out
 
