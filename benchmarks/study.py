@@ -38,9 +38,9 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = ("flow", "flow_map", "mdlm", "ar", "flow_map_dmd")
+METHODS = ("flow", "flow_map", "mdlm", "ar", "flow_map_dmd", "flow_map_refine")
 DEFAULT_METHODS = ("flow", "flow_map", "mdlm", "ar")
-DISTILLED = ("flow_map", "flow_map_dmd")  # methods trained from the flow, with their own step budget
+DISTILLED = ("flow_map", "flow_map_dmd", "flow_map_refine")  # methods trained from the flow, with their own step budget
 EMA_099 = [  # a short fine-tune averages its own last ~100 steps, not the weights it started from
     "--trainer.callbacks=lightning.pytorch.callbacks.EMAWeightAveraging",
     "--trainer.callbacks.decay=0.99",
@@ -76,6 +76,23 @@ FLAGS = {
         "--model.betas=[0.9,0.95]",
         "--model.warmup_steps=50",
         "--trainer.max_steps={dmd_steps}",
+        *EMA_099,
+    ],
+    "flow_map_refine": [
+        "--model.path=linear",
+        "--model.path.init_args.time=tau",
+        "--model.objective=refine",
+        "--model.objective.init_args.teacher={teacher}",
+        "--model.objective.init_args.init_from={student}",
+        "--model.objective.init_args.teacher_gap=0.05",
+        "--model.objective.init_args.boundary=0.25",
+        "--model.objective.init_args.num_generated=32",
+        "--model.sampler=flow_map",
+        "--model.sampler.init_args.steps=1",
+        "--model.lr=0.0005",
+        "--model.betas=[0.9,0.95]",
+        "--model.warmup_steps=50",
+        "--trainer.max_steps={refine_steps}",
         *EMA_099,
     ],
     "mdlm": ["--model.path=masked", "--model.objective=mdlm", "--model.sampler=ancestral", "--model.sampler.init_args.steps=128"],
@@ -115,7 +132,7 @@ def train(data: str, method: str, runs: Path, args, teacher: Path | None, studen
         print(f"= {method}: {out / 'pretrained'} exists, not retrained", flush=True)
         return out / "pretrained"
     values = {"teacher": teacher, "student": student, "distill_steps": args.distill_steps if not args.tiny else 3,
-              "dmd_steps": args.dmd_steps if not args.tiny else 3}
+              "dmd_steps": args.dmd_steps if not args.tiny else 3, "refine_steps": args.refine_steps if not args.tiny else 3}
     flags = [f.format(**values) for f in FLAGS[method]]
     extra = TINY_TRAIN + TINY_DATA[data] + ["--trainer.max_steps=4"] if args.tiny else []
     if args.tiny and method in DISTILLED:
@@ -173,6 +190,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for training and benchmarking")
     parser.add_argument("--distill-steps", type=int, default=1000, help="training steps of the flow-map student")
     parser.add_argument("--dmd-steps", type=int, default=1200, help="training steps of the dmd fine-tune of the flow map")
+    parser.add_argument("--refine-steps", type=int, default=800, help="training steps of the refine fine-tune of the flow map")
     parser.add_argument("--max-steps", type=int, help="training steps of flow, MDLM and AR (default: the shared config's)")
     parser.add_argument("--judge-steps", type=int, help="training steps of the judge, in bf16 (default: its config's)")
     parser.add_argument("--train-flag", action="append", default=[], metavar="METHOD:FLAG",
@@ -198,8 +216,9 @@ def main() -> None:
         checkpoints["flow"] = train(args.data, "flow", runs, args, None)
     if set(DISTILLED) & set(methods):
         checkpoints["flow_map"] = train(args.data, "flow_map", runs, args, checkpoints["flow"])
-    if "flow_map_dmd" in methods:
-        checkpoints["flow_map_dmd"] = train(args.data, "flow_map_dmd", runs, args, checkpoints["flow"], checkpoints["flow_map"])
+    for method in ("flow_map_dmd", "flow_map_refine"):  # fine-tunes of the flow map
+        if method in methods:
+            checkpoints[method] = train(args.data, method, runs, args, checkpoints["flow"], checkpoints["flow_map"])
     for method in ("mdlm", "ar"):
         if method in methods:
             checkpoints[method] = train(args.data, method, runs, args, None)

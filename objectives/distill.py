@@ -101,7 +101,8 @@ class Distill(FlowMapObjective):
             self.set_teacher(load_checkpoint(self.teacher_path))
         teacher = self._teacher
         _check_same_space(teacher, model, "teacher")
-        if next(teacher.parameters()).device != device:
+        weight = next(teacher.parameters(), None)  # None: a teacher without weights (the exact reference)
+        if weight is not None and weight.device != device:
             teacher.to(device)
         if (self.init_from_teacher or self.init_from) and not bool(self.teacher_copied):
             source = teacher

@@ -9,6 +9,7 @@ from flowzoo import registry
 from flowzoo.checkpoints import from_pretrained, save_pretrained
 from flowzoo.cli import main
 from flowzoo.errors import CheckpointError, IncompatibleComponentsError
+from flowzoo.exact import ExactFlowLM
 from flowzoo.module import FlowLM
 from flowzoo.objectives._flowmap import lagrangian_residual, map_weights, sample_pairs, semigroup_weight
 from flowzoo.objectives.psd import semigroup_loss, semigroup_target
@@ -157,6 +158,12 @@ def test_objectives_reject_bad_arguments():
         registry.build("objective", {"name": "dmd", "init_args": {"critic_steps": 0}})
     with pytest.raises(IncompatibleComponentsError, match="categorical head"):
         FlowLM(backbone=TINY, vocab_size=V, head="gaussian", objective="dmd")
+    with pytest.raises(ValueError, match="refine_from"):
+        registry.build("objective", {"name": "refine", "init_args": {"refine_from": 1.0}})
+    with pytest.raises(ValueError, match="refine_steps"):
+        registry.build("objective", {"name": "refine", "init_args": {"refine_steps": 0}})
+    with pytest.raises(IncompatibleComponentsError, match="categorical head"):
+        FlowLM(backbone=TINY, vocab_size=V, head="gaussian", objective="refine")
 
 
 # --- distillation ----------------------------------------------------------------------------
@@ -444,6 +451,59 @@ def test_dmd_gan_gradient_reaches_the_map_and_not_the_critic():
     assert student.generate(2, L, sampler=other, seed=0).tokens.shape == (2, L)
 
 
+def test_refine_repairs_a_corrupted_decode_and_keeps_a_clean_one():
+    """With the exact teacher of three sequences, a decode that is a data sequence with one wrong token is put back
+    on the path at refine_from and carried home by the teacher's ODE: repaired to its sequence; a clean one is kept."""
+    seqs = torch.tensor([[0, 1, 2, 3, 4, 5], [5, 4, 3, 2, 1, 0], [6, 6, 7, 7, 8, 8]])
+    teacher = ExactFlowLM(seqs, V, steps=20)
+    objective = registry.build("objective", {"name": "refine", "init_args": {"refine_from": 0.8, "refine_steps": 8}})
+    clean = seqs.repeat(10, 1)  # (30, L)
+    rows = torch.arange(len(clean))
+    where = torch.randint(L, (len(clean),))
+    corrupted = clean.clone()
+    corrupted[rows, where] = (clean[rows, where] + torch.randint(1, V, (len(clean),))) % V
+    x0 = teacher.path.sample_prior(len(clean), L, V)
+    repaired, decoded = objective.refined(teacher, x0, corrupted)
+    assert torch.equal(decoded, corrupted) and torch.equal(repaired, clean)
+    assert torch.equal(objective.refined(teacher, x0, clean)[0], clean)
+
+
+def test_refine_loss_trains_the_one_step_map_toward_the_teachers_repair():
+    """The refine loss is a CE of delta_{0,1} against the teacher's repair of the student's own decode: its gradient
+    reaches the student only, and a step along it raises the repaired tokens' probability at the same noise."""
+    teacher = small_model()
+    student = FlowLM(backbone=TINY, vocab_size=V, objective={"name": "refine", "init_args": {"init_from_teacher": False}})
+    student.objective.set_teacher(teacher)
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    cpu, n = torch.device("cpu"), 16
+    torch.manual_seed(5)
+    out = student.objective.refine_loss(student, n, L, cpu)
+    assert 0 < float(out["refine_changed"]) <= 1  # the random teacher rewrites some of the student's tokens
+    x0 = (torch.manual_seed(5), student.path.sample_prior(n, L, V))[1]  # the same noise
+    zeros, ones = torch.zeros(n), torch.ones(n)
+    with torch.no_grad():
+        target = student.objective.refined(teacher, x0, student.logits(x0, ones, zeros).argmax(-1))[0]
+
+    def ce():
+        return torch.nn.functional.cross_entropy(student.logits(x0, ones, zeros).flatten(0, 1), target.flatten())
+
+    assert torch.allclose(out["refine"], ce())
+    out["refine"].backward()
+    assert all(p.grad is None for p in teacher.parameters())
+    before = float(ce())
+    with torch.no_grad():
+        for p in student.parameters():
+            if p.grad is not None:
+                p.sub_(0.5 * p.grad)
+    assert float(ce()) < before
+    student.zero_grad()
+    student.train()
+    full = student.objective(student, torch.randint(0, V, (B, L)))
+    assert {"diag", "map", "refine", "refine_changed"} <= set(full) and torch.isfinite(full["loss"])
+
+
 # --- the sampler -------------------------------------------------------------------------------
 class Counting:
     """Wraps a model and counts network evaluations and the (s, t) they were asked for."""
@@ -528,5 +588,10 @@ def test_fit_lsd_psd_and_distill_from_the_command_line(tmp_path):
     root = tmp_path / "dmd"  # fine-tune the distilled student with distribution matching
     args = ["fit", *CLI_TINY, f"--trainer.default_root_dir={root}", "--model.objective=dmd", f"--model.objective.teacher={teacher}",
             f"--model.objective.init_from={student}", "--model.objective.critic_steps=2", "--model.sampler=flow_map"]
+    assert main(args) == 0
+    assert sorted(root.rglob("*.ckpt"))
+    root = tmp_path / "refine"  # fine-tune it with the teacher's repairs of its one-step samples
+    args = ["fit", *CLI_TINY, f"--trainer.default_root_dir={root}", "--model.objective=refine", f"--model.objective.teacher={teacher}",
+            f"--model.objective.init_from={student}", "--model.objective.refine_steps=2", "--model.sampler=flow_map"]
     assert main(args) == 0
     assert sorted(root.rglob("*.ckpt"))
