@@ -9,6 +9,8 @@ Per data set (``markov``, ``shakespeare``) it trains, with ``flowzoo fit`` and t
   the teacher), ``flow_map`` sampler;
 - ``flow_map_dmd`` (only when asked for in ``--methods``): that flow map fine-tuned with distribution
   matching of its one-step samples (``dmd`` objective, teacher: the flow, ``init_from``: the flow map);
+- ``flow_map_refine`` (only when asked for): that flow map fine-tuned on the teacher's repairs of its own
+  one-step samples (``refine`` objective, ``refine_from`` 0.4);
 - ``mdlm``: masked path, MDLM NELBO, ancestral sampler;
 - ``ar``: autoregressive path, next-token cross-entropy, causal backbone, KV-cache sampler;
 - on shakespeare, the judge: ``flowzoo judge fit --config configs/judge_shakespeare.yaml``;
@@ -25,6 +27,8 @@ writing ``docs/benchmark/<data>/results.{json,md,png}``.
         --train-flag flow_map:--model.objective.init_args.boundary=0.25 --runs runs/study_b25 --no-benchmark  # a variant
     python benchmarks/study.py --data markov --methods flow_map_dmd --flow runs/study/markov/flow/pretrained \
         --flow-map runs/study_b25/markov/flow_map/pretrained --runs runs/study_dmd --no-benchmark  # its dmd fine-tune
+    python benchmarks/study.py --data markov --methods flow_map_refine --flow runs/study/markov/flow/pretrained \
+        --flow-map runs/study_b25/markov/flow_map/pretrained --runs runs/study_refine --no-benchmark  # its refine fine-tune
 """
 
 from __future__ import annotations
@@ -86,6 +90,7 @@ FLAGS = {
         "--model.objective.init_args.init_from={student}",
         "--model.objective.init_args.teacher_gap=0.05",
         "--model.objective.init_args.boundary=0.25",
+        "--model.objective.init_args.refine_from=0.4",
         "--model.objective.init_args.num_generated=32",
         "--model.sampler=flow_map",
         "--model.sampler.init_args.steps=1",

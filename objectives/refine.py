@@ -33,7 +33,7 @@ class RefinedDistill(Distill):
     def __init__(
         self,
         refine_weight: float = 1.0,
-        refine_from: float = 0.8,
+        refine_from: float = 0.4,
         refine_steps: int = 8,
         num_generated: int = 0,
         **distill,
