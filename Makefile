@@ -6,6 +6,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 export HF_HUB_OFFLINE ?= 1
 export HF_HOME ?= $(CURDIR)/.cache/huggingface
+# never put the repository root on sys.path (`python -m` would): its folders kernels/, paths/, ... would shadow
+# packages of the same name (transformers imports the Hub's `kernels`); flowzoo's own are flowzoo.kernels, ...
+export PYTHONSAFEPATH ?= 1
 
 .PHONY: env quickstart test
 
@@ -24,4 +27,4 @@ quickstart: env
 	OMP_NUM_THREADS=1 $(BIN)/flowzoo sample --checkpoint runs/quickstart/checkpoints/last.ckpt --num-samples 64 --show 6
 
 test: env
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/pytest -q -p no:cacheprovider

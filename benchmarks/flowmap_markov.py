@@ -14,6 +14,7 @@ and the configs below, skipped when the checkpoints exist); then the student is 
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import time
@@ -31,7 +32,8 @@ STUDENT = "runs/flowmap_markov/distill/checkpoints/last.ckpt"
 def fit(config: str, *extra: str) -> None:
     cmd = [sys.executable, "-m", "flowzoo", "fit", "--config", config, *extra]
     print("+", " ".join(cmd), flush=True)
-    subprocess.run(cmd, cwd=ROOT, check=True)
+    # PYTHONSAFEPATH: `python -m` from the repository root would put its folders (kernels/, paths/, ...) on sys.path
+    subprocess.run(cmd, cwd=ROOT, check=True, env={**os.environ, "PYTHONSAFEPATH": "1"})
 
 
 def evaluate(model, data, sampler: dict, num_samples: int, seed: int) -> dict:

@@ -119,7 +119,8 @@ TINY_DATA = {"markov": ["--data.init_args.num_train=256", "--data.init_args.num_
 
 def run(cmd: list[str], threads: int) -> None:
     print("+", " ".join(cmd), flush=True)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    # PYTHONSAFEPATH: `python -m` from the repository root would put its folders (kernels/, paths/, ...) on sys.path
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "PYTHONSAFEPATH": "1"}
     subprocess.run(cmd, cwd=ROOT, check=True, env=env)
 
 
