@@ -50,6 +50,29 @@ EMA_099 = [  # a short fine-tune averages its own last ~100 steps, not the weigh
     "--trainer.callbacks.decay=0.99",
     "--trainer.callbacks.update_starting_at_step=10",
 ]
+
+
+def fine_tune_flags(objective: str, steps: str, *own: str) -> list[str]:
+    """A fine-tune of the distilled flow map (``{student}``) with ``objective`` from the flow (``{teacher}``): the
+    distillation's settings, the objective's ``own`` options, ``{steps}`` steps and an EMA of 0.99."""
+    return [
+        "--model.path=linear",
+        "--model.path.init_args.time=tau",
+        f"--model.objective={objective}",
+        "--model.objective.init_args.teacher={teacher}",
+        "--model.objective.init_args.init_from={student}",
+        "--model.objective.init_args.teacher_gap=0.05",
+        *own,
+        "--model.sampler=flow_map",
+        "--model.sampler.init_args.steps=1",
+        "--model.lr=0.0005",
+        "--model.betas=[0.9,0.95]",
+        "--model.warmup_steps=50",
+        f"--trainer.max_steps={{{steps}}}",
+        *EMA_099,
+    ]
+
+
 FLAGS = {
     "flow": ["--model.path=linear", "--model.path.init_args.time=tau", "--model.objective=flow_matching", "--model.sampler=euler", "--model.sampler.init_args.steps=128"],
     "flow_map": [
@@ -65,41 +88,11 @@ FLAGS = {
         "--model.warmup_steps=50",
         "--trainer.max_steps={distill_steps}",
     ],
-    "flow_map_dmd": [
-        "--model.path=linear",
-        "--model.path.init_args.time=tau",
-        "--model.objective=dmd",
-        "--model.objective.init_args.teacher={teacher}",
-        "--model.objective.init_args.init_from={student}",
-        "--model.objective.init_args.teacher_gap=0.05",
-        "--model.objective.init_args.dmd_weight=10",
+    "flow_map_dmd": fine_tune_flags("dmd", "dmd_steps", "--model.objective.init_args.dmd_weight=10", "--model.objective.init_args.num_generated=32"),
+    "flow_map_refine": fine_tune_flags(
+        "refine", "refine_steps", "--model.objective.init_args.boundary=0.25", "--model.objective.init_args.refine_from=0.4",
         "--model.objective.init_args.num_generated=32",
-        "--model.sampler=flow_map",
-        "--model.sampler.init_args.steps=1",
-        "--model.lr=0.0005",
-        "--model.betas=[0.9,0.95]",
-        "--model.warmup_steps=50",
-        "--trainer.max_steps={dmd_steps}",
-        *EMA_099,
-    ],
-    "flow_map_refine": [
-        "--model.path=linear",
-        "--model.path.init_args.time=tau",
-        "--model.objective=refine",
-        "--model.objective.init_args.teacher={teacher}",
-        "--model.objective.init_args.init_from={student}",
-        "--model.objective.init_args.teacher_gap=0.05",
-        "--model.objective.init_args.boundary=0.25",
-        "--model.objective.init_args.refine_from=0.4",
-        "--model.objective.init_args.num_generated=32",
-        "--model.sampler=flow_map",
-        "--model.sampler.init_args.steps=1",
-        "--model.lr=0.0005",
-        "--model.betas=[0.9,0.95]",
-        "--model.warmup_steps=50",
-        "--trainer.max_steps={refine_steps}",
-        *EMA_099,
-    ],
+    ),
     "mdlm": ["--model.path=masked", "--model.objective=mdlm", "--model.sampler=ancestral", "--model.sampler.init_args.steps=128"],
     "ar": ["--model.path=autoregressive", "--model.objective=ar", "--model.sampler=ar", "--model.backbone.init_args.causal=true"],
 }
