@@ -159,6 +159,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     rows, x0, fresh = [], None, None
     for name, path in entries:
         model = load_checkpoint(path).eval()
+        if getattr(model.path, "state", None) != "continuous":
+            parser.error(f"--checkpoint {name}: its path ({registry.spec(model.path)['name']}) has no continuous prior noise to redraw")
         if x0 is None:
             data = data_from_spec(model.data_spec)
             if args.length is None and data is None:

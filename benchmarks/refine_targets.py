@@ -47,7 +47,7 @@ def rows_for(teacher, student, data, refine_from: Sequence[float], steps: int, n
         rows.append({"source": name, "refine_from": None, "rewritten": 0.0, **score(data, ids)})
         for u0 in refine_from:
             objective = registry.build("objective", {"name": "refine", "init_args": {"refine_from": u0, "refine_steps": steps}})
-            repaired, _ = objective.refined(teacher, x, ids)
+            repaired = objective.refined(teacher, x, ids)
             rows.append({"source": name, "refine_from": u0, "rewritten": float((repaired != ids).float().mean()), **score(data, repaired)})
     return rows
 

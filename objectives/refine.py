@@ -67,16 +67,17 @@ class RefinedDistill(Distill):
         teacher = self.teacher(model, device)
         x0 = model.path.sample_prior(n, length, model.vocab_size, device=device)  # (n, L, V)
         logits = model.logits(x0, torch.ones(n, device=device), torch.zeros(n, device=device)).float()  # delta_{0,1}
-        target, decoded = self.refined(teacher, x0, logits.detach().argmax(-1))
+        decoded = logits.detach().argmax(-1)  # x^ as token ids, (n, L)
+        target = self.refined(teacher, x0, decoded)
         return {"refine": model.head.loss(logits, target).mean(), "refine_changed": (target != decoded).float().mean()}
 
     @torch.no_grad()
-    def refined(self, teacher, x0: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(the teacher's repair of ``ids`` (n, L) from x_{t0} = (1-t0) x_0 + t0 onehot(ids), ``ids``)."""
+    def refined(self, teacher, x0: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """The teacher's repair (n, L) of the sequences ``ids`` (n, L): argmax X^teacher_{t0,1}((1-t0) x_0 + t0 onehot(ids))."""
         n, path = x0.shape[0], teacher.path
         u0 = torch.full((n,), self.refine_from, device=x0.device)
         t0 = path.time_from_uniform(u0)
         sample = F.one_hot(ids, x0.shape[-1]).to(x0.dtype)
         xt0 = flow_map(path, x0, sample, torch.zeros_like(t0), t0)  # (1-t0) x_0 + t0 x^
         end = trajectory_target(teacher, xt0, u0, torch.ones_like(u0), self.refine_steps)  # X^teacher_{t0,1}, (n, L, V)
-        return end.argmax(-1), ids
+        return end.argmax(-1)

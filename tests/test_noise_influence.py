@@ -80,3 +80,8 @@ def test_the_script_writes_a_row_per_checkpoint_and_step_count(tmp_path):
     assert all(len(r["profile"]) == data.seq_len and 0 <= min(r["profile"]) <= max(r["profile"]) <= 1 for r in rows)
     text = output.read_text()
     assert "| map | flow_map | 2 |" in text and "d=4" in text and "d=5" not in text
+    masked = FlowLM(backbone=tiny, vocab_size=16, path="masked", objective="mdlm", sampler="ancestral", num_val_samples=0)
+    masked.data_spec = {"name": "markov", "init_args": {"num_states": 16, "num_train": 16, "num_val": 8, "seq_len": 8}}
+    save_pretrained(masked, tmp_path / "mdlm")
+    with pytest.raises(SystemExit):  # no continuous prior noise to redraw
+        _script().main([f"--checkpoint=mdlm={tmp_path / 'mdlm'}", "--output", str(output)])
