@@ -99,17 +99,14 @@ def table(rows: list[dict], distances: int, command: str, num_samples: int, leng
 def sampler_for(model, options: dict) -> object:
     """The model's own sampler with ``options`` (``steps`` among them) and the dense (not fused) state: the prior
     is read from the path, which the fused samplers draw inside a kernel instead."""
-    spec = registry.spec(model.sampler)
-    args = {**(spec.get("init_args") or {}), **options}
-    accepted = inspect.signature(registry.get("sampler", spec["name"])).parameters
-    refused = sorted(k for k in options if k not in accepted)
-    if refused:
-        raise ValueError(f"sampler {spec['name']!r} has no option {', '.join(refused)}; its options: {', '.join(accepted)}")
+    from flowzoo.sampling import sampler_spec
+
+    spec = sampler_spec(model, overrides=options)
     if "steps" in options:
-        args.pop("times", None)
-    if "fused" in accepted:
-        args["fused"] = False
-    return registry.build("sampler", {"name": spec["name"], "init_args": args})
+        spec["init_args"].pop("times", None)
+    if "fused" in inspect.signature(registry.get("sampler", spec["name"])).parameters:
+        spec["init_args"]["fused"] = False
+    return registry.build("sampler", spec)
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict]:

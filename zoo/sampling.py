@@ -20,6 +20,26 @@ def data_from_spec(spec: dict[str, Any] | None):
     return registry.build("data", spec)
 
 
+def sampler_spec(model, sampler: str | None = None, overrides: dict[str, Any] | None = None, option_prefix: str = "") -> dict[str, Any]:
+    """The spec of ``model``'s own sampler (or of the sampler named ``sampler``) with ``overrides`` on its options.
+
+    An override the sampler has no option for is refused (ValueError naming it, with ``option_prefix``, and the
+    sampler's options); the model's own options the chosen sampler lacks are dropped.
+    """
+    own = sampler is None or sampler == model.sampler.registry_name
+    spec = registry.spec(model.sampler) if own else {"name": sampler, "init_args": {}}
+    spec["init_args"].update(overrides or {})
+    accepted = inspect.signature(registry.get("sampler", spec["name"])).parameters
+    refused = sorted(set(overrides or {}) - set(accepted))
+    if refused:
+        raise ValueError(
+            f"sampler {spec['name']!r} has no option {', '.join(option_prefix + k for k in refused)}; "
+            f"its options: {', '.join(accepted) or 'none'}"
+        )
+    spec["init_args"] = {k: v for k, v in spec["init_args"].items() if k in accepted}
+    return spec
+
+
 def sample_from_checkpoint(
     checkpoint: str,
     sampler: str | None = None,
@@ -32,19 +52,7 @@ def sample_from_checkpoint(
     model = load_checkpoint(checkpoint)
     chosen = model.sampler
     if sampler is not None or overrides:
-        spec = registry.spec(model.sampler) if sampler is None else {"name": sampler, "init_args": {}}
-        if sampler is not None and sampler == model.sampler.registry_name:
-            spec = registry.spec(model.sampler)
-        spec["init_args"].update(overrides or {})
-        accepted = inspect.signature(registry.get("sampler", spec["name"])).parameters
-        refused = sorted(set(overrides or {}) - set(accepted))
-        if refused:
-            raise ValueError(
-                f"sampler {spec['name']!r} has no option {', '.join('--' + k for k in refused)}; "
-                f"its options: {', '.join(accepted) or 'none'}"
-            )
-        spec["init_args"] = {k: v for k, v in spec["init_args"].items() if k in accepted}
-        chosen = registry.build("sampler", spec)
+        chosen = registry.build("sampler", sampler_spec(model, sampler, overrides, option_prefix="--"))
     try:
         data = data_from_spec(model.data_spec)
     except (FlowzooError, TypeError, OSError) as err:  # e.g. a data module this flowzoo does not know
