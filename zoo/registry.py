@@ -1,4 +1,4 @@
-"""One registry of components by kind: path, head, objective, sampler, backbone, data.
+"""One registry of components by kind: path, head, objective, sampler, backbone, data, reward.
 
 A component is registered with ``@register("path", "linear")`` on its class. Components
 record their constructor arguments so a model can be written to ``config.json`` and
@@ -14,7 +14,7 @@ from typing import Any, Callable, ClassVar
 
 from flowzoo.errors import IncompatibleComponentsError, UnknownComponentError
 
-KINDS = ("backbone", "path", "head", "objective", "sampler", "data")
+KINDS = ("backbone", "path", "head", "objective", "sampler", "data", "reward")
 # The subpackages whose modules register components; importing them fills the registry.
 _PROVIDERS = (
     "flowzoo.backbones",
@@ -23,6 +23,7 @@ _PROVIDERS = (
     "flowzoo.objectives",
     "flowzoo.samplers",
     "flowzoo.data",
+    "flowzoo.rewards",
 )
 _REGISTRY: dict[str, dict[str, type]] = {kind: {} for kind in KINDS}
 _loaded = False
