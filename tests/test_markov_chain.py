@@ -125,3 +125,28 @@ def test_every_word_occurs_the_chain_is_irreducible(args):
     for _ in range(int(math.log2(chain.num_states)) + 1):  # transitive closure by repeated squaring
         reach = (reach.astype(float) @ reach.astype(float)) > 0
     assert reach.all() and (chain.stationary > 0).all()
+
+
+def test_conditional_likelihood_against_enumeration():
+    """log p(x_K) by the forward algorithm equals the sum over every completion; the completion NLL is
+    -log p(x_U | x_K) per generated token."""
+    import itertools
+
+    chain = MarkovChain(num_states=10, max_successors=3, seed=2)
+    x = chain.sample(6, 5, seed=1)
+    known = np.array([[1, 1, 0, 0, 0], [1, 0, 0, 1, 1], [0, 1, 0, 1, 0], [0, 0, 0, 0, 1], [1, 0, 1, 0, 1], [1, 1, 1, 1, 0]], bool)
+    every = np.array(list(itertools.product(range(10), repeat=5)))
+    p_all = np.exp(chain.log_prob(every))
+    for row in range(len(x)):
+        agree = (every[:, known[row]] == x[row, known[row]]).all(1)
+        assert np.exp(chain.log_marginal(x[row : row + 1], known[row : row + 1]))[0] == pytest.approx(p_all[agree].sum(), rel=1e-10)
+    m = chain.conditional_metrics(x, known)
+    expected = np.mean([(np.log(p_all[(every[:, known[r]] == x[r, known[r]]).all(1)].sum()) - chain.log_prob(x[r : r + 1])[0])
+                        / (~known[r]).sum() for r in range(len(x))])
+    assert m["completion_nll"] == pytest.approx(expected, rel=1e-9)
+    assert m["boundary_valid"] == 1.0 and m["inner_valid"] == 1.0  # the chain's own rows
+    broken = x.copy()
+    broken[0, 2] = next(b for b in range(10) if chain.transition[x[0, 1], b] == 0)  # the prompt's edge breaks
+    assert chain.conditional_metrics(broken[:1], known[:1])["boundary_valid"] == 0.0
+    with pytest.raises(ValueError, match="at least one generated"):
+        chain.conditional_metrics(x[:1], np.ones((1, 5), bool))

@@ -86,6 +86,54 @@ class MarkovChain:
         return {"valid_transitions": float((probs > 0).mean()), "nll": nll, "entropy_rate": H, "nll_gap": nll - H,
                 "bigram_tv": self.bigram_tv(self.bigram_counts(x))}
 
+    def log_prob(self, tokens, floor: float = 0.0) -> np.ndarray:
+        """log p(x) = log pi(x_0) + sum_l log P(x_{l+1} | x_l) per row of ``tokens`` (B, L); with ``floor`` > 0 an
+        impossible step is scored log ``floor`` instead of -inf."""
+        x = np.asarray(tokens, dtype=np.int64)
+        steps = np.concatenate([self.stationary[x[:, :1]], self.transition[x[:, :-1], x[:, 1:]]], axis=1)  # (B, L)
+        with np.errstate(divide="ignore"):
+            return np.log(np.maximum(steps, floor)).sum(1)
+
+    def log_marginal(self, tokens, known) -> np.ndarray:
+        """log p(x_K) per row: the probability of the known positions K (``known`` (B, L) bool) with every other
+        position summed out, by the forward algorithm alpha_{l+1}(b) = sum_a alpha_l(a) P(b|a) [b = x_{l+1} if l+1 in K]."""
+        x, k = np.asarray(tokens, dtype=np.int64), np.asarray(known, dtype=bool)
+        B, L = x.shape
+        V = self.num_states
+        clamp = np.ones((B, L, V))
+        clamp[k] = 0.0
+        clamp[k, x[k]] = 1.0  # (B, L, V): 1 where position l may hold token v
+        alpha = self.stationary[None, :] * clamp[:, 0]
+        log_scale = np.zeros(B)
+        for step in range(1, L):
+            norm = alpha.sum(1, keepdims=True)
+            with np.errstate(divide="ignore"):
+                log_scale += np.log(norm[:, 0])
+            alpha = (alpha / np.where(norm > 0, norm, 1.0)) @ self.transition * clamp[:, step]
+        with np.errstate(divide="ignore"):
+            return log_scale + np.log(alpha.sum(1))
+
+    def conditional_metrics(self, tokens, known, floor: float = 1e-6) -> dict[str, float]:
+        """Completions (B, L) of the known positions (``known`` (B, L) bool, the prompt or the context of a hole).
+
+        ``completion_nll``: the exact -log p(x_U | x_K) = log p(x_K) - log p(x) per generated token (an impossible
+        completion scored with log ``floor`` per invalid step); ``boundary_valid``: the share of valid transitions
+        between a known and a generated position (the prompt's edge, both edges of a hole); ``inner_valid``: the
+        share between two generated positions.
+        """
+        x, k = np.asarray(tokens, dtype=np.int64), np.asarray(known, dtype=bool)
+        if x.shape != k.shape or x.ndim != 2:
+            raise ValueError(f"tokens and known must both have shape (B, L), got {x.shape} and {k.shape}")
+        generated = (~k).sum(1)
+        if (generated == 0).any():
+            raise ValueError("every row needs at least one generated (unknown) position")
+        nll = (self.log_marginal(x, k) - self.log_prob(x, floor)) / generated
+        valid = self.transition[x[:, :-1], x[:, 1:]] > 0  # (B, L-1)
+        boundary = k[:, :-1] != k[:, 1:]
+        inner = ~k[:, :-1] & ~k[:, 1:]
+        share = lambda mask: float(valid[mask].mean()) if mask.any() else float("nan")  # noqa: E731
+        return {"completion_nll": float(nll.mean()), "boundary_valid": share(boundary), "inner_valid": share(inner)}
+
     def bigram_counts(self, x: np.ndarray) -> np.ndarray:
         """(V, V) counts of the transitions (a, b) in the rows of ``x`` (B, L)."""
         counts = np.zeros((self.num_states, self.num_states))
