@@ -150,3 +150,28 @@ def test_bf16_on_a_cpu_without_bf16_instructions_trains_in_fp32(tmp_path, monkey
     monkeypatch.setattr(cli, "cpu_has_bf16", lambda: True)
     monkeypatch.delenv("FLOWZOO_CPU_BF16")
     assert cli.cpu_precision("bf16-mixed", "cpu") == "bf16-mixed" and cli.cpu_precision("32-true", "cpu") == "32-true"
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["-h"], []])
+def test_top_level_help_lists_every_subcommand(argv, capsys):
+    from flowzoo.cli import COMMANDS
+
+    code = main(argv)
+    assert code == (2 if not argv else 0)
+    out = capsys.readouterr().out
+    lines = {line.split()[0]: line for line in out.splitlines() if line.startswith("  ") and line.split()}
+    for name in ("fit", "validate", "test", "predict", "sample", "list", "benchmark", "publish", "judge"):
+        assert name in COMMANDS and len(lines[name].split()) > 2  # the command, then its one line
+    assert set(COMMANDS) <= set(lines)
+
+
+def test_subcommand_help_is_its_own(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "--help"])
+    assert exit_.value.code in (0, None)
+    out = capsys.readouterr().out
+    assert "--trainer.max_steps" in out and "--model.objective" in out  # Lightning's fit help
+    with pytest.raises(SystemExit) as exit_:
+        main(["sample", "--help"])
+    assert exit_.value.code in (0, None) and "--checkpoint" in capsys.readouterr().out
+    assert main(["list", "--help"]) == 0 and "usage: flowzoo list" in capsys.readouterr().out

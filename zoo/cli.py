@@ -1,4 +1,5 @@
-"""The ``flowzoo`` command: LightningCLI (fit/validate/test/predict) plus ``sample``, ``publish`` and ``list``.
+"""The ``flowzoo`` command: LightningCLI (fit/validate/test/predict) plus ``sample``, ``list``, ``benchmark``,
+``publish`` and ``judge``; ``flowzoo --help`` lists them all (:data:`COMMANDS`).
 
 Components are chosen by short registry names, ``--model.path=linear``; the names are
 expanded to class paths for jsonargparse before parsing, so ``--model.sampler.steps=64``
@@ -226,19 +227,54 @@ def judge_main(argv: Sequence[str]) -> None:
     run_judge(list(argv))
 
 
+def list_main(argv: Sequence[str]) -> None:
+    """``flowzoo list``: every registered component by kind, with the first line of its docstring."""
+    if argv and argv[0] in ("-h", "--help"):
+        print("usage: flowzoo list\n\nEvery registered component (backbone, path, head, objective, sampler, data) with one line each.")
+        return
+    print(registry.describe())
+
+
+# every subcommand with its one line for ``flowzoo --help``; the Lightning ones are run by lightning_main
+COMMANDS = {
+    "fit": "train a model (LightningCLI: --config FILE, --model.objective=NAME, --trainer.max_steps=N, ...)",
+    "validate": "the objective's validation loss and sample metrics of a model (LightningCLI, --ckpt_path)",
+    "test": "the same on the test split (LightningCLI, --ckpt_path)",
+    "predict": "generate token ids with the model's sampler (LightningCLI, --ckpt_path)",
+    "sample": "sample text from a trained model (.ckpt, save_pretrained folder or Hub repo)",
+    "list": "list the registered components: backbones, paths, heads, objectives, samplers, data",
+    "benchmark": "sample quality, NFE, speed and memory of models and samplers into a table (--config FILE)",
+    "publish": "upload a trained model to the Hugging Face Hub with its model card",
+    "judge": "train an autoregressive judge for generative perplexity (judge fit --config FILE)",
+}
+_HANDLERS = {"sample": sample_main, "list": list_main, "benchmark": benchmark_main, "publish": publish_main, "judge": judge_main}
+
+
+def usage() -> str:
+    """What ``flowzoo``, ``flowzoo -h`` and ``flowzoo --help`` print: every subcommand with one line."""
+    width = max(map(len, COMMANDS))
+    lines = [
+        "usage: flowzoo <command> [options]",
+        "",
+        "flowzoo: flow-map language models beside masked diffusion and autoregressive baselines.",
+        "",
+        "commands:",
+        *(f"  {name:<{width}}  {line}" for name, line in COMMANDS.items()),
+        "",
+        "`flowzoo <command> --help` shows the options of one command (fit/validate/test/predict: Lightning's).",
+    ]
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0 if argv else 2  # no command at all is a usage error, after the help it needs
     try:
-        if argv and argv[0] == "list":
-            print(registry.describe())
-        elif argv and argv[0] == "sample":
-            sample_main(argv[1:])
-        elif argv and argv[0] == "benchmark":
-            benchmark_main(argv[1:])
-        elif argv and argv[0] == "judge":
-            judge_main(argv[1:])
-        elif argv and argv[0] == "publish":
-            publish_main(argv[1:])
+        handler = _HANDLERS.get(argv[0])
+        if handler is not None:
+            handler(argv[1:])
         else:
             lightning_main(argv)
     except (FlowzooError, ValueError) as err:
