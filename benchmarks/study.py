@@ -96,7 +96,7 @@ FLAGS = {
     "mdlm": ["--model.path=masked", "--model.objective=mdlm", "--model.sampler=ancestral", "--model.sampler.init_args.steps=128"],
     "ar": ["--model.path=autoregressive", "--model.objective=ar", "--model.sampler=ar", "--model.backbone.init_args.causal=true"],
 }
-SAVE = "--trainer.callbacks+=flowzoo.judge.SavePretrained"
+SAVE = "--trainer.callbacks+=flowzoo.checkpoints.callback.SavePretrained"
 TINY_TRAIN = [
     "--model.backbone.init_args.width=32",
     "--model.backbone.init_args.depth=1",

@@ -56,9 +56,12 @@ def check_version(config: dict[str, Any]) -> None:
 
 
 def build_model(config: dict[str, Any], model_class=None):
-    """Rebuild a FlowLM from its config; unknown components and bad arguments become CheckpointError."""
-    from flowzoo.module import FlowLM
-
+    """Rebuild a model of ``model_class`` (FlowLM or a subclass) from its config; unknown components and bad
+    arguments become CheckpointError. This module is the format, below flowzoo.module (whose FlowLM inherits
+    save_pretrained/from_pretrained from it): it never imports FlowLM; :mod:`flowzoo.checkpoints.load`'s
+    loaders pass it."""
+    if model_class is None:
+        raise TypeError("build_model needs the model class: use flowzoo.checkpoints.load_checkpoint / from_pretrained (FlowLM)")
     if not isinstance(config, dict):
         raise CheckpointError(f"the checkpoint config must be a JSON object, got {type(config).__name__}")
     check_version(config)
@@ -66,7 +69,7 @@ def build_model(config: dict[str, Any], model_class=None):
     if missing:
         raise CheckpointError(f"the checkpoint config lacks {', '.join(repr(k) for k in missing)}: it is incomplete or not a flowzoo model config")
     try:
-        model = (model_class or FlowLM).from_config(config)
+        model = model_class.from_config(config)
     except (FlowzooError, KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"cannot rebuild the model from its config: {err}") from None
     model.hub_metadata = {k: config[k] for k in METADATA_KEYS if config.get(k)}
@@ -277,22 +280,23 @@ def unreadable_checkpoint_message(path, err: BaseException) -> str:
     return f"cannot read checkpoint {path}: {type(err).__name__}: {' '.join(first.split())[:300]}"
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu"):
-    """A model from a Lightning ``.ckpt`` (written by ``flowzoo fit``), a save_pretrained directory, or a Hub repo id."""
+def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu", model_class=None):
+    """A model of ``model_class`` from a Lightning ``.ckpt`` (written by ``flowzoo fit``), a save_pretrained
+    directory, or a Hub repo id."""
     text, path = str(path), Path(path)
     if path.is_dir():
-        return from_pretrained(path, map_location)
+        return from_pretrained(path, map_location, model_class=model_class)
     if not path.exists():
         if path.suffix in (".ckpt", ".pt", ".pth", ".safetensors") or text.startswith((".", "/", "~")):
             raise CheckpointError(f"checkpoint {path} does not exist")
-        return from_pretrained(text, map_location)  # a Hub repo id
+        return from_pretrained(text, map_location, model_class=model_class)  # a Hub repo id
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # truncated zip, not a torch file, a pickle of something other than weights
         raise CheckpointError(unreadable_checkpoint_message(path, err)) from None
     if not isinstance(ckpt, dict) or "flowzoo" not in ckpt or "state_dict" not in ckpt:
         raise CheckpointError(f"{path} is not a flowzoo Lightning checkpoint (no 'flowzoo' config)")
-    model = build_model(ckpt["flowzoo"])
+    model = build_model(ckpt["flowzoo"], model_class)
     load_state(model, ckpt["state_dict"], str(path))
     if "global_step" in ckpt:
         model.hub_metadata["training"] = {"global_step": int(ckpt["global_step"]), "epoch": int(ckpt.get("epoch", 0))}

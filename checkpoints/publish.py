@@ -70,7 +70,7 @@ def read_metrics(path: str | os.PathLike, checkpoint: str = "", model_name: str 
 
 def prepare(checkpoint: str, eval_samples: int = 0, metrics_file: str | None = None, seed: int = 0, benchmark_model: str | None = None):
     """Load ``checkpoint`` and attach its benchmark figures (measured now and/or read from ``metrics_file``)."""
-    from flowzoo.checkpoints.pretrained import load_checkpoint
+    from flowzoo.checkpoints.load import load_checkpoint
 
     model = load_checkpoint(checkpoint)
     figures = dict((model.hub_metadata or {}).get("metrics") or {})

@@ -1,6 +1,6 @@
 """VFM heads: how logits become a denoiser prediction and a training loss."""
 
-from flowzoo._discover import import_submodules
+from flowzoo.discover import import_submodules
 from flowzoo.heads.base import Head
 from flowzoo.heads.categorical import CategoricalHead
 from flowzoo.heads.gaussian import GaussianHead

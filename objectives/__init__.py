@@ -1,6 +1,6 @@
 """Training objectives."""
 
-from flowzoo._discover import import_submodules
+from flowzoo.discover import import_submodules
 from flowzoo.objectives.base import Objective
 from flowzoo.objectives.flow_matching import FlowMatching
 

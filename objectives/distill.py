@@ -18,7 +18,6 @@ from flowzoo.objectives._flowmap import (
 )
 from flowzoo.paths.base import expand_time
 from flowzoo.objectives.psd import semigroup_loss, semigroup_target
-from flowzoo import registry
 from flowzoo.registry import register
 
 TARGETS = ("semigroup", "lagrangian", "trajectory")
@@ -36,11 +35,14 @@ class Distill(FlowMapObjective):
     ``trajectory``: CE(sg[delta^teacher_{s,t}(x_s)] || delta_{s,t}), the mean denoiser of the teacher's own trajectory
     from s to t integrated with ``teacher_steps`` exact-map steps (see :func:`trajectory_target`).
 
-    The teacher is loaded on first use and kept out of the module tree (never in the student's weights).
-    ``init_from_teacher`` copies the teacher's backbone into the student once (a buffer remembers it, so a
-    resumed or reloaded student is never overwritten), or, given ``init_from`` (a checkpoint of a model on the
-    same path, e.g. an already distilled student), that model's backbone: fine-tuning with another objective.
+    The objective loads nothing: the model (:mod:`flowzoo.teachers`, before the first loss) loads the teacher ``teacher``
+    names and hands it over (:meth:`set_teacher`), kept out of the module tree (never in the student's weights).
+    ``init_from_teacher`` has the model copy the teacher's backbone into the student once (a buffer here remembers
+    it, so a resumed or reloaded student is never overwritten), or, given ``init_from`` (a checkpoint of a model on
+    the same path, e.g. an already distilled student), that model's backbone: fine-tuning with another objective.
     """
+
+    needs_teacher = True  # flowzoo.teachers resolves it
 
     def __init__(
         self,
@@ -85,50 +87,29 @@ class Distill(FlowMapObjective):
         return found
 
     # --- the teacher -------------------------------------------------------------------
+    @property
+    def teacher_model(self):
+        """The teacher handed over by the model (flowzoo.teachers), or None before that."""
+        return self._teacher
+
     def set_teacher(self, teacher) -> None:
-        """Use an already loaded model as the teacher (frozen, kept outside the module tree)."""
+        """Use an already loaded model as the teacher (frozen, kept outside the module tree). The model resolves it
+        (``FlowLM.attach_teacher``: loads ``teacher``, checks it, initialises the student) and hands it over here."""
+        if teacher is self._teacher:
+            return
         teacher.eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
         object.__setattr__(self, "_teacher", teacher)
 
-    def teacher(self, model, device):
-        from flowzoo.checkpoints import load_checkpoint
-
+    def teacher(self, model=None, device=None):
+        """The teacher (``model``, ``device``: unused, the model has already put it there)."""
         if self._teacher is None:
-            if not self.teacher_path:
-                raise CheckpointError("the distill objective needs a teacher: set --model.objective.teacher=PATH (a .ckpt or save_pretrained directory)")
-            self.set_teacher(load_checkpoint(self.teacher_path))
-        teacher = self._teacher
-        _check_same_space(teacher, model, "teacher")
-        weight = next(teacher.parameters(), None)  # None: a teacher without weights (the exact reference)
-        if weight is not None and weight.device != device:
-            teacher.to(device)
-        if (self.init_from_teacher or self.init_from) and not bool(self.teacher_copied):
-            source = teacher
-            if self.init_from:
-                source = load_checkpoint(self.init_from)
-                _check_same_space(source, model, "init_from model")
-            self._copy_into(model, source)
-        return teacher
-
-    def _copy_into(self, model, source) -> None:
-        """Copy the backbone of ``source`` (the teacher, or the ``init_from`` model) into the student. A deeper
-        student (more ``blocks.<i>.`` entries, the rest alike) gets the source's blocks first and keeps its own extra
-        blocks, which a DiT starts as the identity (adaLN-zero gates), so the student starts as the source's function."""
-        student = model.backbone.state_dict()
-        weights = source.backbone.state_dict()
-        extra = set(student) - set(weights)
-        if set(weights) - set(student) or any(student[k].shape != weights[k].shape for k in weights) or any(
-            not k.startswith("blocks.") for k in extra
-        ):
-            raise CheckpointError("init_from_teacher needs the student's backbone to have the source's architecture (or more blocks)")
-        if extra and not _identity_blocks(model.backbone, extra):
-            raise CheckpointError("init_from_teacher: the student's extra blocks must start as the identity (zero adaLN gates)")
-        with torch.no_grad():
-            for k, v in weights.items():
-                student[k].copy_(v)
-        self.teacher_copied.fill_(True)
+            raise CheckpointError(
+                f"the {self.registry_name} objective needs a teacher: set --model.objective.teacher=PATH (a .ckpt or "
+                "save_pretrained directory); FlowLM loads it before the first loss (model.attach_teacher() outside a Trainer)"
+            )
+        return self._teacher
 
     # --- losses ------------------------------------------------------------------------
     def diagonal_target(self, model, xt, t, x1):
@@ -157,26 +138,6 @@ class Distill(FlowMapObjective):
         u = sample_middle(model.path, pairs, self.midpoint)
         target = semigroup_target(model, xs, pairs.s, u, pairs.t, short_model=teacher, short_gap=self.teacher_gap)
         return semigroup_loss(model, xs, pairs.s, pairs.t, target, self.adaptive)
-
-
-def _check_same_space(source, model, what: str) -> None:
-    """A teacher (or initialising model) must share the student's vocabulary and path."""
-    if source.vocab_size != model.vocab_size:
-        raise CheckpointError(f"{what} vocabulary {source.vocab_size} differs from the student's {model.vocab_size}")
-    if registry.spec(source.path) != registry.spec(model.path):
-        raise CheckpointError(
-            f"the {what} was trained on the path {registry.spec(source.path)} but the student uses {registry.spec(model.path)}; "
-            f"give the student the {what}'s path (its time and noise define what its D means)"
-        )
-
-
-def _identity_blocks(backbone, keys) -> bool:
-    """Whether the blocks named in ``keys`` have all-zero adaLN modulation (a DiT block is then the identity)."""
-    blocks = {int(k.split(".")[1]) for k in keys}
-    return all(
-        hasattr(backbone.blocks[i], "ada") and not backbone.blocks[i].ada.weight.any() and not backbone.blocks[i].ada.bias.any()
-        for i in blocks
-    )
 
 
 @torch.no_grad()

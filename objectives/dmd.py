@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import copy
-
 import torch
 import torch.nn.functional as F
 
@@ -41,8 +39,10 @@ class DistributionMatching(Distill):
     by its current probability); ``"logits"`` applies it to the logits directly (the step sums to 0 over V, as a
     logit gradient does), so tokens the student gives little probability can still be pushed up.
     The critic starts as a copy of the teacher and takes ``critic_steps`` Adam steps (``critic_lr``, 0: the
-    model's lr; the model's betas) per training step on CE(x^ || D^fake_t(x_t)) at the diagonal's times, each
-    after the first on fresh one-step samples. With ``gan_weight`` > 0 (DMD2's GAN term) the critic also carries a
+    model's lr; the model's betas) per training step on CE(x^ || D^fake_t(x_t)) at the diagonal's times
+    (:meth:`critic_loss`), each after the first on fresh one-step samples; the model owns the critic and its
+    optimizer (``FlowLM.critic``, ``FlowLM.train_critic``, :class:`flowzoo.teachers.Critic`), this objective gives
+    the losses. With ``gan_weight`` > 0 (DMD2's GAN term) the critic also carries a
     linear head d on its hidden states, one real-vs-generated logit per position of a noised sequence, trained on
     data rows against one-step samples; the map adds ``gan_weight`` * softplus(-d(x^_t)). The critic is
     kept out of the module tree, like the teacher: not saved, so a resumed run restarts it from the teacher,
@@ -85,7 +85,6 @@ class DistributionMatching(Distill):
             raise ValueError(f"unknown gradient_through {gradient_through!r}; choices: {', '.join(GRADIENTS_THROUGH)}")
         self.critic_steps, self.critic_lr, self.samples = critic_steps, critic_lr, samples
         self.gradient_through = gradient_through
-        object.__setattr__(self, "_critic", None)  # (model, optimizer), outside the module tree like the teacher
 
     def incompatibility(self, parts):
         found = super().incompatibility(parts)
@@ -97,19 +96,6 @@ class DistributionMatching(Distill):
         if found is None and self.gan_weight and backbone is not None and not hasattr(backbone, "hidden"):
             return "backbone", "dmd's gan_weight reads the critic's hidden states: it needs a backbone with hidden() (dit)"
         return found
-
-    def critic(self, model, teacher):
-        """The fake-score denoiser D^fake and its optimizer, created from the teacher on first use; with
-        ``gan_weight`` it also carries the discriminator's linear head on its hidden states."""
-        if self._critic is None:
-            critic = copy.deepcopy(teacher).train()
-            if self.gan_weight:
-                critic.discriminator = torch.nn.Linear(critic.backbone.width, 1).to(next(critic.parameters()).device)
-            for p in critic.parameters():
-                p.requires_grad_(True)
-            optimizer = torch.optim.Adam(critic.parameters(), lr=self.critic_lr or model.lr, betas=model.betas)
-            object.__setattr__(self, "_critic", (critic, optimizer))
-        return self._critic
 
     def forward(self, model, x1):
         out = super().forward(model, x1)  # distill's diagonal and map losses (and the teacher, loaded)
@@ -141,11 +127,11 @@ class DistributionMatching(Distill):
         if self.gan_weight and data is None:
             raise ValueError("dmd with gan_weight > 0 needs real data (token ids) for its discriminator")
         teacher = self.teacher(model, device)
-        critic, optimizer = self.critic(model, teacher)
+        critic = model.critic()  # the model's critic network (flowzoo.teachers.Critic), built from the teacher on first use
         logits, delta, sample = self.one_step(model, n, length, device)
         out = {}
         if torch.is_grad_enabled() and model.training:
-            out.update(self.train_critic(model, critic, optimizer, sample, data))
+            out.update(model.train_critic(sample, data))  # the model steps the critic's optimizer on critic_loss
         if self.gan_weight:
             out["gan"] = self.generator_gan_loss(model, critic, sample + delta - delta.detach() if self.samples == "argmax" else delta)
         t = self.noise_times(model, n, device)
@@ -192,28 +178,18 @@ class DistributionMatching(Distill):
             for p in params:
                 p.requires_grad_(True)
 
-    def train_critic(self, model, critic, optimizer, sample: torch.Tensor, data: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """``critic_steps`` steps of CE(x^ || D^fake_t(x_t)): flow matching on the one-step samples, the first on
-        ``sample`` and each further one on fresh samples of the current map (DMD2's several critic updates per
-        generator update, each on new samples). With ``gan_weight`` each step also trains the discriminator,
-        softplus(-d(data_t)) + softplus(d(x^_t)), on as many rows of ``data`` (token ids, drawn with replacement)."""
-        n, length = sample.shape[:2]
-        for i in range(self.critic_steps):
-            if i:
-                with torch.no_grad():
-                    sample = self.one_step(model, n, length, sample.device)[2]
-            t = self.diagonal_times(n, model, sample.device)
-            loss = critic.head.loss(critic.logits(self.noised(model, sample, t), t, t), sample).mean()
-            total = loss
-            if self.gan_weight:
-                rows = data[torch.randint(data.shape[0], (n,), device=data.device)]
-                onehot = F.one_hot(rows, sample.shape[-1]).to(sample.dtype)  # (n, L, V)
-                disc = F.softplus(-self.discriminate(model, critic, onehot)).mean() + F.softplus(self.discriminate(model, critic, sample)).mean()
-                total = loss + disc
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            optimizer.step()
-        out = {"critic": loss.detach()}
+    def critic_loss(self, model, critic, sample: torch.Tensor, data: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The critic's loss CE(x^ || D^fake_t(x_t)) on one-step samples ``sample``: flow matching on the samples'
+        law, t drawn as the diagonal's. With ``gan_weight`` also the discriminator's softplus(-d(data_t)) +
+        softplus(d(x^_t)) on as many rows of ``data`` (token ids, drawn with replacement). ``total`` is what the
+        model's critic optimizer steps on (``FlowLM.train_critic``, ``critic_steps`` times a training step)."""
+        n = sample.shape[0]
+        t = self.diagonal_times(n, model, sample.device)
+        loss = critic.head.loss(critic.logits(self.noised(model, sample, t), t, t), sample).mean()
+        out = {"critic": loss, "total": loss}
         if self.gan_weight:
-            out["disc"] = disc.detach()
+            rows = data[torch.randint(data.shape[0], (n,), device=data.device)]
+            onehot = F.one_hot(rows, sample.shape[-1]).to(sample.dtype)  # (n, L, V)
+            disc = F.softplus(-self.discriminate(model, critic, onehot)).mean() + F.softplus(self.discriminate(model, critic, sample)).mean()
+            out.update(disc=disc, total=loss + disc)
         return out

@@ -1,6 +1,6 @@
 """Probability paths from noise (t = 0) to data (t = 1)."""
 
-from flowzoo._discover import import_submodules
+from flowzoo.discover import import_submodules
 from flowzoo.paths.base import ProbabilityPath
 from flowzoo.paths.linear import LinearPath
 

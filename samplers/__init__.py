@@ -1,6 +1,6 @@
 """Samplers: turn a trained model into token sequences."""
 
-from flowzoo._discover import import_submodules
+from flowzoo.discover import import_submodules
 from flowzoo.samplers.base import Sampler, SampleOutput
 from flowzoo.samplers.euler import EulerSampler
 

@@ -225,7 +225,7 @@ def _card_of(tmp_path, model, data_spec):
 
 
 def _hub_spec(**args):
-    from flowzoo.data.hub import HubTextData
+    from flowzoo.data.hub_text import HubTextData
 
     return registry.spec(HubTextData(tokenizer="gpt2", **args))  # lazy: nothing is downloaded or read
 

@@ -88,7 +88,7 @@ def test_config_resolves_to_registered_compatible_components(config, capsys):
     if command[0] == "judge":  # the judge command adds the AR objective, sampler, path and a causal backbone
         assert (parts["objective"].registry_name, parts["sampler"].registry_name, parts["path"].registry_name) == ("ar", "ar", "autoregressive")
         assert resolved["model"]["backbone"]["init_args"]["causal"] is True
-        assert "flowzoo.judge.SavePretrained" in [c["class_path"] for c in resolved["trainer"]["callbacks"]]
+        assert "flowzoo.checkpoints.callback.SavePretrained" in [c["class_path"] for c in resolved["trainer"]["callbacks"]]
 
 
 def _documented_fit_commands() -> list[tuple[str, list[str]]]:

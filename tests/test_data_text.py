@@ -13,7 +13,7 @@ import torch
 from flowzoo import registry
 from flowzoo.cli import main
 from flowzoo.data import shakespeare as shk
-from flowzoo.data.hub import HubTextData
+from flowzoo.data.hub_text import HubTextData
 from flowzoo.data.shakespeare import ShakespeareData, clean_gutenberg
 from flowzoo.data.text import BPETokenizer, CharTokenizer, pack, word_metrics, words
 from flowzoo.errors import DataError

@@ -172,6 +172,7 @@ def test_distilled_student_saves_without_the_teacher_and_reloads(tmp_path):
     save_pretrained(teacher, tmp_path / "teacher")
     student = FlowLM(backbone=TINY, vocab_size=V, objective={"name": "distill", "init_args": {"teacher": str(tmp_path / "teacher")}})
     x1 = torch.randint(0, V, (B, L))
+    student.prepare_objective()  # what training_step does first: the model loads the teacher its objective names
     out = student.objective(student, x1)
     out["loss"].backward()
     assert torch.isfinite(out["loss"]) and "map_kl" in out
@@ -190,7 +191,7 @@ def test_distilled_student_saves_without_the_teacher_and_reloads(tmp_path):
     assert bool(again.objective.teacher_copied)
     assert torch.allclose(again.logits(x, t, t * 0), student.logits(x, t, t * 0), atol=1e-5)
     # a reloaded student is never overwritten by its teacher again
-    again.objective.set_teacher(small_model())
+    again.attach_teacher(small_model())
     before = again.logits(x, t).clone()
     again.objective(again, x1)
     assert torch.allclose(again.logits(x, t), before)
@@ -200,31 +201,28 @@ def test_a_deeper_student_starts_as_its_teacher_and_other_shapes_are_refused():
     teacher = small_model()
     deeper = {**TINY, "init_args": {**TINY["init_args"], "depth": TINY["init_args"]["depth"] + 2}}
     student = FlowLM(backbone=deeper, vocab_size=V, objective="distill")
-    student.objective.set_teacher(teacher)
-    student.objective(student, torch.randint(0, V, (B, L)))["loss"].backward()  # copies on first use
+    student.attach_teacher(teacher)  # copies the teacher into the student
+    student.objective(student, torch.randint(0, V, (B, L)))["loss"].backward()
     assert bool(student.objective.teacher_copied)
     x, t = torch.randn(2, L, V), torch.rand(2)
     fresh = FlowLM(backbone=deeper, vocab_size=V, objective="distill")
-    fresh.objective.set_teacher(teacher)
-    fresh.objective.teacher(fresh, x.device)
+    fresh.attach_teacher(teacher)
     assert torch.allclose(fresh.logits(x, t), teacher.logits(x, t), atol=1e-5)  # extra blocks are the identity
     for other in ({"width": 48, "heads": 4}, {"depth": 1}):
         bad = FlowLM(backbone={**TINY, "init_args": {**TINY["init_args"], **other}}, vocab_size=V, objective="distill")
-        bad.objective.set_teacher(teacher)
         with pytest.raises(CheckpointError, match="architecture"):
-            bad.objective(bad, torch.randint(0, V, (B, L)))
+            bad.attach_teacher(teacher)
     moved = FlowLM(backbone=deeper, vocab_size=V, objective="distill")
     with torch.no_grad():
         moved.backbone.blocks[-1].ada.weight.add_(0.1)  # an extra block that is not the identity
-    moved.objective.set_teacher(teacher)
     with pytest.raises(CheckpointError, match="identity"):
-        moved.objective(moved, torch.randint(0, V, (B, L)))
+        moved.attach_teacher(teacher)
 
 
 def test_distill_lagrangian_target_uses_the_teacher_velocity():
     teacher = small_model()
     student = FlowLM(backbone=TINY, vocab_size=V, objective={"name": "distill", "init_args": {"target": "lagrangian", "diagonal_share": 0.0}})
-    student.objective.set_teacher(teacher)
+    student.attach_teacher(teacher)
     out = student.objective(student, torch.randint(0, V, (B, L)))
     assert torch.isfinite(out["loss"]) and out["map"] > 0
     with pytest.raises(Exception, match="needs a teacher"):
@@ -234,33 +232,31 @@ def test_distill_lagrangian_target_uses_the_teacher_velocity():
 def test_distill_refuses_a_teacher_on_another_path():
     teacher = small_model()
     student = FlowLM(backbone=TINY, vocab_size=V, path={"name": "linear", "init_args": {"time": "tau"}}, objective="distill")
-    student.objective.set_teacher(teacher)
     with pytest.raises(CheckpointError, match="path"):
-        student.objective(student, torch.randint(0, V, (B, L)))
+        student.attach_teacher(teacher)
 
 
 def test_init_from_starts_the_student_from_another_model_than_its_teacher(monkeypatch):
-    import flowzoo.checkpoints
+    import flowzoo.teachers
 
     teacher = small_model()
     models = {"other": small_model(), "wrong_vocab": FlowLM(backbone=TINY, vocab_size=V + 1)}
-    monkeypatch.setattr(flowzoo.checkpoints, "load_checkpoint", models.__getitem__)
+    monkeypatch.setattr(flowzoo.teachers, "load_model", lambda name, model: models[name])
     x, t = torch.randn(2, L, V), torch.rand(2)
     for name in models:
         student = FlowLM(backbone=TINY, vocab_size=V, objective={"name": "distill", "init_args": {"init_from": name}})
-        student.objective.set_teacher(teacher)
         if name == "wrong_vocab":
             with pytest.raises(CheckpointError, match="init_from model vocabulary"):
-                student.objective.teacher(student, x.device)
+                student.attach_teacher(teacher)
             continue
-        student.objective.teacher(student, x.device)
+        student.attach_teacher(teacher)
         assert torch.allclose(student.logits(x, t), models[name].logits(x, t), atol=1e-5)
         assert not torch.allclose(student.logits(x, t), teacher.logits(x, t), atol=1e-3)
 
 
 def _dmd_student(teacher, **init_args):
     student = FlowLM(backbone=TINY, vocab_size=V, objective={"name": "dmd", "init_args": init_args})
-    student.objective.set_teacher(teacher)
+    student.attach_teacher(teacher)
     return student
 
 
@@ -274,7 +270,7 @@ def test_dmd_pushes_the_one_step_samples_only_by_the_critic_teacher_gap():
     out = student.objective.distribution_loss(student, B, L, torch.device("cpu"))
     grads = torch.autograd.grad(out["dmd"], [p for p in student.parameters() if p.requires_grad], allow_unused=True)
     assert float(out["dmd_gap"]) == 0.0 and all(g is None or not g.any() for g in grads)
-    critic, _ = student.objective.critic(student, teacher)
+    critic = student.critic()
     with torch.no_grad():
         for p in critic.parameters():
             p.add_(0.05 * torch.randn_like(p))
@@ -289,7 +285,7 @@ def test_dmd_noise_bands_split_the_samples_and_weight_their_losses():
     student = _dmd_student(teacher, noise_range=[[0.0, 0.1], [0.9, 1.0]], band_weights=[0.0, 2.0])
     u = student.path.network_time(student.objective.noise_times(student, 64, torch.device("cpu")))
     assert (u[0::2] <= 0.1 + 1e-5).all() and (u[1::2] >= 0.9 - 1e-5).all()
-    critic, _ = student.objective.critic(student, teacher)
+    critic = student.critic()
     with torch.no_grad():  # a critic that differs from the teacher: a nonzero push
         for p in critic.parameters():
             p.add_(0.05 * torch.randn_like(p))
@@ -318,9 +314,9 @@ def test_dmd_compares_argmax_decodes_straight_through_or_the_soft_map():
     seen = {}
     for form in ("argmax", "soft"):
         student = _dmd_student(teacher, samples=form)
-        student.objective.train_critic = lambda model, critic, optimizer, sample, data=None, form=form: {"critic": seen.setdefault(form, sample).sum() * 0}
+        student.train_critic = lambda sample, data=None, form=form: {"critic": seen.setdefault(form, sample).sum() * 0}
         student.train()
-        critic, _ = student.objective.critic(student, teacher)
+        critic = student.critic()
         with torch.no_grad():  # a critic that differs from the teacher: a nonzero push
             for p in critic.parameters():
                 p.add_(0.05 * torch.randn_like(p))
@@ -341,7 +337,7 @@ def test_dmd_step_on_the_logits_is_the_logit_gradient():
     get the softmax Jacobian of it, p (g - <p, g>). Same noise for both (same seed)."""
     teacher = small_model()
     student = _dmd_student(teacher)
-    critic, _ = student.objective.critic(student, teacher)
+    critic = student.critic()
     with torch.no_grad():
         for p in critic.parameters():
             p.add_(0.05 * torch.randn_like(p))
@@ -381,7 +377,7 @@ def test_dmd_critic_learns_the_one_step_samples_and_stays_out_of_the_weights(tmp
     first = student.objective(student, x1)
     first["loss"].backward()
     assert torch.isfinite(first["loss"]) and {"dmd", "dmd_gap", "critic", "diag", "map"} <= set(first)
-    critic, _ = student.objective.critic(student, teacher)
+    critic = student.critic()
     assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in before.items())  # the teacher is frozen
     assert not all(torch.equal(v, critic.state_dict()[k]) for k, v in before.items())  # the critic moved
     losses = [float(student.objective(student, x1)["critic"]) for _ in range(6)]
@@ -389,7 +385,7 @@ def test_dmd_critic_learns_the_one_step_samples_and_stays_out_of_the_weights(tmp
     assert not any("critic" in k for k in student.state_dict())
     save_pretrained(student, tmp_path / "student")
     again = from_pretrained(tmp_path / "student")
-    assert again.objective.registry_name == "dmd" and again.objective._critic is None
+    assert again.objective.registry_name == "dmd" and again._critic is None
 
 
 def test_dmd_critic_steps_after_the_first_train_on_fresh_one_step_samples():
@@ -418,10 +414,10 @@ def test_dmd_gan_discriminator_tells_data_from_one_step_samples():
     student.train()
     torch.manual_seed(0)
     real = (torch.arange(L) % (V - 1) + 1).expand(B, L)
-    critic, optimizer = student.objective.critic(student, teacher)
+    critic = student.critic()
     sample = student.objective.one_step(student, B, L, torch.device("cpu"))[2]
     assert not (sample.argmax(-1) == real).all()
-    losses = [float(student.objective.train_critic(student, critic, optimizer, sample, real)["disc"]) for _ in range(40)]
+    losses = [float(student.train_critic(sample, real)["disc"]) for _ in range(40)]
     assert losses[-1] < losses[0]
     with torch.no_grad():
         data = torch.nn.functional.one_hot(real, V).float()
@@ -437,7 +433,7 @@ def test_dmd_gan_gradient_reaches_the_map_and_not_the_critic():
     x1 = torch.randint(0, V, (B, L))
     out = student.objective.distribution_loss(student, B, L, torch.device("cpu"), data=x1)
     out["gan"].backward()
-    critic, _ = student.objective.critic(student, teacher)
+    critic = student.critic()
     assert any(p.grad is not None and p.grad.any() for p in student.parameters())
     assert all(p.grad is None for p in critic.parameters()) and all(p.requires_grad for p in critic.parameters())
     with pytest.raises(ValueError, match="real data"):

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from flowzoo.data.markov import MarkovChain
-from flowzoo.judge import FlowzooJudge, HFJudge, chunks, judge_fit_args, load_judge
+from flowzoo.judge_fit import judge_fit_args
+from flowzoo.judges import FlowzooJudge, HFJudge, chunks, load_judge
 from flowzoo.metrics import GenerativePerplexity, MarkovQuality, UnigramEntropy, ValidationLoss
 
 CONTEXT = 16

@@ -207,6 +207,8 @@ def validation_loss(model, data, batches: int) -> dict[str, float] | None:
         batch = batch.to(model.device)
         with torch.random.fork_rng(devices=[] if model.device.type == "cpu" else [model.device]):
             torch.manual_seed(batch_idx)
+            if hasattr(model, "prepare_objective"):
+                model.prepare_objective()  # a distilled student's teacher, as in validation_step
             out = model.objective(model, batch)
         metric.update(out["loss"], weight=batch.numel())
     result = {k: float(v) for k, v in metric.compute().items()}
@@ -276,7 +278,7 @@ def environment(device: torch.device) -> dict[str, Any]:
 def run(config: dict[str, Any]) -> dict[str, Any]:
     """Run every row of ``config`` (see :func:`load_config`); returns the results dict (also written by :func:`write`)."""
     from flowzoo.checkpoints import load_checkpoint
-    from flowzoo.judge import load_judge
+    from flowzoo.judges import load_judge
     from flowzoo.sampling import data_from_spec
 
     if config.get("threads"):

@@ -221,10 +221,13 @@ def benchmark_main(argv: Sequence[str]) -> None:
 
 
 def judge_main(argv: Sequence[str]) -> None:
-    """``flowzoo judge fit --config configs/judge_<data>.yaml``: see flowzoo.judge."""
-    from flowzoo.judge import judge_main as run_judge
+    """``flowzoo judge fit --config configs/judge_<data>.yaml [fit flags]``: ``flowzoo fit`` of an AR judge
+    (the arguments from flowzoo.judge_fit)."""
+    from flowzoo.judge_fit import judge_command
 
-    run_judge(list(argv))
+    args = judge_command(argv)
+    if args is not None:
+        lightning_main(args)
 
 
 def list_main(argv: Sequence[str]) -> None:

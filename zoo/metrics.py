@@ -2,7 +2,7 @@
 so under DDP each process updates on its own samples and ``compute()`` reduces over all of them.
 
 - :class:`GenerativePerplexity`: exp(sum of judge NLL / scored tokens) of decoded samples under a judge
-  causal LM (see :mod:`flowzoo.judge` for retokenisation and chunking).
+  causal LM (see :mod:`flowzoo.judges` for retokenisation and chunking).
 - :class:`UnigramEntropy`: mean over samples of H(sample) = -sum_v p_v log p_v, p_v the share of token v
   in the sample (nats), as ``record_entropy`` in MDLM/Duo: low values expose mode collapse.
 - :class:`MarkovQuality`: valid-transition rate, exact NLL per transition under the true chain, gap to
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torchmetrics import Metric
 
-from flowzoo.judge import Judge, load_judge
+from flowzoo.judges import Judge, load_judge
 
 
 def _sum_state(metric: Metric, name: str) -> None:
@@ -30,7 +30,7 @@ def _sum_state(metric: Metric, name: str) -> None:
 class GenerativePerplexity(Metric):
     """exp(sum_i -log p_judge(y_i | y_<i) / N) over the judge-tokenised samples (N scored tokens).
 
-    ``judge`` is a :class:`flowzoo.judge.Judge`, a ``transformers`` name or directory (``gpt2-large``),
+    ``judge`` is a :class:`flowzoo.judges.Judge`, a ``transformers`` name or directory (``gpt2-large``),
     or a flowzoo AR checkpoint. ``update`` takes decoded texts (retokenised with the judge's
     tokenizer), or a (B, L) tensor of ids already in the judge's vocabulary.
     """

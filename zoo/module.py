@@ -10,9 +10,9 @@ import lightning as L
 import torch
 
 import flowzoo
-from flowzoo import registry
+from flowzoo import registry, teachers
 from flowzoo.backbones.base import Backbone
-from flowzoo.checkpoints.hub import FlowzooHubMixin
+from flowzoo.checkpoints.hub_mixin import FlowzooHubMixin
 from flowzoo.heads.base import Head
 from flowzoo.objectives.base import Objective
 from flowzoo.paths.base import ProbabilityPath
@@ -76,6 +76,7 @@ class FlowLM(L.LightningModule, FlowzooHubMixin):
         self.lr_schedule, self.min_lr_ratio = lr_schedule, min_lr_ratio
         self.num_val_samples = num_val_samples
         self.data_spec: dict[str, Any] | None = None
+        object.__setattr__(self, "_critic", None)  # dmd's critic (flowzoo.teachers.Critic): outside the module tree
         self.save_hyperparameters(ignore=list(given))
 
     # --- the network ---------------------------------------------------------------
@@ -98,6 +99,7 @@ class FlowLM(L.LightningModule, FlowzooHubMixin):
     # --- training ------------------------------------------------------------------
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         check_tokens(batch, self.vocab_size, values=batch_idx == 0 or on_host(batch))  # no device sync per CUDA step
+        self.prepare_objective()
         out = self.objective(self, batch)
         self.log_dict({f"train/{k}": v.detach() for k, v in out.items()}, prog_bar=True, batch_size=batch.shape[0])
         return out["loss"]
@@ -106,6 +108,7 @@ class FlowLM(L.LightningModule, FlowzooHubMixin):
         check_tokens(batch, self.vocab_size)
         with torch.random.fork_rng(devices=[] if self.device.type == "cpu" else [self.device]):
             torch.manual_seed(batch_idx)  # the same noise and times every epoch: comparable validation losses
+            self.prepare_objective()
             out = self.objective(self, batch)
         self.log_dict({f"val/{k}": v for k, v in out.items()}, prog_bar=True, batch_size=batch.shape[0], sync_dist=True)
         if batch_idx == 0:
@@ -123,6 +126,28 @@ class FlowLM(L.LightningModule, FlowzooHubMixin):
         out = self.generate(self.num_val_samples, datamodule.seq_len, seed=0)
         metrics = datamodule.evaluate_samples(out.tokens)
         self.log_dict({f"val/sample_{k}": float(v) for k, v in metrics.items()}, batch_size=1, sync_dist=True)
+
+    # --- what the objective needs from outside (flowzoo.teachers) ---------------------------
+    def prepare_objective(self) -> None:
+        """Resolve what the objective needs before its loss: distill's (dmd's, refine's) teacher, loaded once from
+        the path its config names. A no-op for the other objectives. Run before every training/validation loss."""
+        teachers.prepare_objective(self)
+
+    def attach_teacher(self, teacher=None) -> None:
+        """Hand the objective its teacher (``teacher``, or the one its config names): checked, frozen, outside the
+        module tree; the student starts from it (or from ``init_from``) once. See :mod:`flowzoo.teachers`."""
+        teachers.attach_teacher(self, teacher)
+
+    def critic(self) -> torch.nn.Module:
+        """dmd's critic network, built from the teacher on first use (with its optimizer); never in the state dict."""
+        if self._critic is None:
+            object.__setattr__(self, "_critic", teachers.Critic(self))
+        return self._critic.network
+
+    def train_critic(self, sample: torch.Tensor, data: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The critic's optimizer steps on the objective's ``critic_loss`` (one-step samples ``sample``, real ``data``)."""
+        self.critic()
+        return self._critic.train(self, sample, data)
 
     def predict_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         return self.generate(batch.shape[0], batch.shape[1], seed=batch_idx).tokens

@@ -1,6 +1,6 @@
 """Data modules over ``datasets``: synthetic Markov language, Shakespeare, Hub corpora."""
 
-from flowzoo._discover import import_submodules
+from flowzoo.discover import import_submodules
 from flowzoo.data.base import TokenDataModule
 
 __all__ = ["TokenDataModule"]

@@ -1,4 +1,5 @@
-"""Judges for generative perplexity, and ``flowzoo judge fit`` (train a flowzoo AR judge).
+"""Judges for generative perplexity: causal LMs that score decoded samples (trained with ``flowzoo judge fit``,
+see :mod:`flowzoo.judge_fit`).
 
 A judge is a causal LM that scores token sequences: ``encode(texts)`` turns decoded samples
 into the judge's own ids, ``score(sequences)`` returns (sum of -log p(y_i | y_<i), number of
@@ -179,63 +180,3 @@ def load_judge(spec: "str | os.PathLike | Judge", device: str | torch.device = "
         kwargs.pop("dtype", None)
         return FlowzooJudge(spec, device=device, **kwargs)
     return HFJudge(str(spec), device=device, **kwargs)
-
-
-# --- flowzoo judge fit ----------------------------------------------------------------------
-
-AR_FLAGS = ("--model.path=autoregressive", "--model.objective=ar", "--model.sampler=ar", "--model.backbone.init_args.causal=true")
-JUDGE_CONFIGS = {"markov": "configs/judge_markov.yaml", "shakespeare": "configs/judge_shakespeare.yaml"}
-
-
-def judge_fit_args(argv: Sequence[str]) -> list[str]:
-    """``flowzoo fit`` arguments for a judge: the config file(s), then the AR objective and sampler, a causal
-    backbone and a callback writing ``save_pretrained`` to ``<default_root_dir>/pretrained`` at the end of
-    training, then the user's own flags (which override all of these)."""
-    configs, rest, i = [], [], 0
-    argv = list(argv)
-    while i < len(argv):
-        if argv[i] == "--config" and i + 1 < len(argv):
-            configs += argv[i : i + 2]
-            i += 2
-            continue
-        (configs if argv[i].startswith("--config=") else rest).append(argv[i])
-        i += 1
-    if not configs:
-        raise JudgeError(f"flowzoo judge fit needs --config (e.g. {JUDGE_CONFIGS['shakespeare']})")
-    return ["fit", *configs, *AR_FLAGS, "--trainer.callbacks+=flowzoo.judge.SavePretrained", *rest]
-
-
-try:  # the callback is only needed where Lightning is (always, in flowzoo)
-    from lightning.pytorch.callbacks import Callback
-except ImportError:  # pragma: no cover
-    Callback = object  # type: ignore[misc,assignment]
-
-
-class SavePretrained(Callback):
-    """At the end of ``fit``, write the model with ``save_pretrained`` (config.json + model.safetensors)."""
-
-    def __init__(self, directory: str | None = None) -> None:
-        self.directory = directory
-
-    def on_fit_end(self, trainer, pl_module) -> None:
-        from flowzoo.checkpoints.pretrained import save_pretrained
-
-        if trainer.is_global_zero:
-            directory = self.directory or os.path.join(trainer.default_root_dir, "pretrained")
-            save_pretrained(pl_module, directory)
-            print(f"flowzoo: save_pretrained wrote {directory}")
-
-
-def judge_main(argv: Sequence[str]) -> None:
-    """``flowzoo judge fit --config configs/judge_<data>.yaml [fit flags]``: ``flowzoo fit`` of an AR judge."""
-    from flowzoo.cli import lightning_main
-
-    if not argv or argv[0] in ("-h", "--help"):
-        print("usage: flowzoo judge fit --config configs/judge_shakespeare.yaml [--trainer.max_steps=N ...]\n\n"
-              "Trains an AR judge (ar objective and sampler, causal backbone) with flowzoo fit and writes it with\n"
-              "save_pretrained to <trainer.default_root_dir>/pretrained; score samples with it through\n"
-              "`flowzoo benchmark` (judge: <that directory>).")
-        return
-    if argv[0] != "fit":
-        raise JudgeError(f"unknown judge command {argv[0]!r}; the judge command is: flowzoo judge fit --config FILE")
-    lightning_main(judge_fit_args(argv[1:]))

@@ -1,0 +1,161 @@
+"""The import graph of flowzoo's own modules: no cycles, and no module imports another folder's private ``_module``.
+
+The graph is read from the source with ``ast`` (every ``import flowzoo...`` / ``from flowzoo... import ...``, at
+module level or inside a function: a deferred import is still a dependency), and its strongly connected
+components (Tarjan) are the cycles. A module's import of its own parent package (``import flowzoo`` for
+``__version__``) is not an edge: Python has imported the parent before the module. Package ``__init__`` facades
+that re-export something built above them (``flowzoo.FlowLM``, ``flowzoo.checkpoints.load_checkpoint``) import it
+on first use, so their lower modules can be imported without it.
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+import pytest
+import tomllib
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def package_dirs() -> dict[str, Path]:
+    """flowzoo's subpackages and their folders, from pyproject.toml's package-dir."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    return {name: ROOT / folder for name, folder in config["tool"]["setuptools"]["package-dir"].items()}
+
+
+def modules() -> dict[str, Path]:
+    """Every flowzoo module name -> its file (packages as their ``__init__``)."""
+    found = {}
+    for package, folder in package_dirs().items():
+        for file in folder.glob("*.py"):
+            found[package if file.stem == "__init__" else f"{package}.{file.stem}"] = file
+    return found
+
+
+def imports(name: str, file: Path, known: set[str]) -> set[str]:
+    """The flowzoo modules ``name`` imports (``from pkg import mod`` counts as mod when mod is a module)."""
+    package = name if file.stem == "__init__" else name.rsplit(".", 1)[0]
+    out = set()
+    tree = ast.parse(file.read_text(), str(file))
+    typing_only = {  # imports under ``if TYPE_CHECKING:`` are for annotations, never run
+        id(inner)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+        for stmt in node.body
+        for inner in ast.walk(stmt)
+    }
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative import
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(parts + ([base] if base else []))
+            targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base for alias in node.names]
+        else:
+            continue
+        for target in targets:
+            while target and target not in known:  # flowzoo.a.b.Class -> flowzoo.a.b
+                target = target.rpartition(".")[0]
+            if target and target != name and not name.startswith(target + "."):
+                out.add(target)  # a module's own parent packages are imported before it anyway: not an edge
+    return out
+
+
+def graph() -> dict[str, set[str]]:
+    found = modules()
+    known = set(found)
+    return {name: imports(name, file, known) for name, file in found.items()}
+
+
+def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan's algorithm)."""
+    index, low, stack, on_stack, out = {}, {}, [], set(), []
+    counter = [0]
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 10_000))
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(edges.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                out.append(sorted(component))
+
+    for v in sorted(edges):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def folder_of(module: str) -> str:
+    """The subpackage a module belongs to (a package is its own)."""
+    dirs = package_dirs()
+    return module if module in dirs else module.rpartition(".")[0]
+
+
+def private_imports(edges: dict[str, set[str]]) -> list[str]:
+    """Imports of a ``_private`` module from another folder."""
+    return sorted(
+        f"{source} -> {target}"
+        for source, targets in edges.items()
+        for target in targets
+        if target.rpartition(".")[2].startswith("_") and not target.endswith("__init__")
+        and target.rpartition(".")[2] != "__main__" and folder_of(target) != folder_of(source)
+    )
+
+
+def test_the_graph_sees_flowzoos_modules():
+    edges = graph()
+    assert "flowzoo.cli" in edges and "flowzoo.objectives.distill" in edges
+    assert "flowzoo.registry" in edges["flowzoo.module"]  # a plain import is an edge
+    assert "flowzoo.module" not in edges["flowzoo.objectives.base"]  # an ``if TYPE_CHECKING:`` one is not
+    assert {"a", "b"} in [set(c) for c in cycles({"a": {"b"}, "b": {"a"}, "c": {"a"}})]  # the checker finds a cycle
+    assert private_imports({"flowzoo.samplers.euler": {"flowzoo.objectives._flowmap"}}) == ["flowzoo.samplers.euler -> flowzoo.objectives._flowmap"]
+
+
+# kernels/cross_entropy <-> shared_head <-> lsd and kernels/noise <-> interpolant: h19a's branch (the kernels' renames,
+# issue 19 item 4) breaks them; until it lands they are the only cycles allowed, and only inside flowzoo.kernels.
+KNOWN_KERNEL_CYCLES = [
+    ["flowzoo.kernels.cross_entropy", "flowzoo.kernels.lsd", "flowzoo.kernels.shared_head"],
+    ["flowzoo.kernels.interpolant", "flowzoo.kernels.noise"],
+]
+
+
+def test_no_import_cycle():
+    found = [c for c in cycles(graph()) if c not in KNOWN_KERNEL_CYCLES]
+    assert not found, "import cycles among flowzoo modules: " + "; ".join(" <-> ".join(c) for c in found)
+
+
+@pytest.mark.xfail(reason="the kernels' cycles are broken on h19a's branch (issue 19 item 4)", strict=False)
+def test_no_import_cycle_in_the_kernels():
+    found = [c for c in cycles(graph()) if c in KNOWN_KERNEL_CYCLES]
+    assert not found, "import cycles among flowzoo.kernels modules: " + "; ".join(" <-> ".join(c) for c in found)
+
+
+# h19a's branch makes the flow-map math public members of the path and the embedded state a public module; until it
+# lands, samplers and zoo still import objectives._flowmap / objectives._fused: only this rule waits for it.
+@pytest.mark.xfail(reason="samplers/zoo import objectives._flowmap and _fused until issue 19 items 1-2 land (h19a)", strict=False)
+def test_no_import_of_another_folders_private_module():
+    found = private_imports(graph())
+    assert not found, "imports of another folder's private module: " + "; ".join(found)
