@@ -24,7 +24,7 @@ writing ``docs/benchmark/<data>/results.{json,md,png}``.
     python benchmarks/study.py --data markov --flow runs/flowmap_markov/teacher/teacher.ckpt     # reuse a flow
     python benchmarks/study.py --data shakespeare --max-steps 1500 --distill-steps 500 --judge-steps 2000  # reduced budget
     python benchmarks/study.py --data markov --methods flow_map --flow runs/study/markov/flow/pretrained \
-        --train-flag flow_map:--model.objective.init_args.boundary=0.25 --runs runs/study_b25 --no-benchmark  # a variant
+        --train-flag flow_map:--model.objective.init_args.flow_map.boundary=0.25 --runs runs/study_b25 --no-benchmark  # a variant
     python benchmarks/study.py --data markov --methods flow_map_dmd --flow runs/study/markov/flow/pretrained \
         --flow-map runs/study_b25/markov/flow_map/pretrained --runs runs/study_dmd --no-benchmark  # its dmd fine-tune
     python benchmarks/study.py --data markov --methods flow_map_refine --flow runs/study/markov/flow/pretrained \
@@ -90,7 +90,7 @@ FLAGS = {
     ],
     "flow_map_dmd": fine_tune_flags("dmd", "dmd_steps", "--model.objective.init_args.dmd_weight=10", "--model.objective.init_args.num_generated=32"),
     "flow_map_refine": fine_tune_flags(
-        "refine", "refine_steps", "--model.objective.init_args.boundary=0.25", "--model.objective.init_args.refine_from=0.4",
+        "refine", "refine_steps", "--model.objective.init_args.flow_map.boundary=0.25", "--model.objective.init_args.refine_from=0.4",
         "--model.objective.init_args.num_generated=32",
     ),
     "mdlm": ["--model.path=masked", "--model.objective=mdlm", "--model.sampler=ancestral", "--model.sampler.init_args.steps=128"],
@@ -193,7 +193,7 @@ def main() -> None:
     parser.add_argument("--max-steps", type=int, help="training steps of flow, MDLM and AR (default: the shared config's)")
     parser.add_argument("--judge-steps", type=int, help="training steps of the judge, in bf16 (default: its config's)")
     parser.add_argument("--train-flag", action="append", default=[], metavar="METHOD:FLAG",
-                        help="one more `flowzoo fit` flag for one method (repeatable), e.g. flow_map:--model.objective.init_args.boundary=0.25")
+                        help="one more `flowzoo fit` flag for one method (repeatable), e.g. flow_map:--model.objective.init_args.flow_map.boundary=0.25")
     parser.add_argument("--tiny", action="store_true", help="a few steps of tiny models and a reduced grid: an end-to-end check")
     parser.add_argument("--no-benchmark", action="store_true", help="only train")
     for method in METHODS:

@@ -19,6 +19,7 @@ from flowzoo.backbones.base import plain_attention
 from flowzoo.kernels import CrossEntropyPart, shared_head_losses
 from flowzoo.objectives._fused import FusedSwitch, hidden, noise_seed, noisy_state_embedding
 from flowzoo.objectives.base import Objective
+from flowzoo.objectives.flow_map_config import FlowMapConfig, nest_flat_args
 from flowzoo.paths.base import expand_time
 from flowzoo.timesampling import TIME_SAMPLERS, sample_uniform_times
 
@@ -149,15 +150,11 @@ class FlowMapObjective(FusedSwitch, Objective):
 
     needs_linear_path = True
 
-    def __init__(
-        self,
-        diagonal_share: float = 0.5,
-        pair_sampling: str = "fmlm",
-        boundary: float = 1 / 32,
-        time_sampling: str = "uniform",
-        map_weight: float = 1.0,
-    ) -> None:
+    def __init__(self, flow_map: FlowMapConfig = FlowMapConfig()) -> None:
         super().__init__()
+        self.flow_map_config = flow_map = FlowMapConfig.of(flow_map)
+        diagonal_share, pair_sampling, boundary = flow_map.diagonal_share, flow_map.pair_sampling, flow_map.boundary
+        time_sampling, map_weight = flow_map.time_sampling, flow_map.map_weight
         split_batch(2, diagonal_share)
         if pair_sampling not in PAIR_SAMPLINGS:
             raise ValueError(f"unknown pair_sampling {pair_sampling!r}; choices: {', '.join(PAIR_SAMPLINGS)}")
@@ -169,6 +166,12 @@ class FlowMapObjective(FusedSwitch, Objective):
             raise ValueError(f"map_weight must be non-negative, got {map_weight}")
         self.diagonal_share, self.pair_sampling, self.boundary = diagonal_share, pair_sampling, boundary
         self.time_sampling, self.map_weight = time_sampling, map_weight
+
+    @classmethod
+    def upgrade_args(cls, args: dict) -> dict:
+        """A saved spec's constructor arguments: the flat ``boundary``, ``diagonal_share``, ... of earlier versions go
+        under ``flow_map`` (registry.build calls this)."""
+        return nest_flat_args(args)
 
     def incompatibility(self, parts):
         return check_flow_map_parts(parts) or self.fused_incompatibility(parts)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from flowzoo.errors import CheckpointError
+from flowzoo.objectives.flow_map_config import FlowMapConfig
 from flowzoo.objectives._flowmap import (
     MIDPOINTS,
     FlowMapObjective,
@@ -51,17 +52,13 @@ class Distill(FlowMapObjective):
         diagonal_target: str = "teacher",
         init_from_teacher: bool = True,
         teacher_gap: float = 0.0,
-        diagonal_share: float = 0.5,
-        pair_sampling: str = "fmlm",
-        boundary: float = 1 / 32,
-        time_sampling: str = "uniform",
-        map_weight: float = 1.0,
+        flow_map: FlowMapConfig = FlowMapConfig(),
         midpoint: str = "middle",
         adaptive: bool = False,
         teacher_steps: int = 16,
         init_from: str = "",
     ) -> None:
-        super().__init__(diagonal_share, pair_sampling, boundary, time_sampling, map_weight)
+        super().__init__(flow_map)
         if teacher_steps < 1:
             raise ValueError(f"teacher_steps must be at least 1, got {teacher_steps}")
         self.teacher_steps = teacher_steps

@@ -6,6 +6,7 @@ import torch
 
 from flowzoo.backbones.base import plain_attention
 from flowzoo.kernels import LagrangianPart
+from flowzoo.objectives.flow_map_config import FlowMapConfig
 from flowzoo.objectives._flowmap import FlowMapObjective, adaptive_weight, flow_map, lagrangian_residual, map_weights, weighted_mean
 from flowzoo.objectives._fused import check_switch, delta_embedding, hidden
 from flowzoo.validation import check_times, on_host
@@ -70,17 +71,13 @@ class LagrangianSelfDistillation(FlowMapObjective):
 
     def __init__(
         self,
-        diagonal_share: float = 0.5,
-        pair_sampling: str = "fmlm",
-        boundary: float = 1 / 32,
-        time_sampling: str = "uniform",
-        map_weight: float = 1.0,
+        flow_map: FlowMapConfig = FlowMapConfig(),
         adaptive: bool = False,
         fused: bool | None = None,
         tangent_grad: bool = True,
         checkpoint_jvp: bool = True,
     ) -> None:
-        super().__init__(diagonal_share, pair_sampling, boundary, time_sampling, map_weight)
+        super().__init__(flow_map)
         for name, value in (("tangent_grad", tangent_grad), ("checkpoint_jvp", checkpoint_jvp)):
             if not isinstance(value, bool):
                 raise ValueError(f"{name} must be true or false, got {value!r}")

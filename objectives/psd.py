@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from flowzoo.kernels import CrossEntropyPart, TeacherTarget
+from flowzoo.objectives.flow_map_config import FlowMapConfig
 from flowzoo.objectives._flowmap import (
     MIDPOINTS,
     FlowMapObjective,
@@ -94,16 +95,12 @@ class ProgressiveSelfDistillation(FlowMapObjective):
 
     def __init__(
         self,
-        diagonal_share: float = 0.5,
-        pair_sampling: str = "fmlm",
-        boundary: float = 1 / 32,
-        time_sampling: str = "uniform",
-        map_weight: float = 1.0,
+        flow_map: FlowMapConfig = FlowMapConfig(),
         midpoint: str = "middle",
         adaptive: bool = False,
         fused: bool | None = None,
     ) -> None:
-        super().__init__(diagonal_share, pair_sampling, boundary, time_sampling, map_weight)
+        super().__init__(flow_map)
         if midpoint not in MIDPOINTS:
             raise ValueError(f"unknown midpoint {midpoint!r}; choices: {', '.join(MIDPOINTS)}")
         if fused and adaptive:

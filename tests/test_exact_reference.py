@@ -5,6 +5,7 @@ import torch
 
 from flowzoo.exact import ExactDenoiser, ExactFlowLM
 from flowzoo.objectives._flowmap import lagrangian_residual
+from flowzoo.objectives.flow_map_config import FlowMapConfig
 from flowzoo.objectives.lsd import LagrangianSelfDistillation
 from flowzoo.objectives.psd import ProgressiveSelfDistillation
 from flowzoo.samplers.euler import EulerSampler, MarginalSampler
@@ -112,12 +113,12 @@ def test_one_step_map_agrees_with_many_step_euler(model):
 def test_map_losses_vanish_at_the_exact_map(model):
     torch.manual_seed(4)
     x1 = SEQS[torch.randint(0, len(SEQS), (8,))]
-    psd = ProgressiveSelfDistillation(diagonal_share=0.0, boundary=0.25)(model, x1)
+    psd = ProgressiveSelfDistillation(FlowMapConfig(diagonal_share=0.0, boundary=0.25))(model, x1)
     assert psd["map_kl"].abs() < 1e-4
-    lsd = LagrangianSelfDistillation(diagonal_share=0.0, boundary=0.25)(model, x1)
+    lsd = LagrangianSelfDistillation(FlowMapConfig(diagonal_share=0.0, boundary=0.25))(model, x1)
     assert lsd["map"] < 1e-4
     torch.manual_seed(4)  # the semi-gradient variant has the same residual, so the same fixed point
-    lsd_sg = LagrangianSelfDistillation(diagonal_share=0.0, boundary=0.25, tangent_grad=False)(model, x1)
+    lsd_sg = LagrangianSelfDistillation(FlowMapConfig(diagonal_share=0.0, boundary=0.25), tangent_grad=False)(model, x1)
     assert lsd_sg["map"] < 1e-4
     # a wrong map does not pass: the denoiser used as a map (delta_{s,t} = D_s) has a large residual
     class Frozen(ExactFlowLM):

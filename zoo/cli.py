@@ -42,6 +42,54 @@ def expand_short_names(argv: Sequence[str]) -> list[str]:
     return out
 
 
+def _objective_named(argv: Sequence[str]) -> str | None:
+    """The objective ``argv`` chooses: its last ``--model.objective=NAME``, else the one a ``--config`` file names."""
+    import yaml
+
+    argv, found = list(argv), None
+    for i, arg in enumerate(argv):
+        key, sep, value = arg.partition("=")
+        if not sep and i + 1 < len(argv):
+            value = argv[i + 1]
+        if key == "--model.objective" and not value.startswith(("{", "[")):
+            found = value
+        elif key == "--config" and found is None and Path(value).is_file():
+            try:
+                objective = ((yaml.safe_load(Path(value).read_text()) or {}).get("model") or {}).get("objective")
+            except (yaml.YAMLError, AttributeError):
+                continue
+            objective = objective.get("class_path") if isinstance(objective, dict) else objective
+            found = objective if isinstance(objective, str) else found
+    return found
+
+
+def nest_regrouped_flags(argv: Sequence[str]) -> list[str]:
+    """Flags of an objective's arguments in the flat form of earlier versions, rewritten to where the objective now
+    takes them: ``--model.objective.init_args.boundary=0.25`` -> ``--model.objective.init_args.flow_map.boundary=0.25``
+    for the flow-map objectives (their ``upgrade_args`` says which keys moved where; flow_matching's own
+    ``time_sampling`` stays)."""
+    name = _objective_named(argv)
+    try:
+        upgrade = getattr(registry.get("objective", name), "upgrade_args", None) if name else None
+    except FlowzooError:
+        upgrade = None
+    if upgrade is None:
+        return list(argv)
+    out = []
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        for prefix in ("--model.objective.init_args.", "--model.objective."):
+            field = key[len(prefix):] if key.startswith(prefix) else ""
+            if sep and field and "." not in field:
+                moved = upgrade({field: None})
+                if field not in moved:  # regrouped: {group: {field: ...}}
+                    group = next(k for k, v in moved.items() if isinstance(v, dict) and field in v)
+                    arg = f"--model.objective.init_args.{group}.{field}={value}"
+                break
+        out.append(arg)
+    return out
+
+
 def place_checkpoints(trainer) -> None:
     """Checkpoint callbacks without a ``dirpath`` write to ``<default_root_dir>/checkpoints``.
 
@@ -116,7 +164,7 @@ def lightning_main(argv: Sequence[str]) -> None:
 
     registry.load_all()
     check_ckpt_path(argv)
-    args = expand_short_names(argv)
+    args = nest_regrouped_flags(expand_short_names(argv))
     program, sys.argv = sys.argv, sys.argv[:1]  # the arguments go in through ``args`` only
     try:
         FlowzooCLI(

@@ -7,6 +7,7 @@ rebuilt by name (``spec``/``build``).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib
 import inspect
@@ -135,6 +136,9 @@ def build(kind: str, spec_or_name: "str | dict[str, Any] | Component", **overrid
         raise TypeError(f"cannot build a {kind} from {type(spec_or_name).__name__}")
     cls = get(kind, name)
     args.update(overrides)
+    upgrade = getattr(cls, "upgrade_args", None)  # a component whose arguments were regrouped reads older specs
+    if upgrade is not None:
+        args = upgrade(args)
     try:
         inspect.signature(cls).bind(**args)
     except TypeError as err:
@@ -192,6 +196,8 @@ def _check_kind(kind: str) -> None:
 def _jsonable(value: Any) -> Any:
     if isinstance(value, Component):
         return spec(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):  # a config object passed whole: its fields
+        return _jsonable(dataclasses.asdict(value))
     if isinstance(value, dict):
         return {k: _jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
