@@ -3,7 +3,7 @@
 Each is a registered component of kind ``reward``; a new reward is one file with its registration.
 """
 
-from flowzoo._discover import import_submodules
+from flowzoo.discover import import_submodules
 from flowzoo.rewards.base import Reward, RewardNotDifferentiableError
 from flowzoo.rewards.tilted_chain import TiltedChain
 
