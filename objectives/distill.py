@@ -117,7 +117,7 @@ class Distill(FlowMapObjective):
             return teacher.head.denoise(teacher.logits(xt, t, t)).float()  # D^teacher_t(x_t), (B, L, V)
 
     def forward(self, model, x1):
-        self.teacher(model, x1.device)  # load (and copy into the student) before any loss is computed
+        self.teacher(model, x1.device)  # refuses a missing teacher before any loss is computed
         return super().forward(model, x1)
 
     def map_loss(self, model, x1):

@@ -98,7 +98,7 @@ class DistributionMatching(Distill):
         return found
 
     def forward(self, model, x1):
-        out = super().forward(model, x1)  # distill's diagonal and map losses (and the teacher, loaded)
+        out = super().forward(model, x1)  # distill's diagonal and map losses
         n = self.num_generated or x1.shape[0]
         found = self.distribution_loss(model, n, x1.shape[1], x1.device, data=x1)
         out.update({k: v.detach() for k, v in found.items()})

@@ -56,7 +56,7 @@ class RefinedDistill(Distill):
         return found
 
     def forward(self, model, x1):
-        out = super().forward(model, x1)  # distill's diagonal and map losses (and the teacher, loaded)
+        out = super().forward(model, x1)  # distill's diagonal and map losses
         found = self.refine_loss(model, self.num_generated or x1.shape[0], x1.shape[1], x1.device)
         out.update({k: v.detach() for k, v in found.items()})
         out["loss"] = out["loss"] + self.refine_weight * found["refine"]
