@@ -154,8 +154,9 @@ def test_bf16_on_a_cpu_without_bf16_instructions_trains_in_fp32(tmp_path, monkey
 
 @pytest.mark.parametrize("argv", [["--help"], ["-h"], []])
 def test_top_level_help_lists_every_subcommand(argv, capsys):
-    from flowzoo.cli import COMMANDS
+    from flowzoo.cli import _HANDLERS, COMMANDS, LIGHTNING_COMMANDS
 
+    assert set(_HANDLERS) | set(LIGHTNING_COMMANDS) == set(COMMANDS)  # a command without its help line fails here
     code = main(argv)
     assert code == (2 if not argv else 0)
     out = capsys.readouterr().out
