@@ -1,12 +1,10 @@
-"""Shared pieces of the flow-map objectives and sampler: (s, t) sampling and the map from a prediction.
+"""Shared pieces of the flow-map objectives: (s, t) pair sampling, the batch split, loss weights, the
+Lagrangian residual and the :class:`FlowMapObjective` base.
 
 The network conditioned on (s, t) predicts the mean denoiser delta_{s,t}(x) (on the simplex for the
-categorical head; delta_{t,t} = D_t on the diagonal), and the flow map is
-
-    X_{s,t}(x) = ((1-t)/(1-s)) x + ((t-s)/(1-s)) delta_{s,t}(x)          (mean-denoiser form)
-
-when ``path.mean_denoiser``; otherwise the secant form X_{s,t}(x) = x + (t-s) v_{s,t}(x) with the
-average velocity v_{s,t} = path.velocity(x, prediction, s). On the linear path the two coincide.
+categorical head; delta_{t,t} = D_t on the diagonal); the map itself, X_{s,t}(x) = path.flow_map(x,
+delta, s, t), and its weights (``path.map_weights``, ``path.semigroup_weight``) belong to the path
+(:class:`flowzoo.paths.base.ProbabilityPath`), which samplers call too.
 """
 
 from __future__ import annotations
@@ -17,49 +15,14 @@ import torch
 
 from flowzoo.backbones.base import plain_attention
 from flowzoo.kernels import CrossEntropyPart, shared_head_losses
-from flowzoo.objectives._fused import FusedSwitch, hidden, noise_seed, noisy_state_embedding
 from flowzoo.objectives.base import Objective
 from flowzoo.objectives.flow_map_config import FlowMapConfig, nest_flat_args
 from flowzoo.paths.base import expand_time
+from flowzoo.state import FusedSwitch, hidden, noise_seed, noisy_state_embedding
 from flowzoo.timesampling import TIME_SAMPLERS, sample_uniform_times
 
 PAIR_SAMPLINGS = ("fmlm", "uniform")
 MIDPOINTS = ("middle", "random")
-
-
-def map_weights(s: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(a, b) = ((1-t)/(1-s), (t-s)/(1-s)) with a + b = 1, finite for all s <= t in [0, 1].
-
-    At s = 1 (so t = 1) the map is the identity: a = 1, b = 0. The division is guarded so that
-    neither the value nor its gradient is NaN.
-    """
-    one_minus_s = 1 - s
-    safe = torch.where(one_minus_s > 0, one_minus_s, torch.ones_like(one_minus_s))
-    b = torch.where(one_minus_s > 0, (t - s) / safe, torch.zeros_like(s)).clamp(0.0, 1.0)
-    return 1 - b, b
-
-
-def semigroup_weight(s: torch.Tensor, u: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """gamma = (1-t)(u-s) / ((1-u)(t-s)): delta_{s,t} = gamma delta_{s,u} + (1-gamma) delta_{u,t}(X_{s,u}).
-
-    Where the ratio is 0/0 (s = u = t, or u = t = 1) gamma is 1: the target is then delta_{s,u} = delta_{s,t}.
-    """
-    num = (1 - t) * (u - s)
-    den = (1 - u) * (t - s)
-    safe = torch.where(den > 0, den, torch.ones_like(den))
-    return torch.where(den > 0, num / safe, torch.ones_like(den)).clamp(0.0, 1.0)
-
-
-def uses_mean_denoiser(path) -> bool:
-    return bool(getattr(path, "mean_denoiser", False))
-
-
-def flow_map(path, x: torch.Tensor, prediction: torch.Tensor, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """X_{s,t}(x) from the head's prediction at (s, t): mean-denoiser form, or the secant form. (B, L, V)."""
-    if uses_mean_denoiser(path):
-        a, b = map_weights(s, t)
-        return expand_time(a) * x + expand_time(b) * prediction
-    return x + expand_time(t - s) * path.velocity(x, prediction, s)
 
 
 @dataclass
@@ -118,10 +81,9 @@ def split_batch(batch: int, diagonal_share: float) -> int:
 
 
 def check_flow_map_parts(parts) -> tuple[str, str] | None:
-    """A flow map needs a continuous path (states on or around the simplex) with a velocity."""
-    if parts["path"].state != "continuous":
-        return "path", "flow maps need a continuous path (a state that moves along an ODE)"
-    return None
+    """(kind, reason) when the path cannot carry a flow map (``path.flow_map_refusal``); None when it can."""
+    reason = parts["path"].flow_map_refusal()
+    return ("path", reason) if reason else None
 
 
 def weighted_mean(per_token: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
@@ -262,7 +224,7 @@ def lagrangian_residual(model, x: torch.Tensor, s: torch.Tensor, t: torch.Tensor
 
     def the_map(tt):
         delta = model.head.denoise(model.logits(x, tt, s))
-        return flow_map(path, x, delta, s, tt)
+        return path.flow_map(x, delta, s, tt)
 
     with plain_attention(), torch.autocast(device_type=x.device.type, enabled=False):
         X, dX = torch.func.jvp(the_map, (t,), (torch.ones_like(t),))
@@ -270,7 +232,7 @@ def lagrangian_residual(model, x: torch.Tensor, s: torch.Tensor, t: torch.Tensor
     with torch.no_grad():
         Xd = X.detach()
         D = teacher.head.denoise(teacher.logits(Xd, t, t))  # D_t(X), (B, L, V)
-    if uses_mean_denoiser(path):
+    if path.mean_denoiser:
         return expand_time(1 - t) * dX + X - D
     return dX - path.velocity(Xd, D, t)
 
@@ -278,7 +240,7 @@ def lagrangian_residual(model, x: torch.Tensor, s: torch.Tensor, t: torch.Tensor
 def _stop_tangent_residual(model, x, s, t, velocity_model=None) -> torch.Tensor:
     """:func:`lagrangian_residual` with ``stop_tangent``: the tangent from a jvp without autograd, the rest with it."""
     path = model.path
-    mean = uses_mean_denoiser(path)
+    mean = path.mean_denoiser
 
     def field(tt):  # delta_{s,t}(x) on mean-denoiser paths, the average velocity v_{s,t}(x) otherwise
         prediction = model.head.denoise(model.logits(x, tt, s))
@@ -289,7 +251,7 @@ def _stop_tangent_residual(model, x, s, t, velocity_model=None) -> torch.Tensor:
     value = field(t)  # with gradient, (B, L, V)
     teacher = model if velocity_model is None else velocity_model
     if mean:  # (1-t) dX/dt + X with dX/dt = a' x + b' delta + b sg[d/dt delta], X = a x + b delta
-        (a, b), (da, db) = torch.func.jvp(lambda tt: map_weights(s, tt), (t,), (torch.ones_like(t),))
+        (a, b), (da, db) = torch.func.jvp(lambda tt: path.map_weights(s, tt), (t,), (torch.ones_like(t),))
         X = expand_time(a) * x + expand_time(b) * value
         with torch.no_grad():
             D = teacher.head.denoise(teacher.logits(X, t, t))  # D_t(X)

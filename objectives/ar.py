@@ -6,22 +6,10 @@ import math
 
 import torch
 
-from flowzoo.objectives._fused import FusedSwitch, check_switch, hidden, lm_cross_entropy
 from flowzoo.objectives.base import Objective
-from flowzoo.paths.autoregressive import AutoregressivePath
+from flowzoo.paths.autoregressive import CAUSAL_FLAG, causal_incompatibility  # noqa: F401 (re-exported)
 from flowzoo.registry import register
-
-CAUSAL_FLAG = "--model.backbone.init_args.causal=true"
-
-
-def causal_incompatibility(parts) -> tuple[str, str] | None:
-    """Refuse anything but the autoregressive path and a causal backbone (shared by the ar objective and sampler)."""
-    if not isinstance(parts["path"], AutoregressivePath):
-        return "path", "next-token prediction reads a start token from the autoregressive path (--model.path=autoregressive)"
-    backbone = parts.get("backbone")
-    if backbone is not None and not getattr(backbone, "causal", False):
-        return "backbone", f"next-token prediction needs a causal backbone ({CAUSAL_FLAG})"
-    return None
+from flowzoo.state import FusedSwitch, check_switch, hidden, lm_cross_entropy
 
 
 @register("objective", "ar")

@@ -10,11 +10,8 @@ from flowzoo.objectives._flowmap import (
     MIDPOINTS,
     FlowMapObjective,
     adaptive_weight,
-    flow_map,
     lagrangian_residual,
     sample_middle,
-    semigroup_weight,
-    uses_mean_denoiser,
     weighted_mean,
 )
 from flowzoo.paths.base import expand_time
@@ -79,7 +76,7 @@ class Distill(FlowMapObjective):
 
     def incompatibility(self, parts):
         found = super().incompatibility(parts)
-        if found is None and self.target == "trajectory" and not uses_mean_denoiser(parts["path"]):
+        if found is None and self.target == "trajectory" and not parts["path"].mean_denoiser:
             return "path", "the trajectory target averages the teacher's D along its path, which needs the mean-denoiser (linear) path"
         return found
 
@@ -157,9 +154,9 @@ def trajectory_target(teacher, xs: torch.Tensor, us: torch.Tensor, ut: torch.Ten
         D = teacher.head.denoise(teacher.logits(x, a, a)).float()  # (B, L, V)
         if evals == 2:
             m = path.time_from_uniform(us + (ut - us) * (done - 1) / steps).clamp(min=a, max=b)
-            D = teacher.head.denoise(teacher.logits(flow_map(path, x, D, a, m), m, m)).float()
-        g = expand_time(semigroup_weight(s, a, b))
+            D = teacher.head.denoise(teacher.logits(path.flow_map(x, D, a, m), m, m)).float()
+        g = expand_time(path.semigroup_weight(s, a, b))
         delta = D if delta is None else g * delta + (1 - g) * D
-        x = flow_map(path, x, D, a, b)
+        x = path.flow_map(x, D, a, b)
         a = b
     return delta

@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from flowzoo.objectives._flowmap import flow_map, uses_mean_denoiser
 from flowzoo.objectives.distill import Distill
 from flowzoo.registry import register
 
@@ -88,7 +87,7 @@ class DistributionMatching(Distill):
 
     def incompatibility(self, parts):
         found = super().incompatibility(parts)
-        if found is None and not uses_mean_denoiser(parts["path"]):
+        if found is None and not parts["path"].mean_denoiser:
             return "path", "dmd noises the one-step samples along the path, which needs the mean-denoiser (linear) path"
         if found is None and not parts["head"].on_simplex:
             return "head", "dmd compares denoisers on the simplex: it needs the categorical head"
@@ -119,7 +118,7 @@ class DistributionMatching(Distill):
     def noised(self, model, sample: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """x_t = (1-t) sigma eps + t x^: the path from fresh prior noise to the (soft) sample. (n, L, V)"""
         eps = model.path.sample_prior(*sample.shape, device=sample.device)
-        return flow_map(model.path, eps, sample, torch.zeros_like(t), t)
+        return model.path.flow_map(eps, sample, torch.zeros_like(t), t)
 
     def distribution_loss(self, model, n: int, length: int, device, data: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """``dmd`` (and ``gan``, the generator's GAN loss, with ``gan_weight``) on n fresh one-step samples; in

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from flowzoo.objectives._fused import FusedSwitch, check_switch, hidden, lm_cross_entropy, noise_seed, noisy_state_embedding
 from flowzoo.objectives.base import Objective
 from flowzoo.registry import register
+from flowzoo.state import FusedSwitch, check_switch, hidden, lm_cross_entropy, noise_seed, noisy_state_embedding
 from flowzoo.timesampling import TIME_SAMPLERS, sample_uniform_times
 
 

@@ -7,16 +7,16 @@ import torch
 from flowzoo.backbones.base import plain_attention
 from flowzoo.kernels import LagrangianPart
 from flowzoo.objectives.flow_map_config import FlowMapConfig
-from flowzoo.objectives._flowmap import FlowMapObjective, adaptive_weight, flow_map, lagrangian_residual, map_weights, weighted_mean
-from flowzoo.objectives._fused import check_switch, delta_embedding, hidden
-from flowzoo.validation import check_times, on_host
+from flowzoo.objectives._flowmap import FlowMapObjective, adaptive_weight, lagrangian_residual, weighted_mean
 from flowzoo.registry import register
+from flowzoo.state import check_switch, delta_embedding, hidden
+from flowzoo.validation import check_times, on_host
 
 
 def fused_lagrangian_part(model, e_s, pairs, stop_tangent: bool = False, checkpoint: bool = True) -> LagrangianPart:
     """The kernels part of ||(1-t) d/dt X_{s,t}(x_s) + X - sg D_t(X)||^2 per token on the fused path.
 
-    = ||delta + kappa d/dt delta - sg D_t(X)||^2 with kappa = (1-t) b, X = a x_s + b delta, (a, b) = map_weights(s, t):
+    = ||delta + kappa d/dt delta - sg D_t(X)||^2 with kappa = (1-t) b, X = a x_s + b delta, (a, b) = path.map_weights(s, t):
     the jvp is taken of the trunk's hidden state in t from e_s = x_s W_in^T (m, L, D) (block by block and
     recomputed in the backward pass with ``checkpoint``); X enters the teacher as a e_s + b delta_embedding(h);
     the residual is read from the three hidden states tile by tile over V.
@@ -29,9 +29,9 @@ def fused_lagrangian_part(model, e_s, pairs, stop_tangent: bool = False, checkpo
     else:
         h, h_dot = trunk_jvp(model, e_s, t, s, checkpoint)
     with torch.no_grad():
-        landing = flow_map(model.path, e_s, delta_embedding(model, h.detach()), s, t)  # X_{s,t} W_in^T
+        landing = model.path.flow_map(e_s, delta_embedding(model, h.detach()), s, t)  # X_{s,t} W_in^T
         h_teacher = hidden(model, landing, t, t, embedded=True)
-    return LagrangianPart(h, h_dot, h_teacher, (1 - t) * map_weights(s, t)[1], stop_tangent=stop_tangent)
+    return LagrangianPart(h, h_dot, h_teacher, (1 - t) * model.path.map_weights(s, t)[1], stop_tangent=stop_tangent)
 
 
 def trunk_jvp(model, e, t, s, checkpoint: bool = False) -> tuple[torch.Tensor, torch.Tensor]:

@@ -6,10 +6,10 @@ import math
 
 import torch
 
-from flowzoo.objectives._fused import FusedSwitch, check_switch, hidden, lm_cross_entropy
 from flowzoo.objectives.base import Objective
 from flowzoo.paths.masked import MaskedPath, subs_log_probs
 from flowzoo.registry import register
+from flowzoo.state import FusedSwitch, check_switch, hidden, lm_cross_entropy
 from flowzoo.timesampling import TIME_SAMPLERS, sample_uniform_times
 
 

@@ -10,14 +10,12 @@ from flowzoo.objectives._flowmap import (
     MIDPOINTS,
     FlowMapObjective,
     adaptive_weight,
-    flow_map,
     sample_middle,
-    semigroup_weight,
     weighted_mean,
 )
-from flowzoo.objectives._fused import check_switch, delta_embedding, hidden, mixture_entropy
 from flowzoo.paths.base import expand_time
 from flowzoo.registry import register
+from flowzoo.state import check_switch, delta_embedding, hidden, mixture_entropy
 
 
 def semigroup_target(model, xs, s, u, t, short_model=None, short_gap: float = 0.0) -> torch.Tensor:
@@ -39,9 +37,9 @@ def semigroup_target(model, xs, s, u, t, short_model=None, short_gap: float = 0.
 
     with torch.no_grad():
         d_su = piece(xs, s, u)
-        x_u = flow_map(path, xs, d_su, s, u)
+        x_u = path.flow_map(xs, d_su, s, u)
         d_ut = piece(x_u, u, t)
-        g = expand_time(semigroup_weight(s, u, t))
+        g = expand_time(path.semigroup_weight(s, u, t))
         return g * d_su + (1 - g) * d_ut  # (B, L, V)
 
 
@@ -71,9 +69,9 @@ def fused_semigroup_part(model, e_s, pairs, u):
     s, t = pairs.s, pairs.t
     with torch.no_grad():
         h_su = hidden(model, e_s, u, s, embedded=True)
-        landing = flow_map(model.path, e_s, delta_embedding(model, h_su), s, u)  # X_{s,u} W_in^T
+        landing = model.path.flow_map(e_s, delta_embedding(model, h_su), s, u)  # X_{s,u} W_in^T
         h_ut = hidden(model, landing, t, u, embedded=True)
-        g = semigroup_weight(s, u, t)
+        g = model.path.semigroup_weight(s, u, t)
         teachers, mix = torch.stack([h_su, h_ut]), torch.stack([g, 1 - g])[:, :, None]  # (2, m, L, D), (2, m, 1)
     part = CrossEntropyPart(hidden(model, e_s, t, s, embedded=True), TeacherTarget(teachers, mix), model.head.softcap)
 

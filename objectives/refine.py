@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from flowzoo.objectives._flowmap import flow_map, uses_mean_denoiser
 from flowzoo.objectives.distill import Distill, trajectory_target
 from flowzoo.registry import register
 
@@ -49,7 +48,7 @@ class RefinedDistill(Distill):
 
     def incompatibility(self, parts):
         found = super().incompatibility(parts)
-        if found is None and not uses_mean_denoiser(parts["path"]):
+        if found is None and not parts["path"].mean_denoiser:
             return "path", "refine puts the one-step samples back on the path, which needs the mean-denoiser (linear) path"
         if found is None and not parts["head"].on_simplex:
             return "head", "refine decodes the one-step map's delta: it needs the categorical head"
@@ -78,6 +77,6 @@ class RefinedDistill(Distill):
         u0 = torch.full((n,), self.refine_from, device=x0.device)
         t0 = path.time_from_uniform(u0)
         sample = F.one_hot(ids, x0.shape[-1]).to(x0.dtype)
-        xt0 = flow_map(path, x0, sample, torch.zeros_like(t0), t0)  # (1-t0) x_0 + t0 x^
+        xt0 = path.flow_map(x0, sample, torch.zeros_like(t0), t0)  # (1-t0) x_0 + t0 x^
         end = trajectory_target(teacher, xt0, u0, torch.ones_like(u0), self.refine_steps)  # X^teacher_{t0,1}, (n, L, V)
         return end.argmax(-1)

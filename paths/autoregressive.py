@@ -7,6 +7,18 @@ import torch
 from flowzoo.paths.base import ProbabilityPath
 from flowzoo.registry import register
 
+CAUSAL_FLAG = "--model.backbone.init_args.causal=true"
+
+
+def causal_incompatibility(parts) -> tuple[str, str] | None:
+    """Refuse anything but the autoregressive path and a causal backbone (the ar objective and sampler share it)."""
+    if not isinstance(parts["path"], AutoregressivePath):
+        return "path", "next-token prediction reads a start token from the autoregressive path (--model.path=autoregressive)"
+    backbone = parts.get("backbone")
+    if backbone is not None and not getattr(backbone, "causal", False):
+        return "backbone", f"next-token prediction needs a causal backbone ({CAUSAL_FLAG})"
+    return None
+
 
 @register("path", "autoregressive")
 class AutoregressivePath(ProbabilityPath):

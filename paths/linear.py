@@ -91,16 +91,6 @@ class LinearPath(ProbabilityPath):
             raise ValueError(f"the denoiser output must have the state's shape {tuple(x.shape)}, got {tuple(denoised.shape)}")
         return (denoised - x) / (1 - expand_time(t)).clamp_min(1e-6)
 
-    def flow_map(self, x: torch.Tensor, delta: torch.Tensor, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """X_{s,t}(x) = ((1-t)/(1-s)) x + ((t-s)/(1-s)) delta_{s,t}(x); at s = 1 the map is the identity."""
-        check_times(t, s, batch=x.shape[0])
-        if delta.shape != x.shape:
-            raise ValueError(f"delta_{{s,t}} must have the state's shape {tuple(x.shape)}, got {tuple(delta.shape)}")
-        one_minus_s = 1 - s
-        safe = torch.where(one_minus_s > 0, one_minus_s, torch.ones_like(one_minus_s))
-        b = torch.where(one_minus_s > 0, (t - s) / safe, torch.zeros_like(s)).clamp(0.0, 1.0)
-        return expand_time(1 - b) * x + expand_time(b) * delta
-
 
 def _interp(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor:
     """Piecewise-linear interpolation of (xp, fp) at x (differentiable in x, for jvp)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from flowzoo.objectives.ar import causal_incompatibility
+from flowzoo.paths.autoregressive import causal_incompatibility
 from flowzoo.progress import progress
 from flowzoo.registry import register
 from flowzoo.samplers.ancestral import sample_categorical

@@ -8,11 +8,10 @@ from typing import TYPE_CHECKING
 import torch
 
 from flowzoo.registry import Component
+from flowzoo.state import DECODES, check_decode, decode_tokens  # noqa: F401 (decoding is the state's, see flowzoo.state)
 
 if TYPE_CHECKING:
     from flowzoo.module import FlowLM
-
-DECODES = ("argmax", "sample")
 
 
 @dataclass
@@ -27,21 +26,3 @@ class Sampler(Component):
 
     def sample(self, model: "FlowLM", num_samples: int, length: int, generator: torch.Generator | None = None) -> SampleOutput:
         raise NotImplementedError
-
-
-def check_decode(decode: str, temperature: float) -> None:
-    if decode not in DECODES:
-        raise ValueError(f"unknown decode {decode!r}; choices: {', '.join(DECODES)}")
-    if temperature <= 0:
-        raise ValueError(f"temperature must be positive, got {temperature}")
-
-
-def decode_tokens(prediction: torch.Tensor, decode: str, temperature: float, generator=None) -> torch.Tensor:
-    """Tokens (B, L) from a per-position prediction (B, L, V): its argmax, or a draw from p^(1/T) in float64."""
-    if decode == "argmax":
-        return prediction.argmax(-1)
-    probs = prediction.double().clamp_min(0)
-    if temperature != 1.0:  # p^(1/T), normalised in log space so small T cannot underflow
-        probs = torch.softmax(probs.clamp_min(1e-300).log() / temperature, dim=-1)
-    flat = torch.multinomial(probs.flatten(0, 1), 1, generator=generator)
-    return flat.view(prediction.shape[:2])

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from flowzoo.objectives._flowmap import flow_map
-from flowzoo.objectives._fused import delta_embedding, hidden
 from flowzoo.progress import progress
 from flowzoo.registry import register
-from flowzoo.samplers._embedded import EmbeddedSampling, decode_hidden, prior_embedding
-from flowzoo.samplers.base import SampleOutput, Sampler, check_decode, decode_tokens
+from flowzoo.samplers.base import SampleOutput, Sampler, check_decode
+from flowzoo.state import EmbeddedSampling
 
 
 @register("sampler", "euler")
@@ -18,7 +16,7 @@ class EulerSampler(EmbeddedSampling, Sampler):
 
     On the linear path an Euler step is the flow map on the diagonal, x <- a x + b D_t(x) with
     (a, b) = ((1-t')/(1-t), (t'-t)/(1-t)); ``fused`` (None: automatic, on CUDA) then carries x as its input
-    embedding (B, L, D) with flowzoo.kernels (``flowzoo.samplers._embedded``).
+    embedding (B, L, D) with flowzoo.kernels (``flowzoo.state.EmbeddedState``).
     """
 
     def __init__(self, steps: int = 128, decode: str = "argmax", temperature: float = 1.0, fused: bool | None = None) -> None:
@@ -39,47 +37,13 @@ class EulerSampler(EmbeddedSampling, Sampler):
 
     @torch.no_grad()
     def sample(self, model, num_samples, length, generator=None):
-        if self.use_fused(model):
-            return self._sample_embedded(model, num_samples, length, generator)
-        path = model.path
-        x = path.sample_prior(num_samples, length, model.vocab_size, generator=generator, device=model.device)
-        times = self.schedule(path, device=model.device)
-        for i in progress(range(self.steps), desc="euler"):
-            t = times[i].expand(num_samples)
-            denoised = model.denoise(x, t)  # (B, L, V)
-            if i + 1 < self.steps:
-                x = x + (times[i + 1] - times[i]) * path.velocity(x, denoised, t)
-                if hasattr(path, "project"):  # paths on the simplex (dirichlet) stay on it
-                    x = path.project(x)
-        return SampleOutput(decode_tokens(denoised, self.decode, self.temperature, generator), nfe=self.steps, prediction=denoised)
-
-    def _sample_embedded(self, model, num_samples, length, generator):
-        """The same steps on e = x W_in^T (B, L, D): e <- a e + b D_t W_in^T, D_t never materialised."""
-        _, e = prior_embedding(model, num_samples, length, generator)
+        state = self.state(model)  # dense (B, L, V) or embedded (B, L, D): the one place the kernels are chosen
+        x = state.prior(num_samples, length, generator)
         times = self.schedule(model.path, device=model.device)
         for i in progress(range(self.steps), desc="euler"):
             t = times[i].expand(num_samples)
-            h = hidden(model, e, t, t, embedded=True)  # (B, L, D)
-            if i + 1 < self.steps:  # the Euler step on the linear path is the map X_{t,t'} with delta = D_t
-                e = flow_map(model.path, e, delta_embedding(model, h), t, times[i + 1].expand(num_samples))
-        return SampleOutput(decode_hidden(model, h, self.decode, self.temperature, generator), nfe=self.steps)
-
-
-@register("sampler", "marginal")
-class MarginalSampler(Sampler):
-    """Each position drawn independently from the denoiser's marginal D_0(x0) at t = 0 (ignores dependencies)."""
-
-    def __init__(self, temperature: float = 1.0) -> None:
-        check_decode("sample", temperature)
-        self.temperature = temperature
-
-    def incompatibility(self, parts):
-        if parts["path"].state != "continuous":
-            return "path", "the marginal sampler reads the denoiser of a continuous path at t = 0"
-        return None
-
-    @torch.no_grad()
-    def sample(self, model, num_samples, length, generator=None):
-        x = model.path.sample_prior(num_samples, length, model.vocab_size, generator=generator, device=model.device)
-        t = torch.zeros(num_samples, device=model.device)
-        return SampleOutput(decode_tokens(model.denoise(x, t), "sample", self.temperature, generator), nfe=1)
+            denoised = state.predict(x, t)  # D_t(x): (B, L, V), or the hidden state (B, L, D) whose head gives it
+            if i + 1 < self.steps:
+                x = state.euler_step(x, denoised, t, times[i + 1].expand(num_samples))
+        tokens, prediction = state.decode(denoised, self.decode, self.temperature, generator)
+        return SampleOutput(tokens, nfe=self.steps, prediction=prediction)

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from flowzoo.objectives._fused import delta_embedding, hidden
-from flowzoo.objectives._flowmap import check_flow_map_parts, flow_map
 from flowzoo.paths.base import expand_time
 from flowzoo.progress import progress
 from flowzoo.registry import register
-from flowzoo.samplers._embedded import EmbeddedSampling, decode_hidden, fresh_noise_embedding, prior_embedding
-from flowzoo.samplers.base import SampleOutput, Sampler, check_decode, decode_tokens
+from flowzoo.samplers.base import SampleOutput, Sampler, check_decode
+from flowzoo.state import EmbeddedSampling
 
 
 @register("sampler", "flow_map")
@@ -21,7 +19,7 @@ class FlowMapSampler(EmbeddedSampling, Sampler):
     (1-t) sigma eps' + t delta with eps' = sqrt(1-gamma^2) eps_hat + gamma z, where eps_hat is the noise the
     state implies given the last prediction delta and z is fresh noise; gamma = 0 is the deterministic map.
     ``fused`` (None: automatic, on CUDA) carries the state as its input embedding x W_in^T (B, L, D) with
-    flowzoo.kernels, so no (B, L, V) tensor exists but the last step's logits (``flowzoo.samplers._embedded``).
+    flowzoo.kernels, so no (B, L, V) tensor exists but the last step's logits (``flowzoo.state.EmbeddedState``).
     """
 
     def __init__(
@@ -47,7 +45,8 @@ class FlowMapSampler(EmbeddedSampling, Sampler):
         self.set_fused(fused)
 
     def incompatibility(self, parts):
-        return check_flow_map_parts(parts) or super().incompatibility(parts)
+        reason = parts["path"].flow_map_refusal()
+        return ("path", reason) if reason else super().incompatibility(parts)
 
     def schedule(self, path, device=None) -> torch.Tensor:
         """The k + 1 path times 0 = t_0 < ... < t_k = 1."""
@@ -57,38 +56,32 @@ class FlowMapSampler(EmbeddedSampling, Sampler):
 
     @torch.no_grad()
     def sample(self, model, num_samples, length, generator=None):
-        if self.use_fused(model):
-            return self._sample_embedded(model, num_samples, length, generator)
-        path = model.path
-        x = path.sample_prior(num_samples, length, model.vocab_size, generator=generator, device=model.device)
-        times = self.schedule(path, device=model.device)
-        for i in progress(range(self.steps), desc="flow_map"):
-            s, t = times[i].expand(num_samples), times[i + 1].expand(num_samples)
-            delta = model.head.denoise(model.logits(x, t, s))  # delta_{s,t}(x), (B, L, V)
-            if i + 1 == self.steps:
-                break
-            x = flow_map(path, x, delta, s, t).float()
-            if hasattr(path, "project"):  # paths on the simplex (dirichlet) stay on it
-                x = path.project(x)
-            if self.gamma > 0:
-                z = torch.randn(x.shape, generator=generator, device=x.device)
-                x = self._renoise(x, delta, t, expand_time((1 - t) * getattr(path, "sigma", 1.0) * self.gamma) * z)
-        return SampleOutput(decode_tokens(delta, self.decode, self.temperature, generator), nfe=self.steps, prediction=delta)
-
-    def _sample_embedded(self, model, num_samples, length, generator):
-        """The same steps on e = x W_in^T (B, L, D): e <- a e + b delta W_in^T, delta never materialised."""
-        ids, e = prior_embedding(model, num_samples, length, generator)
+        state = self.state(model)  # dense (B, L, V) or embedded (B, L, D): the one place the kernels are chosen
+        x = state.prior(num_samples, length, generator)
         times = self.schedule(model.path, device=model.device)
         for i in progress(range(self.steps), desc="flow_map"):
             s, t = times[i].expand(num_samples), times[i + 1].expand(num_samples)
-            h = hidden(model, e, t, s, embedded=True)  # (B, L, D)
+            prediction = state.predict(x, t, s)  # delta_{s,t}(x) (B, L, V), or the hidden state (B, L, D) giving it
             if i + 1 == self.steps:
                 break
-            d = delta_embedding(model, h)  # delta_{s,t} W_in^T
-            e = flow_map(model.path, e, d, s, t)  # X_{s,t} W_in^T: the map is linear in the state
-            if self.gamma > 0:
-                e = self._renoise(e, d, t, fresh_noise_embedding(model, ids, (1 - t) * model.path.sigma * self.gamma, generator))
-        return SampleOutput(decode_hidden(model, h, self.decode, self.temperature, generator), nfe=self.steps)
+            x = self.step(state, x, prediction, s, t, generator)
+        tokens, decoded = state.decode(prediction, self.decode, self.temperature, generator)
+        return SampleOutput(tokens, nfe=self.steps, prediction=decoded)
+
+    def step(self, state, x, prediction, s, t, generator=None):
+        """One jump x <- X_{s,t}(x) (``path.flow_map``) from the prediction at (s, t), re-noised at t when gamma > 0.
+
+        The same on the dense state and on embeddings: ``state.in_state`` gives delta_{s,t} as a point of the
+        state's space (delta itself, or delta W_in^T), and the map and the re-noising are linear in (x, delta).
+        """
+        path = state.model.path
+        delta = state.in_state(prediction)
+        x = path.flow_map(x, delta, s, t).float()
+        if hasattr(path, "project"):  # paths on the simplex (dirichlet) stay on it
+            x = path.project(x)
+        if self.gamma > 0:
+            x = self._renoise(x, delta, t, state.fresh_noise(x, (1 - t) * getattr(path, "sigma", 1.0) * self.gamma, generator))
+        return x
 
     def _renoise(self, x, delta, t, fresh):
         """Swap a share gamma of the implied noise for fresh noise, keeping the state on the path at t.

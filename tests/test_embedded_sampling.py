@@ -7,7 +7,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-import flowzoo.samplers._embedded as embedded_module
+import flowzoo.state as embedded_module
 from flowzoo.errors import IncompatibleComponentsError
 from flowzoo.kernels import reference_noise
 from flowzoo.module import FlowLM
@@ -39,11 +39,9 @@ def predictions(monkeypatch, m, sampler):
     """The prediction (B, L, V) each sampler decodes, captured at decode_tokens, and the tokens."""
     seen = []
     import flowzoo.samplers.base as base
-    import flowzoo.samplers.euler as euler
-    import flowzoo.samplers.flow_map as flow_map
 
     real = base.decode_tokens
-    for module in (euler, flow_map, embedded_module):
+    for module in (embedded_module,):  # both states decode through flowzoo.state.decode_tokens
         monkeypatch.setattr(module, "decode_tokens", lambda p, *a, **k: seen.append(p) or real(p, *a, **k))
     out = m.generate(B, L, sampler=sampler, seed=0)
     return seen[-1], out.tokens

@@ -8,8 +8,9 @@ from flowzoo.objectives._flowmap import lagrangian_residual
 from flowzoo.objectives.flow_map_config import FlowMapConfig
 from flowzoo.objectives.lsd import LagrangianSelfDistillation
 from flowzoo.objectives.psd import ProgressiveSelfDistillation
-from flowzoo.samplers.euler import EulerSampler, MarginalSampler
+from flowzoo.samplers.euler import EulerSampler
 from flowzoo.samplers.flow_map import FlowMapSampler
+from flowzoo.samplers.marginal import MarginalSampler
 
 
 

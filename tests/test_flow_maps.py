@@ -11,10 +11,13 @@ from flowzoo.cli import main
 from flowzoo.errors import CheckpointError, IncompatibleComponentsError
 from flowzoo.exact import ExactFlowLM
 from flowzoo.module import FlowLM
-from flowzoo.objectives._flowmap import lagrangian_residual, map_weights, sample_pairs, semigroup_weight
+from flowzoo.objectives._flowmap import lagrangian_residual, sample_pairs
 from flowzoo.objectives.psd import semigroup_loss, semigroup_target
 from flowzoo.paths import LinearPath
+from flowzoo.paths.base import ProbabilityPath
 from flowzoo.samplers.flow_map import FlowMapSampler
+
+map_weights, semigroup_weight = ProbabilityPath.map_weights, ProbabilityPath.semigroup_weight
 
 V, L, B = 11, 6, 4
 TINY = {"name": "dit", "init_args": {"width": 32, "depth": 2, "heads": 2, "cond_dim": 16}}

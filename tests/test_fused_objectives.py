@@ -13,7 +13,7 @@ import contextlib
 import pytest
 import torch
 
-import flowzoo.objectives._fused as fused_module
+import flowzoo.state as fused_module
 import flowzoo.paths.linear as linear_module
 from flowzoo.backbones.dit import DiT
 from flowzoo.cli import main

@@ -183,7 +183,7 @@ def test_shared_head_losses_accumulate_one_gradient_like_separate_calls(with_bia
 def test_sampling_on_embeddings_through_the_triton_kernels(monkeypatch, sampler):
     """The samplers' embedded path (fused=true) on the Triton kernels (noisy_embedding for the prior,
     softmax_embedding per step) gives the dense sampler's tokens for the same x0."""
-    import flowzoo.samplers._embedded as embedded
+    import flowzoo.state as embedded
     from flowzoo.kernels import seeded_noise
     from flowzoo.module import FlowLM
 

@@ -94,9 +94,7 @@ class ExactDenoiser:
 
     def flow_map(self, x: torch.Tensor, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """X_{s,t}(x) = ((1-t)/(1-s)) x + ((t-s)/(1-s)) delta_{s,t}(x) (identity at s = 1)."""
-        from flowzoo.objectives._flowmap import map_weights
-
-        a, b = map_weights(s.double(), t.double())
+        a, b = LinearPath.map_weights(s.double(), t.double())
         return a[:, None, None] * x.double() + b[:, None, None] * self.mean_denoiser(x, s, t)
 
 

@@ -1,0 +1,28 @@
+"""The marginal sampler: every position drawn independently at t = 0, the baseline that shows what the flow adds."""
+
+from __future__ import annotations
+
+import torch
+
+from flowzoo.registry import register
+from flowzoo.samplers.base import SampleOutput, Sampler, check_decode, decode_tokens
+
+
+@register("sampler", "marginal")
+class MarginalSampler(Sampler):
+    """Each position drawn independently from the denoiser's marginal D_0(x0) at t = 0 (ignores dependencies)."""
+
+    def __init__(self, temperature: float = 1.0) -> None:
+        check_decode("sample", temperature)
+        self.temperature = temperature
+
+    def incompatibility(self, parts):
+        if parts["path"].state != "continuous":
+            return "path", "the marginal sampler reads the denoiser of a continuous path at t = 0"
+        return None
+
+    @torch.no_grad()
+    def sample(self, model, num_samples, length, generator=None):
+        x = model.path.sample_prior(num_samples, length, model.vocab_size, generator=generator, device=model.device)
+        t = torch.zeros(num_samples, device=model.device)
+        return SampleOutput(decode_tokens(model.denoise(x, t), "sample", self.temperature, generator), nfe=1)
