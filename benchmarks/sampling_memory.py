@@ -2,7 +2,7 @@
 embeddings (the samplers' switch ``fused``), beside MDLM's ancestral sampler, on the same DiT trunk.
 
 With ``fused`` on, the state is carried as x W_in^T (B, L, D): each step is e <- a e + b softmax_embedding(h)
-(flowzoo.samplers._embedded), so no (B, L, V) tensor exists but the last step's logits. Memory is measured
+(flowzoo.state.EmbeddedState), so no (B, L, V) tensor exists but the last step's logits. Memory is measured
 as in benchmarks/kernel_memory.py (CPU: peak live bytes of tensor storages created during the call and the
 process's peak RSS; CUDA: torch.cuda.max_memory_allocated minus the memory held before it); parameters excluded.
 

@@ -7,6 +7,10 @@ T = sum_k m_k softmax(cap(h_k W_k^T + b_k)) built tile by tile from teacher hidd
 (so psd / distillation targets never exist as a (R, V) tensor either).
 Backward: dz = g (sum_v T) softmax(z) - g T, times cap'(z) = 1 - (z / c)^2, recomputed tile by tile
 from the saved lse: dh = dz W, dW = dz^T h, db = sum_r dz. Targets are constants (no gradient).
+
+This module holds the kernels and the dense reference; the entry point :func:`linear_cross_entropy` is a
+one-part :func:`~flowzoo.kernels.shared_head.shared_head_losses` (``flowzoo.kernels.shared_head``, which
+builds on this module and on ``lagrangian_residual``; neither imports it back).
 """
 
 from __future__ import annotations
@@ -371,28 +375,6 @@ def _backward_triton(h, weight, bias, tgt: _Target, cap, lse, tsum, g, dw=None, 
         *args, lse, tsum, g, dw, db if db is not None else dw, R, V, D, K, float(cap or 1.0), **flags,
         ACCUMULATE=accumulate)
     return dh, dw, db
-
-
-def linear_cross_entropy(
-    h: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    target,
-    *,
-    softcap: float | None = None,
-    backend: str | None = None,
-) -> torch.Tensor:
-    """Per-token CE of softmax(cap(h W^T + b)) against ``target`` without materialising the logits.
-
-    h (*rows, D); weight (V, D) and bias (V,) as ``nn.Linear(D, V)``; target: ids (*rows) long, a soft
-    distribution (*rows, V), or a :class:`TeacherTarget`. Returns the loss per row, shape (*rows).
-    ``softcap`` c applies z -> c tanh(z / c) to the logits. ``backend`` overrides the dispatch.
-    """
-    if h.shape[-1] != weight.shape[-1] or weight.dim() != 2:
-        raise ValueError(f"h (..., D) and weight (V, D) disagree: {tuple(h.shape)} vs {tuple(weight.shape)}")
-    from flowzoo.kernels.shared_head import CrossEntropyPart, shared_head_losses  # it builds on this module
-
-    return shared_head_losses(weight, bias, [CrossEntropyPart(h, target, softcap)], backend=backend)[0]
 
 
 def linear_cross_entropy_reference(h, weight, bias, target, *, softcap=None) -> torch.Tensor:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from flowzoo.kernels.dispatch import triton_available, use_triton
-from flowzoo.kernels.noise import draw_seed
+from flowzoo.kernels.noise import draw_seed, reference_noise
 
 if triton_available():
     import triton
@@ -64,3 +64,13 @@ def interpolant(x1, a, b, vocab_size: int, generator=None):
     if use_triton(x1):
         return interpolant_triton(x1, a, b, vocab_size, draw_seed(generator))
     return interpolant_reference(x1, a, b, vocab_size, generator=generator)
+
+
+def seeded_noise(shape, vocab_size: int, seed: int, device, triton_backend: bool) -> torch.Tensor:
+    """The dense x0 (*shape, V) that the kernels draw for ``seed`` on the chosen backend (tests, losses
+    that need x_t itself); rows are numbered in row-major order over ``shape``."""
+    rows = int(torch.Size(shape).numel())
+    if triton_backend:
+        ids = torch.zeros(rows, 1, dtype=torch.long, device=device)
+        return interpolant_triton(ids.view(1, rows), 1.0, 0.0, vocab_size, seed).view(*shape, vocab_size)
+    return reference_noise(seed, rows, vocab_size, device).view(*shape, vocab_size)

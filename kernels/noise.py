@@ -46,15 +46,3 @@ if triton_available():
         """x0[rows, cols] ~ N(0, 1) from Philox(seed, r * V + c); rows (BR,), cols (BV,) -> (BR, BV)."""
         offsets = rows.to(tl.int64)[:, None] * V + cols[None, :]
         return tl.randn(seed, offsets)
-
-
-def seeded_noise(shape, vocab_size: int, seed: int, device, triton_backend: bool) -> torch.Tensor:
-    """The dense x0 (*shape, V) that the kernels draw for ``seed`` on the chosen backend (tests, losses
-    that need x_t itself); rows are numbered in row-major order over ``shape``."""
-    rows = int(torch.Size(shape).numel())
-    if triton_backend:
-        from flowzoo.kernels.interpolant import interpolant_triton
-
-        ids = torch.zeros(rows, 1, dtype=torch.long, device=device)
-        return interpolant_triton(ids.view(1, rows), 1.0, 0.0, vocab_size, seed).view(*shape, vocab_size)
-    return reference_noise(seed, rows, vocab_size, device).view(*shape, vocab_size)

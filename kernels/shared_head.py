@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from flowzoo.kernels import cross_entropy as ce
-from flowzoo.kernels import lsd
+from flowzoo.kernels import lagrangian_residual as residual
 from flowzoo.kernels.dispatch import use_triton
 from flowzoo.kernels.embedding import _row_coefficient
 
@@ -80,7 +80,7 @@ class _Prepared:
             fwd = ce._forward_triton if triton_backend else ce._forward_reference
             lse, loss, tsum = fwd(xs[0], weight, bias, self.tgt, self.cap)
             return loss, [xs[0], lse, tsum]
-        fwd = lsd._forward_triton if triton_backend else lsd._forward_reference
+        fwd = residual._forward_triton if triton_backend else residual._forward_reference
         teacher, self.teacher = self.teacher, None  # saved through ctx like the inputs
         loss, stats = fwd(xs[0], xs[1], teacher, weight, bias, self.kappa)
         return loss, [xs[0], xs[1], teacher, stats]
@@ -94,7 +94,7 @@ class _Prepared:
             grads = [dh]
         else:
             h, hd, teacher, stats = saved
-            bwd = lsd._backward_triton if triton_backend else lsd._backward_reference
+            bwd = residual._backward_triton if triton_backend else residual._backward_reference
             dh, dhd, dw, db = bwd(h, hd, teacher, weight, bias, self.kappa, stats, g.float(), dw, db,
                                   stop_tangent=self.stop_tangent)
             grads = [dh, dhd]
@@ -156,3 +156,40 @@ def shared_head_losses(weight: torch.Tensor, bias: torch.Tensor | None, parts: l
     flat = [x for part in prepared for x in part.inputs]
     losses = SharedHeadLosses.apply(weight, bias, prepared, triton_backend, *flat)
     return [loss.view(part.lead) for loss, part in zip(losses, prepared)]
+
+
+def linear_cross_entropy(
+    h: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    target,
+    *,
+    softcap: float | None = None,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """Per-token CE of softmax(cap(h W^T + b)) against ``target`` without materialising the logits.
+
+    h (*rows, D); weight (V, D) and bias (V,) as ``nn.Linear(D, V)``; target: ids (*rows) long, a soft
+    distribution (*rows, V), or a :class:`TeacherTarget`. Returns the loss per row, shape (*rows).
+    ``softcap`` c applies z -> c tanh(z / c) to the logits. ``backend`` overrides the dispatch.
+    """
+    if h.shape[-1] != weight.shape[-1] or weight.dim() != 2:
+        raise ValueError(f"h (..., D) and weight (V, D) disagree: {tuple(h.shape)} vs {tuple(weight.shape)}")
+    return shared_head_losses(weight, bias, [CrossEntropyPart(h, target, softcap)], backend=backend)[0]
+
+
+def lsd_residual_loss(h, h_dot, h_teacher, weight, bias, kappa, *, stop_tangent: bool = False,
+                      backend: str | None = None) -> torch.Tensor:
+    """Per-token sum_v (delta + kappa d/dt delta - sg D_t(X))^2 without any (B, L, V) tensor.
+
+    h, h_dot, h_teacher (*rows, D): the student's final hidden state at (s, t), its t-derivative (jvp
+    tangent), and the teacher's hidden state at the landing point (diagonal t; detached). weight (V, D)
+    and bias (V,) as ``nn.Linear(D, V)``; kappa = (1-t)(t-s)/(1-s), a scalar, (B,) or (*rows).
+    Returns (*rows). Gradients flow to h, h_dot, weight and bias; with ``stop_tangent`` the d/dt delta term is a
+    constant (MeanFlow-style semi-gradient: no gradient to h_dot, none through the tangent term).
+    """
+    if not (h.shape == h_dot.shape == h_teacher.shape) or h.shape[-1] != weight.shape[1]:
+        raise ValueError(f"h {tuple(h.shape)}, h_dot {tuple(h_dot.shape)}, h_teacher {tuple(h_teacher.shape)} and "
+                         f"weight (V, D) {tuple(weight.shape)} disagree")
+    part = LagrangianPart(h, h_dot, h_teacher, kappa, stop_tangent=stop_tangent)
+    return shared_head_losses(weight, bias, [part], backend=backend)[0]

@@ -17,6 +17,7 @@ from flowzoo.heads.base import Head
 from flowzoo.objectives.base import Objective
 from flowzoo.paths.base import ProbabilityPath
 from flowzoo.samplers.base import SampleOutput, Sampler
+from flowzoo.state import reproducible_logits
 from flowzoo.validation import check_state, check_times, check_tokens, on_host
 
 LR_SCHEDULES = ("constant", "cosine")
@@ -80,6 +81,7 @@ class FlowLM(L.LightningModule, FlowzooHubMixin):
         self.save_hyperparameters(ignore=list(given))
 
     # --- the network ---------------------------------------------------------------
+    @reproducible_logits  # the kernels (flowzoo.state) compute exactly this from the trunk's hidden state
     def logits(self, x: torch.Tensor, t: torch.Tensor | None, s: torch.Tensor | None = None) -> torch.Tensor:
         """Backbone logits (B, L, V) for state x at path time t (and source time s for flow maps)."""
         check_times(t, s, batch=x.shape[0] if x.dim() else None, values=on_host(x))

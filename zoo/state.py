@@ -142,11 +142,18 @@ class EmbeddedSampling(FusedSwitch):
         return sampling_state(model, self.use_fused(model))
 
 
-def _plain_logits(model) -> bool:
-    """Whether ``model.logits`` is FlowLM's own (backbone(x, t, s) on network times), which the kernels reproduce."""
-    from flowzoo.module import FlowLM
+def reproducible_logits(logits):
+    """Mark a model class's ``logits`` method (FlowLM.logits: backbone(x, t, s) on network times) as the one the
+    kernels reproduce; automatic ``fused`` then applies to its instances unless a subclass or the instance
+    replaces the method."""
+    logits.reproducible_by_kernels = True
+    return logits
 
-    return getattr(getattr(model, "logits", None), "__func__", None) is FlowLM.logits
+
+def _plain_logits(model) -> bool:
+    """Whether ``model.logits`` is the marked method (FlowLM's own), which the kernels reproduce."""
+    method = getattr(getattr(model, "logits", None), "__func__", None)
+    return getattr(method, "reproducible_by_kernels", False)
 
 
 # ---------------------------------------------------------------------------------------------- decoding

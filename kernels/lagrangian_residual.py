@@ -15,6 +15,9 @@ then dh = dz W, dhd = dzd W, dW = dz^T h + dzd^T hd, db = sum_r dz. The teacher 
 
 ``stop_tangent`` (MeanFlow-style semi-gradient): r = delta + kappa sg[d/dt delta] - sg D, the same value, with the
 gradient through delta only: dL/dz = g delta (2 r - A), dL/dzd = 0 (the tangent then needs no autograd graph).
+
+This module holds the kernels and the dense reference; the entry point :func:`lsd_residual_loss` is a one-part
+:func:`~flowzoo.kernels.shared_head.shared_head_losses` (``flowzoo.kernels.shared_head``).
 """
 
 from __future__ import annotations
@@ -267,25 +270,6 @@ def _backward_triton(h, hd, ht, weight, bias, kappa, stats, g, dw=None, db=None,
                                                                  db if db is not None else dw, R, V, D, **flags,
                                                                  ACCUMULATE=accumulate)
     return dh, dhd, dw, db
-
-
-def lsd_residual_loss(h, h_dot, h_teacher, weight, bias, kappa, *, stop_tangent: bool = False,
-                      backend: str | None = None) -> torch.Tensor:
-    """Per-token sum_v (delta + kappa d/dt delta - sg D_t(X))^2 without any (B, L, V) tensor.
-
-    h, h_dot, h_teacher (*rows, D): the student's final hidden state at (s, t), its t-derivative (jvp
-    tangent), and the teacher's hidden state at the landing point (diagonal t; detached). weight (V, D)
-    and bias (V,) as ``nn.Linear(D, V)``; kappa = (1-t)(t-s)/(1-s), a scalar, (B,) or (*rows).
-    Returns (*rows). Gradients flow to h, h_dot, weight and bias; with ``stop_tangent`` the d/dt delta term is a
-    constant (MeanFlow-style semi-gradient: no gradient to h_dot, none through the tangent term).
-    """
-    if not (h.shape == h_dot.shape == h_teacher.shape) or h.shape[-1] != weight.shape[1]:
-        raise ValueError(f"h {tuple(h.shape)}, h_dot {tuple(h_dot.shape)}, h_teacher {tuple(h_teacher.shape)} and "
-                         f"weight (V, D) {tuple(weight.shape)} disagree")
-    from flowzoo.kernels.shared_head import LagrangianPart, shared_head_losses  # it builds on this module
-
-    part = LagrangianPart(h, h_dot, h_teacher, kappa, stop_tangent=stop_tangent)
-    return shared_head_losses(weight, bias, [part], backend=backend)[0]
 
 
 def lsd_residual_loss_reference(h, h_dot, h_teacher, weight, bias, kappa, stop_tangent: bool = False) -> torch.Tensor:

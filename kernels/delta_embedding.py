@@ -1,9 +1,9 @@
-"""Flow-map landing points fused with the next input embedding.
+"""The embedded prediction delta W_in^T, with delta = softmax(cap(h W_out^T + b)), chunked over V.
 
 ``softmax_embedding``: softmax(cap(h W_out^T + b)) W_in^T, the delta term of a landing point
 X = a x + b delta embedded as a (x W_in^T) + b softmax_embedding(h), computed from hidden states h and
 chunked over V like attention with one query per row: neither the logits nor the probabilities exist as
-(R, V) tensors. The samplers' flow-map and Euler steps on embeddings (``flowzoo.samplers._embedded``) and the
+(R, V) tensors. The samplers' flow-map and Euler steps on embeddings (``flowzoo.state.EmbeddedState``) and the
 stop-gradient teachers of psd / lsd use it. Forward-only; with autograd on it runs the differentiable
 dense reference.
 """
