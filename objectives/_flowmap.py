@@ -14,11 +14,10 @@ from dataclasses import dataclass
 import torch
 
 from flowzoo.backbones.base import plain_attention
-from flowzoo.kernels import CrossEntropyPart, shared_head_losses
 from flowzoo.objectives.base import Objective
 from flowzoo.objectives.flow_map_config import FlowMapConfig, nest_flat_args
 from flowzoo.paths.base import expand_time
-from flowzoo.state import FusedSwitch, hidden, noise_seed, noisy_state_embedding
+from flowzoo.state import FusedSwitch, LossTerm, training_state
 from flowzoo.timesampling import TIME_SAMPLERS, sample_uniform_times
 
 PAIR_SAMPLINGS = ("fmlm", "uniform")
@@ -104,10 +103,11 @@ def adaptive_weight(sq_error: torch.Tensor, c: float = 1e-3) -> torch.Tensor:
 class FlowMapObjective(FusedSwitch, Objective):
     """Diagonal (flow-matching / anchor) loss on a share of the batch plus a map loss on the rest.
 
-    Subclasses implement :meth:`map_loss` for the off-diagonal sequences and may override
-    :meth:`diagonal_target` (the data, or a teacher's D_t). Subclasses that set ``self.fused`` (psd, lsd)
-    implement :meth:`fused_map_part` and, when :meth:`use_fused` allows it, run :meth:`fused_forward`:
-    one noisy embedding of the whole batch and one output projection (one W_in and one W_out gradient).
+    One body for both states (``flowzoo.state``): on the dense state (B, L, V) every loss is computed as it is
+    reached; on the embedded state (``fused``; linear path, categorical head) x_t and x_s enter as one
+    embedding (B, L, D) of the whole batch and every loss goes through one output projection (one W_in and one
+    W_out gradient). Subclasses implement :meth:`map_loss` and may override :meth:`map_times` (extra times drawn
+    after the pairs) and :meth:`diagonal_target` (the data, or a teacher's D_t).
     """
 
     needs_linear_path = True
@@ -138,40 +138,47 @@ class FlowMapObjective(FusedSwitch, Objective):
     def incompatibility(self, parts):
         return check_flow_map_parts(parts) or self.fused_incompatibility(parts)
 
-    def diagonal_target(self, model, xt: torch.Tensor, t: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
+    def diagonal_target(self, model, xt, t: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
         """What delta_{t,t}(x_t) = D_t(x_t) is fitted to: the clean ids (flow matching)."""
         return x1
 
     def diagonal_times(self, n: int, model, device) -> torch.Tensor:
         return model.path.time_from_uniform(sample_uniform_times(n, self.time_sampling, device=device))
 
-    def diagonal_loss(self, model, x1: torch.Tensor) -> torch.Tensor:
-        """E_t loss_head(delta_{t,t}(x_t), target): the cross-entropy L_CE (or MSE for the Gaussian head)."""
-        if x1.shape[0] == 0:
-            return torch.zeros((), device=x1.device)
-        t = self.diagonal_times(x1.shape[0], model, x1.device)
-        xt = model.path.sample(x1, t, model.vocab_size)  # (B, L, V)
-        target = self.diagonal_target(model, xt, t, x1)
-        return model.head.loss(model.logits(xt, t, t), target).mean()
+    def diagonal_loss(self, model, state, xt, t: torch.Tensor, x1: torch.Tensor) -> LossTerm:
+        """loss_head(delta_{t,t}(x_t), target) per token: the cross-entropy L_CE (or MSE for the Gaussian head)."""
+        return state.head_loss(xt, t, t, self.diagonal_target(model, xt, t, x1))
 
-    def map_loss(self, model, x1: torch.Tensor) -> dict[str, torch.Tensor]:
+    def map_loss(self, model, state, xs, pairs: Pairs, extra, x1: torch.Tensor):
+        """The map loss of the off-diagonal rows x_s (registered with ``state.noisy``; ``state.value(xs)`` is the
+        tensor): returns finish() -> the logged dict with "map", called once the state has resolved its losses."""
         raise NotImplementedError
 
     def map_times(self, model, pairs: Pairs):
-        """Extra times the map loss draws after the pairs (psd: the midpoint u); None by default."""
+        """Extra times the map loss draws after the pairs and before x_s (psd: the midpoint u); None by default."""
         return None
 
-    def fused_map_part(self, model, e_s: torch.Tensor, pairs: Pairs, extra):
-        """(a kernels part for the map rows, finish(per_token) -> the map loss's logged dict); e_s = x_s W_in^T (m, L, D)."""
-        raise NotImplementedError
+    def state(self, model):
+        """The training state of this batch (the seam): embedded when :meth:`use_fused`, dense otherwise."""
+        return training_state(model, self.use_fused(model))
 
     def forward(self, model, x1):
-        if self.use_fused(model):
-            return self.fused_forward(model, x1)
-        n_diag = split_batch(x1.shape[0], self.diagonal_share)
-        diag = self.diagonal_loss(model, x1[:n_diag])
-        found = self.map_loss(model, x1[n_diag:]) if n_diag < x1.shape[0] else None
-        return self.combine(diag, found, n_diag, x1.shape[0])
+        """Draws in this order: diagonal times, x_t, (the diagonal loss), pairs, :meth:`map_times`, x_s, (the map
+        loss); on the embedded state x_t and x_s are embedded together after the last time (one seed)."""
+        state = self.state(model)
+        B, device = x1.shape[0], x1.device
+        n = split_batch(B, self.diagonal_share)
+        diag = finish = None
+        if n:
+            t = self.diagonal_times(n, model, device)
+            diag = self.diagonal_loss(model, state, state.noisy(x1[:n], t), t, x1[:n])
+        if n < B:
+            pairs = self.pairs(model, B - n, device)
+            extra = self.map_times(model, pairs)
+            finish = self.map_loss(model, state, state.noisy(x1[n:], pairs.s), pairs, extra, x1[n:])
+        state.resolve()
+        diag = diag.value.mean() if diag is not None else torch.zeros((), device=device)
+        return self.combine(diag, finish() if finish is not None else None, n, B)
 
     def combine(self, diag: torch.Tensor, found: dict | None, n_diag: int, batch: int) -> dict[str, torch.Tensor]:
         out = {"diag": diag.detach()}
@@ -181,28 +188,6 @@ class FlowMapObjective(FusedSwitch, Objective):
         out.update({k: v.detach() for k, v in found.items()})
         out["loss"] = (n_diag * diag + self.map_weight * (batch - n_diag) * found["map"]) / batch
         return out
-
-    def fused_forward(self, model, x1):
-        """The same losses as :meth:`forward` with flowzoo.kernels (linear path, categorical head): x_t and x_s
-        enter as one embedding (B, L, D), the diagonal CE against x1 and the map loss share the output projection."""
-        B, device = x1.shape[0], x1.device
-        n = split_batch(B, self.diagonal_share)
-        t_diag = self.diagonal_times(n, model, device)
-        pairs = self.pairs(model, B - n, device) if n < B else None
-        extra = self.map_times(model, pairs) if pairs is not None else None  # drawn in the order forward draws them
-        times = t_diag if pairs is None else torch.cat([t_diag, pairs.s])  # rows at t (diagonal), at s (map)
-        e = noisy_state_embedding(model, x1, times, noise_seed())  # (B, L, D)
-        parts, finish = [], None
-        if n:
-            h_diag = hidden(model, e[:n], t_diag, t_diag, embedded=True)
-            parts.append(CrossEntropyPart(h_diag, x1[:n], model.head.softcap))
-        if pairs is not None:
-            part, finish = self.fused_map_part(model, e[n:], pairs, extra)
-            parts.append(part)
-        unembed = model.backbone.unembed
-        losses = shared_head_losses(unembed.weight, unembed.bias, parts)
-        diag = losses[0].mean() if n else torch.zeros((), device=device)
-        return self.combine(diag, finish(losses[-1]) if finish else None, n, B)
 
     def pairs(self, model, n: int, device) -> Pairs:
         return sample_pairs(model.path, n, self.pair_sampling, self.boundary, device=device)

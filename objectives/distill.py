@@ -15,7 +15,7 @@ from flowzoo.objectives._flowmap import (
     weighted_mean,
 )
 from flowzoo.paths.base import expand_time
-from flowzoo.objectives.psd import semigroup_loss, semigroup_target
+from flowzoo.objectives.psd import semigroup_target, semigroup_term
 from flowzoo.registry import register
 
 TARGETS = ("semigroup", "lagrangian", "trajectory")
@@ -117,21 +117,21 @@ class Distill(FlowMapObjective):
         self.teacher(model, x1.device)  # refuses a missing teacher before any loss is computed
         return super().forward(model, x1)
 
-    def map_loss(self, model, x1):
+    def map_loss(self, model, state, xs, pairs, extra, x1):
         teacher = self.teacher(model, x1.device)
-        pairs = self.pairs(model, x1.shape[0], x1.device)
-        xs = model.path.sample(x1, pairs.s, model.vocab_size)  # (B, L, V)
+        xs = state.value(xs)  # (B, L, V): distill runs on the dense state
         if self.target == "lagrangian":
             residual = lagrangian_residual(model, xs, pairs.s, pairs.t, velocity_model=teacher)
             per_token = (residual**2).sum(-1)  # (B, L)
             weight = adaptive_weight(per_token) if self.adaptive else None
-            return {"map": weighted_mean(per_token, weight), "map_residual": per_token.mean()}
+            found = {"map": weighted_mean(per_token, weight), "map_residual": per_token.mean()}
+            return lambda: found
         if self.target == "trajectory":
             target = trajectory_target(teacher, xs, pairs.us, pairs.ut, self.teacher_steps)
-            return semigroup_loss(model, xs, pairs.s, pairs.t, target, self.adaptive)
-        u = sample_middle(model.path, pairs, self.midpoint)
-        target = semigroup_target(model, xs, pairs.s, u, pairs.t, short_model=teacher, short_gap=self.teacher_gap)
-        return semigroup_loss(model, xs, pairs.s, pairs.t, target, self.adaptive)
+            return semigroup_term(model, state, xs, pairs.s, pairs.t, target, self.adaptive)
+        u = sample_middle(model.path, pairs, self.midpoint)  # drawn after x_s, as it always was
+        target = semigroup_target(model, xs, pairs.s, u, pairs.t, short_model=teacher, short_gap=self.teacher_gap, state=state)
+        return semigroup_term(model, state, xs, pairs.s, pairs.t, target, self.adaptive)
 
 
 @torch.no_grad()

@@ -9,7 +9,7 @@ from flowzoo.kernels import LagrangianPart
 from flowzoo.objectives.flow_map_config import FlowMapConfig
 from flowzoo.objectives._flowmap import FlowMapObjective, adaptive_weight, lagrangian_residual, weighted_mean
 from flowzoo.registry import register
-from flowzoo.state import check_switch, delta_embedding, hidden
+from flowzoo.state import LossTerm, check_switch, delta_embedding, hidden
 from flowzoo.validation import check_times, on_host
 
 
@@ -52,6 +52,16 @@ def trunk_jvp(model, e, t, s, checkpoint: bool = False) -> tuple[torch.Tensor, t
             return torch.func.jvp(lambda tt: backbone.hidden(e, tt, ns, embedded=True), (nt,), (nt_dot,))
 
 
+def lagrangian_term(model, state, xs, pairs, stop_tangent: bool = False, checkpoint: bool = True) -> LossTerm:
+    """||(1-t) d/dt X_{s,t}(x_s) + X - sg D_t(X)||^2 per token (dX/dt - sg b_t(X) off the mean-denoiser form):
+    the one place the LSD kernel is chosen. Embedded state: :func:`fused_lagrangian_part` (the jvp of the trunk's
+    hidden state, the residual tile by tile over V); dense state: :func:`lagrangian_residual` (the jvp of the map)."""
+    if state.embedded:
+        return state.add_part(fused_lagrangian_part(model, xs, pairs, stop_tangent, checkpoint))
+    residual = lagrangian_residual(model, xs, pairs.s, pairs.t, stop_tangent=stop_tangent)  # (B, L, V)
+    return LossTerm((residual**2).sum(-1))
+
+
 @register("objective", "lsd")
 class LagrangianSelfDistillation(FlowMapObjective):
     """Diagonal CE on delta_{t,t} = D_t plus E ||d/dt X_{s,t}(x_s) - sg b_t(X_{s,t}(x_s))||^2 (d/dt by jvp).
@@ -90,17 +100,12 @@ class LagrangianSelfDistillation(FlowMapObjective):
             return "head", "the fused LSD residual (lsd_residual_loss) has no soft-cap"
         return super().fused_refusal(parts)
 
-    def fused_map_part(self, model, e_s, pairs, extra):
-        def finish(per_token):  # (m, L)
+    def map_loss(self, model, state, xs, pairs, extra, x1):
+        term = lagrangian_term(model, state, state.value(xs), pairs, not self.tangent_grad, self.checkpoint_jvp)
+
+        def finish():
+            per_token = term.value  # (B, L)
             weight = adaptive_weight(per_token) if self.adaptive else None
             return {"map": weighted_mean(per_token, weight), "map_residual": per_token.detach().mean()}
 
-        return fused_lagrangian_part(model, e_s, pairs, not self.tangent_grad, self.checkpoint_jvp), finish
-
-    def map_loss(self, model, x1):
-        pairs = self.pairs(model, x1.shape[0], x1.device)
-        xs = model.path.sample(x1, pairs.s, model.vocab_size)  # (B, L, V)
-        residual = lagrangian_residual(model, xs, pairs.s, pairs.t, stop_tangent=not self.tangent_grad)
-        per_token = (residual**2).sum(-1)  # (B, L)
-        weight = adaptive_weight(per_token) if self.adaptive else None
-        return {"map": weighted_mean(per_token, weight), "map_residual": per_token.mean()}
+        return finish

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 
-from flowzoo.kernels import CrossEntropyPart, TeacherTarget
 from flowzoo.objectives.flow_map_config import FlowMapConfig
 from flowzoo.objectives._flowmap import (
     MIDPOINTS,
@@ -15,19 +14,22 @@ from flowzoo.objectives._flowmap import (
 )
 from flowzoo.paths.base import expand_time
 from flowzoo.registry import register
-from flowzoo.state import check_switch, delta_embedding, hidden, mixture_entropy
+from flowzoo.state import DenseState, check_switch
 
 
-def semigroup_target(model, xs, s, u, t, short_model=None, short_gap: float = 0.0) -> torch.Tensor:
-    """delta_target = gamma delta_{s,u}(x_s) + (1-gamma) delta_{u,t}(X_{s,u}(x_s)), gamma = (1-t)(u-s)/((1-u)(t-s)).
+def semigroup_target(model, xs, s, u, t, short_model=None, short_gap: float = 0.0, state=None):
+    """delta_target = gamma delta_{s,u}(x_s) + (1-gamma) delta_{u,t}(X_{s,u}(x_s)), gamma = path.semigroup_weight(s, u, t).
 
-    Evaluated without gradient. With ``short_model`` (a teacher flow), a piece shorter than ``short_gap``
-    in path time is read from its denoiser at the piece's start (delta_{a,b} ~ D_a for b - a small).
+    Evaluated without gradient, on ``state`` (default: the dense state, a (B, L, V) target; on the embedded state a
+    TeacherTarget of the two pieces' hidden states, with the landing point X_{s,u} = a e_s + b delta W_in^T).
+    With ``short_model`` (a teacher flow; dense state) a piece shorter than ``short_gap`` in path time is read from
+    its denoiser at the piece's start (delta_{a,b} ~ D_a for b - a small).
     """
+    state = DenseState(model) if state is None else state
     path = model.path
 
     def piece(x, a, b):
-        delta = model.head.denoise(model.logits(x, b, a))
+        delta = state.predict(x, b, a)
         if short_model is not None and short_gap > 0:
             short = (b - a) < short_gap
             if short.any():
@@ -37,49 +39,35 @@ def semigroup_target(model, xs, s, u, t, short_model=None, short_gap: float = 0.
 
     with torch.no_grad():
         d_su = piece(xs, s, u)
-        x_u = path.flow_map(xs, d_su, s, u)
+        x_u = path.flow_map(xs, state.in_state(d_su), s, u)  # X_{s,u}(x_s)
         d_ut = piece(x_u, u, t)
-        g = expand_time(path.semigroup_weight(s, u, t))
-        return g * d_su + (1 - g) * d_ut  # (B, L, V)
+        return state.mixture(d_su, d_ut, path.semigroup_weight(s, u, t))
+
+
+def semigroup_term(model, state, xs, s, t, target, adaptive: bool):
+    """loss_head(delta_{s,t}(x_s), target) per token on ``state``: returns finish() -> {"map_kl", "map"} (``map_kl`` =
+    CE - H(target), zero exactly when the semigroup holds; ``adaptive``: dense state only)."""
+    term = state.head_loss(xs, t, s, target)
+
+    def finish():
+        per_token = term.value  # (B, L)
+        out = {}
+        if model.head.on_simplex:  # KL = CE - H(target)
+            out["map_kl"] = (per_token.detach() - state.entropy(target)).mean()
+        weight = None
+        if adaptive:
+            with torch.no_grad():
+                weight = adaptive_weight(((model.head.denoise(term.logits) - target) ** 2).sum(-1))
+        out["map"] = weighted_mean(per_token, weight)
+        return out
+
+    return finish
 
 
 def semigroup_loss(model, xs, s, t, target, adaptive: bool) -> dict[str, torch.Tensor]:
-    """loss_head(delta_{s,t}(x_s), target) per token (the CE(target || delta), or MSE for the Gaussian head)."""
-    logits = model.logits(xs, t, s)
-    per_token = model.head.loss(logits, target)  # (B, L)
-    out = {}
-    if model.head.on_simplex:  # KL = CE - H(target): zero exactly when the semigroup holds
-        entropy = -(target * target.clamp_min(1e-30).log()).sum(-1)
-        out["map_kl"] = (per_token - entropy).mean()
-    weight = None
-    if adaptive:
-        with torch.no_grad():
-            weight = adaptive_weight(((model.head.denoise(logits) - target) ** 2).sum(-1))
-    out["map"] = weighted_mean(per_token, weight)
-    return out
-
-
-def fused_semigroup_part(model, e_s, pairs, u):
-    """:func:`semigroup_target` + :func:`semigroup_loss` (not adaptive) on the fused path: a kernels part and its finish.
-
-    x_s enters as its embedding e_s = x_s W_in^T (m, L, D); the landing point X_{s,u} = a x_s + b delta_{s,u} as
-    a e_s + b delta_embedding(h_{s,u}) (the embedding is linear); the target gamma delta_{s,u} + (1-gamma)
-    delta_{u,t} is a TeacherTarget of the two teachers' hidden states, so no (B, L, V) tensor is built.
-    """
-    s, t = pairs.s, pairs.t
-    with torch.no_grad():
-        h_su = hidden(model, e_s, u, s, embedded=True)
-        landing = model.path.flow_map(e_s, delta_embedding(model, h_su), s, u)  # X_{s,u} W_in^T
-        h_ut = hidden(model, landing, t, u, embedded=True)
-        g = model.path.semigroup_weight(s, u, t)
-        teachers, mix = torch.stack([h_su, h_ut]), torch.stack([g, 1 - g])[:, :, None]  # (2, m, L, D), (2, m, 1)
-    part = CrossEntropyPart(hidden(model, e_s, t, s, embedded=True), TeacherTarget(teachers, mix), model.head.softcap)
-
-    def finish(per_token):
-        entropy = mixture_entropy(model, teachers, mix)  # KL = CE - H(target), as semigroup_loss logs it
-        return {"map_kl": (per_token.detach() - entropy).mean(), "map": weighted_mean(per_token)}
-
-    return part, finish
+    """loss_head(delta_{s,t}(x_s), target) per token (the CE(target || delta), or MSE for the Gaussian head) on the
+    dense state (B, L, V): {"map_kl", "map"}."""
+    return semigroup_term(model, DenseState(model), xs, s, t, target, adaptive)()
 
 
 @register("objective", "psd")
@@ -115,12 +103,7 @@ class ProgressiveSelfDistillation(FlowMapObjective):
     def map_times(self, model, pairs):
         return sample_middle(model.path, pairs, self.midpoint)  # u in [s, t]
 
-    def fused_map_part(self, model, e_s, pairs, u):
-        return fused_semigroup_part(model, e_s, pairs, u)
-
-    def map_loss(self, model, x1):
-        pairs = self.pairs(model, x1.shape[0], x1.device)
-        u = self.map_times(model, pairs)
-        xs = model.path.sample(x1, pairs.s, model.vocab_size)  # (B, L, V)
-        target = semigroup_target(model, xs, pairs.s, u, pairs.t)
-        return semigroup_loss(model, xs, pairs.s, pairs.t, target, self.adaptive)
+    def map_loss(self, model, state, xs, pairs, u, x1):
+        xs = state.value(xs)  # (B, L, V), or its embedding (B, L, D)
+        target = semigroup_target(model, xs, pairs.s, u, pairs.t, state=state)
+        return semigroup_term(model, state, xs, pairs.s, pairs.t, target, self.adaptive)

@@ -162,7 +162,7 @@ def test_auto_uses_the_kernels_only_where_they_apply():
 def test_auto_on_the_cpu_trains_through_the_kernels(monkeypatch, objective):
     """Automatic on the CPU: the flow-map objectives embed the batch once and run both losses through one output
     projection (one shared_head_losses call: the diagonal CE part and the map part)."""
-    import flowzoo.objectives._flowmap as flowmap_module
+    import flowzoo.state as flowmap_module  # where the flow-map objectives' losses meet the shared head
 
     heads, embeds = [], []
     real_heads, real_embed = flowmap_module.shared_head_losses, fused_module.noisy_embedding

@@ -24,7 +24,16 @@ from __future__ import annotations
 
 import torch
 
-from flowzoo.kernels import draw_seed, linear_cross_entropy, noisy_embedding, softmax_embedding, use_triton
+from flowzoo.kernels import (
+    CrossEntropyPart,
+    TeacherTarget,
+    draw_seed,
+    linear_cross_entropy,
+    noisy_embedding,
+    shared_head_losses,
+    softmax_embedding,
+    use_triton,
+)
 from flowzoo.kernels.cross_entropy import _logits_chunk, chunk_columns
 from flowzoo.paths.base import expand_time
 from flowzoo.validation import check_times, check_tokens, on_host
@@ -35,6 +44,7 @@ __all__ = [
     "EmbeddedSampling",
     "EmbeddedState",
     "FusedSwitch",
+    "LossTerm",
     "check_decode",
     "check_switch",
     "decode_hidden",
@@ -48,6 +58,7 @@ __all__ = [
     "noisy_state_embedding",
     "prior_embedding",
     "sampling_state",
+    "training_state",
 ]
 
 DECODES = ("argmax", "sample")
@@ -286,10 +297,21 @@ def mixture_entropy(model, hidden_k: torch.Tensor, mix: torch.Tensor) -> torch.T
 # ---------------------------------------------------------------------------------------------- the seam
 
 
+class LossTerm:
+    """A per-token loss (*rows) of one part of a batch: ``value`` is set when the state computes it (at once on the
+    dense state; at :meth:`EmbeddedState.resolve` on the embedded one, where every part shares one output
+    projection). ``logits`` (dense state only) are the student's logits the loss was computed from."""
+
+    def __init__(self, value: torch.Tensor | None = None, logits: torch.Tensor | None = None) -> None:
+        self.value, self.logits = value, logits
+
+
 class DenseState:
     """The state x itself (B, L, V): the network reads it whole and predictions are (B, L, V) tensors.
 
-    Works with any continuous path and head (and with test doubles that only define ``logits``).
+    Works with any continuous path and head (and with test doubles that only define ``logits``). Sampling:
+    ``prior``, ``predict``, ``in_state``, ``fresh_noise``, ``euler_step``, ``decode``; training: ``noisy``,
+    ``value``, ``head_loss``, ``mixture``, ``entropy``, ``resolve``, all computed at once.
     """
 
     embedded = False
@@ -297,6 +319,7 @@ class DenseState:
     def __init__(self, model) -> None:
         self.model = model
 
+    # --- sampling
     def prior(self, num_samples: int, length: int, generator=None) -> torch.Tensor:
         """x0 ~ p_0 (B, L, V), drawn by the path."""
         m = self.model
@@ -329,18 +352,62 @@ class DenseState:
         """(tokens (B, L), the prediction decoded (B, L, V))."""
         return decode_tokens(prediction, decode, temperature, generator), prediction
 
+    # --- training
+    def noisy(self, x1: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """x_t ~ p_t(. | x1) (B, L, V) for clean ids x1 (B, L), drawn now by the path."""
+        return self.model.path.sample(x1, t, self.model.vocab_size)
+
+    def value(self, x: torch.Tensor) -> torch.Tensor:
+        """The state tensor behind ``x`` (here: ``x``)."""
+        return x
+
+    def head_loss(self, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor, target) -> LossTerm:
+        """loss_head(prediction at (s, t) of x, target) per token (B, L): the head's CE (or MSE), computed now."""
+        logits = self.model.logits(x, t, s)
+        return LossTerm(self.model.head.loss(logits, target), logits)
+
+    def mixture(self, a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """w a + (1 - w) b (B, L, V) of two predictions, w (B,)."""
+        g = expand_time(weight)
+        return g * a + (1 - g) * b
+
+    def entropy(self, target: torch.Tensor) -> torch.Tensor:
+        """H(T) = -sum_v T_v log T_v per token (B, L)."""
+        return -(target * target.clamp_min(1e-30).log()).sum(-1)
+
+    def resolve(self) -> None:
+        """Nothing is pending on the dense state."""
+
+
+class _Rows:
+    """Rows [start, stop) of the batch registered with :meth:`EmbeddedState.noisy`, embedded at first use."""
+
+    def __init__(self, start: int, stop: int) -> None:
+        self.start, self.stop = start, stop
+
 
 class EmbeddedState:
     """The state as its input embedding e = x W_in^T (B, L, D) on the linear path with the categorical head;
-    predictions are the trunk's hidden states h (B, L, D), so no (B, L, V) tensor exists but the last
-    step's logits chunk (``decode="sample"`` builds the last prediction)."""
+    predictions are the trunk's hidden states h (B, L, D), so no (B, L, V) tensor exists.
+
+    Sampling: the last step's logits are read chunk by chunk (``decode="sample"`` builds the last prediction).
+    Training: the rows of a batch registered with :meth:`noisy` are embedded together at their first use (one
+    seed, one ``noisy_embedding`` call: :meth:`value`), and the losses added with :meth:`head_loss` /
+    :meth:`add_part` go through one output projection at :meth:`resolve` (``shared_head_losses``: one W_out
+    gradient buffer for the batch).
+    """
 
     embedded = True
 
     def __init__(self, model) -> None:
         self.model = model
         self.ids = None  # zero ids (B, L) for the noise kernel, set by prior()
+        self._blocks: list[tuple[torch.Tensor, torch.Tensor]] = []  # (ids, times) registered by noisy()
+        self._embedding = None  # (B, L, D), made at the first value()
+        self._deferred: list = []  # work on registered rows, run (in order) once they are embedded
+        self._parts: list = []  # (kernels part, LossTerm), computed at resolve()
 
+    # --- sampling
     def prior(self, num_samples: int, length: int, generator=None) -> torch.Tensor:
         """e0 = x0 W_in^T (B, L, D) for x0 = sigma eps, eps drawn from a seed inside the kernel."""
         self.ids, e = prior_embedding(self.model, num_samples, length, generator)
@@ -348,7 +415,7 @@ class EmbeddedState:
 
     def predict(self, e: torch.Tensor, t: torch.Tensor, s: torch.Tensor | None = None) -> torch.Tensor:
         """The hidden state h (B, L, D) whose head gives D_t (s None: at (t, t)) or delta_{s,t}."""
-        return hidden(self.model, e, t, t if s is None else s, embedded=True)
+        return hidden(self.model, self.value(e), t, t if s is None else s, embedded=True)
 
     def in_state(self, h: torch.Tensor) -> torch.Tensor:
         """The prediction as a point of the state space: delta W_in^T (B, L, D) (``softmax_embedding``)."""
@@ -367,7 +434,80 @@ class EmbeddedState:
         """(tokens (B, L), None): argmax read chunk by chunk from h, or a draw from the prediction built once."""
         return decode_hidden(self.model, h, decode, temperature, generator), None
 
+    # --- training
+    def noisy(self, x1: torch.Tensor, t: torch.Tensor) -> _Rows:
+        """Register the rows x_t W_in^T of clean ids x1 (m, L) at times t (m,); they are embedded with every other
+        registered row at the first :meth:`value` (so the noise seed is drawn after all the batch's times)."""
+        if self._embedding is not None:
+            raise RuntimeError("EmbeddedState.noisy: the batch was already embedded; register every row first")
+        start = sum(ids.shape[0] for ids, _ in self._blocks)
+        self._blocks.append((x1, t))
+        return _Rows(start, start + x1.shape[0])
+
+    def value(self, x) -> torch.Tensor:
+        """The embedding (m, L, D) behind registered rows (embedding the batch on first use), or ``x`` itself."""
+        if not isinstance(x, _Rows):
+            return x
+        if self._embedding is None:
+            self._embed()
+        return self._embedding[x.start:x.stop]
+
+    def _embed(self) -> None:
+        """x_t W_in^T (B, L, D) of every registered row with one seed, then the work that waited for it."""
+        ids = torch.cat([x1 for x1, _ in self._blocks]) if len(self._blocks) > 1 else self._blocks[0][0]
+        t = torch.cat([t for _, t in self._blocks]) if len(self._blocks) > 1 else self._blocks[0][1]
+        self._embedding = noisy_state_embedding(self.model, ids, t, noise_seed())
+        deferred, self._deferred = self._deferred, []
+        for work in deferred:
+            work()
+
+    def head_loss(self, x, t: torch.Tensor, s: torch.Tensor, target) -> LossTerm:
+        """The categorical head's CE (against ids or a :class:`TeacherTarget`) of the hidden state at (s, t) of x, as
+        a kernels part; its value comes at :meth:`resolve`. On rows not yet embedded the trunk runs once they are."""
+        term = LossTerm()
+
+        def add():
+            h = hidden(self.model, self.value(x), t, s, embedded=True)
+            self._parts.append((CrossEntropyPart(h, target, self.model.head.softcap), term))
+
+        if isinstance(x, _Rows) and self._embedding is None:
+            self._deferred.append(add)
+        else:
+            add()
+        return term
+
+    def add_part(self, part) -> LossTerm:
+        """A kernels part (e.g. ``LagrangianPart``) of this batch's shared output projection; value at :meth:`resolve`."""
+        term = LossTerm()
+        self._parts.append((part, term))
+        return term
+
+    def mixture(self, a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor) -> TeacherTarget:
+        """The target w softmax(head(a)) + (1 - w) softmax(head(b)) of two hidden states, w (m,), as a
+        :class:`TeacherTarget` (built tile by tile inside the kernels)."""
+        return TeacherTarget(torch.stack([a, b]), torch.stack([weight, 1 - weight])[:, :, None])  # (2, m, L, D), (2, m, 1)
+
+    def entropy(self, target: TeacherTarget) -> torch.Tensor:
+        """H(T) per token of a :class:`TeacherTarget` mixture, chunked over V (:func:`mixture_entropy`)."""
+        return mixture_entropy(self.model, target.hidden, target.mix)
+
+    def resolve(self) -> None:
+        """Embed the batch if no loss asked for it yet, then compute every part through one output projection."""
+        if self._blocks and self._embedding is None:
+            self._embed()
+        if self._parts:
+            unembed = self.model.backbone.unembed
+            losses = shared_head_losses(unembed.weight, unembed.bias, [part for part, _ in self._parts])
+            for (_, term), loss in zip(self._parts, losses):
+                term.value = loss
+            self._parts = []
+
 
 def sampling_state(model, embedded: bool) -> DenseState | EmbeddedState:
     """The state a sampler carries for ``model``: :class:`EmbeddedState` (the kernels) or :class:`DenseState`."""
+    return EmbeddedState(model) if embedded else DenseState(model)
+
+
+def training_state(model, embedded: bool) -> DenseState | EmbeddedState:
+    """A fresh state for one training batch of ``model``: embedded (the kernels) or dense."""
     return EmbeddedState(model) if embedded else DenseState(model)
