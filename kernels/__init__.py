@@ -19,7 +19,7 @@ delta_embedding, shared_head.
   with a single (V, D) weight gradient buffer.
 """
 
-from flowzoo.kernels.cross_entropy import TeacherTarget, linear_cross_entropy_reference
+from flowzoo.kernels.cross_entropy import TeacherTarget, linear_argmax, linear_cross_entropy_reference
 from flowzoo.kernels.delta_embedding import softmax_embedding, softmax_embedding_reference
 from flowzoo.kernels.dispatch import triton_available, use_triton
 from flowzoo.kernels.embedding import noisy_embedding, noisy_embedding_reference
@@ -42,6 +42,7 @@ __all__ = [
     "interpolant",
     "interpolant_reference",
     "interpolant_triton",
+    "linear_argmax",
     "linear_cross_entropy",
     "linear_cross_entropy_reference",
     "lsd_residual_loss",

@@ -377,6 +377,21 @@ def _backward_triton(h, weight, bias, tgt: _Target, cap, lse, tsum, g, dw=None, 
     return dh, dw, db
 
 
+def linear_argmax(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, *, softcap: float | None = None) -> torch.Tensor:
+    """argmax_v cap(h W^T + b) per row (*rows) read in chunks of V, so no (rows, V) tensor exists; the first
+    maximum wins, as torch.argmax. h (*rows, D); weight (V, D), bias (V,) as ``nn.Linear(D, V)``. (The softmax
+    keeps the order, so this is also the argmax of the categorical head's prediction.)"""
+    rows = h.reshape(-1, h.shape[-1]).float()
+    best = torch.full((rows.shape[0],), float("-inf"), device=h.device)
+    index = torch.zeros(rows.shape[0], dtype=torch.long, device=h.device)
+    step, V = chunk_columns(rows.shape[0]), weight.shape[0]
+    for start in range(0, V, step):
+        value, arg = _logits_chunk(rows, weight, bias, start, start + step, softcap).max(dim=-1)
+        better = value > best
+        best, index = torch.where(better, value, best), torch.where(better, arg + start, index)
+    return index.view(h.shape[:-1])
+
+
 def linear_cross_entropy_reference(h, weight, bias, target, *, softcap=None) -> torch.Tensor:
     """Dense formula with the logits materialised: -sum_v T log softmax(cap(h W^T + b)) per row."""
     z = h.float() @ weight.float().t()

@@ -28,13 +28,13 @@ from flowzoo.kernels import (
     CrossEntropyPart,
     TeacherTarget,
     draw_seed,
+    linear_argmax,
     linear_cross_entropy,
     noisy_embedding,
     shared_head_losses,
     softmax_embedding,
     use_triton,
 )
-from flowzoo.kernels.cross_entropy import _logits_chunk, chunk_columns
 from flowzoo.paths.base import expand_time
 from flowzoo.validation import check_times, check_tokens, on_host
 
@@ -195,15 +195,7 @@ def decode_hidden(model, h: torch.Tensor, decode: str, temperature: float, gener
     unembed = model.backbone.unembed
     if decode != "argmax":
         return decode_tokens(model.head.denoise(unembed(h).float()), decode, temperature, generator)
-    rows = h.reshape(-1, h.shape[-1]).float()
-    best = torch.full((rows.shape[0],), float("-inf"), device=h.device)
-    index = torch.zeros(rows.shape[0], dtype=torch.long, device=h.device)
-    step, V = chunk_columns(rows.shape[0]), unembed.weight.shape[0]
-    for start in range(0, V, step):
-        value, arg = _logits_chunk(rows, unembed.weight, unembed.bias, start, start + step, model.head.softcap).max(dim=-1)
-        better = value > best  # the first maximum wins, as torch.argmax
-        best, index = torch.where(better, value, best), torch.where(better, arg + start, index)
-    return index.view(h.shape[:-1])
+    return linear_argmax(h, unembed.weight, unembed.bias, softcap=model.head.softcap)
 
 
 # ---------------------------------------------------------------------------------------------- embedded pieces
