@@ -17,7 +17,7 @@ from flowzoo.backbones.base import plain_attention
 from flowzoo.objectives.base import Objective
 from flowzoo.objectives.flow_map_config import FlowMapConfig, nest_flat_args
 from flowzoo.paths.base import expand_time
-from flowzoo.state import FusedSwitch, LossTerm, training_state
+from flowzoo.state import FusedSwitch, LossTerm, new_state
 from flowzoo.timesampling import TIME_SAMPLERS, sample_uniform_times
 
 PAIR_SAMPLINGS = ("fmlm", "uniform")
@@ -160,7 +160,7 @@ class FlowMapObjective(FusedSwitch, Objective):
 
     def state(self, model):
         """The training state of this batch (the seam): embedded when :meth:`use_fused`, dense otherwise."""
-        return training_state(model, self.use_fused(model))
+        return new_state(model, self.use_fused(model))
 
     def forward(self, model, x1):
         """Draws in this order: diagonal times, x_t, (the diagonal loss), pairs, :meth:`map_times`, x_s, (the map

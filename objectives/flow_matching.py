@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flowzoo.objectives.base import Objective
 from flowzoo.registry import register
-from flowzoo.state import FusedSwitch, check_switch, training_state
+from flowzoo.state import FusedSwitch, check_switch, new_state
 from flowzoo.timesampling import TIME_SAMPLERS, sample_uniform_times
 
 
@@ -35,7 +35,7 @@ class FlowMatching(FusedSwitch, Objective):
     def forward(self, model, x1):
         u = sample_uniform_times(x1.shape[0], self.time_sampling, device=x1.device)
         t = model.path.time_from_uniform(u)
-        state = training_state(model, self.use_fused(model))  # dense (B, L, V) or embedded (B, L, D): the seam
+        state = new_state(model, self.use_fused(model))  # dense (B, L, V) or embedded (B, L, D): the seam
         term = state.head_loss(state.noisy(x1, t), t, None, x1)  # loss_head(D_t(x_t), x1) per token
         state.resolve()
         return {"loss": term.value.mean()}

@@ -47,7 +47,7 @@ def semigroup_target(model, xs, s, u, t, short_model=None, short_gap: float = 0.
 def semigroup_term(model, state, xs, s, t, target, adaptive: bool):
     """loss_head(delta_{s,t}(x_s), target) per token on ``state``: returns finish() -> {"map_kl", "map"} (``map_kl`` =
     CE - H(target), zero exactly when the semigroup holds; ``adaptive``: dense state only)."""
-    term = state.head_loss(xs, t, s, target)
+    term = state.head_loss(xs, t, s, target, keep_logits=adaptive)
 
     def finish():
         per_token = term.value  # (B, L)

@@ -9,10 +9,19 @@ cross-entropy is ``linear_cross_entropy`` from the trunk's final hidden state h 
 argmax decoding reads the last step's logits chunk by chunk.
 
 This module is the one seam where the fast kernels are chosen (as an attention processor is swapped in a
-model): :func:`sampling_state` gives a :class:`DenseState` or an :class:`EmbeddedState`, which offer the
-same operations (``prior``, ``predict``, ``in_state``, ``fresh_noise``, ``euler_step``, ``decode``), so each
-sampler has one loop; the functions below (``hidden``, ``delta_embedding``, ``noisy_state_embedding``,
-``lm_cross_entropy``, ...) are the embedded state's pieces that the objectives' kernel paths share.
+model): :func:`new_state` gives a :class:`DenseState` or an :class:`EmbeddedState`, which offer the same
+operations, so each sampler has one loop and each flow-map objective one body:
+
+* sampling: ``prior``, ``predict`` (D_t or delta_{s,t}: a (B, L, V) tensor, or the hidden state h (B, L, D)
+  it comes from), ``in_state`` (the prediction as a point of the state space), ``fresh_noise``,
+  ``euler_step``, ``decode``;
+* training: ``noisy`` (x_t of a block of the batch), ``value``, ``head_loss`` (a :class:`LossTerm`),
+  ``mixture`` / ``entropy`` (a two-piece target), ``resolve`` (the dense state computes everything at once;
+  the embedded one embeds the batch's blocks together with one seed and computes every loss through one
+  output projection).
+
+The functions below (``hidden``, ``delta_embedding``, ``noisy_state_embedding``, ``lm_cross_entropy``, ...)
+are the embedded state's pieces, also used by MDLM / AR (ids through the trunk) and the fused lsd part.
 
 The switch ``fused`` (True / False / None = automatic) of objectives and samplers is :class:`FusedSwitch`:
 the kernels dispatch themselves (Triton on CUDA, the chunked PyTorch reference elsewhere); automatic =
@@ -57,8 +66,7 @@ __all__ = [
     "noise_seed",
     "noisy_state_embedding",
     "prior_embedding",
-    "sampling_state",
-    "training_state",
+    "new_state",
 ]
 
 DECODES = ("argmax", "sample")
@@ -150,7 +158,7 @@ class EmbeddedSampling(FusedSwitch):
 
     def state(self, model) -> "DenseState | EmbeddedState":
         """The state this call carries (the seam): embedded when :meth:`use_fused`, dense otherwise."""
-        return sampling_state(model, self.use_fused(model))
+        return new_state(model, self.use_fused(model))
 
 
 def reproducible_logits(logits):
@@ -292,7 +300,7 @@ def mixture_entropy(model, hidden_k: torch.Tensor, mix: torch.Tensor) -> torch.T
 class LossTerm:
     """A per-token loss (*rows) of one part of a batch: ``value`` is set when the state computes it (at once on the
     dense state; at :meth:`EmbeddedState.resolve` on the embedded one, where every part shares one output
-    projection). ``logits`` (dense state only) are the student's logits the loss was computed from."""
+    projection). ``logits``: the (B, L, V) logits the loss was computed from, where asked for (dense state only)."""
 
     def __init__(self, value: torch.Tensor | None = None, logits: torch.Tensor | None = None) -> None:
         self.value, self.logits = value, logits
@@ -353,10 +361,11 @@ class DenseState:
         """The state tensor behind ``x`` (here: ``x``)."""
         return x
 
-    def head_loss(self, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor, target) -> LossTerm:
-        """loss_head(prediction at (s, t) of x, target) per token (B, L): the head's CE (or MSE), computed now."""
+    def head_loss(self, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor, target, keep_logits: bool = False) -> LossTerm:
+        """loss_head(prediction at (s, t) of x, target) per token (B, L): the head's CE (or MSE), computed now.
+        ``keep_logits``: the term keeps the (B, L, V) logits (else they are freed as soon as autograd allows)."""
         logits = self.model.logits(x, t, s)
-        return LossTerm(self.model.head.loss(logits, target), logits)
+        return LossTerm(self.model.head.loss(logits, target), logits if keep_logits else None)
 
     def mixture(self, a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """w a + (1 - w) b (B, L, V) of two predictions, w (B,)."""
@@ -453,9 +462,12 @@ class EmbeddedState:
         for work in deferred:
             work()
 
-    def head_loss(self, x, t: torch.Tensor, s: torch.Tensor, target) -> LossTerm:
+    def head_loss(self, x, t: torch.Tensor, s: torch.Tensor, target, keep_logits: bool = False) -> LossTerm:
         """The categorical head's CE (against ids or a :class:`TeacherTarget`) of the hidden state at (s, t) of x, as
-        a kernels part; its value comes at :meth:`resolve`. On rows not yet embedded the trunk runs once they are."""
+        a kernels part; its value comes at :meth:`resolve`. On rows not yet embedded the trunk runs once they are.
+        There are no logits to keep (``keep_logits`` is refused)."""
+        if keep_logits:
+            raise ValueError("the embedded state never forms the (B, L, V) logits")
         term = LossTerm()
 
         def add():
@@ -495,11 +507,7 @@ class EmbeddedState:
             self._parts = []
 
 
-def sampling_state(model, embedded: bool) -> DenseState | EmbeddedState:
-    """The state a sampler carries for ``model``: :class:`EmbeddedState` (the kernels) or :class:`DenseState`."""
-    return EmbeddedState(model) if embedded else DenseState(model)
-
-
-def training_state(model, embedded: bool) -> DenseState | EmbeddedState:
-    """A fresh state for one training batch of ``model``: embedded (the kernels) or dense."""
+def new_state(model, embedded: bool) -> DenseState | EmbeddedState:
+    """A fresh state for one sampling call or one training batch of ``model``: :class:`EmbeddedState` (the
+    kernels) or :class:`DenseState`."""
     return EmbeddedState(model) if embedded else DenseState(model)
