@@ -387,6 +387,23 @@ class _Rows:
         self.start, self.stop = start, stop
 
 
+def _joined_rows(blocks: list[torch.Tensor]) -> torch.Tensor:
+    """The row blocks stacked (B, L): a view when they are consecutive rows of one tensor (no copy of the batch's
+    ids, as the flow-map objectives register x1[:n] and x1[n:]), else their concatenation."""
+    first = blocks[0]
+    if len(blocks) == 1:
+        return first
+    storage, start, stride = first.untyped_storage().data_ptr(), first.storage_offset(), first.stride()
+    done, consecutive = 0, True
+    for block in blocks:
+        consecutive &= (block.untyped_storage().data_ptr() == storage and block.stride() == stride
+                        and block.shape[1:] == first.shape[1:] and block.storage_offset() == start + stride[0] * done)
+        done += block.shape[0]
+    if consecutive:
+        return first.as_strided((done, *first.shape[1:]), stride, start)
+    return torch.cat(blocks)
+
+
 class EmbeddedState:
     """The state as its input embedding e = x W_in^T (B, L, D) on the linear path with the categorical head;
     predictions are the trunk's hidden states h (B, L, D), so no (B, L, V) tensor exists.
@@ -455,7 +472,7 @@ class EmbeddedState:
 
     def _embed(self) -> None:
         """x_t W_in^T (B, L, D) of every registered row with one seed, then the work that waited for it."""
-        ids = torch.cat([x1 for x1, _ in self._blocks]) if len(self._blocks) > 1 else self._blocks[0][0]
+        ids = _joined_rows([x1 for x1, _ in self._blocks])
         t = torch.cat([t for _, t in self._blocks]) if len(self._blocks) > 1 else self._blocks[0][1]
         self._embedding = noisy_state_embedding(self.model, ids, t, noise_seed())
         deferred, self._deferred = self._deferred, []
