@@ -228,7 +228,8 @@ def test_relaxed_loss_backpropagates_through_the_softmax_state():
     out = model.objective(model, torch.randint(0, V, (8, L)))
     out["loss"].backward()
     assert torch.isfinite(out["loss"]) and out["loss"] > 0
-    assert model.backbone.blocks[0].attn.qkv.weight.grad.abs().sum() > 0 if hasattr(model.backbone.blocks[0], "attn") else True
+    # the tempered softmax state reaches the network through its input projection (every row gets a gradient)
+    assert (model.backbone.embed.weight.grad.abs().sum(0) > 0).all()
 
 
 # --- the sampler ---------------------------------------------------------------------------------------------------
