@@ -12,6 +12,13 @@ Per data set (``markov``, ``shakespeare``) it trains, with ``flowzoo fit`` and t
 - ``flow_map_refine`` (only when asked for): that flow map fine-tuned on the teacher's repairs of its own
   one-step samples (``refine`` objective, ``refine_from`` 0.4);
 - ``mdlm``: masked path, MDLM NELBO, ancestral sampler;
+- ``duo`` (only when asked for): uniform-state path, Duo NELBO with the Gaussian-relaxation curriculum over 10-20%
+  of the training steps (Duo: 100k-200k of 1M) at GPT-2's kept-token rates (``reference_vocab=50257``), uniform
+  ancestral sampler with the greedy tail;
+- ``duo_dcd`` (only when asked for): that Duo model distilled with DCD (``--distill-steps``, 5 rounds, base 512 steps,
+  lr 6e-5 as published);
+- ``mdlm_sdtt`` (only when asked for): the MDLM model distilled with SDTT (``--distill-steps``, 4 rounds of 2 teacher
+  steps from 128 steps: the student samples with 8, SDTT's last round; lr 3e-4 as published);
 - ``ar``: autoregressive path, next-token cross-entropy, causal backbone, KV-cache sampler;
 - on shakespeare, the judge: ``flowzoo judge fit --config configs/judge_shakespeare.yaml``;
 
@@ -27,6 +34,7 @@ writing ``docs/benchmark/<data>/results.{json,md,png}``.
         --train-flag flow_map:--model.objective.init_args.flow_map.boundary=0.25 --runs runs/study_b25 --no-benchmark  # a variant
     python benchmarks/study.py --data markov --methods flow_map_dmd --flow runs/study/markov/flow/pretrained \
         --flow-map runs/study_b25/markov/flow_map/pretrained --runs runs/study_dmd --no-benchmark  # its dmd fine-tune
+    python benchmarks/study.py --data markov --methods duo,duo_dcd,mdlm,mdlm_sdtt --no-benchmark  # the distilled discrete baselines
     python benchmarks/study.py --data markov --methods flow_map_refine --flow runs/study/markov/flow/pretrained \
         --flow-map runs/study_b25/markov/flow_map/pretrained --runs runs/study_refine --no-benchmark  # its refine fine-tune
 """
@@ -42,9 +50,10 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = ("flow", "flow_map", "mdlm", "ar", "flow_map_dmd", "flow_map_refine")
+METHODS = ("flow", "flow_map", "mdlm", "ar", "flow_map_dmd", "flow_map_refine", "duo", "duo_dcd", "mdlm_sdtt")
 DEFAULT_METHODS = ("flow", "flow_map", "mdlm", "ar")
 DISTILLED = ("flow_map", "flow_map_dmd", "flow_map_refine")  # methods trained from the flow, with their own step budget
+DISCRETE_DISTILLED = {"duo_dcd": "duo", "mdlm_sdtt": "mdlm"}  # distilled discrete baselines and the model they distil
 EMA_099 = [  # a short fine-tune averages its own last ~100 steps, not the weights it started from
     "--trainer.callbacks=lightning.pytorch.callbacks.EMAWeightAveraging",
     "--trainer.callbacks.decay=0.99",
@@ -95,6 +104,44 @@ FLAGS = {
     ),
     "mdlm": ["--model.path=masked", "--model.objective=mdlm", "--model.sampler=ancestral", "--model.sampler.init_args.steps=128"],
     "ar": ["--model.path=autoregressive", "--model.objective=ar", "--model.sampler=ar", "--model.backbone.init_args.causal=true"],
+    "duo": [
+        "--model.path=uniform",
+        "--model.objective=duo",
+        "--model.objective.init_args.curriculum_start={curriculum_start}",
+        "--model.objective.init_args.curriculum_end={curriculum_end}",
+        "--model.objective.init_args.reference_vocab=50257",
+        "--model.sampler=uniform_ancestral",
+        "--model.sampler.init_args.steps=128",
+        "--model.sampler.init_args.noise_removal=greedy",
+    ],
+    "duo_dcd": [
+        "--model.path=uniform",
+        "--model.objective=dcd",
+        "--model.objective.init_args.teacher={teacher}",
+        "--model.objective.init_args.reference_vocab=50257",
+        "--model.objective.init_args.base_steps=512",
+        "--model.objective.init_args.round_steps={round_steps_5}",
+        "--model.sampler=uniform_ancestral",
+        "--model.sampler.init_args.steps=8",
+        "--model.sampler.init_args.noise_removal=greedy",
+        "--model.lr=0.00006",
+        "--model.warmup_steps=50",
+        "--trainer.max_steps={distill_steps}",
+    ],
+    "mdlm_sdtt": [
+        "--model.path=masked",
+        "--model.objective=sdtt",
+        "--model.objective.init_args.teacher={teacher}",
+        "--model.objective.init_args.base_steps=128",
+        "--model.objective.init_args.rounds=4",
+        "--model.objective.init_args.round_steps={round_steps_4}",
+        "--model.sampler=ancestral",
+        "--model.sampler.init_args.steps=8",
+        "--model.lr=0.0003",
+        "--model.lr_schedule=constant",
+        "--model.warmup_steps=50",
+        "--trainer.max_steps={distill_steps}",
+    ],
 }
 SAVE = "--trainer.callbacks+=flowzoo.checkpoints.callback.SavePretrained"
 TINY_TRAIN = [
@@ -130,13 +177,18 @@ def train(data: str, method: str, runs: Path, args, teacher: Path | None, studen
     if (out / "pretrained" / "config.json").is_file():
         print(f"= {method}: {out / 'pretrained'} exists, not retrained", flush=True)
         return out / "pretrained"
-    values = {"teacher": teacher, "student": student, "distill_steps": args.distill_steps if not args.tiny else 3,
-              "dmd_steps": args.dmd_steps if not args.tiny else 3, "refine_steps": args.refine_steps if not args.tiny else 3}
+    distill_steps = args.distill_steps if not args.tiny else 3
+    shared = yaml.safe_load((ROOT / "benchmarks" / "study" / f"{data}.yaml").read_text())
+    steps = 4 if args.tiny else (args.max_steps or shared["trainer"]["max_steps"])
+    values = {"teacher": teacher, "student": student, "distill_steps": distill_steps,
+              "dmd_steps": args.dmd_steps if not args.tiny else 3, "refine_steps": args.refine_steps if not args.tiny else 3,
+              "curriculum_start": max(1, steps // 10), "curriculum_end": max(2, steps // 5),
+              "round_steps_5": max(1, distill_steps // 5), "round_steps_4": max(1, distill_steps // 4)}
     flags = [f.format(**values) for f in FLAGS[method]]
     extra = TINY_TRAIN + TINY_DATA[data] + ["--trainer.max_steps=4"] if args.tiny else []
-    if args.tiny and method in DISTILLED:
+    if args.tiny and (method in DISTILLED or method in DISCRETE_DISTILLED):
         extra = [e for e in extra if not e.startswith("--trainer.max_steps")]
-    if args.max_steps and not args.tiny and method not in DISTILLED:  # a reduced budget, the same for every method
+    if args.max_steps and not args.tiny and method not in DISTILLED and method not in DISCRETE_DISTILLED:  # a reduced budget, the same for every method
         extra = [f"--trainer.max_steps={args.max_steps}", f"--trainer.val_check_interval={min(1000, args.max_steps)}"]
     extra += [flag for target, flag in args.train_flags if target == method]
     cmd = flowzoo("fit", "--config", str(ROOT / "benchmarks" / "study" / f"{data}.yaml"), *flags, f"--trainer.default_root_dir={out}", SAVE, *extra)
@@ -218,10 +270,13 @@ def main() -> None:
     for method in ("flow_map_dmd", "flow_map_refine"):  # fine-tunes of the flow map
         if method in methods:
             checkpoints[method] = train(args.data, method, runs, args, checkpoints["flow"], checkpoints["flow_map"])
-    for method in ("mdlm", "ar"):
-        if method in methods:
+    for method in ("mdlm", "ar", "duo"):
+        if method in methods or any(DISCRETE_DISTILLED.get(m) == method for m in methods):
             checkpoints[method] = train(args.data, method, runs, args, None)
-    for method in ("flow", "flow_map"):
+    for method, base in DISCRETE_DISTILLED.items():
+        if method in methods:
+            checkpoints[method] = train(args.data, method, runs, args, checkpoints[base])
+    for method in ("flow", "flow_map", "mdlm", "duo"):
         if method not in methods:
             checkpoints.pop(method, None)
     config = yaml.safe_load((ROOT / "benchmarks" / f"study_{args.data}.yaml").read_text())

@@ -9,9 +9,9 @@ import torch
 
 from flowzoo.objectives._teacher import RoundTeacher
 from flowzoo.objectives.base import Objective
-from flowzoo.objectives.duo import network_time_of, relaxed_sample, uniform_incompatibility
+from flowzoo.objectives.duo import gamma_range, network_time_of, relaxed_sample, uniform_incompatibility
 from flowzoo.objectives.sdtt import DIVERGENCES, divergence
-from flowzoo.paths.uniform import argmax_alpha
+from flowzoo.paths.uniform import argmax_alpha, uniform_nelbo
 from flowzoo.registry import register
 from flowzoo.timesampling import TIME_SAMPLERS, sample_uniform_times
 
@@ -60,8 +60,14 @@ class DCD(RoundTeacher, Objective):
     round 1 on, is the student as it was when the round began (Duo's ``update_teacher_every`` with
     ``teacher_ema=False``): each round doubles the jump. Published (Duo's scripts/distil_owt.sh and
     configs/algo/distillation.yaml): base_steps (algo.T) 512, 10k steps a round, 50k steps, gamma in [-4, -1],
-    kl-bwd, lr 6e-5, EMA 0.999. ``rounds`` = 0: no limit (Duo's).
+    kl-bwd, lr 6e-5, EMA 0.999. ``rounds`` = 0: no limit (Duo's). ``reference_vocab``: as in
+    :class:`flowzoo.objectives.duo.Duo` (the gammas carried from that vocabulary size at equal alphas).
+
+    In evaluation (validation, ``flowzoo benchmark``) the loss is the student's uniform-state NELBO, which needs no
+    teacher: exp of it bounds the student's perplexity.
     """
+
+    likelihood_bound = True  # validation reports the uniform-state NELBO
 
     def __init__(
         self,
@@ -73,8 +79,12 @@ class DCD(RoundTeacher, Objective):
         gamma_min: float = -4.0,
         gamma_max: float = -1.0,
         time_sampling: str = "stratified",
+        reference_vocab: int = 0,
     ) -> None:
         super().__init__()
+        if reference_vocab < 0 or reference_vocab == 1:
+            raise ValueError(f"reference_vocab must be 0 (off) or a vocabulary size of at least 2, got {reference_vocab}")
+        self.reference_vocab = reference_vocab
         if divergence not in DIVERGENCES:
             raise ValueError(f"unknown divergence {divergence!r}; choices: {', '.join(DIVERGENCES)}")
         if base_steps < 1:
@@ -94,9 +104,15 @@ class DCD(RoundTeacher, Objective):
         return 2 ** int(self.round) / self.base_steps
 
     def forward(self, model, x1):
-        teacher = self.teacher(model, x1.device)
         path, V = model.path, model.vocab_size
         u = sample_uniform_times(x1.shape[0], self.time_sampling, device=x1.device)
+        if not model.training:
+            t = u * path.t_max
+            xt = path.sample(x1, t, V)
+            log_probs = model.head.log_probs(model.logits(xt, t)).float()
+            loss = uniform_nelbo(log_probs, x1, xt, path.alpha(t)[:, None], path.alpha_rate(t)[:, None]).mean()
+            return {"loss": loss, "ppl_bound": torch.exp(loss.clamp(max=700)), "round": self.round.float()}
+        teacher = self.teacher(model, x1.device)
         tau = 1 - u * path.t_max  # Duo's time in [eps, 1]
 
         def student(x, alpha):
@@ -106,5 +122,6 @@ class DCD(RoundTeacher, Objective):
             return teacher.head.log_probs(teacher.logits(x, network_time_of(path, alpha))).float()
 
         noise = torch.randn(*x1.shape, V, device=x1.device)
-        loss = dcd_loss(student, teach, x1, tau, self.dt(), self.gamma_min, self.gamma_max, noise, self.divergence).mean()
+        gamma_min, gamma_max = gamma_range(self, V)
+        loss = dcd_loss(student, teach, x1, tau, self.dt(), gamma_min, gamma_max, noise, self.divergence).mean()
         return {"loss": loss, "round": self.round.float(), "dt": torch.tensor(self.dt())}

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from flowzoo.objectives.base import Objective
-from flowzoo.paths.uniform import UniformPath, argmax_alpha, gaussian_coefficients, uniform_nelbo
+from flowzoo.paths.uniform import UniformPath, argmax_alpha, gaussian_coefficients, transfer_gamma, uniform_nelbo
 from flowzoo.registry import register
 from flowzoo.timesampling import TIME_SAMPLERS, sample_uniform_times
 
@@ -32,6 +32,17 @@ def relaxed_sample(x1: torch.Tensor, gamma: torch.Tensor, vocab_size: int, noise
     return a * F.one_hot(x1, vocab_size).float() + s * eps
 
 
+def gamma_range(objective, vocab_size: int) -> tuple[float, float]:
+    """(gamma_min, gamma_max) of an objective at this vocabulary: as given, or carried from ``reference_vocab``."""
+    if not objective.reference_vocab or objective.reference_vocab == vocab_size:
+        return objective.gamma_min, objective.gamma_max
+    key = (vocab_size, objective.reference_vocab, objective.gamma_min, objective.gamma_max)
+    cache = objective.__dict__.setdefault("_gamma_cache", {})
+    if key not in cache:
+        cache[key] = tuple(transfer_gamma(g, objective.reference_vocab, vocab_size) for g in (objective.gamma_min, objective.gamma_max))
+    return cache[key]
+
+
 def network_time_of(path: UniformPath, alpha: torch.Tensor) -> torch.Tensor:
     """The flowzoo time whose log-linear alpha equals ``alpha`` (clamped into [0, 1]): what the network is told."""
     return path.time_of_alpha(alpha).clamp(0.0, 1.0).float()
@@ -50,7 +61,12 @@ class Duo(Objective):
     alpha' come from the Diffusion Transformation operator (Duo Eq. 10, :func:`flowzoo.paths.uniform.argmax_alpha`).
     From ``curriculum_end`` on (and in validation) the plain NELBO. Published: steps 100k-200k of 1M, gamma in
     [-3.5, -1.75], log10 T from -1 to -2 (Duo's configs/algo/duo.yaml); ``curriculum_end=0`` trains without it.
+    ``reference_vocab`` > 0 reads the gammas as given for that vocabulary size and uses, at the model's, the gammas
+    with the same argmax-process alphas (:func:`flowzoo.paths.uniform.transfer_gamma`): Duo's range is tuned for
+    GPT-2's 50,257 tokens (alpha 0.93 to 0.04), which at V = 48 would only span alpha 0.9997 to 0.74.
     """
+
+    likelihood_bound = True  # the validation loss is a NELBO: exp of it bounds the perplexity
 
     def __init__(
         self,
@@ -61,8 +77,12 @@ class Duo(Objective):
         temperature_log10_start: float = -1.0,
         temperature_log10_end: float = -2.0,
         time_sampling: str = "stratified",
+        reference_vocab: int = 0,
     ) -> None:
         super().__init__()
+        if reference_vocab < 0 or reference_vocab == 1:
+            raise ValueError(f"reference_vocab must be 0 (off) or a vocabulary size of at least 2, got {reference_vocab}")
+        self.reference_vocab = reference_vocab
         if time_sampling not in TIME_SAMPLERS:
             raise ValueError(f"unknown time_sampling {time_sampling!r}; choices: {', '.join(TIME_SAMPLERS)}")
         if not 0 <= curriculum_start <= curriculum_end:
@@ -107,9 +127,10 @@ class Duo(Objective):
         """The curriculum's NELBO (scalar) and the argmax ids x_t (B, L)."""
         path, V = model.path, model.vocab_size
         tau = 1 - t
-        gamma = self.gamma_min + tau * (self.gamma_max - self.gamma_min)  # (B,)
+        gamma_min, gamma_max = gamma_range(self, V)
+        gamma = gamma_min + tau * (gamma_max - gamma_min)  # (B,)
         alpha, dalpha_dgamma = argmax_alpha(gamma, V)
-        rate = -(self.gamma_max - self.gamma_min) * dalpha_dgamma  # d alpha / dt, flowzoo time
+        rate = -(gamma_max - gamma_min) * dalpha_dgamma  # d alpha / dt, flowzoo time
         w = relaxed_sample(x1, gamma, V)  # (B, L, V)
         xt = w.argmax(-1)
         state = torch.softmax(w / self.temperature(model.global_step), dim=-1)

@@ -8,6 +8,7 @@ import torch
 
 from flowzoo.objectives._teacher import RoundTeacher
 from flowzoo.objectives.base import Objective
+from flowzoo.objectives.mdlm import mdlm_nelbo
 from flowzoo.paths.masked import MaskedPath
 from flowzoo.registry import register
 from flowzoo.samplers.ancestral import sample_categorical
@@ -75,7 +76,12 @@ class SDTT(RoundTeacher, Objective):
     (``--model.sampler.steps``). t ~ U[0, 1 - eps] (``stratified``: antithetic, as SDTT's). The student starts as a
     copy of ``teacher`` (any trained flowzoo MDLM checkpoint or save_pretrained directory).
     Published (SDTT's multi-round config): base 1024, m = 2, 10k steps a round, 7 rounds (1024 -> 8 steps), kl-bwd.
+
+    In evaluation (validation, ``flowzoo benchmark``) the loss is the student's MDLM NELBO, which needs no teacher:
+    exp of it bounds the student's perplexity, the figure SDTT reports beside sample quality.
     """
+
+    likelihood_bound = True  # validation reports the MDLM NELBO
 
     def __init__(
         self,
@@ -114,11 +120,15 @@ class SDTT(RoundTeacher, Objective):
         return max(1, round(self.base_steps / self.teacher_steps ** (int(self.round) + 1)))
 
     def forward(self, model, x1):
-        teacher = self.teacher(model, x1.device)
         path, V = model.path, model.vocab_size
         u = sample_uniform_times(x1.shape[0], self.time_sampling, device=x1.device)
         t = u * path.t_max  # MDLM time 1 - t in [eps, 1]
         xt = path.sample(x1, t, V)  # (B, L)
+        if not model.training:
+            log_probs = model.head.log_probs(model.logits(xt, t)).float()
+            loss = mdlm_nelbo(log_probs, x1, xt, t, path).mean()
+            return {"loss": loss, "ppl_bound": torch.exp(loss.clamp(max=700)), "round": self.round.float()}
+        teacher = self.teacher(model, x1.device)
         dt = path.t_max / self.base_steps * self.teacher_steps ** int(self.round)
         times = t[None] + dt * torch.arange(self.teacher_steps + 1, device=x1.device, dtype=t.dtype)[:, None]  # (m+1, B)
 

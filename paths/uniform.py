@@ -155,3 +155,22 @@ def argmax_alpha(gamma: torch.Tensor, vocab_size: int, points: int = 4097) -> tu
     scale = vocab_size / (vocab_size - 1)
     alpha = (scale * integral - 1 / (vocab_size - 1)).reshape(gamma.shape)
     return alpha.to(gamma.dtype), (scale * derivative).reshape(gamma.shape).to(gamma.dtype)
+
+
+def gamma_of_alpha(alpha: torch.Tensor, vocab_size: int, iterations: int = 60) -> torch.Tensor:
+    """The inverse of :func:`argmax_alpha`: the gamma whose argmax process keeps a token with probability ``alpha``,
+    by bisection on [-30, 30] (alpha decreases in gamma)."""
+    target = torch.as_tensor(alpha, dtype=torch.float64)
+    lo, hi = torch.full_like(target, -30.0), torch.full_like(target, 30.0)
+    for _ in range(iterations):
+        mid = (lo + hi) / 2
+        above = argmax_alpha(mid, vocab_size)[0] > target
+        lo, hi = torch.where(above, mid, lo), torch.where(above, hi, mid)
+    return (lo + hi) / 2
+
+
+def transfer_gamma(gamma: float, from_vocab: int, to_vocab: int) -> float:
+    """The gamma giving, at ``to_vocab`` tokens, the argmax-process alpha that ``gamma`` gives at ``from_vocab``: a
+    curriculum published for one tokenizer (Duo's GPT-2, 50,257) carried to another at the same kept-token rates."""
+    alpha = argmax_alpha(torch.tensor([gamma], dtype=torch.float64), from_vocab)[0]
+    return float(gamma_of_alpha(alpha, to_vocab)[0])

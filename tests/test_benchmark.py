@@ -125,3 +125,29 @@ def test_headline_compares_one_step_map_with_mdlm_at_equal_quality():
     full = {"name": "t", "rows": rows, "config": config, "length": 8, "judge": None, "headline": h,
             "environment": {"device": "cpu", "threads": 1, "torch": "x", "flowzoo": "y"}, "models": {}}
     assert "No ancestral setting in the grid reaches" in markdown(full)
+
+
+def test_headline_against_several_named_baselines():
+    """MDLM and MDLM + SDTT share the ancestral sampler: each baseline names its model, and each gets its comparison."""
+    rows = [
+        _row("flow map", "flow_map", 1, 1.0, 0.010),
+        _row("MDLM", "ancestral", 8, 1.3, 0.040),
+        _row("MDLM", "ancestral", 64, 0.9, 0.300),
+        _row("MDLM + SDTT", "ancestral", 4, 1.1, 0.020),
+        _row("MDLM + SDTT", "ancestral", 8, 0.95, 0.040),
+        _row("Duo + DCD", "uniform_ancestral", 8, 1.2, 0.045),
+    ]
+    baselines = [{"model": "MDLM", "sampler": "ancestral", "steps": 8}, {"model": "MDLM + SDTT", "sampler": "ancestral", "steps": 8},
+                 {"model": "Duo + DCD", "sampler": "uniform_ancestral", "steps": 8}]
+    config = load_config(None, models=[{"checkpoint": "x"}], headline={"metric": "nll", "reference": {"sampler": "flow_map", "steps": 1}, "baseline": baselines})
+    h = headline({"rows": rows}, config)
+    assert [c["baseline"]["model"] for c in h["all"]] == ["MDLM", "MDLM + SDTT", "Duo + DCD"]
+    assert h["baseline"]["model"] == "MDLM" and h["equal_quality_row"]["steps"] == 64  # the first comparison, as before
+    sdtt = h["all"][1]
+    assert sdtt["equal_quality_row"]["steps"] == 8 and sdtt["speedup_at_equal_quality"] == pytest.approx(4.0)  # not MDLM's rows
+    assert h["all"][2]["equal_quality_row"] is None
+    full = {"name": "t", "rows": rows, "config": config, "length": 8, "judge": None, "headline": h,
+            "environment": {"device": "cpu", "threads": 1, "torch": "x", "flowzoo": "y"}, "models": {}}
+    text = markdown(full)
+    assert "The fastest ancestral setting of MDLM + SDTT at least as good needs 8 steps" in text
+    assert "No uniform_ancestral setting in the grid reaches the reference's nll (Duo + DCD)" in text

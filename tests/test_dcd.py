@@ -104,3 +104,16 @@ def test_dcd_student_starts_as_its_teacher(tmp_path):
     assert torch.isfinite(out["loss"]) and out["dt"].item() == 1 / 512
     x, t = torch.randint(0, V, (2, L)), torch.full((2,), 0.4)
     assert torch.allclose(student.logits(x, t), teacher.logits(x, t), atol=1e-6)
+
+
+def test_in_evaluation_the_student_reports_its_nelbo_without_a_teacher():
+    from flowzoo.objectives.duo import Duo
+
+    tiny = {"name": "dit", "init_args": {"width": 32, "depth": 1, "heads": 2, "cond_dim": 16}}
+    student = FlowLM(backbone=tiny, path="uniform", objective={"name": "dcd", "init_args": {"teacher": "/nonexistent/teacher"}},
+                     sampler="uniform_ancestral", vocab_size=V).eval()
+    x1 = torch.randint(0, V, (8, L))
+    torch.manual_seed(5)
+    out = student.objective(student, x1)
+    torch.manual_seed(5)
+    assert torch.allclose(out["loss"], Duo()(student, x1)["loss"])

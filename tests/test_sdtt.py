@@ -197,4 +197,17 @@ def test_sdtt_rounds_from_the_command_line(tmp_path):
     ckpt = next((tmp_path / "run").rglob("*.ckpt"))
     state = torch.load(ckpt, weights_only=True)["state_dict"]
     assert int(state["objective.round"]) == 2  # steps 0..4 with 2 steps a round
-    assert "student_steps" in next((tmp_path / "run").rglob("metrics.csv")).read_text()
+    assert "val/ppl_bound" in next((tmp_path / "run").rglob("metrics.csv")).read_text()  # validation: the student's NELBO
+
+
+def test_in_evaluation_the_student_reports_its_mdlm_nelbo_without_a_teacher():
+    from flowzoo.objectives.mdlm import MDLM
+
+    student = FlowLM(backbone=TINY, path="masked", objective={"name": "sdtt", "init_args": {"teacher": "/nonexistent/teacher"}},
+                     sampler="ancestral", vocab_size=V).eval()
+    x1 = torch.randint(0, V, (8, L))
+    torch.manual_seed(5)
+    out = student.objective(student, x1)
+    torch.manual_seed(5)
+    plain = MDLM(fused=False)(student, x1)
+    assert torch.allclose(out["loss"], plain["loss"]) and torch.allclose(out["ppl_bound"], plain["ppl_bound"])

@@ -342,19 +342,31 @@ def primary_metric(rows: list[dict[str, Any]], requested: str | None = None) -> 
 
 def headline(results: dict[str, Any], config: dict[str, Any]) -> dict[str, Any] | None:
     """The reference row (1-step flow map) against the baseline (MDLM at 8 steps), and the speed-up at equal quality:
-    the fastest baseline-sampler row at least as good as the reference, over the reference's time per batch."""
+    the fastest baseline-sampler row of the baseline's model at least as good as the reference, over the reference's
+    time per batch. ``baseline`` may name its ``model`` (needed when several models share a sampler, e.g. MDLM and
+    MDLM + SDTT) and may be a list (e.g. every distilled discrete baseline): the first comparison is returned, all of
+    them under ``"all"``."""
     spec = config.get("headline") or {}
     rows = [r for r in results["rows"] if r["seconds_per_batch"] is not None]
     metric = primary_metric(rows, spec.get("metric"))
+    baselines = spec.get("baseline") or {}
+    comparisons = [c for c in (_compare(rows, metric, spec.get("reference", {}), b) for b in (baselines if isinstance(baselines, list) else [baselines])) if c]
+    if not comparisons:
+        return None
+    return {**comparisons[0], "all": comparisons} if len(comparisons) > 1 else comparisons[0]
+
+
+def _compare(rows: list[dict[str, Any]], metric: str, reference: dict[str, Any], baseline: dict[str, Any]) -> dict[str, Any] | None:
     higher = METRICS.get(metric, False)
 
     def find(want: dict[str, Any]) -> dict[str, Any] | None:
         for r in rows:
-            if r["sampler_name"] == want.get("sampler") and (want.get("steps") is None or r["steps"] == want["steps"]):
+            if (r["sampler_name"] == want.get("sampler") and (want.get("steps") is None or r["steps"] == want["steps"])
+                    and want.get("model") in (None, r["model"])):
                 return r
         return None
 
-    ref, base = find(spec.get("reference", {})), find(spec.get("baseline", {}))
+    ref, base = find(reference), find(baseline)
     if ref is None or base is None or metric not in ref["metrics"]:
         return None
 
@@ -420,27 +432,34 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append(f"| {name} | `{m['checkpoint']}` | {m['parameters']:,} | {m['config']['objective']['name']} | {_fmt(val.get('loss'))} | {_fmt(val.get('ppl_bound'), 2)} |")
     h = results.get("headline")
     if h:
-        ref, base = h["reference"], h["baseline"]
         lines += ["", "## Headline", ""]
-        lines.append(
-            f"On {h['metric']} ({'higher' if h['higher_is_better'] else 'lower'} is better): {ref['model']} {ref['sampler']} at {ref['steps']} step(s) "
-            f"= {_fmt(ref['value'])} in {1000 * ref['seconds_per_batch']:.1f} ms/batch; {base['model']} {base['sampler']} at {base['steps']} steps "
-            f"= {_fmt(base['value'])} in {1000 * base['seconds_per_batch']:.1f} ms/batch ({h['speedup_vs_baseline']:.1f}x the time)."
-        )
-        if h["equal_quality_row"]:
-            e = h["equal_quality_row"]
-            lines.append(
-                f"The fastest {base['sampler']} setting at least as good needs {e['steps']} steps ({_fmt(e['value'])}, "
-                f"{1000 * e['seconds_per_batch']:.1f} ms/batch): {h['speedup_at_equal_quality']:.1f}x slower than the 1-step flow map at equal quality."
-            )
-        else:
-            lines.append(f"No {base['sampler']} setting in the grid reaches the reference's {h['metric']}.")
+        for c in h.get("all", [h]):
+            lines += _headline_lines(c) + [""]
+        lines.pop()
     lines += ["", "Memory: " + ", ".join(sorted({r['memory_method'] for r in rows if r.get('memory_method')})) + " (peak beyond the weights, one batch).", ""]
     lines += ["## Examples (first sample of each row)", ""]
     for r in rows:
         if r.get("example") is not None:
             lines.append(f"- **{r['model']} / {r['sampler_name']} {_fmt(r['steps'])}**: `{r['example'][:160]}`")
     return "\n".join(lines) + "\n"
+
+
+def _headline_lines(h: dict[str, Any]) -> list[str]:
+    ref, base = h["reference"], h["baseline"]
+    lines = [
+        f"On {h['metric']} ({'higher' if h['higher_is_better'] else 'lower'} is better): {ref['model']} {ref['sampler']} at {ref['steps']} step(s) "
+        f"= {_fmt(ref['value'])} in {1000 * ref['seconds_per_batch']:.1f} ms/batch; {base['model']} {base['sampler']} at {base['steps']} steps "
+        f"= {_fmt(base['value'])} in {1000 * base['seconds_per_batch']:.1f} ms/batch ({h['speedup_vs_baseline']:.1f}x the time)."
+    ]
+    if h["equal_quality_row"]:
+        e = h["equal_quality_row"]
+        lines.append(
+            f"The fastest {base['sampler']} setting of {base['model']} at least as good needs {e['steps']} steps ({_fmt(e['value'])}, "
+            f"{1000 * e['seconds_per_batch']:.1f} ms/batch): {h['speedup_at_equal_quality']:.1f}x slower than the 1-step flow map at equal quality."
+        )
+    else:
+        lines.append(f"No {base['sampler']} setting in the grid reaches the reference's {h['metric']} ({base['model']}).")
+    return lines
 
 
 def plot(results: dict[str, Any], path: Path, metrics: list[str] | None = None) -> Path:
