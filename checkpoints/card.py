@@ -23,6 +23,9 @@ FAMILY = {
     "psd": "flow-map",
     "distill": "flow-map",
     "mdlm": "masked-diffusion",
+    "sdtt": "masked-diffusion",
+    "duo": "uniform-state-diffusion",
+    "dcd": "uniform-state-diffusion",
     "ar": "autoregressive",
 }
 # entries of hub_metadata["metrics"] that describe the measurement rather than score the model

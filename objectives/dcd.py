@@ -52,8 +52,9 @@ def dcd_loss(
 
 @register("objective", "dcd")
 class DCD(RoundTeacher, Objective):
-    """Duo's discrete consistency distillation of a uniform-state model (``teacher``: a flowzoo checkpoint trained
-    with ``duo`` on the uniform path; the student starts as its copy).
+    """Duo's discrete consistency distillation: a uniform-state student learns the teacher's jump along Gaussian ODE paths.
+
+    ``teacher``: a flowzoo checkpoint trained with ``duo`` on the uniform path; the student starts as its copy.
 
     Loss: the mean over tokens of :func:`dcd_loss`, tau ~ U[eps, 1] (``stratified``, antithetic). In round r
     (``round_steps`` global steps each) the teacher is one step dt = 2^r / ``base_steps`` away in Duo's time and, from

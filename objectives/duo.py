@@ -50,7 +50,9 @@ def network_time_of(path: UniformPath, alpha: torch.Tensor) -> torch.Tensor:
 
 @register("objective", "duo")
 class Duo(Objective):
-    """The uniform-state NELBO (:func:`flowzoo.paths.uniform.uniform_nelbo`), per token, at t ~ U[0, 1 - eps]
+    """Duo: the uniform-state NELBO, trained first through its Gaussian relaxation (the curriculum).
+
+    The uniform-state NELBO (:func:`flowzoo.paths.uniform.uniform_nelbo`), per token, at t ~ U[0, 1 - eps]
     (antithetic: ``stratified``), x_t drawn from the path. Logged: ``loss`` and ``ppl_bound`` = exp(loss).
 
     Curriculum (Duo Sec. 4.1), while the global step is below ``curriculum_end`` and the model is training: Duo's

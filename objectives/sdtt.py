@@ -66,7 +66,9 @@ def teacher_targets(
 
 @register("objective", "sdtt")
 class SDTT(RoundTeacher, Objective):
-    """Student MDLM learns in one ancestral step of size m dt what the teacher does in m steps of size dt:
+    """SDTT: an MDLM student learns in one ancestral step what its teacher does in m, in rounds that halve the steps.
+
+    The student learns in one ancestral step of size m dt what the teacher does in m steps of size dt:
 
       L = E_{t, x_t} mean over [MASK] positions l of D(p_student(. | x_t)^l || p_teacher^l),
 

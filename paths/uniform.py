@@ -16,7 +16,9 @@ from flowzoo.registry import register
 
 @register("path", "uniform")
 class UniformPath(ProbabilityPath):
-    """Each token is kept with probability alpha(t) and replaced by a token drawn uniformly from the V tokens otherwise:
+    """Uniform-state diffusion (UDLM/Duo): each token kept with probability alpha(t), else redrawn uniformly from the V tokens.
+
+    Each token is kept with probability alpha(t) and replaced by a token drawn uniformly from the V tokens otherwise:
 
       q(x_t | x) = alpha(t) onehot(x) + (1 - alpha(t)) / V,   alpha(t) = 1 - (1 - eps)(1 - t)  (log-linear, Duo's default).
 

@@ -17,7 +17,9 @@ NOISE_REMOVALS = ("ancestral", "greedy", "none")
 
 @register("sampler", "uniform_ancestral")
 class UniformAncestralSampler(Sampler):
-    """T steps t_0 = 0 < ... < t_T = 1 - ``end_eps`` (uniform in t): every token is redrawn from the approximate
+    """Duo's ancestral sampler for the uniform path: T posterior steps, then noise removal (ancestral or greedy tail).
+
+    T steps t_0 = 0 < ... < t_T = 1 - ``end_eps`` (uniform in t): every token is redrawn from the approximate
     posterior q(x_{t_{i+1}} | x_{t_i}, x_theta) of :func:`flowzoo.paths.uniform.uniform_posterior`, x_theta the
     network's prediction at (x_{t_i}, t_i), in float64; then one more evaluation removes the remaining noise:
 

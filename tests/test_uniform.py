@@ -260,3 +260,18 @@ def test_uniform_components_refuse_other_paths():
         FlowLM(backbone=TINY, path="masked", objective="mdlm", sampler="uniform_ancestral", vocab_size=V)
     with pytest.raises(ValueError, match="noise_removal"):
         FlowLM(backbone=TINY, path="uniform", objective="duo", sampler={"name": "uniform_ancestral", "init_args": {"noise_removal": "x"}}, vocab_size=V)
+
+
+def test_reference_vocab_carries_duos_gamma_range_at_equal_alphas():
+    from flowzoo.objectives.duo import gamma_range
+    from flowzoo.paths.uniform import gamma_of_alpha, transfer_gamma
+
+    model = _model({"name": "duo", "init_args": {"reference_vocab": 50257}})
+    g_min, g_max = gamma_range(model.objective, V)
+    for published, here in ((-3.5, g_min), (-1.75, g_max)):
+        want = argmax_alpha(torch.tensor([published], dtype=torch.float64), 50257)[0]
+        got = argmax_alpha(torch.tensor([here], dtype=torch.float64), V)[0]
+        assert abs(want.item() - got.item()) < 1e-9
+    assert g_min < g_max and abs(transfer_gamma(-2.0, V, V) + 2.0) < 1e-9
+    assert abs(gamma_of_alpha(torch.tensor([0.5]), 100).item() - transfer_gamma(gamma_of_alpha(torch.tensor([0.5]), 100).item(), 100, 100)) < 1e-9
+    assert gamma_range(_model().objective, V) == (-3.5, -1.75)  # off by default: Duo's published gammas as given
