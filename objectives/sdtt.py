@@ -47,12 +47,12 @@ def teacher_targets(
     prediction of the step that unmasked it, and positions still masked after m steps take the last step's
     (SDTT's ``_teacher_logprobs_on_mask``). ``draw`` samples token ids from unnormalised probabilities (B, L, V + 1).
     """
-    x = xt
-    target = torch.zeros(*xt.shape, 0, device=xt.device)
+    if times.shape[0] < 2:
+        raise ValueError(f"times needs at least two step boundaries (m + 1, B), got shape {tuple(times.shape)}")
+    x, target = xt, None
     for k in range(times.shape[0] - 1):
         log_p = predict(x, times[k])  # (B, L, V)
-        if target.shape[-1] == 0:
-            target = torch.zeros_like(log_p)
+        target = torch.zeros_like(log_p) if target is None else target
         a_k = path.alpha(times[k].double().clamp(max=1.0)).reshape(-1, 1, 1)
         a_next = path.alpha(times[k + 1].double().clamp(max=1.0)).reshape(-1, 1, 1)
         q = torch.cat([log_p.double().exp() * (a_next - a_k), (1 - a_next).expand(*x.shape, 1)], dim=-1)  # (B, L, V+1)
