@@ -455,7 +455,8 @@ def _headline_lines(h: dict[str, Any]) -> list[str]:
         e = h["equal_quality_row"]
         lines.append(
             f"The fastest {base['sampler']} setting of {base['model']} at least as good needs {e['steps']} steps ({_fmt(e['value'])}, "
-            f"{1000 * e['seconds_per_batch']:.1f} ms/batch): {h['speedup_at_equal_quality']:.1f}x slower than the 1-step flow map at equal quality."
+            f"{1000 * e['seconds_per_batch']:.1f} ms/batch): {h['speedup_at_equal_quality']:.1f}x the time of {ref['model']} at "
+            f"{ref['steps']} step(s), at equal quality."
         )
     else:
         lines.append(f"No {base['sampler']} setting in the grid reaches the reference's {h['metric']} ({base['model']}).")
