@@ -1,34 +1,31 @@
-"""A frozen teacher that the student replaces every round (SDTT, DCD): loading, checks, the round counter."""
+"""A frozen teacher that the student replaces every round (SDTT, DCD): the round counter and the hand-over."""
 
 from __future__ import annotations
 
 import torch
 
-from flowzoo import registry
 from flowzoo.errors import CheckpointError
 
 
-def check_same_space(source, model, what: str) -> None:
-    """A teacher must share the student's vocabulary and path (its time and noise define what its prediction means)."""
-    if source.vocab_size != model.vocab_size:
-        raise CheckpointError(f"{what} vocabulary {source.vocab_size} differs from the student's {model.vocab_size}")
-    if registry.spec(source.path) != registry.spec(model.path):
-        raise CheckpointError(
-            f"the {what} was trained on the path {registry.spec(source.path)} but the student uses {registry.spec(model.path)}; "
-            f"give the student the {what}'s path"
-        )
-
-
 class RoundTeacher:
-    """Mixin for an ``nn.Module`` objective distilled in rounds from a checkpoint ``teacher_path``.
+    """Mixin for an ``nn.Module`` objective distilled in rounds from the checkpoint ``teacher_path`` names.
 
-    The teacher is loaded on first use and kept out of the module tree (never saved with the student); the student
-    starts as a copy of it (a buffer remembers that, so a resumed or reloaded student is never overwritten). Round
-    r = min(global step // ``round_steps``, ``rounds``) (``rounds`` = 0: no limit); when a new round starts the
-    student's current weights become the teacher's. The round is a buffer saved with the student; a run resumed
-    mid-round r > 0 takes the student's weights at resume time as that round's teacher (the round-start weights are
-    not saved).
+    The objective loads nothing: while it is training, the model (:mod:`flowzoo.teachers`, before each loss) loads the
+    teacher, checks it, hands it over (:meth:`set_teacher`, kept out of the module tree, never saved with the student)
+    and copies it into the student once (``teacher_copied``, a buffer, so a resumed or reloaded student is never
+    overwritten). In evaluation the objectives need no teacher (``needs_teacher`` is False). Round
+    r = min(global step // ``round_steps``, ``rounds``) (``rounds`` = 0: no limit), a buffer saved with the student;
+    when a new round starts (:meth:`advance`) the student's current weights become the teacher's. A run resumed in round
+    r > 0 takes the student's weights at resume time as that round's teacher (the round-start weights are not saved).
     """
+
+    init_from_teacher = True  # read by flowzoo.teachers.attach_teacher: the student starts as the teacher
+    init_from = ""
+
+    @property
+    def needs_teacher(self) -> bool:
+        """Only the training loss reads the teacher (evaluation reports the student's own NELBO)."""
+        return self.training
 
     def init_rounds(self, teacher: str, round_steps: int, rounds: int) -> None:
         if round_steps < 1:
@@ -39,52 +36,49 @@ class RoundTeacher:
         self.register_buffer("round", torch.zeros((), dtype=torch.long))
         self.register_buffer("teacher_copied", torch.zeros((), dtype=torch.bool))
         object.__setattr__(self, "_teacher", None)  # not a submodule: not saved, not moved by .to()
+        object.__setattr__(self, "_teacher_round", 0)  # the round whose teacher the held weights are
+
+    @property
+    def teacher_model(self):
+        """The teacher handed over by the model (flowzoo.teachers), or None before that."""
+        return self._teacher
 
     def set_teacher(self, teacher) -> None:
-        """Use an already loaded model as the teacher (frozen, kept outside the module tree)."""
+        """Use an already loaded model as the teacher (frozen, outside the module tree): the checkpoint's weights are
+        round 0's teacher."""
+        if teacher is self._teacher:
+            return
         teacher.eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
         object.__setattr__(self, "_teacher", teacher)
+        object.__setattr__(self, "_teacher_round", 0)
+
+    def teacher(self, model=None, device=None):
+        if self._teacher is None:
+            raise CheckpointError(
+                f"the {self.registry_name} objective needs a teacher: set --model.objective.teacher=PATH (a .ckpt or "
+                "save_pretrained directory); FlowLM loads it before the first training loss (model.attach_teacher() outside a Trainer)"
+            )
+        return self._teacher
 
     def round_at(self, step: int) -> int:
         r = step // self.round_steps
         return min(r, self.rounds) if self.rounds else r
 
-    def teacher(self, model, device):
-        """The teacher on ``device``, after the student has been initialised from it and rounds have advanced."""
-        from flowzoo.checkpoints import load_checkpoint
-
-        name = type(self).__name__
-        if self._teacher is None:
-            if not self.teacher_path:
-                raise CheckpointError(f"the {name} objective needs a teacher: set --model.objective.teacher=PATH (a .ckpt or save_pretrained directory)")
-            self.set_teacher(load_checkpoint(self.teacher_path))
-            if int(self.round) > 0:  # resumed mid-distillation: the student is the best stand-in for this round's teacher
-                self._student_to_teacher(model)
-        teacher = self._teacher
-        check_same_space(teacher, model, "teacher")
-        weight = next(teacher.parameters(), None)
-        if weight is not None and weight.device != device:
-            teacher.to(device)
-        if not bool(self.teacher_copied):
-            self._copy(teacher.backbone, model.backbone, "the student's backbone must have the teacher's architecture")
-            self.teacher_copied.fill_(True)
-        if model.training:
-            r = self.round_at(model.global_step)
-            if r > int(self.round):
-                self._student_to_teacher(model)
-                self.round.fill_(r)
+    def advance(self, model):
+        """The teacher of the current round: on a new round (or a resume in round r > 0) the student's weights first
+        become the teacher's."""
+        teacher = self.teacher()
+        r = self.round_at(model.global_step)
+        if r > int(self.round):
+            self.round.fill_(r)
+        if int(self.round) != self._teacher_round:
+            weights, into = model.backbone.state_dict(), teacher.backbone.state_dict()
+            if set(weights) != set(into) or any(weights[k].shape != into[k].shape for k in weights):
+                raise CheckpointError("the student's backbone must have the teacher's architecture to become its teacher")
+            with torch.no_grad():
+                for k, v in weights.items():
+                    into[k].copy_(v)
+            object.__setattr__(self, "_teacher_round", int(self.round))
         return teacher
-
-    def _student_to_teacher(self, model) -> None:
-        self._copy(model.backbone, self._teacher.backbone, "the teacher's backbone must have the student's architecture")
-
-    @staticmethod
-    def _copy(source, target, message: str) -> None:
-        weights, into = source.state_dict(), target.state_dict()
-        if set(weights) != set(into) or any(weights[k].shape != into[k].shape for k in weights):
-            raise CheckpointError(message)
-        with torch.no_grad():
-            for k, v in weights.items():
-                into[k].copy_(v)

@@ -113,7 +113,7 @@ class DCD(RoundTeacher, Objective):
             log_probs = model.head.log_probs(model.logits(xt, t)).float()
             loss = uniform_nelbo(log_probs, x1, xt, path.alpha(t)[:, None], path.alpha_rate(t)[:, None]).mean()
             return {"loss": loss, "ppl_bound": torch.exp(loss.clamp(max=700)), "round": self.round.float()}
-        teacher = self.teacher(model, x1.device)
+        teacher = self.advance(model)
         tau = 1 - u * path.t_max  # Duo's time in [eps, 1]
 
         def student(x, alpha):

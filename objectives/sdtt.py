@@ -130,7 +130,7 @@ class SDTT(RoundTeacher, Objective):
             log_probs = model.head.log_probs(model.logits(xt, t)).float()
             loss = mdlm_nelbo(log_probs, x1, xt, t, path).mean()
             return {"loss": loss, "ppl_bound": torch.exp(loss.clamp(max=700)), "round": self.round.float()}
-        teacher = self.teacher(model, x1.device)
+        teacher = self.advance(model)
         dt = path.t_max / self.base_steps * self.teacher_steps ** int(self.round)
         times = t[None] + dt * torch.arange(self.teacher_steps + 1, device=x1.device, dtype=t.dtype)[:, None]  # (m+1, B)
 

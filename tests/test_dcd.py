@@ -100,6 +100,7 @@ def test_dcd_student_starts_as_its_teacher(tmp_path):
     save_pretrained(teacher, tmp_path / "t")
     student = FlowLM(backbone=tiny, path="uniform", objective={"name": "dcd", "init_args": {"teacher": str(tmp_path / "t")}},
                      sampler="uniform_ancestral", vocab_size=V)
+    student.prepare_objective()  # what training_step does before the loss
     out = student.objective(student, torch.randint(0, V, (8, L)))
     assert torch.isfinite(out["loss"]) and out["dt"].item() == 1 / 512
     x, t = torch.randint(0, V, (2, L)), torch.full((2,), 0.4)

@@ -153,6 +153,8 @@ def test_student_starts_as_the_teacher_and_a_context_free_teacher_gives_zero_los
     student = FlowLM(backbone=TINY, path="masked", objective={"name": "sdtt", "init_args": {"teacher": str(tmp_path / "teacher")}},
                      sampler="ancestral", vocab_size=V)
     x1 = torch.randint(0, V, (8, L))
+    assert student.objective.teacher_model is None  # nothing is loaded when the model is built
+    student.prepare_objective()  # what training_step does before the loss: load, check, hand over, copy once
     out = student.objective(student, x1)
     assert torch.isfinite(out["loss"]) and out["loss"] >= 0 and out["student_steps"] == 512
     x, t = torch.randint(0, V + 1, (2, L)), torch.full((2,), 0.5)
@@ -205,9 +207,28 @@ def test_in_evaluation_the_student_reports_its_mdlm_nelbo_without_a_teacher():
 
     student = FlowLM(backbone=TINY, path="masked", objective={"name": "sdtt", "init_args": {"teacher": "/nonexistent/teacher"}},
                      sampler="ancestral", vocab_size=V).eval()
+    student.prepare_objective()  # evaluation: no teacher is loaded (its path does not exist)
+    assert student.objective.teacher_model is None
     x1 = torch.randint(0, V, (8, L))
     torch.manual_seed(5)
     out = student.objective(student, x1)
     torch.manual_seed(5)
     plain = MDLM(fused=False)(student, x1)
     assert torch.allclose(out["loss"], plain["loss"]) and torch.allclose(out["ppl_bound"], plain["ppl_bound"])
+
+
+def test_a_new_round_hands_the_student_to_the_teacher(monkeypatch):
+    teacher = _mdlm(6)
+    student = FlowLM(backbone=TINY, path="masked", objective={"name": "sdtt", "init_args": {"round_steps": 3}}, sampler="ancestral", vocab_size=V)
+    student.attach_teacher(teacher)
+    with torch.no_grad():
+        for p in student.backbone.parameters():
+            p.add_(0.01)  # training moved the student away from its teacher
+    x, t = torch.randint(0, V + 1, (2, L)), torch.full((2,), 0.5)
+    obj = student.objective
+    assert obj.advance(student) is teacher and int(obj.round) == 0  # global step 0: round 0, the checkpoint teaches
+    assert not torch.allclose(student.logits(x, t), teacher.logits(x, t))
+    monkeypatch.setattr(FlowLM, "global_step", property(lambda self: 7))  # step 7 with 3 steps a round: round 2
+    obj.advance(student)
+    assert int(obj.round) == 2 and obj.student_steps() == 1024 // 8
+    assert torch.allclose(student.logits(x, t), teacher.logits(x, t), atol=1e-6)  # the student became the teacher
