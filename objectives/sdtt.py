@@ -11,10 +11,16 @@ from flowzoo.objectives.base import Objective
 from flowzoo.objectives.mdlm import mdlm_nelbo
 from flowzoo.paths.masked import MaskedPath
 from flowzoo.registry import register
-from flowzoo.samplers.ancestral import sample_categorical
 from flowzoo.timesampling import TIME_SAMPLERS, sample_uniform_times
 
 DIVERGENCES = ("kl-bwd", "kl-fwd", "tvd")
+
+
+def draw_categorical(probs: torch.Tensor, generator=None) -> torch.Tensor:
+    """argmax_v p_v / E_v, E_v ~ Exp(1), in float64: an exact draw from unnormalised ``probs`` (..., K), the draw of
+    the ancestral sampler (objectives do not import samplers)."""
+    u = torch.rand(probs.shape, generator=generator, device=probs.device, dtype=torch.float64)
+    return (probs.double() / -torch.log1p(-u)).argmax(-1)
 
 
 def divergence(student: torch.Tensor, teacher: torch.Tensor, kind: str) -> torch.Tensor:
@@ -37,7 +43,7 @@ def teacher_targets(
     path: MaskedPath,
     mask_id: int,
     generator=None,
-    draw: Callable = sample_categorical,
+    draw: Callable = draw_categorical,
 ) -> torch.Tensor:
     """The teacher's log p(x | .) (B, L, V) for every [MASK] of ``xt``, after ancestral steps through ``times``.
 
