@@ -1,4 +1,4 @@
-"""Discrete Consistency Distillation (DCD, Duo Sec. 5): a uniform-state student jumps along the argmax of the
+"""Discrete Consistency Distillation (DCD, Duo): a uniform-state student jumps along the argmax of the
 deterministic trajectories of the underlying Gaussian diffusion."""
 
 from __future__ import annotations

@@ -55,7 +55,7 @@ class Duo(Objective):
     The uniform-state NELBO (:func:`flowzoo.paths.uniform.uniform_nelbo`), per token, at t ~ U[0, 1 - eps]
     (antithetic: ``stratified``), x_t drawn from the path. Logged: ``loss`` and ``ppl_bound`` = exp(loss).
 
-    Curriculum (Duo Sec. 4.1), while the global step is below ``curriculum_end`` and the model is training: Duo's
+    Curriculum (Duo's curriculum learning), while the global step is below ``curriculum_end`` and the model is training: Duo's
     time tau = 1 - t is mapped to gamma = gamma_min + tau (gamma_max - gamma_min); x_t = argmax w with w the Gaussian
     latent of :func:`relaxed_sample`; the network reads the tempered softmax softmax(w / T) (a (B, L, V) state)
     instead of onehot(x_t), with log10 T going linearly from ``temperature_log10_start`` (until ``curriculum_start``)

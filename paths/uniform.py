@@ -126,7 +126,7 @@ def uniform_nelbo(log_probs: torch.Tensor, x1: torch.Tensor, xt: torch.Tensor, a
     return rate / (V * alpha) * (divergence - reciprocal)
 
 
-# --- the Gaussian dual (Duo Sec. 3): the uniform-state process as the argmax of Gaussian diffusion on one-hots -----
+# --- the Gaussian dual (Duo): the uniform-state process as the argmax of Gaussian diffusion on one-hots -----
 
 
 def gaussian_coefficients(gamma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
