@@ -1,3 +1,4 @@
+import inspect
 import json
 import re
 import subprocess
@@ -176,3 +177,34 @@ def test_subcommand_help_is_its_own(capsys):
         main(["sample", "--help"])
     assert exit_.value.code in (0, None) and "--checkpoint" in capsys.readouterr().out
     assert main(["list", "--help"]) == 0 and "usage: flowzoo list" in capsys.readouterr().out
+
+
+def _printed_config(capsys, *args) -> dict:
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", *args, "--print_config"])
+    assert exit_.value.code in (0, None)
+    return yaml.safe_load(capsys.readouterr().out)
+
+
+def test_switching_a_component_by_name_starts_from_the_new_class_defaults(tmp_path, capsys):
+    """configs/markov_flow.yaml sets euler with steps 128 and markov data with seq_len 32, batch 64: a new name drops them."""
+    from flowzoo.data.shakespeare import ShakespeareData
+    from flowzoo.samplers.flow_map import FlowMapSampler
+
+    flow_map_steps = inspect.signature(FlowMapSampler).parameters["steps"].default
+    text = inspect.signature(ShakespeareData).parameters
+    config = _printed_config(capsys, "--config", "configs/markov_flow.yaml", "--model.sampler=flow_map", "--data=shakespeare")
+    assert config["model"]["sampler"]["init_args"]["steps"] == flow_map_steps == 1
+    assert config["data"]["init_args"]["seq_len"] == text["seq_len"].default != 32
+    assert config["data"]["init_args"]["batch_size"] == text["batch_size"].default != 64
+    # arguments given after the switch still apply; the same name keeps the config's arguments
+    config = _printed_config(capsys, "--config", "configs/markov_flow.yaml", "--model.sampler", "flow_map", "--model.sampler.steps=4",
+                             "--data=shakespeare", "--data.seq_len=16")
+    assert config["model"]["sampler"]["init_args"]["steps"] == 4 and config["data"]["init_args"]["seq_len"] == 16
+    config = _printed_config(capsys, "--config", "configs/markov_flow.yaml", "--model.sampler=euler", "--data=markov")
+    assert config["model"]["sampler"]["init_args"]["steps"] == 128 and config["data"]["init_args"]["seq_len"] == 32
+    # a second config file that switches the sampler starts from the new class's defaults too
+    second = tmp_path / "second.yaml"
+    second.write_text("model:\n  sampler:\n    class_path: flowzoo.samplers.flow_map.FlowMapSampler\n")
+    config = _printed_config(capsys, "--config", "configs/markov_flow.yaml", "--config", str(second))
+    assert config["model"]["sampler"]["init_args"]["steps"] == 1

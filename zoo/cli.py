@@ -9,6 +9,7 @@ and ``--print_config`` work as in any LightningCLI.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -90,6 +91,47 @@ def nest_regrouped_flags(argv: Sequence[str]) -> list[str]:
     return out
 
 
+def _same_class(a: str, b: str) -> bool:
+    """Whether two class paths name one class (``flowzoo.samplers.EulerSampler`` and ``flowzoo.samplers.euler.EulerSampler`` do)."""
+    if a == b:
+        return True
+    from jsonargparse._util import import_object  # the resolver jsonargparse itself uses for class_path
+
+    try:
+        return import_object(a) is import_object(b)
+    except Exception:
+        return False
+
+
+@contextlib.contextmanager
+def switched_components_start_fresh():
+    """While parsing, a component whose class changes (``--model.sampler=flow_map`` after a config with ``euler``,
+    ``--data=shakespeare`` after markov) starts from the new class's defaults.
+
+    jsonargparse's own rule keeps every argument of the previous class that the new one also accepts (the flow map
+    sampler would inherit euler's ``steps: 128``, Shakespeare markov's ``seq_len``); its
+    ``discard_init_args_on_class_path_change`` is the one place that rule lives, so it is replaced here: on a class
+    change every previous argument is dropped. Arguments given after the switch still apply, and a repeated name
+    (the same class) keeps them.
+    """
+    from jsonargparse import _typehints
+
+    original = _typehints.discard_init_args_on_class_path_change
+
+    def discard_all(parser_or_action, prev_val, value):
+        if not prev_val or "init_args" not in prev_val or _same_class(prev_val["class_path"], value["class_path"]):
+            return original(parser_or_action, prev_val, value)
+        prev_val = _typehints.subclass_spec_as_namespace(prev_val)
+        for key in list(vars(prev_val.init_args)):  # top-level names; nested ones go with them
+            prev_val.init_args.pop(key)
+
+    _typehints.discard_init_args_on_class_path_change = discard_all
+    try:
+        yield
+    finally:
+        _typehints.discard_init_args_on_class_path_change = original
+
+
 def place_checkpoints(trainer) -> None:
     """Checkpoint callbacks without a ``dirpath`` write to ``<default_root_dir>/checkpoints``.
 
@@ -167,14 +209,15 @@ def lightning_main(argv: Sequence[str]) -> None:
     args = nest_regrouped_flags(expand_short_names(argv))
     program, sys.argv = sys.argv, sys.argv[:1]  # the arguments go in through ``args`` only
     try:
-        FlowzooCLI(
-            FlowLM,
-            TokenDataModule,
-            subclass_mode_data=True,
-            args=args,
-            save_config_kwargs={"overwrite": True},
-            trainer_defaults={"log_every_n_steps": 10},
-        )
+        with switched_components_start_fresh():
+            FlowzooCLI(
+                FlowLM,
+                TokenDataModule,
+                subclass_mode_data=True,
+                args=args,
+                save_config_kwargs={"overwrite": True},
+                trainer_defaults={"log_every_n_steps": 10},
+            )
     finally:
         sys.argv = program
 
