@@ -19,6 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 import flowzoo
+from flowzoo.devices import resolve_device
 from flowzoo.errors import CheckpointError, FlowzooError
 
 CONFIG_NAME = "config.json"
@@ -76,21 +77,36 @@ def build_model(config: dict[str, Any], model_class=None):
     return model
 
 
-def load_state(model, state: dict[str, torch.Tensor], source: str) -> None:
-    """Load weights only if every name and shape matches: a mismatched checkpoint is refused whole."""
-    expected = model.state_dict()
+def state_mismatch(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor], against: str = "config") -> str | None:
+    """What differs between two state dicts' names and shapes (missing, unexpected, shape), or None."""
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
-    wrong = [f"{k}: checkpoint {tuple(state[k].shape)} vs config {tuple(v.shape)}" for k, v in expected.items() if k in state and state[k].shape != v.shape]
-    if missing or unexpected or wrong:
-        detail = "; ".join(
-            x for x in (
-                f"missing {missing[:5]}" if missing else "",
-                f"unexpected {unexpected[:5]}" if unexpected else "",
-                f"shape mismatch {wrong[:3]}" if wrong else "",
-            ) if x
-        )
+    wrong = [f"{k}: checkpoint {tuple(state[k].shape)} vs {against} {tuple(v.shape)}" for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    if not (missing or unexpected or wrong):
+        return None
+    return "; ".join(
+        x for x in (
+            f"missing {missing[:5]}" if missing else "",
+            f"unexpected {unexpected[:5]}" if unexpected else "",
+            f"shape mismatch {wrong[:3]}" if wrong else "",
+        ) if x
+    )
+
+
+def check_finite(tensors, source: str) -> None:
+    """Refuse NaN or inf in any floating tensor of ``tensors`` ((name, tensor) pairs), naming the file and tensor."""
+    for name, tensor in tensors:
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise CheckpointError(f"refused {source}: tensor {name} holds {bad} non-finite value(s) (NaN or inf)")
+
+
+def load_state(model, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load weights only if every name and shape matches and every value is finite: a bad checkpoint is refused whole."""
+    detail = state_mismatch(model.state_dict(), state)
+    if detail:
         raise CheckpointError(f"weights in {source} do not match the config: {detail}")
+    check_finite(state.items(), source)
     model.load_state_dict(state, strict=True)
 
 
@@ -219,6 +235,7 @@ def load_directory(directory: Path, map_location: str = "cpu", model_class=None)
     """Rebuild a model from a save_pretrained directory: refused whole unless config and weights agree."""
     from flowzoo.checkpoints.tokenizer import load_tokenizer
 
+    map_location = str(resolve_device(map_location, "map_location"))
     config_file, weights_file = directory / CONFIG_NAME, directory / WEIGHTS_NAME
     for f in (config_file, weights_file):
         if not f.is_file():
@@ -252,6 +269,7 @@ def from_pretrained(
 
     The model carries ``tokenizer`` (a ``tokenizers.Tokenizer`` or None) and ``hub_metadata``.
     """
+    resolve_device(map_location, "map_location")  # before any download
     if revision is not None and Path(name_or_path).expanduser().is_dir():
         raise CheckpointError(f"revision={revision!r} applies to Hub repo ids, but {name_or_path} is a local directory")
     directory = resolve(
@@ -280,6 +298,28 @@ def unreadable_checkpoint_message(path, err: BaseException) -> str:
     return f"cannot read checkpoint {path}: {type(err).__name__}: {' '.join(first.split())[:300]}"
 
 
+def read_checkpoint(path: Path, map_location: str = "cpu") -> dict[str, Any]:
+    """The dict of a flowzoo Lightning ``.ckpt``, read with ``torch.load(weights_only=True)``; anything else is refused."""
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # truncated zip, not a torch file, a pickle of something other than weights
+        raise CheckpointError(unreadable_checkpoint_message(path, err)) from None
+    if not isinstance(ckpt, dict) or "flowzoo" not in ckpt or "state_dict" not in ckpt:
+        raise CheckpointError(f"{path} is not a flowzoo Lightning checkpoint (no 'flowzoo' config)")
+    return ckpt
+
+
+def training_tensors(ckpt: dict[str, Any]):
+    """(name, tensor) of what a resumed run reads besides ``state_dict``: the live weights an EMA callback keeps
+    (``current_model_state``) and the optimizer's state (``optimizer_states``)."""
+    for name, tensor in (ckpt.get("current_model_state") or {}).items():
+        yield f"current_model_state.{name}", tensor
+    for i, optimizer in enumerate(ckpt.get("optimizer_states") or []):
+        for param, values in ((optimizer or {}).get("state") or {}).items():
+            for key, tensor in (values or {}).items():
+                yield f"optimizer_states[{i}] {key} of parameter {param}", tensor
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu", model_class=None):
     """A model of ``model_class`` from a Lightning ``.ckpt`` (written by ``flowzoo fit``), a save_pretrained
     directory, or a Hub repo id."""
@@ -290,12 +330,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu", model_cl
         if path.suffix in (".ckpt", ".pt", ".pth", ".safetensors") or text.startswith((".", "/", "~")):
             raise CheckpointError(f"checkpoint {path} does not exist")
         return from_pretrained(text, map_location, model_class=model_class)  # a Hub repo id
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # truncated zip, not a torch file, a pickle of something other than weights
-        raise CheckpointError(unreadable_checkpoint_message(path, err)) from None
-    if not isinstance(ckpt, dict) or "flowzoo" not in ckpt or "state_dict" not in ckpt:
-        raise CheckpointError(f"{path} is not a flowzoo Lightning checkpoint (no 'flowzoo' config)")
+    ckpt = read_checkpoint(path, str(resolve_device(map_location, "map_location")))
     model = build_model(ckpt["flowzoo"], model_class)
     load_state(model, ckpt["state_dict"], str(path))
     if "global_step" in ckpt:

@@ -187,6 +187,7 @@ def cpu_precision(precision: Any, accelerator: Any) -> Any:
 def lightning_main(argv: Sequence[str]) -> None:
     from lightning.pytorch.cli import LightningCLI
 
+    from flowzoo import ckpt_path
     from flowzoo.data.base import TokenDataModule
     from flowzoo.module import FlowLM
 
@@ -197,12 +198,27 @@ def lightning_main(argv: Sequence[str]) -> None:
             defaults["data"] = {"class_path": registry.class_path(registry.get("data", "markov"))}
             parser.set_defaults(defaults)
 
+        def parse_arguments(self, parser, args) -> None:
+            super().parse_arguments(parser, args)
+            # before Lightning reads --ckpt_path's hyperparameters (a bad file is refused here, in one line)
+            subcommand = self.config.get("subcommand")
+            self.ckpt_file = ckpt_path.local_file(self.config[subcommand].get("ckpt_path")) if subcommand else None
+            self.ckpt_model = ckpt_path.read(self.ckpt_file) if self.ckpt_file else None
+
         def before_instantiate_classes(self) -> None:
             trainer = (self.config[self.subcommand] if self.subcommand else self.config)["trainer"]
             trainer["precision"] = cpu_precision(trainer.get("precision"), trainer.get("accelerator"))
 
         def before_fit(self) -> None:
             place_checkpoints(self.trainer)
+            if self.ckpt_model is not None:
+                ckpt_path.check_resumable(self.model, self.ckpt_model, self.ckpt_file)
+
+        def before_validate(self) -> None:  # the checkpoint's own model: no architecture flags needed
+            if self.ckpt_model is not None:
+                self.model = ckpt_path.evaluation_model(self.model, self.ckpt_model, self.datamodule, self.ckpt_file)
+
+        before_test = before_predict = before_validate
 
     registry.load_all()
     check_ckpt_path(argv)

@@ -22,3 +22,7 @@ class CheckpointError(FlowzooError, ValueError):
 
 class DataError(FlowzooError, ValueError):
     """A corpus that is empty, too short, or otherwise unusable."""
+
+
+class DeviceError(FlowzooError, ValueError):
+    """A device this machine does not have (CUDA without a GPU, a missing GPU index)."""

@@ -1,0 +1,158 @@
+"""Refusals in one line (issue 24): non-finite weights, bad ``--ckpt_path`` files, outputs that cannot be
+written, devices that are not there, and flag combinations that would be silently ignored.
+
+Each test reproduces a case that exited 0 with a wrong result, or ended in a traceback, before its fix.
+"""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from flowzoo.checkpoints import from_pretrained, load_checkpoint, save_pretrained
+from flowzoo.cli import main
+from flowzoo.errors import CheckpointError, DeviceError
+from flowzoo.module import FlowLM
+
+TINY_BACKBONE = {"name": "dit", "init_args": {"width": 32, "depth": 1, "heads": 2, "cond_dim": 16}}
+DATA = {"name": "markov", "init_args": {"num_states": 16, "seq_len": 8, "num_train": 8, "num_val": 8, "batch_size": 4}}
+ARCH = ["--model.backbone.width=32", "--model.backbone.depth=1", "--model.backbone.heads=2", "--model.backbone.cond_dim=16"]
+RUN = [
+    "--data.num_states=16", "--data.seq_len=8", "--data.num_train=8", "--data.num_val=8", "--data.batch_size=4",
+    "--trainer.limit_val_batches=1", "--trainer.enable_progress_bar=false", "--trainer.logger=false",
+    "--model.num_val_samples=0", "--model.sampler.steps=2",
+]  # fmt: skip
+
+
+def one_error_line(err: str) -> str:
+    """The single ``flowzoo: error:`` line of stderr (Lightning may log other lines); no traceback."""
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.startswith("flowzoo: error:")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    """A real ``flowzoo fit`` checkpoint (1 step; optimizer state, callbacks) of the tiny model."""
+    root = tmp_path_factory.mktemp("fitted")
+    assert main(["fit", *ARCH, *RUN, "--trainer.max_steps=1", f"--trainer.default_root_dir={root}"]) == 0
+    ckpts = sorted(root.rglob("*.ckpt"))
+    assert ckpts
+    return ckpts[-1]
+
+
+@pytest.fixture
+def saved(tmp_path):
+    model = FlowLM(backbone=TINY_BACKBONE, sampler={"name": "euler", "init_args": {"steps": 2}}, vocab_size=16)
+    model.data_spec = DATA
+    return save_pretrained(model, tmp_path / "model")
+
+
+# --- non-finite weights (item 4) -----------------------------------------------------------------
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")], ids=["nan", "inf"])
+def test_non_finite_safetensors_are_refused_with_file_and_tensor(saved, bad):
+    weights = saved / "model.safetensors"
+    state = load_file(weights)
+    name = sorted(k for k, v in state.items() if v.dim() == 2)[0]
+    state[name][0, 0] = bad
+    save_file(state, weights)
+    with pytest.raises(CheckpointError, match="non-finite") as refused:
+        from_pretrained(saved)
+    assert str(weights) in str(refused.value) and name in str(refused.value)
+    with pytest.raises(CheckpointError, match="non-finite"):
+        load_checkpoint(saved)
+
+
+def _poisoned_ckpt(source, target, where="state_dict"):
+    ckpt = torch.load(source, weights_only=True)
+    if where == "state_dict":
+        name = sorted(ckpt["state_dict"])[0]
+        ckpt["state_dict"][name].view(-1)[0] = float("nan")
+    else:  # Adam's first moment of a parameter
+        state = ckpt["optimizer_states"][0]["state"]
+        name = f"exp_avg of parameter {sorted(state)[0]}"
+        state[sorted(state)[0]]["exp_avg"].view(-1)[0] = float("inf")
+    torch.save(ckpt, target)
+    return name
+
+
+def test_non_finite_ckpt_weights_are_refused_by_load_checkpoint(fitted, tmp_path):
+    target = tmp_path / "nan.ckpt"
+    name = _poisoned_ckpt(fitted, target)
+    with pytest.raises(CheckpointError, match="non-finite") as refused:
+        load_checkpoint(target)
+    assert str(target) in str(refused.value) and name in str(refused.value)
+
+
+@pytest.mark.parametrize("where", ["state_dict", "optimizer"])
+@pytest.mark.parametrize("command", ["fit", "validate"])
+def test_ckpt_path_with_non_finite_tensors_is_refused(fitted, tmp_path, monkeypatch, capsys, command, where):
+    monkeypatch.chdir(tmp_path)
+    target = tmp_path / "nan.ckpt"
+    _poisoned_ckpt(fitted, target, where)
+    assert main([command, *ARCH, *RUN, "--trainer.max_steps=2", f"--ckpt_path={target}"]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "non-finite" in line and str(target) in line
+
+
+# --- fit / validate --ckpt_path with unusable checkpoints ---------------------------------------------
+class _Anything:  # a pickled object that is not weights
+    pass
+
+
+@pytest.mark.parametrize(
+    "what,match",
+    [
+        ("garbage", "cannot read checkpoint"),
+        ("truncated", "cannot read checkpoint"),
+        ("pickled", "refused checkpoint"),
+        ("not-flowzoo", "is not a flowzoo Lightning checkpoint"),
+        ("wrong-architecture", "does not match the model"),
+    ],
+)
+@pytest.mark.parametrize("command", ["fit", "validate"])
+def test_ckpt_path_refuses_unusable_checkpoints_in_one_line(fitted, tmp_path, monkeypatch, capsys, command, what, match):
+    monkeypatch.chdir(tmp_path)
+    target = tmp_path / "bad.ckpt"
+    arch = ARCH
+    if what == "garbage":
+        target.write_bytes(b"\x00garbage, not a checkpoint" * 10)
+    elif what == "truncated":
+        target.write_bytes(fitted.read_bytes()[: fitted.stat().st_size // 2])
+    elif what == "pickled":
+        torch.save({"flowzoo": {}, "state_dict": {}, "callbacks": _Anything()}, target)  # unpickling builds an object
+    elif what == "not-flowzoo":
+        torch.save({"state_dict": {}}, target)
+    else:
+        target = fitted
+        arch = [a.replace("width=32", "width=48") for a in ARCH]
+    if command == "validate" and what == "wrong-architecture":
+        pytest.skip("validate rebuilds the model from the checkpoint: no architecture to mismatch")
+    assert main([command, *arch, *RUN, "--trainer.max_steps=2", f"--ckpt_path={target}"]) == 2
+    assert match in one_error_line(capsys.readouterr().err)
+
+
+def test_validate_rebuilds_the_model_from_the_checkpoint(fitted, tmp_path, monkeypatch, capsys):
+    """No architecture flags: the model is the checkpoint's (width 32), not the CLI default DiT."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["validate", *RUN, f"--ckpt_path={fitted}"]) == 0
+    out = capsys.readouterr().out
+    assert "val/loss" in out
+
+
+# --- devices that are not there ------------------------------------------------------------------
+no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+
+
+@no_cuda
+def test_map_location_cuda_without_cuda_says_so(saved, fitted):
+    for load in (from_pretrained, load_checkpoint):
+        with pytest.raises(DeviceError, match="CUDA is not available") as refused:
+            load(saved, map_location="cuda")
+        assert "corrupt" not in str(refused.value)
+    with pytest.raises(ValueError, match="map_location 'cuda': CUDA is not available"):
+        load_checkpoint(fitted, map_location="cuda")
+    with pytest.raises(ValueError, match="not a device name"):
+        load_checkpoint(fitted, map_location="gpu0")
