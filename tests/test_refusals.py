@@ -156,3 +156,134 @@ def test_map_location_cuda_without_cuda_says_so(saved, fitted):
         load_checkpoint(fitted, map_location="cuda")
     with pytest.raises(ValueError, match="not a device name"):
         load_checkpoint(fitted, map_location="gpu0")
+
+
+# --- outputs that cannot be written ---------------------------------------------------------------
+def test_fit_refuses_a_root_dir_that_is_a_file(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    blocker = tmp_path / "runs"
+    blocker.write_text("a file where the run folder should be")
+    for root in (blocker, blocker / "sub"):
+        assert main(["fit", *ARCH, *RUN, "--trainer.max_steps=1", f"--trainer.default_root_dir={root}"]) == 2
+        line = one_error_line(capsys.readouterr().err)
+        assert "--trainer.default_root_dir" in line and f"{blocker} is a file" in line
+
+
+def test_publish_output_dir_that_is_a_file_is_refused(saved, tmp_path, capsys):
+    blocker = tmp_path / "out"
+    blocker.write_text("x")
+    for target in (blocker, blocker / "model"):
+        assert main(["publish", "--model", str(saved), "--repo-id", "me/tiny", "--eval-samples", "0", "--output-dir", str(target)]) == 2
+        assert f"{blocker} is a file" in one_error_line(capsys.readouterr().err)
+
+
+def test_sample_output_that_is_a_folder_or_under_a_file_is_refused(saved, tmp_path, capsys):
+    assert main(["sample", "--model", str(saved), "--num-samples", "2", "--output", str(tmp_path)]) == 2
+    assert "is a folder" in one_error_line(capsys.readouterr().err)
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    assert main(["sample", "--model", str(saved), "--num-samples", "2", "--output", str(blocker / "samples.txt")]) == 2
+    assert f"{blocker} is a file" in one_error_line(capsys.readouterr().err)
+
+
+def _benchmark_config(tmp_path, saved, output, **extra):
+    import yaml
+
+    config = {"name": "t", "output": str(output), "num_samples": 2, "batch_size": 2, "repeats": 1, "val_batches": 1, "reference": False,
+              "models": [{"name": "flow", "checkpoint": str(saved), "samplers": [{"name": "euler", "steps": 1}]}], **extra}
+    path = tmp_path / "bench.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_benchmark_checks_its_output_before_computing(saved, tmp_path, capsys, monkeypatch):
+    import flowzoo.benchmark as benchmark
+
+    blocker = tmp_path / "results"
+    blocker.write_text("x")
+    monkeypatch.setattr(benchmark, "run_row", lambda *a, **k: pytest.fail("a row was computed before the output was checked"))
+    for output in (blocker, blocker / "sub"):
+        assert main(["benchmark", "--config", str(_benchmark_config(tmp_path, saved, output))]) == 2
+        assert f"{blocker} is a file" in one_error_line(capsys.readouterr().err)
+
+
+def test_benchmark_writes_rows_as_they_complete(saved, tmp_path, monkeypatch):
+    """The second row fails: the first is already in results.json, marked incomplete."""
+    import flowzoo.benchmark as benchmark
+
+    real, calls = benchmark.run_row, []
+
+    def second_fails(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("out of memory (simulated)")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(benchmark, "run_row", second_fails)
+    output = tmp_path / "out"
+    samplers = [{"name": "euler", "steps": [1, 2]}]
+    config = _benchmark_config(tmp_path, saved, output, models=[{"name": "flow", "checkpoint": str(saved), "samplers": samplers}])
+    with pytest.raises(RuntimeError, match="simulated"):
+        main(["benchmark", "--config", str(config)])
+    results = json.loads((output / "results.json").read_text())
+    assert results["complete"] is False and [r["steps"] for r in results["rows"]] == [1]
+    assert "| flow | euler | 1 |" in (output / "results.md").read_text()
+
+
+@no_cuda
+def test_benchmark_device_cuda_without_cuda_is_one_line(saved, tmp_path, capsys):
+    config = _benchmark_config(tmp_path, saved, tmp_path / "out")
+    assert main(["benchmark", "--config", str(config), "--device", "cuda"]) == 2
+    assert "CUDA is not available" in one_error_line(capsys.readouterr().err)
+    assert not (tmp_path / "out").exists()
+
+
+def test_benchmark_rows_that_differ_only_in_sampler_options_have_distinct_labels(saved, tmp_path):
+    from flowzoo.benchmark import markdown
+
+    output = tmp_path / "out"
+    samplers = [{"name": "euler", "steps": 1}, {"name": "euler", "steps": 1, "init_args": {"decode": "sample", "temperature": 0.5}}]
+    config = _benchmark_config(tmp_path, saved, output, models=[{"name": "flow", "checkpoint": str(saved), "samplers": samplers}])
+    assert main(["benchmark", "--config", str(config)]) == 0
+    results = json.loads((output / "results.json").read_text())
+    labels = [r["sampler_label"] for r in results["rows"]]
+    assert labels == ["euler", "euler decode=sample temperature=0.5"]
+    table = [line for line in markdown(results).splitlines() if line.startswith("| flow | euler")]
+    assert len(table) == 2 and len(set(table)) == 2 and "euler decode=sample temperature=0.5" in table[1]
+
+
+# --- flowzoo sample: --device, ignored flags, long lengths -------------------------------------------
+@pytest.mark.parametrize(
+    "extra,match",
+    [
+        (["--temperature", "0.5"], "--temperature has no effect with argmax decoding"),
+        (["--option", "temperature=0.5"], "--temperature has no effect with argmax decoding"),
+        (["--sampler", "flow_map", "--option", "times=[0,0.5,1]", "--steps", "4"], "--steps has no effect when times"),
+    ],
+    ids=["temperature", "temperature-option", "steps-with-times"],
+)
+def test_sample_refuses_flags_that_would_be_ignored(saved, capsys, extra, match):
+    assert main(["sample", "--model", str(saved), "--num-samples", "2", *extra]) == 2
+    assert match in one_error_line(capsys.readouterr().err)
+
+
+def test_sample_accepts_the_same_flags_where_they_apply(saved, capsys):
+    assert main(["sample", "--model", str(saved), "--num-samples", "2", "--decode", "sample", "--temperature", "0.5"]) == 0
+    assert main(["sample", "--model", str(saved), "--num-samples", "2", "--sampler", "marginal", "--temperature", "0.5"]) == 0
+
+
+def test_sample_has_a_device_option(saved, capsys):
+    assert main(["sample", "--model", str(saved), "--num-samples", "2", "--device", "cpu"]) == 0
+    report = json.loads(capsys.readouterr().out.split("-" * 40)[-1])
+    assert report["device"] == "cpu"
+    if not torch.cuda.is_available():
+        assert main(["sample", "--model", str(saved), "--num-samples", "2", "--device", "cuda"]) == 2
+        assert "--device 'cuda': CUDA is not available" in one_error_line(capsys.readouterr().err)
+
+
+def test_sample_warns_about_a_length_far_beyond_training(saved, capsys):
+    assert main(["sample", "--model", str(saved), "--num-samples", "1", "--length", "64"]) == 0  # trained on 8
+    err = capsys.readouterr().err
+    assert "flowzoo: warning: --length 64 is 8x the training length 8" in err
+    assert main(["sample", "--model", str(saved), "--num-samples", "1", "--length", "8"]) == 0
+    assert "warning" not in capsys.readouterr().err

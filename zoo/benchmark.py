@@ -24,6 +24,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
 import platform
 import statistics
 import time
@@ -249,6 +250,7 @@ def run_row(model, sampler: dict | None, data, judge, config: dict[str, Any], le
     return {
         "sampler": registry.spec(chosen),
         "sampler_name": chosen.registry_name,
+        "sampler_label": sampler_label(registry.spec(chosen)),
         "steps": getattr(chosen, "steps", None),
         "nfe": nfe,
         "metrics": score(samples, data, judge),
@@ -275,18 +277,38 @@ def environment(device: torch.device) -> dict[str, Any]:
     return env
 
 
-def run(config: dict[str, Any]) -> dict[str, Any]:
-    """Run every row of ``config`` (see :func:`load_config`); returns the results dict (also written by :func:`write`)."""
+def sampler_label(spec: dict[str, Any]) -> str:
+    """The sampler's name and every option that differs from its class default, ``steps`` aside (its own column):
+    ``euler``, ``euler decode=sample temperature=0.5``; rows that differ only in sampler options read apart."""
+    import inspect
+
+    try:
+        defaults = {k: p.default for k, p in inspect.signature(registry.get("sampler", spec["name"])).parameters.items()}
+    except FlowzooError:
+        defaults = {}
+    changed = [f"{k}={v}" for k, v in sorted(spec.get("init_args", {}).items()) if k != "steps" and (k not in defaults or defaults[k] != v)]
+    return " ".join([spec["name"], *changed])
+
+
+def run(config: dict[str, Any], output: str | Path | None = None) -> dict[str, Any]:
+    """Run every row of ``config`` (see :func:`load_config`); returns the results dict (also written by :func:`write`).
+
+    With ``output``, ``results.json`` and ``results.md`` are rewritten after every row (``"complete": false`` until
+    the last), so a failure part-way loses no finished row.
+    """
     from flowzoo.checkpoints import load_checkpoint
+    from flowzoo.devices import resolve_device
     from flowzoo.judges import load_judge
     from flowzoo.sampling import data_from_spec
 
     if config.get("threads"):
         torch.set_num_threads(int(config["threads"]))
-    device = torch.device(config["device"] if config["device"] != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(config["device"], "--device")
     judge = load_judge(config["judge"], device=device, batch_size=int(config["judge_batch_size"])) if config["judge"] else None
     plan = [(entry, spec) for entry in config["models"] for spec in sampler_grid(entry.get("samplers"))]
     models, rows, length, reference_data = {}, [], config["length"], None
+    results = {"name": config["name"], "config": config, "environment": environment(device), "judge": getattr(judge, "name", None),
+               "length": length, "models": models, "rows": rows, "complete": False}
     loaded: dict[str, Any] = {}
     for entry, spec in progress(plan, desc="benchmark", min_total=1):
         name = entry.get("name") or Path(entry["checkpoint"]).stem
@@ -309,21 +331,17 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
         model, data = loaded[name]
         row = run_row(model, spec, data, judge, config, int(length), device)
         rows.append({"model": name, **row})
+        if output is not None:
+            results["length"] = length
+            write(results, output, figure=False)
     if config["reference"] and reference_data is not None:
         real = torch.stack([reference_data.splits["validation"][i]["input_ids"] for i in range(min(int(config["num_samples"]), len(reference_data.splits["validation"])))])
-        rows.append({"model": "data (validation)", "sampler": None, "sampler_name": "data", "steps": None, "nfe": 0,
+        rows.append({"model": "data (validation)", "sampler": None, "sampler_name": "data", "sampler_label": "data", "steps": None, "nfe": 0,
                      "metrics": score(real[:, : int(length)], reference_data, judge), "seconds_per_batch": None,
                      "tokens_per_second": None, "peak_memory_mib": None, "memory_method": None, "example": reference_data.decode(real[:1])[0]})
-    results = {
-        "name": config["name"],
-        "config": config,
-        "environment": environment(device),
-        "judge": getattr(judge, "name", None),
-        "length": length,
-        "models": models,
-        "rows": rows,
-    }
+    results["length"] = length
     results["headline"] = headline(results, config)
+    results["complete"] = True
     return results
 
 
@@ -422,7 +440,7 @@ def markdown(results: dict[str, Any]) -> str:
     lines.append("|" + "---|" * (4 + len(columns) + 3))
     for r in rows:
         ms = None if r["seconds_per_batch"] is None else 1000 * r["seconds_per_batch"]
-        cells = [r["model"], r["sampler_name"], _fmt(r["steps"]), _fmt(r["nfe"])] + [_fmt(r["metrics"].get(m)) for m in columns]
+        cells = [r["model"], r.get("sampler_label", r["sampler_name"]), _fmt(r["steps"]), _fmt(r["nfe"])] + [_fmt(r["metrics"].get(m)) for m in columns]
         tps = None if r["tokens_per_second"] is None else f"{r['tokens_per_second']:,.0f}"
         cells += [_fmt(ms, 1), _fmt(tps), _fmt(r["peak_memory_mib"], 2)]
         lines.append("| " + " | ".join(cells) + " |")
@@ -440,7 +458,7 @@ def markdown(results: dict[str, Any]) -> str:
     lines += ["## Examples (first sample of each row)", ""]
     for r in rows:
         if r.get("example") is not None:
-            lines.append(f"- **{r['model']} / {r['sampler_name']} {_fmt(r['steps'])}**: `{r['example'][:160]}`")
+            lines.append(f"- **{r['model']} / {r.get('sampler_label', r['sampler_name'])} {_fmt(r['steps'])}**: `{r['example'][:160]}`")
     return "\n".join(lines) + "\n"
 
 
@@ -479,7 +497,7 @@ def plot(results: dict[str, Any], path: Path, metrics: list[str] | None = None) 
     fig, axes = plt.subplots(len(metrics), 2, figsize=(11, 3.6 * len(metrics)), squeeze=False)
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in rows:
-        groups.setdefault((r["model"], r["sampler_name"]), []).append(r)
+        groups.setdefault((r["model"], r.get("sampler_label", r["sampler_name"])), []).append(r)
     for i, metric in enumerate(metrics):
         for j, (xkey, xlabel) in enumerate((("nfe", "network evaluations (NFE)"), ("seconds_per_batch", "seconds per batch"))):
             ax = axes[i][j]
@@ -507,13 +525,19 @@ def plot(results: dict[str, Any], path: Path, metrics: list[str] | None = None) 
     return path
 
 
-def write(results: dict[str, Any], output: str | Path) -> dict[str, Path]:
+def write(results: dict[str, Any], output: str | Path, figure: bool = True) -> dict[str, Path]:
+    """``results.json`` and ``results.md`` (each replaced whole, never left half-written) and, with ``figure``, ``results.png``."""
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "results.json", "markdown": out / "results.md", "plot": out / "results.png"}
-    paths["json"].write_text(json.dumps(results, indent=2, default=str) + "\n")
-    paths["markdown"].write_text(markdown(results))
-    plot(results, paths["plot"], results["config"].get("plot_metrics"))
+    for key, text in (("json", json.dumps(results, indent=2, default=str) + "\n"), ("markdown", markdown(results))):
+        partial = paths[key].with_name(paths[key].name + ".partial")
+        partial.write_text(text)
+        os.replace(partial, paths[key])
+    if figure:
+        plot(results, paths["plot"], results["config"].get("plot_metrics"))
+    else:
+        paths.pop("plot")
     return paths
 
 
@@ -533,7 +557,12 @@ def benchmark_main(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     overrides = {k: v for k, v in vars(args).items() if k != "config"}
     config = load_config(args.config, **overrides)
-    results = run(config)
+    from flowzoo.devices import resolve_device
+    from flowzoo.outputs import check_output_dir
+
+    resolve_device(config["device"], "--device")  # before any model is loaded or row computed
+    check_output_dir(config["output"], "--output")
+    results = run(config, output=config["output"])
     paths = write(results, config["output"])
     print(paths["markdown"].read_text())
     print("wrote " + ", ".join(str(p) for p in paths.values()))

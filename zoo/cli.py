@@ -13,11 +13,13 @@ import contextlib
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
 from flowzoo import registry
-from flowzoo.errors import CheckpointError, FlowzooError
+from flowzoo.errors import CheckpointError, FlowzooError, SamplingWarning
+from flowzoo.outputs import check_output_dir, check_output_file
 
 # command-line keys whose value is a registered component name
 _KEY_KIND = {f"--model.{kind}": kind for kind in ("backbone", "path", "head", "objective", "sampler")}
@@ -208,6 +210,8 @@ def lightning_main(argv: Sequence[str]) -> None:
         def before_instantiate_classes(self) -> None:
             trainer = (self.config[self.subcommand] if self.subcommand else self.config)["trainer"]
             trainer["precision"] = cpu_precision(trainer.get("precision"), trainer.get("accelerator"))
+            if self.subcommand == "fit":
+                check_output_dir(trainer.get("default_root_dir") or os.getcwd(), "--trainer.default_root_dir")
 
         def before_fit(self) -> None:
             place_checkpoints(self.trainer)
@@ -268,15 +272,25 @@ def sample_main(argv: Sequence[str]) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--show", type=int, default=8, help="how many samples to print")
     parser.add_argument("--output", help="write all samples, one per line, to this file")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, mps or auto")
     args = parser.parse_args(argv)
-    if args.output and not Path(args.output).expanduser().resolve().parent.is_dir():
-        raise FlowzooError(f"cannot write --output {args.output}: its folder does not exist")
+    if args.output:
+        check_output_file(args.output, "--output")
 
+    from flowzoo.devices import resolve_device
     from flowzoo.sampling import sample_from_checkpoint
 
+    device = resolve_device(args.device, "--device")
     overrides = {k: v for k, v in (("steps", args.steps), ("decode", args.decode), ("temperature", args.temperature)) if v is not None}
     overrides.update(parse_options(args.option))
-    result = sample_from_checkpoint(args.checkpoint, args.sampler, overrides, args.num_samples, args.length, args.seed)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", SamplingWarning)
+        result = sample_from_checkpoint(args.checkpoint, args.sampler, overrides, args.num_samples, args.length, args.seed, device=device)
+    for warning in caught:
+        if issubclass(warning.category, SamplingWarning):
+            print(f"flowzoo: warning: {warning.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
     for text in result["texts"][: args.show]:
         print(text)
         print("-" * 40)
@@ -302,6 +316,8 @@ def publish_main(argv: Sequence[str]) -> None:
     parser.add_argument("--benchmark-model", help="the model's name in that results.json (default: the one benchmarked from --checkpoint)")
     parser.add_argument("--output-dir", help="only write the folder that would be uploaded here; no upload")
     args = parser.parse_args(argv)
+    if args.output_dir:
+        check_output_dir(args.output_dir, "--output-dir")
 
     from flowzoo.checkpoints.publish import publish
 

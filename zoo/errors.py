@@ -26,3 +26,7 @@ class DataError(FlowzooError, ValueError):
 
 class DeviceError(FlowzooError, ValueError):
     """A device this machine does not have (CUDA without a GPU, a missing GPU index)."""
+
+
+class SamplingWarning(UserWarning):
+    """A sampling request that runs but deserves a word (a length far beyond the training length)."""

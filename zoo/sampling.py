@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import inspect
 import time
+import warnings
 from typing import Any
 
 import torch
 
 from flowzoo import registry
 from flowzoo.checkpoints import load_checkpoint
-from flowzoo.errors import DataError, FlowzooError
+from flowzoo.devices import resolve_device
+from flowzoo.errors import DataError, FlowzooError, SamplingWarning
 
 
 def data_from_spec(spec: dict[str, Any] | None):
@@ -37,7 +39,22 @@ def sampler_spec(model, sampler: str | None = None, overrides: dict[str, Any] | 
             f"its options: {', '.join(accepted) or 'none'}"
         )
     spec["init_args"] = {k: v for k, v in spec["init_args"].items() if k in accepted}
+    refuse_ignored_options(spec, overrides or {}, option_prefix)
     return spec
+
+
+def refuse_ignored_options(spec: dict[str, Any], overrides: dict[str, Any], option_prefix: str = "") -> None:
+    """Refuse an override the resulting sampler would silently ignore: a temperature under argmax decoding
+    (argmax of p^(1/T) is argmax of p), ``steps`` beside an explicit ``times`` schedule (its steps are len(times) - 1)."""
+    args = spec["init_args"]
+    if "temperature" in overrides and args.get("decode") == "argmax":
+        hint = f"{option_prefix}decode sample" if option_prefix == "--" else f"{option_prefix}decode=sample"
+        raise ValueError(f"{option_prefix}temperature has no effect with argmax decoding (sampler {spec['name']!r} decodes by argmax); add {hint}")
+    if "steps" in overrides and args.get("times") is not None:
+        raise ValueError(
+            f"{option_prefix}steps has no effect when times is set (sampler {spec['name']!r} with times={args['times']} takes "
+            f"{len(args['times']) - 1} steps); drop {option_prefix}steps, or set times to null"
+        )
 
 
 def sample_from_checkpoint(
@@ -47,9 +64,14 @@ def sample_from_checkpoint(
     num_samples: int = 8,
     length: int | None = None,
     seed: int = 0,
+    device: str | torch.device = "cpu",
 ) -> dict[str, Any]:
-    """Load a model, draw samples with (a variant of) its sampler, decode and score them."""
-    model = load_checkpoint(checkpoint)
+    """Load a model onto ``device``, draw samples with (a variant of) its sampler, decode and score them.
+
+    A ``length`` beyond the training length runs, with a :class:`SamplingWarning` (positions the model never saw).
+    """
+    device = resolve_device(device, "device")
+    model = load_checkpoint(checkpoint).to(device)
     chosen = model.sampler
     if sampler is not None or overrides:
         chosen = registry.build("sampler", sampler_spec(model, sampler, overrides, option_prefix="--"))
@@ -63,6 +85,15 @@ def sample_from_checkpoint(
         length = data.seq_len if data is not None else ((model.data_spec or {}).get("init_args") or {}).get("seq_len")
         if length is None:
             raise DataError("the checkpoint does not record its data's sequence length; pass --length")
+    else:
+        trained = data.seq_len if data is not None else ((model.data_spec or {}).get("init_args") or {}).get("seq_len")
+        if trained and length > trained:
+            warnings.warn(
+                f"--length {length} is {length / trained:.3g}x the training length {trained}: the model never saw positions "
+                f"beyond {trained}, so expect samples to degrade there",
+                SamplingWarning,
+                stacklevel=2,
+            )
     start = time.perf_counter()
     out = model.generate(num_samples, length, sampler=chosen, seed=seed)
     elapsed = time.perf_counter() - start
@@ -77,7 +108,7 @@ def sample_from_checkpoint(
         tokenizer = getattr(model, "tokenizer", None)  # tokenizer.json shipped beside the weights
         rows = out.tokens.tolist()
         texts = tokenizer.decode_batch(rows) if tokenizer is not None else [" ".join(map(str, row)) for row in rows]
-    result: dict[str, Any] = {"sampler": registry.spec(chosen), "nfe": out.nfe, "seconds": round(elapsed, 3), "texts": texts}
+    result: dict[str, Any] = {"sampler": registry.spec(chosen), "nfe": out.nfe, "seconds": round(elapsed, 3), "device": str(device), "texts": texts}
     if metrics is not None:
         result["metrics"] = metrics
     elif unavailable is not None:
