@@ -287,3 +287,43 @@ def test_sample_warns_about_a_length_far_beyond_training(saved, capsys):
     assert "flowzoo: warning: --length 64 is 8x the training length 8" in err
     assert main(["sample", "--model", str(saved), "--num-samples", "1", "--length", "8"]) == 0
     assert "warning" not in capsys.readouterr().err
+
+
+# --- a local file given to --data=hub that is not UTF-8 text --------------------------------------------
+@pytest.mark.parametrize(
+    "content,match",
+    [
+        ("café naïve\nsecond line\n".encode("latin-1"), "is not UTF-8 text"),
+        (bytes(range(256)) * 4, "is not UTF-8 text"),
+        (b"", "is empty"),
+    ],
+    ids=["latin-1", "binary", "empty"],
+)
+def test_hub_data_names_what_is_wrong_with_a_local_file(tmp_path, content, match):
+    from flowzoo.data.hub import HubTextData
+    from flowzoo.errors import DataError
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_bytes(content)
+    with pytest.raises(DataError, match=match) as refused:
+        HubTextData(dataset=str(corpus), cache_dir=str(tmp_path / "cache")).raw
+    assert "no such" not in str(refused.value) and str(corpus) in str(refused.value)
+
+
+# --- a misspelled option: one line with the nearest valid names, not 60 lines of usage ----------------
+@pytest.mark.parametrize(
+    "arg,match",
+    [
+        ("--model.sampler.stepz=4", "--model.sampler.stepz: sampler 'euler' has no option 'stepz'; did you mean steps?"),
+        ("--model.backbone.widht=4", "did you mean width?"),
+        ("--data.seq_lne=4", "--data.seq_lne: data 'markov' has no option 'seq_lne'; did you mean seq_len?"),
+        ("--model.lrr=3", "--model.lrr: no such option; did you mean --model.lr?"),
+        ("--trainer.max_stepz=3", "did you mean --trainer.max_steps?"),
+    ],
+)
+def test_a_misspelled_option_is_one_line_with_the_nearest_names(tmp_path, monkeypatch, capsys, arg, match):
+    monkeypatch.chdir(tmp_path)
+    assert main(["fit", *ARCH, arg]) == 2
+    err = capsys.readouterr().err
+    assert match in one_error_line(err)
+    assert "usage:" not in err and len(err.strip().splitlines()) == 1, err

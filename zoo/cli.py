@@ -134,6 +134,18 @@ def switched_components_start_fresh():
         _typehints.discard_init_args_on_class_path_change = original
 
 
+@contextlib.contextmanager
+def one_line_option_errors(argv: Sequence[str]):
+    """jsonargparse's refusal of an option (raised, not printed with the usage: ``exit_on_error=False``) as one line."""
+    try:
+        yield
+    except argparse.ArgumentError as err:
+        from flowzoo.option_errors import OptionError, one_line
+
+        command = next((a for a in argv if a in LIGHTNING_COMMANDS), "fit")
+        raise OptionError(one_line(str(err), command)) from None
+
+
 def place_checkpoints(trainer) -> None:
     """Checkpoint callbacks without a ``dirpath`` write to ``<default_root_dir>/checkpoints``.
 
@@ -229,7 +241,7 @@ def lightning_main(argv: Sequence[str]) -> None:
     args = nest_regrouped_flags(expand_short_names(argv))
     program, sys.argv = sys.argv, sys.argv[:1]  # the arguments go in through ``args`` only
     try:
-        with switched_components_start_fresh():
+        with switched_components_start_fresh(), one_line_option_errors(argv):
             FlowzooCLI(
                 FlowLM,
                 TokenDataModule,
@@ -237,6 +249,7 @@ def lightning_main(argv: Sequence[str]) -> None:
                 args=args,
                 save_config_kwargs={"overwrite": True},
                 trainer_defaults={"log_every_n_steps": 10},
+                parser_kwargs={"exit_on_error": False, **{c: {"exit_on_error": False} for c in LIGHTNING_COMMANDS}},
             )
     finally:
         sys.argv = program

@@ -36,6 +36,18 @@ def _short(err: Exception) -> str:
     return f"{type(err).__name__}: {text[0][:300] if text else ''}"
 
 
+def _unreadable(err: BaseException) -> str:
+    """Why ``datasets`` could not read a local file: the root cause (a UnicodeDecodeError under its wrapper)."""
+    cause, seen = err, set()
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, UnicodeDecodeError):
+            return (f"it is not UTF-8 text (byte 0x{cause.object[cause.start:cause.start + 1].hex()} cannot be decoded; a binary "
+                    "file, or another encoding such as latin-1: convert it first, e.g. iconv -f latin1 -t utf-8)")
+        cause = cause.__cause__ or cause.__context__
+    return _short(err)
+
+
 def _network_hint() -> str:
     state = "HF_HUB_OFFLINE is set" if _offline() else "the Hub may be unreachable from this machine"
     return f"downloading from the Hugging Face Hub needs network ({state}) unless it is already cached"
@@ -140,6 +152,8 @@ class HubTextData(TokenDataModule):
                 builder = _BUILDERS.get(path.suffix.lower())
                 if builder is None:
                     raise DataError(f"cannot tell the format of {name!r}; use one of {', '.join(sorted(_BUILDERS))}")
+                if path.stat().st_size == 0:
+                    raise DataError(f"the local file {name!r} is empty")
                 return datasets.load_dataset(builder, data_files=str(path), cache_dir=self.cache_dir)
             if path.is_dir() and ((path / "dataset_dict.json").exists() or (path / "state.json").exists()):
                 return datasets.load_from_disk(str(path))  # a save_to_disk folder
@@ -149,6 +163,8 @@ class HubTextData(TokenDataModule):
         except DataError:
             raise
         except Exception as err:
+            if path.exists():  # there, but unreadable: say why, not "no such file"
+                raise DataError(f"cannot read the local {'file' if path.is_file() else 'folder'} {name!r}: {_unreadable(err)}") from None
             looks_local = name.startswith((".", "/", "~")) or path.suffix.lower() in _BUILDERS
             if self.data_files is not None:
                 raise DataError(f"cannot load dataset {name!r} from data_files {self.data_files!r}: {_short(err)}") from None
