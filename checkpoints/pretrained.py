@@ -56,6 +56,46 @@ def check_version(config: dict[str, Any]) -> None:
         )
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_numbers(args: Any, signature_of, where: str) -> None:
+    """Each argument whose parameter defaults to a number must be a number ("48" is refused, not compared)."""
+    import inspect
+
+    if not isinstance(args, dict):
+        raise CheckpointError(f"the checkpoint config's {where} arguments must be a JSON object, got {args!r}")
+    try:
+        params = inspect.signature(signature_of).parameters
+    except (TypeError, ValueError):
+        return
+    for key, value in args.items():
+        default = params[key].default if key in params else None
+        if _is_number(default) and value is not None and not _is_number(value):
+            raise CheckpointError(f"the checkpoint config is invalid: {where}: {key} must be a number, got {value!r}")
+
+
+def check_config_types(config: dict[str, Any]) -> None:
+    """Refuse values of the wrong JSON type in a model config (vocab_size, optim and component arguments) in one line,
+    before they reach a constructor as a comparison or shape error."""
+    from flowzoo import registry
+    from flowzoo.module import FlowLM
+
+    vocab = config["vocab_size"]
+    if not isinstance(vocab, int) or isinstance(vocab, bool):
+        raise CheckpointError(f"the checkpoint config is invalid: vocab_size must be an integer, got {vocab!r}")
+    _check_numbers(config.get("optim") or {}, FlowLM, "optim")
+    for kind in ("backbone", "path", "head", "objective", "sampler"):
+        spec = config[kind]
+        if isinstance(spec, dict) and isinstance(spec.get("name"), str):
+            try:
+                cls = registry.get(kind, spec["name"])
+            except FlowzooError:
+                continue  # refused by name when the model is built
+            _check_numbers(spec.get("init_args") or {}, cls, f"{kind} {spec['name']!r}")
+
+
 def build_model(config: dict[str, Any], model_class=None):
     """Rebuild a model of ``model_class`` (FlowLM or a subclass) from its config; unknown components and bad
     arguments become CheckpointError. This module is the format, below flowzoo.module (whose FlowLM inherits
@@ -69,6 +109,7 @@ def build_model(config: dict[str, Any], model_class=None):
     missing = [k for k in ("vocab_size", "backbone", "path", "head", "objective", "sampler") if k not in config]
     if missing:
         raise CheckpointError(f"the checkpoint config lacks {', '.join(repr(k) for k in missing)}: it is incomplete or not a flowzoo model config")
+    check_config_types(config)
     try:
         model = model_class.from_config(config)
     except (FlowzooError, KeyError, TypeError, ValueError) as err:

@@ -327,3 +327,25 @@ def test_a_misspelled_option_is_one_line_with_the_nearest_names(tmp_path, monkey
     err = capsys.readouterr().err
     assert match in one_error_line(err)
     assert "usage:" not in err and len(err.strip().splitlines()) == 1, err
+
+
+# --- config.json values of the wrong type -------------------------------------------------------------
+@pytest.mark.parametrize(
+    "edit,match",
+    [
+        (lambda c: c.update(vocab_size="16"), "vocab_size must be an integer, got '16'"),
+        (lambda c: c.update(vocab_size=16.0), "vocab_size must be an integer, got 16.0"),
+        (lambda c: c["sampler"]["init_args"].update(steps="2"), "sampler 'euler': steps must be a number, got '2'"),
+        (lambda c: c["optim"].update(lr="0.001"), "optim: lr must be a number, got '0.001'"),
+    ],
+    ids=["vocab-string", "vocab-float", "steps-string", "lr-string"],
+)
+def test_config_values_of_the_wrong_type_are_refused_in_one_line(saved, capsys, edit, match):
+    config = json.loads((saved / "config.json").read_text())
+    edit(config)
+    (saved / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=match) as refused:
+        from_pretrained(saved)
+    assert "not supported between" not in str(refused.value)
+    assert main(["sample", "--model", str(saved), "--num-samples", "1"]) == 2
+    assert match in one_error_line(capsys.readouterr().err)
