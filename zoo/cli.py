@@ -229,6 +229,7 @@ def lightning_main(argv: Sequence[str]) -> None:
             place_checkpoints(self.trainer)
             if self.ckpt_model is not None:
                 ckpt_path.check_resumable(self.model, self.ckpt_model, self.ckpt_file)
+                self.ckpt_model = None  # Lightning restores the run from the file; no second copy kept
 
         def before_validate(self) -> None:  # the checkpoint's own model: no architecture flags needed
             if self.ckpt_model is not None:
