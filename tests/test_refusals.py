@@ -349,3 +349,19 @@ def test_config_values_of_the_wrong_type_are_refused_in_one_line(saved, capsys, 
     assert "not supported between" not in str(refused.value)
     assert main(["sample", "--model", str(saved), "--num-samples", "1"]) == 2
     assert match in one_error_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize(
+    "entry,match",
+    [
+        ({"name": "euler", "steps": 2, "init_args": {"temperature": 0.5}}, "temperature has no effect with argmax decoding"),
+        ({"name": "flow_map", "steps": 1, "init_args": {"times": [0.0, 0.5, 1.0]}}, "steps has no effect when times is set"),
+    ],
+    ids=["temperature-under-argmax", "steps-beside-times"],
+)
+def test_benchmark_refuses_sampler_options_that_would_be_ignored(entry, match):
+    from flowzoo.benchmark import sampler_grid
+
+    with pytest.raises(ValueError, match=match):
+        sampler_grid([entry])
+    assert sampler_grid([{**entry, "init_args": {**entry["init_args"], "decode": "sample"}}]) if "temperature" in entry["init_args"] else True

@@ -21,6 +21,7 @@ Writes ``results.json``, ``results.md`` and ``results.png`` (quality against NFE
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import json
 import math
@@ -39,6 +40,7 @@ from flowzoo import registry
 from flowzoo.errors import FlowzooError
 from flowzoo.metrics import GenerativePerplexity, MarkovQuality, UnigramEntropy, ValidationLoss
 from flowzoo.progress import progress
+from flowzoo.sampling import refuse_ignored_options
 
 DEFAULTS: dict[str, Any] = {
     "name": "benchmark",
@@ -116,12 +118,16 @@ def sampler_grid(entries: list[Any] | None) -> list[dict[str, Any] | None]:
             entry = {"name": entry}
         if "name" not in entry:
             raise BenchmarkConfigError(f"a sampler entry needs a 'name': got {entry!r}")
-        registry.get("sampler", entry["name"])  # unknown names fail here, listing the valid ones
+        cls = registry.get("sampler", entry["name"])  # unknown names fail here, listing the valid ones
+        defaults = {k: p.default for k, p in inspect.signature(cls).parameters.items() if p.default is not inspect.Parameter.empty}
         steps = entry.get("steps")
         for value in steps if isinstance(steps, list) else [steps]:
             args = dict(entry.get("init_args") or {})
             if value is not None:
                 args["steps"] = int(value)
+            # an option the sampler would ignore (temperature under argmax, steps beside times) is refused, not run
+            changed = {k: v for k, v in args.items() if k not in defaults or defaults[k] != v or (k == "steps" and value is not None)}
+            refuse_ignored_options({"name": entry["name"], "init_args": {**defaults, **args}}, changed)
             specs.append({"name": entry["name"], "init_args": args})
     return specs
 
@@ -280,8 +286,6 @@ def environment(device: torch.device) -> dict[str, Any]:
 def sampler_label(spec: dict[str, Any]) -> str:
     """The sampler's name and every option that differs from its class default, ``steps`` aside (its own column):
     ``euler``, ``euler decode=sample temperature=0.5``; rows that differ only in sampler options read apart."""
-    import inspect
-
     try:
         defaults = {k: p.default for k, p in inspect.signature(registry.get("sampler", spec["name"])).parameters.items()}
     except FlowzooError:
