@@ -365,3 +365,20 @@ def test_benchmark_refuses_sampler_options_that_would_be_ignored(entry, match):
     with pytest.raises(ValueError, match=match):
         sampler_grid([entry])
     assert sampler_grid([{**entry, "init_args": {**entry["init_args"], "decode": "sample"}}]) if "temperature" in entry["init_args"] else True
+
+
+def test_outputs_without_write_permission_are_refused(tmp_path, monkeypatch):
+    """Tests run as root, which may write anywhere: the permission check is exercised through os.access."""
+    import flowzoo.outputs as outputs
+
+    folder = tmp_path / "readonly"
+    folder.mkdir()
+    monkeypatch.setattr(outputs.os, "access", lambda path, mode: str(path) != str(folder))
+    with pytest.raises(outputs.OutputError, match="the folder is not writable"):
+        outputs.check_output_dir(folder, "--output")
+    with pytest.raises(outputs.OutputError, match=f"the folder {folder} is not writable"):
+        outputs.check_output_dir(folder / "new" / "deeper", "--output")
+    with pytest.raises(outputs.OutputError, match=f"the folder {folder} is not writable"):
+        outputs.check_output_file(folder / "samples.txt", "--output")
+    assert outputs.check_output_dir(tmp_path / "fresh" / "run", "--output") == tmp_path / "fresh" / "run"  # nothing created
+    assert not (tmp_path / "fresh").exists()
