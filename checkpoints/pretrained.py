@@ -76,16 +76,15 @@ def _check_numbers(args: Any, signature_of, where: str) -> None:
             raise CheckpointError(f"the checkpoint config is invalid: {where}: {key} must be a number, got {value!r}")
 
 
-def check_config_types(config: dict[str, Any]) -> None:
+def check_config_types(config: dict[str, Any], model_class) -> None:
     """Refuse values of the wrong JSON type in a model config (vocab_size, optim and component arguments) in one line,
     before they reach a constructor as a comparison or shape error."""
     from flowzoo import registry
-    from flowzoo.module import FlowLM
 
     vocab = config["vocab_size"]
     if not isinstance(vocab, int) or isinstance(vocab, bool):
         raise CheckpointError(f"the checkpoint config is invalid: vocab_size must be an integer, got {vocab!r}")
-    _check_numbers(config.get("optim") or {}, FlowLM, "optim")
+    _check_numbers(config.get("optim") or {}, model_class, "optim")
     for kind in ("backbone", "path", "head", "objective", "sampler"):
         spec = config[kind]
         if isinstance(spec, dict) and isinstance(spec.get("name"), str):
@@ -109,7 +108,7 @@ def build_model(config: dict[str, Any], model_class=None):
     missing = [k for k in ("vocab_size", "backbone", "path", "head", "objective", "sampler") if k not in config]
     if missing:
         raise CheckpointError(f"the checkpoint config lacks {', '.join(repr(k) for k in missing)}: it is incomplete or not a flowzoo model config")
-    check_config_types(config)
+    check_config_types(config, model_class)
     try:
         model = model_class.from_config(config)
     except (FlowzooError, KeyError, TypeError, ValueError) as err:

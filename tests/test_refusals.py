@@ -300,7 +300,7 @@ def test_sample_warns_about_a_length_far_beyond_training(saved, capsys):
     ids=["latin-1", "binary", "empty"],
 )
 def test_hub_data_names_what_is_wrong_with_a_local_file(tmp_path, content, match):
-    from flowzoo.data.hub import HubTextData
+    from flowzoo.data.hub_text import HubTextData
     from flowzoo.errors import DataError
 
     corpus = tmp_path / "corpus.txt"

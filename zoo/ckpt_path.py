@@ -27,11 +27,12 @@ def local_file(ckpt_path) -> Path | None:
 def read(path: Path):
     """The model a ``--ckpt_path`` file holds (weights loaded), refused in one line if unusable."""
     from flowzoo.checkpoints.pretrained import build_model, check_finite, load_state, read_checkpoint, training_tensors
+    from flowzoo.module import FlowLM
 
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist (--ckpt_path)")
     ckpt = read_checkpoint(path)
-    model = build_model(ckpt["flowzoo"])
+    model = build_model(ckpt["flowzoo"], FlowLM)
     load_state(model, ckpt["state_dict"], str(path))
     check_finite(training_tensors(ckpt), str(path))
     return model
