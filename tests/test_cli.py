@@ -187,24 +187,31 @@ def _printed_config(capsys, *args) -> dict:
 
 
 def test_switching_a_component_by_name_starts_from_the_new_class_defaults(tmp_path, capsys):
-    """configs/markov_flow.yaml sets euler with steps 128 and markov data with seq_len 32, batch 64: a new name drops them."""
+    """A config with euler at steps 128 and markov data with seq_len 32, batch 64 (as configs/markov_flow.yaml): a new
+    name drops them."""
     from flowzoo.data.shakespeare import ShakespeareData
     from flowzoo.samplers.flow_map import FlowMapSampler
 
+    base = tmp_path / "base.yaml"
+    base.write_text(yaml.safe_dump({
+        "model": {"sampler": {"class_path": "flowzoo.samplers.EulerSampler", "init_args": {"steps": 128}}},
+        "data": {"class_path": "flowzoo.data.markov.MarkovData", "init_args": {"seq_len": 32, "batch_size": 64}},
+    }))
+
     flow_map_steps = inspect.signature(FlowMapSampler).parameters["steps"].default
     text = inspect.signature(ShakespeareData).parameters
-    config = _printed_config(capsys, "--config", "configs/markov_flow.yaml", "--model.sampler=flow_map", "--data=shakespeare")
+    config = _printed_config(capsys, "--config", str(base), "--model.sampler=flow_map", "--data=shakespeare")
     assert config["model"]["sampler"]["init_args"]["steps"] == flow_map_steps == 1
     assert config["data"]["init_args"]["seq_len"] == text["seq_len"].default != 32
     assert config["data"]["init_args"]["batch_size"] == text["batch_size"].default != 64
     # arguments given after the switch still apply; the same name keeps the config's arguments
-    config = _printed_config(capsys, "--config", "configs/markov_flow.yaml", "--model.sampler", "flow_map", "--model.sampler.steps=4",
+    config = _printed_config(capsys, "--config", str(base), "--model.sampler", "flow_map", "--model.sampler.steps=4",
                              "--data=shakespeare", "--data.seq_len=16")
     assert config["model"]["sampler"]["init_args"]["steps"] == 4 and config["data"]["init_args"]["seq_len"] == 16
-    config = _printed_config(capsys, "--config", "configs/markov_flow.yaml", "--model.sampler=euler", "--data=markov")
+    config = _printed_config(capsys, "--config", str(base), "--model.sampler=euler", "--data=markov")
     assert config["model"]["sampler"]["init_args"]["steps"] == 128 and config["data"]["init_args"]["seq_len"] == 32
     # a second config file that switches the sampler starts from the new class's defaults too
     second = tmp_path / "second.yaml"
     second.write_text("model:\n  sampler:\n    class_path: flowzoo.samplers.flow_map.FlowMapSampler\n")
-    config = _printed_config(capsys, "--config", "configs/markov_flow.yaml", "--config", str(second))
+    config = _printed_config(capsys, "--config", str(base), "--config", str(second))
     assert config["model"]["sampler"]["init_args"]["steps"] == 1
