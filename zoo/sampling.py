@@ -96,17 +96,20 @@ def sample_from_checkpoint(
             )
     start = time.perf_counter()
     out = model.generate(num_samples, length, sampler=chosen, seed=seed)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     elapsed = time.perf_counter() - start
+    tokens = out.tokens.cpu()  # decoding and the data's metrics work on the host
     texts, metrics = None, None
     if data is not None:
         try:  # the training data decodes and scores; it may need its corpus (absent on a machine that only pulled the model)
-            texts = data.decode(out.tokens)
-            metrics = {k: round(float(v), 4) for k, v in data.evaluate_samples(out.tokens).items()}
+            texts = data.decode(tokens)
+            metrics = {k: round(float(v), 4) for k, v in data.evaluate_samples(tokens).items()}
         except (FlowzooError, OSError) as err:
             texts, unavailable = None, err
     if texts is None:
         tokenizer = getattr(model, "tokenizer", None)  # tokenizer.json shipped beside the weights
-        rows = out.tokens.tolist()
+        rows = tokens.tolist()
         texts = tokenizer.decode_batch(rows) if tokenizer is not None else [" ".join(map(str, row)) for row in rows]
     result: dict[str, Any] = {"sampler": registry.spec(chosen), "nfe": out.nfe, "seconds": round(elapsed, 3), "device": str(device), "texts": texts}
     if metrics is not None:
