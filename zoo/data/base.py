@@ -1,8 +1,16 @@
-"""The data-module contract: token ids of fixed length, a decoder to text, and sample metrics."""
+"""The data-module contract: token ids of fixed length, a decoder to text, and sample metrics.
+
+A data module may also take a metric by import path (``metric="package.module:function"``): a function
+from the decoded samples (``list[str]``) to named figures (``dict[str, float | None]``, None meaning
+"not applicable"), reported beside the module's own figures in validation, ``flowzoo sample`` and
+``flowzoo benchmark`` (:meth:`TokenDataModule.sample_metrics`).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from collections.abc import Mapping
+from typing import Any, Callable
 
 import lightning as L
 import torch
@@ -19,13 +27,15 @@ class TokenDataModule(Component, L.LightningDataModule):
     ``vocab_size``, :meth:`decode` and :meth:`evaluate_samples`.
     """
 
-    def __init__(self, seq_len: int = 64, batch_size: int = 32, num_workers: int = 0) -> None:
+    def __init__(self, seq_len: int = 64, batch_size: int = 32, num_workers: int = 0, metric: str | None = None) -> None:
         super().__init__()
         if seq_len < 2:
             raise DataError(f"seq_len must be at least 2, got {seq_len}")
         if batch_size < 1:
             raise DataError(f"batch_size must be at least 1, got {batch_size}")
         self.seq_len, self.batch_size, self.num_workers = seq_len, batch_size, num_workers
+        self.metric = metric
+        self._metric_fn = load_metric(metric) if metric else None  # fails here, before any training
         self._splits: dict[str, Any] | None = None
 
     # --- to implement -------------------------------------------------------------
@@ -45,6 +55,23 @@ class TokenDataModule(Component, L.LightningDataModule):
         return {}
 
     # --- shared -------------------------------------------------------------------
+    def sample_metrics(self, tokens: torch.Tensor) -> dict[str, float | None]:
+        """:meth:`evaluate_samples` and the ``metric`` function's figures on the decoded samples."""
+        figures = dict(self.evaluate_samples(tokens))
+        if self._metric_fn is not None:
+            own = self.text_metrics(self.decode(tokens))
+            clash = sorted(set(own) & set(figures))
+            if clash:
+                raise DataError(f"metric {self.metric}: its figures {', '.join(clash)} clash with the data module's own; rename them")
+            figures.update(own)
+        return figures
+
+    def text_metrics(self, texts: list[str]) -> dict[str, float | None]:
+        """The ``metric`` function's figures on decoded samples (none without a ``metric``)."""
+        if self._metric_fn is None:
+            return {}
+        return call_metric(self._metric_fn, self.metric, list(texts))
+
     @property
     def splits(self) -> dict[str, Any]:
         if self._splits is None:
@@ -80,3 +107,43 @@ class TokenDataModule(Component, L.LightningDataModule):
 
 def _collate(rows: list[dict]) -> torch.Tensor:
     return torch.stack([r["input_ids"] for r in rows]).long()  # (B, L)
+
+
+def load_metric(path: str) -> Callable[[list[str]], Mapping[str, Any]]:
+    """The function named ``package.module:function`` (or ``package.module.function``), imported now."""
+    module_name, sep, attr = str(path).partition(":")
+    if not sep:
+        module_name, _, attr = str(path).rpartition(".")
+    if not module_name or not attr:
+        raise DataError(f"metric {path!r}: give an import path, package.module:function")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise DataError(f"metric {path!r}: cannot import {module_name!r} ({err}); is it installed or on PYTHONPATH?") from None
+    fn = module
+    for part in attr.split("."):
+        fn = getattr(fn, part, None)
+        if fn is None:
+            raise DataError(f"metric {path!r}: {module_name!r} has no {attr!r}")
+    if not callable(fn):
+        raise DataError(f"metric {path!r} is a {type(fn).__name__}, not a function")
+    return fn
+
+
+def call_metric(fn: Callable, name: str | None, texts: list[str]) -> dict[str, float | None]:
+    """``fn(texts)`` checked: a mapping from names to numbers (None: not applicable)."""
+    result = fn(texts)
+    if not isinstance(result, Mapping):
+        raise DataError(f"metric {name}: must return a dict of named figures, got {type(result).__name__}")
+    out: dict[str, float | None] = {}
+    for key, value in result.items():
+        if not isinstance(key, str) or not key:
+            raise DataError(f"metric {name}: figure names must be non-empty strings, got {key!r}")
+        if value is None:
+            out[key] = None
+            continue
+        try:
+            out[key] = float(value)
+        except (TypeError, ValueError):
+            raise DataError(f"metric {name}: figure {key!r} is {value!r}, not a number (or None for not applicable)") from None
+    return out

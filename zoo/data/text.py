@@ -1,8 +1,9 @@
-"""Shared text helpers: a character tokenizer, a locally trained byte-level BPE, packing, word validity.
+"""Shared text helpers: a character tokenizer, a locally trained byte-level BPE, packing, word validity, decoding.
 
 Packing cuts a token stream ``ids`` (length N) into ``floor(N / L)`` non-overlapping rows of
-``L = seq_len`` tokens; word validity is ``|{w in W : w in V}| / |W|`` for the generated words W
-and the corpus vocabulary V (words split on whitespace, punctuation stripped, lowercased).
+``L = seq_len`` tokens; word validity is ``|{w in W : w in V}| / (|W| + n_empty)`` for the generated
+words W, the corpus vocabulary V (words split on whitespace, punctuation stripped, lowercased) and the
+n_empty samples without a whole word.
 """
 
 from __future__ import annotations
@@ -57,23 +58,28 @@ def write_atomic(path: Path, data: str | bytes) -> None:
 
 
 class CharTokenizer:
-    """One id per distinct character of the corpus, in sorted order: ``encode(s)[i] = index(s[i])``."""
+    """One id per distinct character of the corpus, in sorted order: ``encode(s)[i] = index(s[i])``;
+    special tokens (e.g. ``<|endoftext|>``) take the ids after the characters."""
 
     file_name = "char_tokenizer.json"
 
-    def __init__(self, chars: Sequence[str]) -> None:
+    def __init__(self, chars: Sequence[str], special_tokens: Sequence[str] = ()) -> None:
         if len(chars) < 2:
             raise DataError(f"a character tokenizer needs at least 2 distinct characters, got {len(chars)}")
-        self.chars = list(chars)
+        self.chars, self.special_tokens = list(chars), list(special_tokens)
         self.index = {c: i for i, c in enumerate(self.chars)}
+        self.symbols = self.chars + self.special_tokens  # id -> text
 
     @classmethod
-    def train(cls, text: str) -> "CharTokenizer":
-        return cls(sorted(set(text)))
+    def train(cls, text: str, special_tokens: Sequence[str] = ()) -> "CharTokenizer":
+        return cls(sorted(set(text)), special_tokens)
 
     @property
     def vocab_size(self) -> int:
-        return len(self.chars)
+        return len(self.symbols)
+
+    def token_to_id(self, token: str) -> int | None:
+        return len(self.chars) + self.special_tokens.index(token) if token in self.special_tokens else None
 
     def encode(self, text: str) -> list[int]:
         try:
@@ -82,20 +88,26 @@ class CharTokenizer:
             raise DataError(f"character {err.args[0]!r} is not in the tokenizer's vocabulary") from None
 
     def decode(self, ids: Iterable[int]) -> str:
-        return "".join(self.chars[int(i)] for i in ids)
+        return "".join(self.symbols[int(i)] for i in ids)
 
     def save(self, directory: str | os.PathLike) -> Path:
         path = Path(directory) / self.file_name
-        write_atomic(path, json.dumps({"type": "char", "chars": self.chars}, ensure_ascii=False))
+        data = {"type": "char", "chars": self.chars}
+        if self.special_tokens:
+            data["special_tokens"] = self.special_tokens
+        write_atomic(path, json.dumps(data, ensure_ascii=False))
         return path
 
     def to_tokenizers(self):
-        """The same map as a ``tokenizers.Tokenizer`` (every character its own token, decoded by fusing)."""
-        from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+        """The same map as a ``tokenizers.Tokenizer`` (every character its own token, decoded by fusing;
+        the special tokens registered as such)."""
+        from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
 
-        tok = Tokenizer(models.WordLevel({c: i for i, c in enumerate(self.chars)}, unk_token=None))
+        tok = Tokenizer(models.WordLevel({c: i for i, c in enumerate(self.symbols)}, unk_token=None))
         tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
         tok.decoder = decoders.Fuse()
+        if self.special_tokens:
+            tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in self.special_tokens])
         return tok
 
     @classmethod
@@ -107,7 +119,7 @@ class CharTokenizer:
             raise DataError(f"cannot read the character tokenizer {path}: {err}") from None
         if data.get("type") != "char":
             raise DataError(f"{path} is not a character tokenizer")
-        return cls(data["chars"])
+        return cls(data["chars"], data.get("special_tokens", ()))
 
 
 class BPETokenizer:
@@ -141,6 +153,9 @@ class BPETokenizer:
     @property
     def vocab_size(self) -> int:
         return self.tokenizer.get_vocab_size()
+
+    def token_to_id(self, token: str) -> int | None:
+        return self.tokenizer.token_to_id(token)
 
     def encode(self, text: str) -> list[int]:
         """Encoded line by line (newlines kept), which is exact and lets ``tokenizers`` work in parallel."""
@@ -231,14 +246,47 @@ def word_vocabulary(text: str) -> frozenset[str]:
     return frozenset(words(text))
 
 
-def word_metrics(texts: Iterable[str], vocabulary: frozenset[str] | set[str], drop_edges: bool = True) -> dict[str, float]:
-    """``word_validity``: share of generated words in ``vocabulary``; ``unique_words``: distinct / total words."""
-    generated = [w for text in texts for w in words(text, drop_edges=drop_edges)]
-    if not generated:
-        return {"word_validity": 0.0, "unique_words": 0.0, "num_words": 0.0}
+def word_metrics(texts: Iterable[str], vocabulary: frozenset[str] | set[str], drop_edges: bool = True) -> dict[str, float | None]:
+    """Word figures of generated texts against the corpus's ``vocabulary`` (its words).
+
+    ``word_validity = |{w in W : w in V}| / (|W| + n_empty)``: the share of generated words W found in V, where
+    each sample without a whole word counts as one failure (so near-empty output cannot score high);
+    ``num_words = |W|``, ``empty_samples = n_empty / n``, ``unique_words``: distinct / total words.
+    With no reference words (an empty ``vocabulary``) or no samples, word validity does not apply: None.
+    """
+    texts = list(texts)
+    per_sample = [words(text, drop_edges=drop_edges) for text in texts]
+    generated = [w for ws in per_sample for w in ws]
+    empty = sum(not ws for ws in per_sample)
+    if not vocabulary or not texts:
+        return {"word_validity": None, "unique_words": None, "num_words": float(len(generated)), "empty_samples": None}
     valid = sum(w in vocabulary for w in generated)
     return {
-        "word_validity": valid / len(generated),
-        "unique_words": len(set(generated)) / len(generated),
+        "word_validity": valid / (len(generated) + empty),
+        "unique_words": len(set(generated)) / len(generated) if generated else 0.0,
         "num_words": float(len(generated)),
+        "empty_samples": empty / len(texts),
     }
+
+
+# --- decoding -----------------------------------------------------------------------------
+
+
+def special_ids(tokenizer) -> set[int]:
+    """Ids of a ``tokenizers.Tokenizer``'s special tokens (EOS, PAD, ...)."""
+    return {i for i, token in tokenizer.get_added_tokens_decoder().items() if token.special}
+
+
+def decode_rows(tokenizer, rows: Iterable[Sequence[int]]) -> list[str]:
+    """Each row of ids as text through a ``tokenizers.Tokenizer``, special tokens written as their text
+    (``<|endoftext|>`` where a document ends); a trailing run of special tokens (the EOS and the fill after a
+    short document) is written once."""
+    special = special_ids(tokenizer)
+    out = []
+    for row in rows:
+        row = [int(i) for i in row]
+        end = len(row)
+        while end > 0 and row[end - 1] in special:
+            end -= 1
+        out.append(tokenizer.decode(row[: min(end + 1, len(row))], skip_special_tokens=False))
+    return out
