@@ -203,7 +203,10 @@ def save_pretrained(
     save_file(state, partial, metadata={"format": "pt", "flowzoo_version": flowzoo.__version__})
     os.replace(partial, directory / WEIGHTS_NAME)
     os.chmod(directory / WEIGHTS_NAME, 0o644)  # safetensors writes 0600; the other files are world-readable too
-    datamodule = datamodule if datamodule is not None else _datamodule_of(model)
+    own = getattr(model, "tokenizer", None)  # the tokenizer the model was loaded with (its checkpoint's)
+    live = getattr(getattr(model, "_trainer", None), "datamodule", None)
+    if datamodule is None and (own is None or live is not None):  # own beats one rebuilt from files that may have changed
+        datamodule = _datamodule_of(model)
     (directory / TOKENIZER_NAME).unlink(missing_ok=True)  # no stale tokenizer of another model
     tokenizer_files = []
     if datamodule is not None:
@@ -211,6 +214,9 @@ def save_pretrained(
             tokenizer_files = save_tokenizer(datamodule, directory)
         except (FlowzooError, OSError) as err:  # e.g. a Hub tokenizer that cannot be fetched offline
             warnings.warn(f"saving {directory} without tokenizer files: {err}", stacklevel=2)
+    if not tokenizer_files and own is not None and hasattr(own, "save"):
+        own.save(str(directory / TOKENIZER_NAME))
+        tokenizer_files = [TOKENIZER_NAME]
     config = full_config(model)
     (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True))
     if card:
@@ -360,6 +366,18 @@ def training_tensors(ckpt: dict[str, Any]):
                 yield f"optimizer_states[{i}] {key} of parameter {param}", tensor
 
 
+def checkpoint_tokenizer(ckpt: dict, path):
+    """The tokenizer a Lightning checkpoint carries, or None (checkpoints written before flowzoo stored it)."""
+    from flowzoo.checkpoints.tokenizer import CHECKPOINT_KEY, tokenizer_from_json
+
+    text = ckpt.get(CHECKPOINT_KEY)
+    if text is None:
+        return None
+    if not isinstance(text, str):
+        raise CheckpointError(f"{path}: its {CHECKPOINT_KEY!r} entry is a {type(text).__name__}, not tokenizer.json text")
+    return tokenizer_from_json(text, str(path))
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu", model_class=None):
     """A model of ``model_class`` from a Lightning ``.ckpt`` (written by ``flowzoo fit``), a save_pretrained
     directory, or a Hub repo id."""
@@ -373,6 +391,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu", model_cl
     ckpt = read_checkpoint(path, str(resolve_device(map_location, "map_location")))
     model = build_model(ckpt["flowzoo"], model_class)
     load_state(model, ckpt["state_dict"], str(path))
+    model.tokenizer = checkpoint_tokenizer(ckpt, path)
     if "global_step" in ckpt:
         model.hub_metadata["training"] = {"global_step": int(ckpt["global_step"]), "epoch": int(ckpt.get("epoch", 0))}
     return model.eval()

@@ -19,7 +19,7 @@ def measure(model, num_samples: int, seed: int = 0) -> dict[str, Any]:
     if data is None or num_samples <= 0:
         return {}
     out = model.generate(num_samples, data.seq_len, seed=seed)
-    figures = {k: float(v) for k, v in data.evaluate_samples(out.tokens).items()}
+    figures = {k: float(v) for k, v in data.sample_metrics(out.tokens).items() if v is not None}  # None: not applicable
     spec = registry.spec(model.sampler)
     args = ", ".join(f"{k}={v}" for k, v in sorted(spec["init_args"].items()))
     return {**figures, "nfe": int(out.nfe), "num_samples": num_samples, "seed": seed, "sampler": f"{spec['name']}({args})"}
@@ -46,7 +46,7 @@ def benchmark_figures(results: dict[str, Any], checkpoint: str, model_name: str 
         if row.get("model") not in names:
             continue
         setting = f"{row.get('sampler_name')}-{row.get('steps')}"
-        figures.update({f"{k}/{setting}": v for k, v in (row.get("metrics") or {}).items()})
+        figures.update({f"{k}/{setting}": v for k, v in (row.get("metrics") or {}).items() if v is not None})
         figures[f"nfe/{setting}"] = row.get("nfe")
         if row.get("tokens_per_second"):
             figures[f"tokens_per_second/{setting}"] = row["tokens_per_second"]

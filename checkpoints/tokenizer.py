@@ -10,6 +10,8 @@ wrote). Without it, a ``tokenizer`` attribute is saved (a ``transformers`` token
 from __future__ import annotations
 
 import os
+import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -17,6 +19,7 @@ import torch
 from flowzoo.errors import CheckpointError
 
 TOKENIZER_NAME = "tokenizer.json"
+CHECKPOINT_KEY = "flowzoo_tokenizer"  # a Lightning checkpoint's copy of tokenizer.json (its text)
 
 
 def word_list(datamodule) -> list[str] | None:
@@ -68,3 +71,46 @@ def load_tokenizer(directory: str | os.PathLike):
         return Tokenizer.from_file(str(path))
     except Exception as err:  # tokenizers raises a bare Exception on bad JSON
         raise CheckpointError(f"{path} is not a valid tokenizer file: {err}") from None
+
+
+def tokenizer_json(datamodule) -> str | None:
+    """``datamodule``'s tokenizer as the text of a ``tokenizer.json``, or None if it writes none."""
+    with tempfile.TemporaryDirectory() as tmp:
+        files = save_tokenizer(datamodule, tmp)
+        path = Path(tmp) / TOKENIZER_NAME
+        return path.read_text(encoding="utf-8") if TOKENIZER_NAME in files and path.is_file() else None
+
+
+def model_tokenizer_json(model) -> str | None:
+    """What a Lightning checkpoint of ``model`` carries under :data:`CHECKPOINT_KEY`: the tokenizer of the trainer's
+    data module (computed once per data module), else the model's own ``tokenizer``, else None."""
+    from flowzoo.errors import FlowzooError
+
+    trainer = getattr(model, "_trainer", None)
+    datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
+    cached = model.__dict__.get("_flowzoo_tokenizer_json")
+    if cached is not None and cached[0] is datamodule:
+        return cached[1]
+    text = None
+    if datamodule is not None:
+        try:
+            text = tokenizer_json(datamodule)
+        except (FlowzooError, OSError) as err:
+            warnings.warn(f"the checkpoint will not carry the tokenizer: {err}", stacklevel=2)
+    own = getattr(model, "tokenizer", None)
+    if text is None and own is not None and hasattr(own, "to_str"):
+        text = own.to_str()
+    if text is not None and getattr(model, "tokenizer", None) is None:
+        model.tokenizer = tokenizer_from_json(text, "the data module")
+    model.__dict__["_flowzoo_tokenizer_json"] = (datamodule, text)
+    return text
+
+
+def tokenizer_from_json(text: str, source: str):
+    """A ``tokenizers.Tokenizer`` from the text of a ``tokenizer.json`` (a Lightning checkpoint's copy)."""
+    from tokenizers import Tokenizer
+
+    try:
+        return Tokenizer.from_str(text)
+    except Exception as err:  # tokenizers raises a bare Exception on bad JSON
+        raise CheckpointError(f"the tokenizer stored in {source} is not valid: {err}") from None

@@ -5,7 +5,7 @@ tokens in batches of ``batch_size``, batch b with seed ``seed + b`` (the same fo
 
 - quality: unigram entropy; generative perplexity under the judge (if one is configured); on
   ``markov`` the valid-transition rate, exact NLL per transition, its gap to the entropy rate and the bigram TV to the chain;
-  the data module's own ``evaluate_samples`` figures; the share of distinct samples;
+  the data module's ``sample_metrics`` (its own figures and its ``metric``'s; None = not applicable); the share of distinct samples;
 - NFE as the sampler reports it (per batch);
 - wall-clock per batch: the median over the timed batches (every quality batch, and extra ones up to
   ``repeats``), after ``warmup`` untimed batches; tokens per second = batch_size * length / median;
@@ -70,9 +70,13 @@ METRICS = {
     "nll_gap": False,
     "bigram_tv": False,
     "word_validity": True,
+    "num_words": True,  # beside word validity: a high validity over few words says little
+    "empty_samples": False,
     "unique_words": True,
     "distinct": True,
 }
+HIDDEN = ("entropy_rate",)  # constant figures of the data, not of the samples
+
 LIKELIHOOD_OBJECTIVES = ("ar", "mdlm")  # objectives whose loss is an NLL or a NELBO (exp = perplexity bound)
 
 
@@ -195,8 +199,8 @@ def score(tokens: torch.Tensor, data, judge) -> dict[str, float]:
         metrics["gen_ppl"].update(texts)
         out["gen_ppl"] = float(metrics["gen_ppl"].compute())
     if data is not None:
-        for k, v in data.evaluate_samples(tokens).items():
-            out.setdefault(k, float(v))
+        for k, v in data.sample_metrics(tokens).items():  # the data's own figures and its metric's; None: not applicable
+            out.setdefault(k, None if v is None else float(v))
     out["distinct"] = len({tuple(r) for r in tokens.tolist()}) / tokens.shape[0]
     return out
 
@@ -355,7 +359,7 @@ def run(config: dict[str, Any], output: str | Path | None = None) -> dict[str, A
 def primary_metric(rows: list[dict[str, Any]], requested: str | None = None) -> str:
     if requested:
         return requested
-    available = set().union(*(r["metrics"] for r in rows)) if rows else set()
+    available = {k for r in rows for k, v in r["metrics"].items() if v is not None}
     for name in ("gen_ppl", "nll", "word_validity", "entropy"):
         if name in available:
             return name
@@ -389,13 +393,13 @@ def _compare(rows: list[dict[str, Any]], metric: str, reference: dict[str, Any],
         return None
 
     ref, base = find(reference), find(baseline)
-    if ref is None or base is None or metric not in ref["metrics"]:
+    if ref is None or base is None or ref["metrics"].get(metric) is None or base["metrics"].get(metric) is None:
         return None
 
     def at_least_as_good(r):
         return r["metrics"][metric] >= ref["metrics"][metric] if higher else r["metrics"][metric] <= ref["metrics"][metric]
 
-    family = [r for r in rows if r["sampler_name"] == base["sampler_name"] and r["model"] == base["model"] and metric in r["metrics"]]
+    family = [r for r in rows if r["sampler_name"] == base["sampler_name"] and r["model"] == base["model"] and r["metrics"].get(metric) is not None]
     matching = sorted((r for r in family if at_least_as_good(r)), key=lambda r: r["seconds_per_batch"])
     out = {
         "metric": metric,
@@ -430,8 +434,8 @@ def _fmt(value: Any, digits: int = 3) -> str:
 def markdown(results: dict[str, Any]) -> str:
     rows = results["rows"]
     present = set().union(*(r["metrics"] for r in rows)) if rows else set()
-    columns = [m for m in METRICS if m in present]
-    arrows = {m: ("≈ data" if m == "entropy" else "↑" if METRICS[m] else "↓") for m in columns}
+    columns = [m for m in METRICS if m in present] + sorted(present - set(METRICS) - set(HIDDEN))  # then a data metric's own
+    arrows = {m: ("≈ data" if m == "entropy" else "" if m not in METRICS else "↑" if METRICS[m] else "↓") for m in columns}
     lines = [f"# Benchmark: {results['name']}", ""]
     env = results["environment"]
     lines.append(
@@ -440,11 +444,12 @@ def markdown(results: dict[str, Any]) -> str:
         f"{' (' + env['gpu'] + ')' if 'gpu' in env else ''}, {env['threads']} threads, torch {env['torch']}, flowzoo {env['flowzoo']}."
         f" Judge: {results['judge'] or 'none'}. Time per batch: median of the timed batches after {results['config']['warmup']} warm-up."
     )
-    lines += ["", "| model | sampler | steps | NFE | " + " | ".join(f"{m} {arrows[m]}" for m in columns) + " | ms / batch | tokens / s | peak MiB |"]
+    lines += ["", "| model | sampler | steps | NFE | " + " | ".join(f"{m} {arrows[m]}".strip() for m in columns) + " | ms / batch | tokens / s | peak MiB |"]
     lines.append("|" + "---|" * (4 + len(columns) + 3))
     for r in rows:
         ms = None if r["seconds_per_batch"] is None else 1000 * r["seconds_per_batch"]
-        cells = [r["model"], r.get("sampler_label", r["sampler_name"]), _fmt(r["steps"]), _fmt(r["nfe"])] + [_fmt(r["metrics"].get(m)) for m in columns]
+        cells = [r["model"], r.get("sampler_label", r["sampler_name"]), _fmt(r["steps"]), _fmt(r["nfe"])]
+        cells += ["n/a" if m in r["metrics"] and r["metrics"][m] is None else _fmt(r["metrics"].get(m)) for m in columns]
         tps = None if r["tokens_per_second"] is None else f"{r['tokens_per_second']:,.0f}"
         cells += [_fmt(ms, 1), _fmt(tps), _fmt(r["peak_memory_mib"], 2)]
         lines.append("| " + " | ".join(cells) + " |")
@@ -494,7 +499,7 @@ def plot(results: dict[str, Any], path: Path, metrics: list[str] | None = None) 
     import matplotlib.ticker
 
     rows = [r for r in results["rows"] if r["seconds_per_batch"] is not None]
-    present = set().union(*(r["metrics"] for r in rows)) if rows else set()
+    present = {k for r in rows for k, v in r["metrics"].items() if v is not None}
     metrics = [m for m in (metrics or [primary_metric(rows), "entropy"]) if m in present]
     metrics = list(dict.fromkeys(metrics)) or ["entropy"]
     reference = next((r for r in results["rows"] if r["sampler_name"] == "data"), None)
@@ -508,9 +513,9 @@ def plot(results: dict[str, Any], path: Path, metrics: list[str] | None = None) 
             for (model, sampler), group in groups.items():
                 group = sorted(group, key=lambda r: (r["nfe"] or 0))
                 xs = [max(r[xkey] or 0, 1e-6) for r in group]
-                ys = [r["metrics"].get(metric, float("nan")) for r in group]
+                ys = [float("nan") if r["metrics"].get(metric) is None else r["metrics"][metric] for r in group]
                 ax.plot(xs, ys, marker="o", label=f"{model} / {sampler}")
-            if reference is not None and metric in reference["metrics"]:
+            if reference is not None and reference["metrics"].get(metric) is not None:
                 ax.axhline(reference["metrics"][metric], color="gray", linestyle="--", linewidth=1, label="data")
             ax.set_xscale("log")
             ax.set_xlabel(xlabel)

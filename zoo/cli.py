@@ -292,7 +292,7 @@ def sample_main(argv: Sequence[str]) -> None:
         check_output_file(args.output, "--output")
 
     from flowzoo.devices import resolve_device
-    from flowzoo.sampling import sample_from_checkpoint
+    from flowzoo.sampling import sample_from_checkpoint, write_samples
 
     device = resolve_device(args.device, "--device")
     overrides = {k: v for k, v in (("steps", args.steps), ("decode", args.decode), ("temperature", args.temperature)) if v is not None}
@@ -309,8 +309,7 @@ def sample_main(argv: Sequence[str]) -> None:
         print(text)
         print("-" * 40)
     if args.output:
-        with open(args.output, "w") as f:
-            f.write("\n".join(result["texts"]) + "\n")
+        write_samples(args.output, result["texts"])  # one sample per line, newlines inside written as \n
     print(json.dumps({k: v for k, v in result.items() if k != "texts"}, indent=2))
 
 

@@ -42,7 +42,10 @@ class FlowLM(L.LightningModule, FlowzooHubMixin):
     ``denoise(x, t, s)`` is the head's prediction from the backbone conditioned on (s, t): the
     denoiser D_t when s = t (or s is None), the mean denoiser delta_{s,t} otherwise.
     ``save_pretrained``/``from_pretrained``/``push_to_hub`` come from FlowzooHubMixin (flowzoo.checkpoints).
+    ``tokenizer`` is the ``tokenizers.Tokenizer`` a loaded model (or a saved one) carries, else None.
     """
+
+    tokenizer: Any = None
 
     def __init__(
         self,
@@ -126,8 +129,9 @@ class FlowLM(L.LightningModule, FlowzooHubMixin):
         if self.num_val_samples <= 0 or datamodule is None or self.trainer.sanity_checking:
             return
         out = self.generate(self.num_val_samples, datamodule.seq_len, seed=0)
-        metrics = datamodule.evaluate_samples(out.tokens)
-        self.log_dict({f"val/sample_{k}": float(v) for k, v in metrics.items()}, batch_size=1, sync_dist=True)
+        metrics = datamodule.sample_metrics(out.tokens) if hasattr(datamodule, "sample_metrics") else datamodule.evaluate_samples(out.tokens)
+        applicable = {f"val/sample_{k}": float(v) for k, v in metrics.items() if v is not None}  # None: not applicable
+        self.log_dict(applicable, batch_size=1, sync_dist=True)
 
     # --- what the objective needs from outside (flowzoo.teachers) ---------------------------
     def prepare_objective(self) -> None:
@@ -219,4 +223,9 @@ class FlowLM(L.LightningModule, FlowzooHubMixin):
             self.data_spec = registry.spec(datamodule)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        from flowzoo.checkpoints.tokenizer import CHECKPOINT_KEY, model_tokenizer_json
+
         checkpoint["flowzoo"] = self.config()
+        tokenizer = model_tokenizer_json(self)  # samples decode even after the training files move
+        if tokenizer is not None:
+            checkpoint[CHECKPOINT_KEY] = tokenizer

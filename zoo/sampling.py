@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import re
 import time
 import warnings
 from typing import Any
@@ -11,6 +12,7 @@ import torch
 
 from flowzoo import registry
 from flowzoo.checkpoints import load_checkpoint
+from flowzoo.data.text import decode_rows
 from flowzoo.devices import resolve_device
 from flowzoo.errors import DataError, FlowzooError, SamplingWarning
 
@@ -103,17 +105,59 @@ def sample_from_checkpoint(
     texts, metrics = None, None
     if data is not None:
         try:  # the training data decodes and scores; it may need its corpus (absent on a machine that only pulled the model)
+            if data.vocab_size != model.vocab_size:
+                raise DataError(f"its tokenizer now has {data.vocab_size} ids, the model {model.vocab_size}: the files changed")
             texts = data.decode(tokens)
-            metrics = {k: round(float(v), 4) for k, v in data.evaluate_samples(tokens).items()}
+            metrics = rounded(data.sample_metrics(tokens))
         except (FlowzooError, OSError) as err:
             texts, unavailable = None, err
     if texts is None:
-        tokenizer = getattr(model, "tokenizer", None)  # tokenizer.json shipped beside the weights
+        tokenizer = getattr(model, "tokenizer", None)  # the checkpoint's tokenizer (tokenizer.json beside the weights)
         rows = tokens.tolist()
-        texts = tokenizer.decode_batch(rows) if tokenizer is not None else [" ".join(map(str, row)) for row in rows]
+        texts = decode_rows(tokenizer, rows) if tokenizer is not None else [" ".join(map(str, row)) for row in rows]
+        if data is not None and tokenizer is not None and data.metric:
+            try:  # a metric of decoded text needs no corpus
+                metrics = rounded(data.text_metrics(texts)) or None
+            except (FlowzooError, OSError) as err:
+                unavailable = err
     result: dict[str, Any] = {"sampler": registry.spec(chosen), "nfe": out.nfe, "seconds": round(elapsed, 3), "device": str(device), "texts": texts}
     if metrics is not None:
         result["metrics"] = metrics
-    elif unavailable is not None:
-        result["note"] = f"no sample metrics: the training data is not available here ({unavailable})"
+    if unavailable is not None:
+        what = "only the data's own metric" if metrics else "no sample metrics"
+        result["note"] = f"{what}: the training data is not available here ({unavailable})"
     return result
+
+
+def rounded(figures: dict[str, float | None]) -> dict[str, float | None]:
+    """Figures to 4 decimals; None (not applicable) stays None."""
+    return {k: None if v is None else round(float(v), 4) for k, v in figures.items()}
+
+
+# one sample per line: characters that end a line (for Python's str.splitlines too) are written escaped
+_LINE_ESCAPES = {ord("\\"): "\\\\", ord("\n"): "\\n", ord("\r"): "\\r", ord("\v"): "\\v", ord("\f"): "\\f",
+                 **{c: f"\\x{c:02x}" for c in (0x1C, 0x1D, 0x1E, 0x85)}, 0x2028: "\\u2028", 0x2029: "\\u2029"}
+_LINE_UNESCAPE = re.compile(r"\\(\\|n|r|v|f|x[0-9a-f]{2}|u[0-9a-f]{4})")
+
+
+def escape_line(text: str) -> str:
+    """``text`` on one line: a newline written as the two characters ``\\n`` (also ``\\r``, ``\\v``, ``\\f``,
+    ``\\x1c``-``\\x1e``, ``\\x85``, ``\\u2028``, ``\\u2029``), a backslash as ``\\\\``; :func:`unescape_line` inverts it."""
+    return text.translate(_LINE_ESCAPES)
+
+
+def unescape_line(line: str) -> str:
+    simple = {"\\": "\\", "n": "\n", "r": "\r", "v": "\v", "f": "\f"}
+    return _LINE_UNESCAPE.sub(lambda m: simple.get(m.group(1)) or chr(int(m.group(1)[1:], 16)), line)
+
+
+def write_samples(path, texts: list[str]) -> None:
+    """Write ``texts`` to ``path`` (UTF-8), exactly one sample per line (:func:`escape_line`)."""
+    with open(path, "w", encoding="utf-8", newline="\n") as f:
+        f.writelines(escape_line(t) + "\n" for t in texts)
+
+
+def read_samples(path) -> list[str]:
+    """The samples of a file written by :func:`write_samples` (``flowzoo sample --output``)."""
+    with open(path, encoding="utf-8", newline="\n") as f:
+        return [unescape_line(line[:-1] if line.endswith("\n") else line) for line in f]

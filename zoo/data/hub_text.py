@@ -89,8 +89,9 @@ class HubTextData(TokenDataModule):
         cache_dir: str | None = None,
         seed: int = 0,
         num_workers: int = 0,
+        metric: str | None = None,
     ) -> None:
-        super().__init__(seq_len=seq_len, batch_size=batch_size, num_workers=num_workers)
+        super().__init__(seq_len=seq_len, batch_size=batch_size, num_workers=num_workers, metric=metric)
         if not dataset:
             raise DataError("dataset is empty; give a Hub name (e.g. roneneldan/TinyStories) or a local file or folder")
         if not 0.0 < val_fraction < 1.0:

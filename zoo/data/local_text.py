@@ -96,7 +96,7 @@ def split_documents(text: str, mode: str) -> list[str]:
     if mode == "file":
         pieces = [text]
     elif mode == "paragraph":
-        pieces = re.split(r"\n[ \t]*\n", text)
+        pieces = re.split(r"\n(?:[ \t]*\n)+", text)
     else:
         pieces = text.split("\n")
     return [p.strip("\n").rstrip() for p in pieces if p.strip()]
