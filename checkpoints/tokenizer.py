@@ -88,8 +88,8 @@ def model_tokenizer_json(model) -> str | None:
 
     trainer = getattr(model, "_trainer", None)
     datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
-    cached = model.__dict__.get("_flowzoo_tokenizer_json")
-    if cached is not None and cached[0] is datamodule:
+    cached = model.__dict__.get("_flowzoo_tokenizer_json")  # (id of the data module, text): no reference kept
+    if cached is not None and cached[0] == id(datamodule):
         return cached[1]
     text = None
     if datamodule is not None:
@@ -102,7 +102,7 @@ def model_tokenizer_json(model) -> str | None:
         text = own.to_str()
     if text is not None and getattr(model, "tokenizer", None) is None:
         model.tokenizer = tokenizer_from_json(text, "the data module")
-    model.__dict__["_flowzoo_tokenizer_json"] = (datamodule, text)
+    model.__dict__["_flowzoo_tokenizer_json"] = (id(datamodule), text)
     return text
 
 

@@ -92,9 +92,9 @@ def test_config_resolves_to_registered_compatible_components(config, capsys):
 
 
 def _documented_fit_commands() -> list[tuple[str, list[str]]]:
-    """``flowzoo fit --config ...`` lines of the README's code blocks and the Makefile."""
+    """``flowzoo fit --config ...`` lines of the README's code blocks, the Makefile and docs/own_data.md."""
     found = []
-    for source in (ROOT / "README.md", ROOT / "Makefile"):
+    for source in (ROOT / "README.md", ROOT / "Makefile", ROOT / "docs" / "own_data.md"):
         for line in source.read_text().splitlines():
             match = re.search(r"flowzoo fit (--config \S+.*)", line)
             if match:
@@ -108,7 +108,7 @@ DOCUMENTED = _documented_fit_commands()
 
 def test_the_readme_and_makefile_have_fit_commands():
     configs = {argv[argv.index("--config") + 1] for _, argv in DOCUMENTED}
-    assert {"configs/markov_flow.yaml", "configs/quickstart.yaml"} <= configs, DOCUMENTED
+    assert {"configs/markov_flow.yaml", "configs/quickstart.yaml", "configs/own_text.yaml"} <= configs, DOCUMENTED
 
 
 @pytest.mark.parametrize("argv", [a for _, a in DOCUMENTED], ids=[i for i, _ in DOCUMENTED])
@@ -120,6 +120,9 @@ def test_documented_fit_command_resolves(argv, capsys, monkeypatch):
     written = yaml.safe_load(config.read_text())
     for arg in argv:  # the command's own overrides win over the file: --model.head=gaussian --model.sampler.steps=64
         key, sep, value = arg.partition("=")
+        if sep and key.startswith("--data."):
+            assert resolved["data"]["init_args"][key[len("--data."):]] == yaml.safe_load(value), key
+            written["data"]["init_args"][key[len("--data."):]] = yaml.safe_load(value)
         if not (sep and key.startswith("--model.")):
             continue
         kind, _, option = key[len("--model."):].partition(".")

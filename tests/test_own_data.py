@@ -255,3 +255,40 @@ def test_an_old_checkpoint_without_a_tokenizer_still_loads(tmp_path):
 
     with pytest.raises(CheckpointError, match="not tokenizer.json text"):
         load_checkpoint(tmp_path / "bad.ckpt")
+
+
+def test_validation_logs_the_data_metric(tmp_path, lines_file, metric_module):
+    import csv
+
+    root = tmp_path / "run"
+    args = ["fit", "--data=text", f"--data.files={lines_file}", "--data.documents=line", "--data.packing=document",
+            "--data.seq_len=48", "--data.batch_size=8", f"--data.cache_dir={tmp_path / 'cache'}",
+            f"--data.metric={metric_module}:length", *TINY, "--model.num_val_samples=2", "--model.sampler.steps=2",
+            "--trainer.max_epochs=1", "--trainer.limit_train_batches=1", "--trainer.limit_val_batches=1",
+            f"--trainer.default_root_dir={root}", "--trainer.enable_progress_bar=false", "--trainer.enable_checkpointing=false",
+            "--trainer.logger=lightning.pytorch.loggers.CSVLogger", f"--trainer.logger.save_dir={root}"]
+    assert main(args) == 0
+    (metrics_csv,) = root.rglob("metrics.csv")
+    logged = {k for row in csv.DictReader(metrics_csv.open()) for k, v in row.items() if v}
+    assert {"val/sample_mean_chars", "val/sample_word_validity", "val/sample_num_words"} <= logged
+    assert "val/sample_rhymes" not in logged  # not applicable: not logged as a number
+
+
+def test_benchmark_table_shows_a_data_metric_and_not_applicable():
+    from flowzoo.benchmark import headline, load_config, markdown
+
+    def row(sampler, steps, validity):
+        return {"model": "m", "sampler_name": sampler, "steps": steps, "nfe": steps, "seconds_per_batch": 0.01 * steps,
+                "metrics": {"entropy": 2.0, "word_validity": validity, "num_words": 10.0, "mean_chars": 5.0},
+                "tokens_per_second": 1.0, "peak_memory_mib": 1.0, "memory_method": "m", "example": "x"}
+
+    config = load_config(None, models=[{"checkpoint": "x"}])
+    rows = [row("flow_map", 1, None), row("ancestral", 8, None)]
+    results = {"name": "t", "rows": rows, "config": config, "length": 8, "judge": None, "models": {},
+               "environment": {"device": "cpu", "threads": 1, "torch": "x", "flowzoo": "y"}}
+    results["headline"] = headline(results, config)  # word validity n/a everywhere: the headline falls back to entropy
+    assert results["headline"]["metric"] == "entropy"
+    table = markdown(results)
+    header = next(line for line in table.splitlines() if line.startswith("| model"))
+    assert "word_validity" in header and "num_words" in header and "mean_chars" in header
+    assert "| n/a |" in table

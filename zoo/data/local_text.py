@@ -278,10 +278,11 @@ class TextData(TokenDataModule):
     def document_texts(self) -> list[str]:
         """Every document's text, in file order."""
         if self._docs is None:
+            self._content_digest()  # before the raw bytes are let go
             docs = [d for name, raw in self._raw_files() for d in split_documents(decode_text(raw, name), self.documents)]
             if not docs:
                 raise DataError(f"the corpus is empty: no text in {', '.join(self.files)}")
-            self._docs = docs
+            self._docs, self._texts = docs, None
         return self._docs
 
     @property
