@@ -292,3 +292,23 @@ def test_benchmark_table_shows_a_data_metric_and_not_applicable():
     header = next(line for line in table.splitlines() if line.startswith("| model"))
     assert "word_validity" in header and "num_words" in header and "mean_chars" in header
     assert "| n/a |" in table
+
+
+def test_fit_without_files_is_one_line(capsys):
+    assert main(["fit", "--data=text", "--trainer.max_steps=1"]) == 2
+    err = capsys.readouterr().err
+    assert "--data.files=" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_every_lightning_checkpoint_carries_its_data_tokenizer(tmp_path):
+    """Not only text: a markov checkpoint carries its word list, and the loaded model decodes with it."""
+    from flowzoo.data.markov import MarkovData
+
+    root = tmp_path / "run"
+    data_args = ["--data.num_states=12", "--data.num_train=16", "--data.num_val=8", "--data.seq_len=6", "--data.batch_size=8"]
+    assert main(["fit", *TINY, *data_args, "--model.num_val_samples=0", "--trainer.max_steps=1", "--trainer.limit_val_batches=0",
+                 f"--trainer.default_root_dir={root}", "--trainer.enable_progress_bar=false", "--trainer.logger=false"]) == 0
+    model = load_checkpoint(sorted(root.rglob("*.ckpt"))[-1])
+    data = MarkovData(num_states=12, num_train=16, num_val=8, seq_len=6)
+    ids = model.generate(2, 6, seed=0).tokens
+    assert model.tokenizer.decode_batch(ids.tolist()) == data.decode(ids)
