@@ -312,3 +312,10 @@ def test_every_lightning_checkpoint_carries_its_data_tokenizer(tmp_path):
     data = MarkovData(num_states=12, num_train=16, num_val=8, seq_len=6)
     ids = model.generate(2, 6, seed=0).tokens
     assert model.tokenizer.decode_batch(ids.tolist()) == data.decode(ids)
+
+
+def test_every_data_module_takes_a_metric():
+    import inspect
+
+    for name in registry.names("data"):
+        assert "metric" in inspect.signature(registry.get("data", name)).parameters, f"data module {name!r} takes no metric"

@@ -123,8 +123,9 @@ class MirrorData(TokenDataModule):
         seq_len: int = 32,
         batch_size: int = 64,
         num_workers: int = 0,
+        metric: str | None = None,
     ) -> None:
-        super().__init__(seq_len=seq_len, batch_size=batch_size, num_workers=num_workers)
+        super().__init__(seq_len=seq_len, batch_size=batch_size, num_workers=num_workers, metric=metric)
         if num_train < 1 or num_val < 1:
             raise DataError(f"num_train and num_val must be positive, got {num_train} and {num_val}")
         self.language = MirrorLanguage(seq_len, mode, num_states, max_successors, deterministic_share, seed)
