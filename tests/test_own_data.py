@@ -61,6 +61,9 @@ def test_one_line_per_row_with_eos_fill(tmp_path, lines_file):
         ids = data.tokenizer.encode(line)
         assert row[: len(ids)].tolist() == ids and (row[len(ids):] == eos).all()  # the line, then EOS to the end
     assert data.decode(train[:2]) == [LINES[0] + EOS_TOKEN, LINES[1] + EOS_TOKEN]  # the fill is written once
+    # decoded text encodes back (a judge re-encodes samples): the EOS text is the EOS id, as in tokenizers
+    assert data.tokenizer.encode(LINES[0] + EOS_TOKEN) == train[0, : len(LINES[0]) + 1].tolist()
+    assert data.portable_tokenizer.encode(LINES[0] + EOS_TOKEN).ids == data.tokenizer.encode(LINES[0] + EOS_TOKEN)
 
 
 def test_pad_fill_and_long_documents_continue_on_the_next_row(tmp_path, lines_file):

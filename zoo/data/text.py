@@ -82,6 +82,13 @@ class CharTokenizer:
         return len(self.chars) + self.special_tokens.index(token) if token in self.special_tokens else None
 
     def encode(self, text: str) -> list[int]:
+        """Ids of ``text``'s characters; a special token's text (``<|endoftext|>``) is its own id, as in ``tokenizers``."""
+        if self.special_tokens:
+            pieces = re.split("(" + "|".join(map(re.escape, self.special_tokens)) + ")", text)
+            return [i for k, piece in enumerate(pieces) for i in ([self.token_to_id(piece)] if k % 2 else self._chars(piece))]
+        return self._chars(text)
+
+    def _chars(self, text: str) -> list[int]:
         try:
             return [self.index[c] for c in text]
         except KeyError as err:
