@@ -95,7 +95,7 @@ def _documented_fit_commands() -> list[tuple[str, list[str]]]:
     """``flowzoo fit --config ...`` lines of the README's code blocks, the Makefile and docs/own_data.md."""
     found = []
     for source in (ROOT / "README.md", ROOT / "Makefile", ROOT / "docs" / "own_data.md"):
-        for line in source.read_text().splitlines():
+        for line in source.read_text().replace("\\\n", " ").splitlines():  # shell continuation lines joined
             match = re.search(r"flowzoo fit (--config \S+.*)", line)
             if match:
                 argv = shlex.split(match.group(1).split("#")[0])
