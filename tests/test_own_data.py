@@ -322,3 +322,11 @@ def test_every_data_module_takes_a_metric():
 
     for name in registry.names("data"):
         assert "metric" in inspect.signature(registry.get("data", name)).parameters, f"data module {name!r} takes no metric"
+
+
+def test_a_cached_char_tokenizer_fits_every_document_mode(tmp_path, lines_file):
+    """Lines have no newline character, files do: the tokenizer cached for one mode must encode the other."""
+    lines = text_data(tmp_path, str(lines_file), documents="line")
+    assert lines.vocab_size > 0 and len(lines.splits["train"]) > 0
+    whole = text_data(tmp_path, str(lines_file), documents="file")
+    assert any("\n" in text for text in whole.decode(whole.splits["train"][:]["input_ids"]))

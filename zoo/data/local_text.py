@@ -265,9 +265,10 @@ class TextData(TokenDataModule):
 
     @property
     def tokenizer_dir(self) -> Path:
-        """Where a char/BPE tokenizer trained on these files (and the token ids) are cached."""
+        """Where a char/BPE tokenizer trained on these files (and the token ids) are cached. A character set depends
+        on the documents (lines hold no newline), so char tokenizers are kept per mode; a byte-level BPE encodes any text."""
         if self.tokenizer_kind == "char":
-            key = "char"
+            key = f"char-{self.documents}"
         elif self.tokenizer_kind == "bpe":
             key = f"bpe-{self.bpe_vocab_size}"
         else:
