@@ -15,7 +15,7 @@ from flowzoo.cli import main
 from flowzoo.data.local_text import EOS_TOKEN, PAD_TOKEN, TextData, split_documents
 from flowzoo.data.text import BPETokenizer, word_metrics
 from flowzoo.errors import DataError
-from flowzoo.sampling import escape_line, read_samples, unescape_line
+from flowzoo.sample_io import escape_line, read_samples, unescape_line
 
 FIXTURE = Path(__file__).parent / "fixtures" / "sonnets_excerpt.txt"
 LINES = [line.rstrip() for line in FIXTURE.read_text().splitlines() if len(line.split()) >= 4 and "GUTENBERG" not in line.upper()]

@@ -292,7 +292,8 @@ def sample_main(argv: Sequence[str]) -> None:
         check_output_file(args.output, "--output")
 
     from flowzoo.devices import resolve_device
-    from flowzoo.sampling import sample_from_checkpoint, write_samples
+    from flowzoo.sample_io import write_samples
+    from flowzoo.sampling import sample_from_checkpoint
 
     device = resolve_device(args.device, "--device")
     overrides = {k: v for k, v in (("steps", args.steps), ("decode", args.decode), ("temperature", args.temperature)) if v is not None}
