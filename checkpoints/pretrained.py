@@ -366,21 +366,11 @@ def training_tensors(ckpt: dict[str, Any]):
                 yield f"optimizer_states[{i}] {key} of parameter {param}", tensor
 
 
-def checkpoint_tokenizer(ckpt: dict, path):
-    """The tokenizer a Lightning checkpoint carries, or None (checkpoints written before flowzoo stored it)."""
-    from flowzoo.checkpoints.tokenizer import CHECKPOINT_KEY, tokenizer_from_json
-
-    text = ckpt.get(CHECKPOINT_KEY)
-    if text is None:
-        return None
-    if not isinstance(text, str):
-        raise CheckpointError(f"{path}: its {CHECKPOINT_KEY!r} entry is a {type(text).__name__}, not tokenizer.json text")
-    return tokenizer_from_json(text, str(path))
-
-
 def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu", model_class=None):
     """A model of ``model_class`` from a Lightning ``.ckpt`` (written by ``flowzoo fit``), a save_pretrained
     directory, or a Hub repo id."""
+    from flowzoo.checkpoints.tokenizer import checkpoint_tokenizer
+
     text, path = str(path), Path(path)
     if path.is_dir():
         return from_pretrained(path, map_location, model_class=model_class)
@@ -391,7 +381,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu", model_cl
     ckpt = read_checkpoint(path, str(resolve_device(map_location, "map_location")))
     model = build_model(ckpt["flowzoo"], model_class)
     load_state(model, ckpt["state_dict"], str(path))
-    model.tokenizer = checkpoint_tokenizer(ckpt, path)
+    model.tokenizer = checkpoint_tokenizer(ckpt, path)  # None for a checkpoint written before it was stored
     if "global_step" in ckpt:
         model.hub_metadata["training"] = {"global_step": int(ckpt["global_step"]), "epoch": int(ckpt.get("epoch", 0))}
     return model.eval()

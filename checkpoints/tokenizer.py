@@ -114,3 +114,13 @@ def tokenizer_from_json(text: str, source: str):
         return Tokenizer.from_str(text)
     except Exception as err:  # tokenizers raises a bare Exception on bad JSON
         raise CheckpointError(f"the tokenizer stored in {source} is not valid: {err}") from None
+
+
+def checkpoint_tokenizer(ckpt: dict, path):
+    """The tokenizer a Lightning checkpoint carries, or None (checkpoints written before flowzoo stored it)."""
+    text = ckpt.get(CHECKPOINT_KEY)
+    if text is None:
+        return None
+    if not isinstance(text, str):
+        raise CheckpointError(f"{path}: its {CHECKPOINT_KEY!r} entry is a {type(text).__name__}, not tokenizer.json text")
+    return tokenizer_from_json(text, str(path))

@@ -449,7 +449,7 @@ def markdown(results: dict[str, Any]) -> str:
     for r in rows:
         ms = None if r["seconds_per_batch"] is None else 1000 * r["seconds_per_batch"]
         cells = [r["model"], r.get("sampler_label", r["sampler_name"]), _fmt(r["steps"]), _fmt(r["nfe"])]
-        cells += ["n/a" if m in r["metrics"] and r["metrics"][m] is None else _fmt(r["metrics"].get(m)) for m in columns]
+        cells += ["n/a" if m in r["metrics"] and r["metrics"][m] is None else _fmt(r["metrics"].get(m)) for m in columns]  # None: not applicable
         tps = None if r["tokens_per_second"] is None else f"{r['tokens_per_second']:,.0f}"
         cells += [_fmt(ms, 1), _fmt(tps), _fmt(r["peak_memory_mib"], 2)]
         lines.append("| " + " | ".join(cells) + " |")

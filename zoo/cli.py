@@ -292,7 +292,6 @@ def sample_main(argv: Sequence[str]) -> None:
         check_output_file(args.output, "--output")
 
     from flowzoo.devices import resolve_device
-    from flowzoo.sample_io import write_samples
     from flowzoo.sampling import sample_from_checkpoint
 
     device = resolve_device(args.device, "--device")
@@ -310,7 +309,9 @@ def sample_main(argv: Sequence[str]) -> None:
         print(text)
         print("-" * 40)
     if args.output:
-        write_samples(args.output, result["texts"])  # one sample per line, newlines inside written as \n
+        from flowzoo.sample_io import write_samples
+
+        write_samples(args.output, result["texts"])  # exactly one sample per line: newlines inside written as \n
     print(json.dumps({k: v for k, v in result.items() if k != "texts"}, indent=2))
 
 

@@ -110,16 +110,19 @@ def sample_from_checkpoint(
         except (FlowzooError, OSError) as err:
             texts, unavailable = None, err
     if texts is None:
-        from flowzoo.data.text import decode_rows
-
-        tokenizer = getattr(model, "tokenizer", None)  # the checkpoint's tokenizer (tokenizer.json beside the weights)
+        tokenizer = getattr(model, "tokenizer", None)  # the checkpoint's own (tokenizer.json, or a Lightning checkpoint's copy)
         rows = tokens.tolist()
-        texts = decode_rows(tokenizer, rows) if tokenizer is not None else [" ".join(map(str, row)) for row in rows]
-        if data is not None and tokenizer is not None and data.metric:
-            try:  # a metric of decoded text needs no corpus
-                metrics = rounded(data.text_metrics(texts)) or None
-            except (FlowzooError, OSError) as err:
-                unavailable = err
+        if tokenizer is None:
+            texts = [" ".join(map(str, row)) for row in rows]
+        else:
+            from flowzoo.data.text import decode_rows
+
+            texts = decode_rows(tokenizer, rows)  # as the data module decodes: EOS written as its token
+            if data is not None and data.metric:
+                try:  # a metric of decoded text needs no corpus
+                    metrics = rounded(data.text_metrics(texts)) or None
+                except (FlowzooError, OSError) as err:
+                    unavailable = err
     result: dict[str, Any] = {"sampler": registry.spec(chosen), "nfe": out.nfe, "seconds": round(elapsed, 3), "device": str(device), "texts": texts}
     if metrics is not None:
         result["metrics"] = metrics
