@@ -43,6 +43,11 @@ class ProbabilityPath(Component, nn.Module):
         """The ODE velocity b_t(x) given the denoiser output D_t(x) (B, L, V)."""
         raise NotImplementedError
 
+    def denoiser(self, x: torch.Tensor, velocity: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The denoiser output D_t(x) whose ODE velocity is ``velocity`` (B, L, V): the inverse of :meth:`velocity`
+        in D, so that velocity(x, denoiser(x, b, t), t) = b and denoiser(x, velocity(x, D, t), t) = D."""
+        raise NotImplementedError
+
     # Time reparameterisation hooks: objectives draw u ~ U[0, 1] and samplers space steps
     # uniformly in u; the path maps u to its own time and tells the network what to see.
     def time_from_uniform(self, u: torch.Tensor) -> torch.Tensor:

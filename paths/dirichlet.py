@@ -130,6 +130,16 @@ class DirichletPath(ProbabilityPath):
         v = self.tau_max * (weight - weight.sum(-1, keepdim=True) * x.double())
         return v.to(x.dtype)
 
+    def denoiser(self, x, velocity, t):
+        """The inverse of :meth:`velocity` for x on the simplex: D = (b / tau_max + lambda x) / C, with
+        lambda = sum_i D_i C_i = (1 - sum_i b_i / (tau_max C_i)) / sum_i x_i / C_i fixed by sum_i D_i = 1."""
+        if velocity.shape != x.shape:
+            raise ValueError(f"the velocity must have the state's shape {tuple(x.shape)}, got {tuple(velocity.shape)}")
+        c = self.c_factor(x, t)  # (B, L, V) float64, positive
+        b, xd = velocity.double() / self.tau_max, x.double()
+        lam = (1 - (b / c).sum(-1, keepdim=True)) / (xd / c).sum(-1, keepdim=True)
+        return ((b + lam * xd) / c).to(x.dtype)
+
     @staticmethod
     def project(x: torch.Tensor) -> torch.Tensor:
         """Euclidean projection onto the simplex along the last axis (sort-based)."""

@@ -91,6 +91,12 @@ class LinearPath(ProbabilityPath):
             raise ValueError(f"the denoiser output must have the state's shape {tuple(x.shape)}, got {tuple(denoised.shape)}")
         return (denoised - x) / (1 - expand_time(t)).clamp_min(1e-6)
 
+    def denoiser(self, x, velocity, t):
+        """D_t(x) = x + (1 - t) b_t(x), the inverse of :meth:`velocity`."""
+        if velocity.shape != x.shape:
+            raise ValueError(f"the velocity must have the state's shape {tuple(x.shape)}, got {tuple(velocity.shape)}")
+        return x + (1 - expand_time(t)).clamp_min(1e-6) * velocity
+
 
 def _interp(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor:
     """Piecewise-linear interpolation of (xp, fp) at x (differentiable in x, for jvp)."""
