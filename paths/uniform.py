@@ -89,7 +89,7 @@ def uniform_posterior(x0: torch.Tensor, xt: torch.Tensor, alpha_s: torch.Tensor,
 
     normalised over x_s. ``x0`` (B, L, V) is onehot(x), or the denoiser's prediction x_theta (the sampler's
     approximate posterior; the expression is linear in x); ``alpha_s``, ``alpha_t`` broadcast against (B, L, 1).
-    This is Duo's ``_posterior_from_x0`` (checked in tests/test_uniform.py); alpha_s = 1 gives the last,
+    This is Duo's ``_posterior_from_x0`` (checked in tests/paths/test_uniform.py); alpha_s = 1 gives the last,
     noise-removing step.
     """
     V = x0.shape[-1]
@@ -110,7 +110,7 @@ def uniform_nelbo(log_probs: torch.Tensor, x1: torch.Tensor, xt: torch.Tensor, a
       NELBO_t = (alpha' / (V alpha)) [ sum_j r_j log(r_j / r_theta,j) - V (1/xbar_i - 1/xbar_theta,i) ].
 
     Zero when x_theta = onehot(x). Duo's ``DUO_BASE.nll_per_token`` computes the same integrand with its
-    terms grouped by whether x_t = x (checked in tests/test_uniform.py).
+    terms grouped by whether x_t = x (checked in tests/paths/test_uniform.py).
     """
     V = log_probs.shape[-1]
     alpha = torch.as_tensor(alpha, dtype=log_probs.dtype, device=log_probs.device)
@@ -143,7 +143,7 @@ def argmax_alpha(gamma: torch.Tensor, vocab_size: int, points: int = 4097) -> tu
 
     I(nu) being P(the clean coordinate is the largest of V). d alpha/d gamma = V/(V-1) int -(nu/2)(z - nu) phi(z - nu)
     Phi(z)^(V-1) dz. Duo tabulates I with scipy's quad on a grid of 1e5 gammas per tokenizer; here both integrals are
-    taken by the trapezoid rule in float64 on ``points`` nodes over nu +- 12 (tests/test_uniform.py compares them
+    taken by the trapezoid rule in float64 on ``points`` nodes over nu +- 12 (tests/paths/test_uniform.py compares them
     with quad of Duo's integrands).
     """
     g = gamma.double().reshape(-1, 1)

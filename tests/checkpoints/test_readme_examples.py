@@ -24,8 +24,8 @@ from flowzoo.checkpoints import save_pretrained
 from flowzoo.cli import main
 from flowzoo.sampling import sample_from_checkpoint
 
-DOC = Path(__file__).parent.parent / "docs" / "pretrained.md"
-README = Path(__file__).parent.parent / "README.md"
+DOC = Path(__file__).parents[2] / "docs" / "pretrained.md"
+README = Path(__file__).parents[2] / "README.md"
 PLACEHOLDER = "org/name"
 _EXAMPLE = re.compile(r"<!-- example: (\w+) -->\s*```(\w+)\n(.*?)```", re.S)
 
@@ -125,7 +125,7 @@ def test_sample_decodes_with_the_shipped_tokenizer_when_the_corpus_is_absent(tmp
     from flowzoo.module import FlowLM
 
     corpus = tmp_path / "sonnets.txt"
-    corpus.write_text((Path(__file__).parent / "fixtures" / "sonnets_excerpt.txt").read_text())
+    corpus.write_text((Path(__file__).parents[1] / "fixtures" / "sonnets_excerpt.txt").read_text())
     data = ShakespeareData(text_files=[str(corpus)], cache_dir=str(tmp_path / "cache"), seq_len=16)
     model = FlowLM(
         backbone={"name": "dit", "init_args": {"width": 32, "depth": 1, "heads": 2, "cond_dim": 16}},

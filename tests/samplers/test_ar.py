@@ -10,7 +10,7 @@ from flowzoo.errors import IncompatibleComponentsError
 from flowzoo.module import FlowLM
 from flowzoo.samplers.ar import nucleus
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 V, L = 10, 12
 CAUSAL = {"name": "dit", "init_args": {"width": 32, "depth": 2, "heads": 2, "cond_dim": 16, "causal": True}}
 BIDIRECTIONAL = {"name": "dit", "init_args": {"width": 32, "depth": 1, "heads": 2, "cond_dim": 16}}

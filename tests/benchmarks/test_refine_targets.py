@@ -9,7 +9,7 @@ import torch
 from flowzoo.checkpoints.pretrained import save_pretrained
 from flowzoo.module import FlowLM
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DATA = {"name": "markov", "init_args": {"num_states": 16, "num_train": 16, "num_val": 8, "seq_len": 8}}
 
 

@@ -1,6 +1,6 @@
 """Kernel dispatch and the PyTorch references (the CPU path), plus the Triton kernels under the interpreter.
 
-The Triton-vs-reference comparisons live in tests/test_kernels_interpret.py and run in a subprocess
+The Triton-vs-reference comparisons live in tests/kernels/test_kernels_interpret.py and run in a subprocess
 with TRITON_INTERPRET=1 (the variable must be set before the kernels are decorated at import time).
 """
 
@@ -29,7 +29,7 @@ from flowzoo.kernels import (
 )
 from flowzoo.kernels.noise import NOISE_BLOCK
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _close(x, y, tol=1e-4):
@@ -267,7 +267,7 @@ def test_triton_kernels_match_references_under_interpreter():
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     env.pop("FLOWZOO_KERNELS", None)
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(ROOT / "tests" / "test_kernels_interpret.py")],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(Path(__file__).with_name("test_kernels_interpret.py"))],
         env=env, cwd=ROOT, capture_output=True, text=True, timeout=600,
     )
     report = proc.stdout[-6000:] + proc.stderr[-3000:]

@@ -15,7 +15,7 @@ import yaml
 from flowzoo import registry
 from flowzoo.cli import main
 
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).parents[2]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 MODEL_KINDS = ("backbone", "path", "head", "objective", "sampler")
 

@@ -18,7 +18,7 @@ from flowzoo.data.shakespeare import ShakespeareData, clean_gutenberg
 from flowzoo.data.text import BPETokenizer, CharTokenizer, pack, word_metrics, words
 from flowzoo.errors import DataError
 
-FIXTURE = Path(__file__).parent / "fixtures" / "sonnets_excerpt.txt"
+FIXTURE = Path(__file__).parents[1] / "fixtures" / "sonnets_excerpt.txt"
 
 
 def sonnets(tmp_path, **kw):

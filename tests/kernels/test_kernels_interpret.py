@@ -1,8 +1,8 @@
 """Triton kernels against their PyTorch references, run by the Triton interpreter on the CPU.
 
 ``TRITON_INTERPRET=1`` must be set before the kernels are decorated (when flowzoo.kernels is first
-imported), so this module only runs in a process started with it: tests/test_kernels.py spawns
-``TRITON_INTERPRET=1 python -m pytest tests/test_kernels_interpret.py``. In an ordinary test run
+imported), so this module only runs in a process started with it: tests/kernels/test_kernels.py spawns
+``TRITON_INTERPRET=1 python -m pytest tests/kernels/test_kernels_interpret.py``. In an ordinary test run
 this module is skipped. Sizes are tiny (the interpreter is ~2000x slower than torch); kernel tiles are
 16 on the CPU, so the shapes below span several tiles in every dimension, with ragged edges.
 """
@@ -12,7 +12,7 @@ import os
 import pytest
 
 if os.environ.get("TRITON_INTERPRET") != "1":
-    pytest.skip("run by tests/test_kernels.py in a subprocess with TRITON_INTERPRET=1", allow_module_level=True)
+    pytest.skip("run by tests/kernels/test_kernels.py in a subprocess with TRITON_INTERPRET=1", allow_module_level=True)
 pytest.importorskip("triton")
 
 import torch  # noqa: E402

@@ -11,7 +11,7 @@ from flowzoo.heads.categorical import CategoricalHead
 from flowzoo.paths import LinearPath
 from flowzoo.samplers.flow_map import FlowMapSampler
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 B, L, V = 64, 12, 5
 
 

@@ -13,7 +13,7 @@ from flowzoo.checkpoints.pretrained import save_pretrained
 from flowzoo.data.markov import MarkovData
 from flowzoo.module import FlowLM
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SMALL = {"width": 32, "depth": 1, "heads": 2, "cond_dim": 16}
 DATA = {"num_states": 16, "num_train": 48, "num_val": 16, "seq_len": 8, "batch_size": 16}
 METHODS = {
@@ -116,7 +116,7 @@ def test_sampler_options_for_one_checkpoint_or_every_one(checkpoints, tmp_path):
 def test_one_step_confidence_reads_the_map_prediction_at_invalid_tokens(checkpoints):
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("one_step_confidence", Path(__file__).resolve().parents[1] / "benchmarks" / "one_step_confidence.py")
+    spec = importlib.util.spec_from_file_location("one_step_confidence", Path(__file__).resolve().parents[2] / "benchmarks" / "one_step_confidence.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     out = script.main(["--checkpoint", str(checkpoints["flow_map"]), "--num-samples", "16", "--batch-size", "8"])

@@ -123,7 +123,7 @@ def test_sampling_memory_benchmark_writes_its_table(tmp_path):
     import importlib.util
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     spec = importlib.util.spec_from_file_location("sampling_memory", root / "benchmarks" / "sampling_memory.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
