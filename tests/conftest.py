@@ -1,4 +1,16 @@
-"""Test settings: no network, a private Hugging Face cache, small deterministic runs."""
+"""Test settings: no network, a private Hugging Face cache, small deterministic runs.
+
+Layout: the tests mirror the package (tests/paths, tests/objectives, tests/samplers, tests/kernels, tests/checkpoints,
+tests/zoo, with tests/data, tests/cli, tests/benchmarks, tests/rewards for the data modules, the command line, the
+benchmark scripts and the rewards). pytest's default (prepend) import mode imports each test module by its basename
+with its folder on sys.path, and puts this folder there too, so shared code lives in ``tests/helpers.py``
+(``from helpers import ...``) or in fixtures of a conftest.py; tests never import each other. The folders have no
+__init__.py on purpose: tests/kernels/__init__.py would make tests/kernels the top-level ``kernels`` package
+and shadow the Hub's, and a tests/__init__.py would put the repository root on sys.path (see below); the
+importlib mode, which would allow them, cannot pickle the test-module functions that torch.multiprocessing.spawn
+runs (tests/zoo/test_metrics.py). Test module basenames must therefore be unique across the folders (pytest
+refuses a duplicate with "import file mismatch").
+"""
 
 import os
 import sys

@@ -1,7 +1,6 @@
 """The Hugging Face Hub side, without network: loading by repo id from the offline cache, and what
 ``push_to_hub`` / ``flowzoo publish`` would upload (HfApi calls mocked, the folder inspected)."""
 
-import hashlib
 import json
 import os
 import subprocess
@@ -19,57 +18,7 @@ from flowzoo.checkpoints import from_pretrained, save_pretrained
 from flowzoo.cli import main
 from flowzoo.errors import CheckpointError
 from flowzoo.module import FlowLM
-
-REPO = "flowzoo-test/tiny-markov-flow"
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
-DATA = {"name": "markov", "init_args": {"num_states": 16, "seq_len": 8, "num_train": 8, "num_val": 8}}
-
-
-def tiny_model() -> FlowLM:
-    model = FlowLM(
-        backbone={"name": "dit", "init_args": {"width": 32, "depth": 1, "heads": 2, "cond_dim": 16}},
-        sampler={"name": "euler", "init_args": {"steps": 2}},
-        vocab_size=16,
-    )
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    model.data_spec = DATA
-    return model
-
-
-def populate_cache(cache: Path, repo_id: str, folder: Path, commit: str = COMMIT) -> Path:
-    """Lay ``folder`` out as ``hf_hub_download`` leaves a download in the cache (the documented layout):
-    ``models--org--name/blobs/<etag>``, ``snapshots/<commit>/<file>`` -> ``../../blobs/<etag>``,
-    ``refs/main`` holding the commit. LFS files (safetensors) are named by sha256, others by git blob sha1."""
-    repo = cache / ("models--" + repo_id.replace("/", "--"))
-    (repo / "blobs").mkdir(parents=True)
-    (repo / "refs").mkdir()
-    snapshot = repo / "snapshots" / commit
-    snapshot.mkdir(parents=True)
-    for f in sorted(folder.iterdir()):
-        data = f.read_bytes()
-        if f.suffix == ".safetensors":
-            etag = hashlib.sha256(data).hexdigest()
-        else:
-            etag = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
-        (repo / "blobs" / etag).write_bytes(data)
-        (snapshot / f.name).symlink_to(Path("..", "..", "blobs", etag))
-    (repo / "refs" / "main").write_text(commit)
-    return snapshot
-
-
-@pytest.fixture
-def cached(tmp_path, monkeypatch):
-    """A model saved, then placed in a private HF cache as if downloaded earlier; HF_HUB_OFFLINE=1."""
-    assert huggingface_hub.constants.HF_HUB_OFFLINE  # set by conftest before huggingface_hub was imported
-    model = tiny_model()
-    save_pretrained(model, tmp_path / "saved")
-    hf_home = tmp_path / "hf_home"
-    cache = hf_home / "hub"
-    populate_cache(cache, REPO, tmp_path / "saved")
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
-    return SimpleNamespace(model=model, cache=cache, hf_home=hf_home)
+from helpers import COMMIT, DATA, REPO, tiny_model
 
 
 def test_the_cache_layout_is_what_huggingface_hub_reads(cached):

@@ -1,6 +1,6 @@
 """The pretrained-model examples of docs/pretrained.md and of the README, run as written against (1) a local
 save_pretrained folder and (2) a repo id in a pre-populated Hugging Face cache with HF_HUB_OFFLINE=1
-(test_hub's fixture).
+(the fixture of tests/checkpoints/conftest.py).
 
 In docs/pretrained.md an example is the fenced block right after a ``<!-- example: NAME -->`` comment; in the
 README, the ```python block of its "Pretrained models" section and the ``flowzoo sample --model`` command written
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_hub import REPO, cached, tiny_model  # noqa: F401  (cached is a fixture)
+from helpers import REPO, tiny_model
 
 from flowzoo import registry
 from flowzoo.checkpoints import save_pretrained
@@ -95,7 +95,7 @@ def test_examples_against_a_local_folder(tmp_path, capsys, source):
 
 
 @pytest.mark.parametrize("source", SOURCES)
-def test_examples_against_the_offline_cache(cached, capsys, source):  # noqa: F811
+def test_examples_against_the_offline_cache(cached, capsys, source):
     assert run_python_example(REPO, capsys, source) == expected_texts(cached.model)
     env = {**os.environ, "HF_HOME": str(cached.hf_home), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     env.pop("HF_HUB_CACHE", None)

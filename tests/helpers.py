@@ -1,0 +1,70 @@
+"""Helpers shared by test modules (tests import this module, never each other).
+
+tests/ is on sys.path because pytest's default (prepend) import mode puts the folder of the rootmost
+conftest.py there; the test folders have no __init__.py (see tests/conftest.py)."""
+
+import hashlib
+from pathlib import Path
+
+import torch
+
+from flowzoo.module import FlowLM
+
+# --- small flow-map models (the flow-map tests) ----------------------------------------------------
+V, L, B = 11, 6, 4
+TINY = {"name": "dit", "init_args": {"width": 32, "depth": 2, "heads": 2, "cond_dim": 16}}
+CORNERS = [(0.0, 0.0), (0.0, 1.0), (1.0, 1.0), (0.5, 1.0), (0.999999, 1.0), (0.3, 0.3), (0.2, 0.7)]
+
+
+def small_model(**parts) -> FlowLM:
+    model = FlowLM(backbone=TINY, vocab_size=V, **parts)
+    with torch.no_grad():  # move off the zero initialisation so s and t both matter
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model
+
+
+def corner_times():
+    s = torch.tensor([c[0] for c in CORNERS])
+    t = torch.tensor([c[1] for c in CORNERS])
+    return s, t
+
+
+# --- a tiny saved model and the Hugging Face cache layout (the Hub tests) ------------------------------
+REPO = "flowzoo-test/tiny-markov-flow"
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+DATA = {"name": "markov", "init_args": {"num_states": 16, "seq_len": 8, "num_train": 8, "num_val": 8}}
+
+
+def tiny_model() -> FlowLM:
+    model = FlowLM(
+        backbone={"name": "dit", "init_args": {"width": 32, "depth": 1, "heads": 2, "cond_dim": 16}},
+        sampler={"name": "euler", "init_args": {"steps": 2}},
+        vocab_size=16,
+    )
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    model.data_spec = DATA
+    return model
+
+
+def populate_cache(cache: Path, repo_id: str, folder: Path, commit: str = COMMIT) -> Path:
+    """Lay ``folder`` out as ``hf_hub_download`` leaves a download in the cache (the documented layout):
+    ``models--org--name/blobs/<etag>``, ``snapshots/<commit>/<file>`` -> ``../../blobs/<etag>``,
+    ``refs/main`` holding the commit. LFS files (safetensors) are named by sha256, others by git blob sha1."""
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    (repo / "blobs").mkdir(parents=True)
+    (repo / "refs").mkdir()
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    for f in sorted(folder.iterdir()):
+        data = f.read_bytes()
+        if f.suffix == ".safetensors":
+            etag = hashlib.sha256(data).hexdigest()
+        else:
+            etag = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+        (repo / "blobs" / etag).write_bytes(data)
+        (snapshot / f.name).symlink_to(Path("..", "..", "blobs", etag))
+    (repo / "refs" / "main").write_text(commit)
+    return snapshot

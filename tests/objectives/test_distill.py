@@ -1,0 +1,107 @@
+"""The distill objective: a student that saves without its teacher, deeper students, the Lagrangian target, init_from."""
+
+import shutil
+
+import pytest
+import torch
+
+from flowzoo.checkpoints import from_pretrained, save_pretrained
+from flowzoo.errors import CheckpointError
+from flowzoo.module import FlowLM
+from helpers import B, L, TINY, V, small_model
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: a second thread only waits for the other core (the CI box has two, shared)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_distilled_student_saves_without_the_teacher_and_reloads(tmp_path):
+    teacher = small_model()
+    save_pretrained(teacher, tmp_path / "teacher")
+    student = FlowLM(backbone=TINY, vocab_size=V, objective={"name": "distill", "init_args": {"teacher": str(tmp_path / "teacher")}})
+    x1 = torch.randint(0, V, (B, L))
+    student.prepare_objective()  # what training_step does first: the model loads the teacher its objective names
+    out = student.objective(student, x1)
+    out["loss"].backward()
+    assert torch.isfinite(out["loss"]) and "map_kl" in out
+    # the student starts as the teacher's flow
+    x, t = torch.randn(2, L, V), torch.rand(2)
+    assert torch.allclose(student.logits(x, t), student.objective._teacher.logits(x, t), atol=1e-5)
+    keys = student.state_dict().keys()
+    assert not any("teacher" in k and k != "objective.teacher_copied" for k in keys)
+    save_pretrained(student, tmp_path / "student")
+    shutil.rmtree(tmp_path / "teacher")  # the student no longer needs its teacher
+    with torch.no_grad():
+        for p in student.backbone.parameters():
+            p.add_(0.01)  # pretend training moved it away from the teacher
+    save_pretrained(student, tmp_path / "student")
+    again = from_pretrained(tmp_path / "student")
+    assert bool(again.objective.teacher_copied)
+    assert torch.allclose(again.logits(x, t, t * 0), student.logits(x, t, t * 0), atol=1e-5)
+    # a reloaded student is never overwritten by its teacher again
+    again.attach_teacher(small_model())
+    before = again.logits(x, t).clone()
+    again.objective(again, x1)
+    assert torch.allclose(again.logits(x, t), before)
+
+
+def test_a_deeper_student_starts_as_its_teacher_and_other_shapes_are_refused():
+    teacher = small_model()
+    deeper = {**TINY, "init_args": {**TINY["init_args"], "depth": TINY["init_args"]["depth"] + 2}}
+    student = FlowLM(backbone=deeper, vocab_size=V, objective="distill")
+    student.attach_teacher(teacher)  # copies the teacher into the student
+    student.objective(student, torch.randint(0, V, (B, L)))["loss"].backward()
+    assert bool(student.objective.teacher_copied)
+    x, t = torch.randn(2, L, V), torch.rand(2)
+    fresh = FlowLM(backbone=deeper, vocab_size=V, objective="distill")
+    fresh.attach_teacher(teacher)
+    assert torch.allclose(fresh.logits(x, t), teacher.logits(x, t), atol=1e-5)  # extra blocks are the identity
+    for other in ({"width": 48, "heads": 4}, {"depth": 1}):
+        bad = FlowLM(backbone={**TINY, "init_args": {**TINY["init_args"], **other}}, vocab_size=V, objective="distill")
+        with pytest.raises(CheckpointError, match="architecture"):
+            bad.attach_teacher(teacher)
+    moved = FlowLM(backbone=deeper, vocab_size=V, objective="distill")
+    with torch.no_grad():
+        moved.backbone.blocks[-1].ada.weight.add_(0.1)  # an extra block that is not the identity
+    with pytest.raises(CheckpointError, match="identity"):
+        moved.attach_teacher(teacher)
+
+
+def test_distill_lagrangian_target_uses_the_teacher_velocity():
+    teacher = small_model()
+    student = FlowLM(backbone=TINY, vocab_size=V, objective={"name": "distill", "init_args": {"target": "lagrangian", "diagonal_share": 0.0}})
+    student.attach_teacher(teacher)
+    out = student.objective(student, torch.randint(0, V, (B, L)))
+    assert torch.isfinite(out["loss"]) and out["map"] > 0
+    with pytest.raises(Exception, match="needs a teacher"):
+        FlowLM(backbone=TINY, vocab_size=V, objective="distill").objective(student, torch.randint(0, V, (B, L)))
+
+
+def test_distill_refuses_a_teacher_on_another_path():
+    teacher = small_model()
+    student = FlowLM(backbone=TINY, vocab_size=V, path={"name": "linear", "init_args": {"time": "tau"}}, objective="distill")
+    with pytest.raises(CheckpointError, match="path"):
+        student.attach_teacher(teacher)
+
+
+def test_init_from_starts_the_student_from_another_model_than_its_teacher(monkeypatch):
+    import flowzoo.teachers
+
+    teacher = small_model()
+    models = {"other": small_model(), "wrong_vocab": FlowLM(backbone=TINY, vocab_size=V + 1)}
+    monkeypatch.setattr(flowzoo.teachers, "load_model", lambda name, model: models[name])
+    x, t = torch.randn(2, L, V), torch.rand(2)
+    for name in models:
+        student = FlowLM(backbone=TINY, vocab_size=V, objective={"name": "distill", "init_args": {"init_from": name}})
+        if name == "wrong_vocab":
+            with pytest.raises(CheckpointError, match="init_from model vocabulary"):
+                student.attach_teacher(teacher)
+            continue
+        student.attach_teacher(teacher)
+        assert torch.allclose(student.logits(x, t), models[name].logits(x, t), atol=1e-5)
+        assert not torch.allclose(student.logits(x, t), teacher.logits(x, t), atol=1e-3)

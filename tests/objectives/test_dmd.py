@@ -1,0 +1,211 @@
+"""Distribution matching (dmd): the critic-teacher gap, noise bands, decodes, the critic and the GAN discriminator."""
+
+import pytest
+import torch
+
+from flowzoo import registry
+from flowzoo.checkpoints import from_pretrained, save_pretrained
+from flowzoo.module import FlowLM
+from helpers import B, L, TINY, V, small_model
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: a second thread only waits for the other core (the CI box has two, shared)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _dmd_student(teacher, **init_args):
+    student = FlowLM(backbone=TINY, vocab_size=V, objective={"name": "dmd", "init_args": init_args})
+    student.attach_teacher(teacher)
+    return student
+
+
+def test_dmd_pushes_the_one_step_samples_only_by_the_critic_teacher_gap():
+    teacher = small_model()
+    student = _dmd_student(teacher, init_from_teacher=False)
+    with torch.no_grad():  # a student that is not its teacher: its one-step samples are not the teacher's
+        for p in student.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    student.eval()  # no critic step: the critic is still the teacher
+    out = student.objective.distribution_loss(student, B, L, torch.device("cpu"))
+    grads = torch.autograd.grad(out["dmd"], [p for p in student.parameters() if p.requires_grad], allow_unused=True)
+    assert float(out["dmd_gap"]) == 0.0 and all(g is None or not g.any() for g in grads)
+    critic = student.critic()
+    with torch.no_grad():
+        for p in critic.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    out = student.objective.distribution_loss(student, B, L, torch.device("cpu"))
+    grads = torch.autograd.grad(out["dmd"], [p for p in student.parameters() if p.requires_grad], allow_unused=True)
+    assert float(out["dmd_gap"]) > 0 and any(g is not None and g.any() for g in grads)
+
+
+def test_dmd_noise_bands_split_the_samples_and_weight_their_losses():
+    """Two bands: sample i is noised within band i mod 2, and a band of weight 0 takes no gradient."""
+    teacher = small_model()
+    student = _dmd_student(teacher, noise_range=[[0.0, 0.1], [0.9, 1.0]], band_weights=[0.0, 2.0])
+    u = student.path.network_time(student.objective.noise_times(student, 64, torch.device("cpu")))
+    assert (u[0::2] <= 0.1 + 1e-5).all() and (u[1::2] >= 0.9 - 1e-5).all()
+    critic = student.critic()
+    with torch.no_grad():  # a critic that differs from the teacher: a nonzero push
+        for p in critic.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    student.eval()
+    captured = {}
+    original = student.objective.one_step
+
+    def keep(*args):
+        logits, delta, sample = original(*args)
+        delta.retain_grad()
+        captured["delta"] = delta
+        return logits, delta, sample
+
+    student.objective.one_step = keep
+    student.objective.distribution_loss(student, B, L, torch.device("cpu"))["dmd"].backward()
+    g = captured["delta"].grad  # (B, L, V)
+    assert not g[0::2].any() and g[1::2].abs().sum() > 0
+    with pytest.raises(ValueError, match="band_weights"):
+        registry.build("objective", {"name": "dmd", "init_args": {"noise_range": [[0.0, 0.5], [0.5, 1.0]], "band_weights": [1.0]}})
+    with pytest.raises(ValueError, match="noise_range"):
+        registry.build("objective", {"name": "dmd", "init_args": {"noise_range": [[0.0, 0.5], [0.9, 0.1]]}})
+
+
+def test_dmd_compares_argmax_decodes_straight_through_or_the_soft_map():
+    teacher = small_model()
+    seen = {}
+    for form in ("argmax", "soft"):
+        student = _dmd_student(teacher, samples=form)
+        student.train_critic = lambda sample, data=None, form=form: {"critic": seen.setdefault(form, sample).sum() * 0}
+        student.train()
+        critic = student.critic()
+        with torch.no_grad():  # a critic that differs from the teacher: a nonzero push
+            for p in critic.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+        out = student.objective.distribution_loss(student, B, L, torch.device("cpu"))
+        out["dmd"].backward()
+        assert any(p.grad is not None and p.grad.any() for p in student.parameters())  # the gradient reaches delta
+    hard = seen["argmax"]
+    assert set(hard.unique().tolist()) <= {0.0, 1.0} and torch.equal(hard.sum(-1), torch.ones(B, L))
+    assert not set(seen["soft"].unique().tolist()) <= {0.0, 1.0}
+    with pytest.raises(ValueError, match="samples"):
+        registry.build("objective", {"name": "dmd", "init_args": {"samples": "gumbel"}})
+    with pytest.raises(ValueError, match="gradient_through"):
+        registry.build("objective", {"name": "dmd", "init_args": {"gradient_through": "both"}})
+
+
+def test_dmd_step_on_the_logits_is_the_logit_gradient():
+    """gradient_through="logits": d dmd / d logits is the step g itself; "probs" applies g to delta, so the logits
+    get the softmax Jacobian of it, p (g - <p, g>). Same noise for both (same seed)."""
+    teacher = small_model()
+    student = _dmd_student(teacher)
+    critic = student.critic()
+    with torch.no_grad():
+        for p in critic.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    captured = {}
+    original = student.logits
+
+    def keep(x, t, s=None):
+        out = original(x, t, s)
+        if s is not None and bool((s == 0).all()) and bool((t == 1).all()):
+            out.retain_grad()
+            captured["logits"] = out
+        return out
+
+    student.logits = keep
+    student.eval()
+    grads = {}
+    for through in ("logits", "probs"):
+        student.objective.gradient_through = through
+        torch.manual_seed(1)
+        student.objective.distribution_loss(student, B, L, torch.device("cpu"))["dmd"].backward()
+        grads[through] = captured["logits"].grad  # (B, L, V)
+    g = grads["logits"]
+    assert g.abs().max() > 0 and g.sum(-1).abs().max() < 1e-4 * g.abs().max()  # a step that sums to 0 over V
+    p = torch.softmax(captured["logits"].detach(), -1)
+    expected = p * (g - (p * g).sum(-1, keepdim=True))
+    assert torch.allclose(grads["probs"], expected, rtol=1e-3, atol=1e-3 * expected.abs().max())
+    assert not torch.allclose(grads["probs"], g, atol=1e-3 * g.abs().max())
+
+
+def test_dmd_critic_learns_the_one_step_samples_and_stays_out_of_the_weights(tmp_path):
+    teacher = small_model()
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    student = _dmd_student(teacher, critic_steps=4, critic_lr=3e-3)
+    student.train()
+    torch.manual_seed(0)
+    x1 = torch.randint(0, V, (B, L))
+    first = student.objective(student, x1)
+    first["loss"].backward()
+    assert torch.isfinite(first["loss"]) and {"dmd", "dmd_gap", "critic", "diag", "map"} <= set(first)
+    critic = student.critic()
+    assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in before.items())  # the teacher is frozen
+    assert not all(torch.equal(v, critic.state_dict()[k]) for k, v in before.items())  # the critic moved
+    losses = [float(student.objective(student, x1)["critic"]) for _ in range(6)]
+    assert losses[-1] < float(first["critic"])  # flow matching on the student's (fixed) one-step law
+    assert not any("critic" in k for k in student.state_dict())
+    save_pretrained(student, tmp_path / "student")
+    again = from_pretrained(tmp_path / "student")
+    assert again.objective.registry_name == "dmd" and again._critic is None
+
+
+def test_dmd_critic_steps_after_the_first_train_on_fresh_one_step_samples():
+    teacher = small_model()
+    student = _dmd_student(teacher, critic_steps=3)
+    student.train()
+    drawn, original = [], student.objective.one_step
+
+    def counting(*args):
+        out = original(*args)
+        drawn.append((torch.is_grad_enabled(), out[2]))
+        return out
+
+    student.objective.one_step = counting
+    torch.manual_seed(0)
+    student.objective.distribution_loss(student, B, L, torch.device("cpu"))
+    assert [grad for grad, _ in drawn] == [True, False, False]  # the map's samples, then two fresh ones for the critic
+    assert not torch.equal(drawn[0][1], drawn[1][1]) and not torch.equal(drawn[1][1], drawn[2][1])
+
+
+def test_dmd_gan_discriminator_tells_data_from_one_step_samples():
+    """With gan_weight the critic's steps also train a per-position discriminator head: after a few, it scores
+    data (here: one fixed sequence the samples are not) above the student's one-step samples."""
+    teacher = small_model()
+    student = _dmd_student(teacher, gan_weight=1.0, critic_lr=3e-3, noise_range=(0.8, 0.98))
+    student.train()
+    torch.manual_seed(0)
+    real = (torch.arange(L) % (V - 1) + 1).expand(B, L)
+    critic = student.critic()
+    sample = student.objective.one_step(student, B, L, torch.device("cpu"))[2]
+    assert not (sample.argmax(-1) == real).all()
+    losses = [float(student.train_critic(sample, real)["disc"]) for _ in range(40)]
+    assert losses[-1] < losses[0]
+    with torch.no_grad():
+        data = torch.nn.functional.one_hot(real, V).float()
+        margin = student.objective.discriminate(student, critic, data).mean() - student.objective.discriminate(student, critic, sample).mean()
+    assert margin > 0
+    assert not any("discriminator" in k or "critic" in k for k in student.state_dict())
+
+
+def test_dmd_gan_gradient_reaches_the_map_and_not_the_critic():
+    teacher = small_model()
+    student = _dmd_student(teacher, gan_weight=1.0, dmd_weight=0.0)
+    student.eval()  # no critic steps
+    x1 = torch.randint(0, V, (B, L))
+    out = student.objective.distribution_loss(student, B, L, torch.device("cpu"), data=x1)
+    out["gan"].backward()
+    critic = student.critic()
+    assert any(p.grad is not None and p.grad.any() for p in student.parameters())
+    assert all(p.grad is None for p in critic.parameters()) and all(p.requires_grad for p in critic.parameters())
+    with pytest.raises(ValueError, match="real data"):
+        student.objective.distribution_loss(student, B, L, torch.device("cpu"))
+    with pytest.raises(ValueError, match="gan_weight"):
+        registry.build("objective", {"name": "dmd", "init_args": {"gan_weight": -1.0}})
+    student.train()
+    out = student.objective(student, x1)
+    assert {"gan", "disc", "dmd"} <= set(out) and torch.isfinite(out["loss"])
+    other = {"name": "flow_map", "init_args": {"steps": 2}}  # a sampler other than the model's: checked again
+    assert student.generate(2, L, sampler=other, seed=0).tokens.shape == (2, L)
