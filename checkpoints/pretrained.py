@@ -28,7 +28,7 @@ CARD_NAME = "README.md"
 # what a Hub download fetches: never pickles (*.bin, *.pt, *.ckpt), whatever the repo also holds
 HUB_FILES = [CONFIG_NAME, WEIGHTS_NAME, CARD_NAME, "tokenizer*", "special_tokens_map.json", "vocab.*", "merges.txt"]
 # config keys that describe the model's history, not its construction (kept in hub_metadata)
-METADATA_KEYS = ("training", "metrics")
+METADATA_KEYS = ("training", "metrics", "imported")
 
 
 def _major_minor(version: str) -> tuple[int, int]:
@@ -105,6 +105,8 @@ def build_model(config: dict[str, Any], model_class=None):
     if not isinstance(config, dict):
         raise CheckpointError(f"the checkpoint config must be a JSON object, got {type(config).__name__}")
     check_version(config)
+    if config.get("refused"):  # an imported model flowzoo cannot run (Duo's uniform-state path)
+        raise CheckpointError(str(config["refused"]))
     missing = [k for k in ("vocab_size", "backbone", "path", "head", "objective", "sampler") if k not in config]
     if missing:
         raise CheckpointError(f"the checkpoint config lacks {', '.join(repr(k) for k in missing)}: it is incomplete or not a flowzoo model config")
@@ -290,6 +292,10 @@ def load_directory(directory: Path, map_location: str = "cpu", model_class=None)
         config = json.loads(config_file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CheckpointError(f"{config_file} is not valid JSON: {err}") from None
+    from flowzoo.checkpoints.importer import detect, model_from_directory
+
+    if detect(directory) is not None:  # a published MDLM / FLM checkpoint: converted on load
+        return model_from_directory(directory).eval()
     model = build_model(config, model_class)
     try:
         state = load_file(weights_file, device=map_location)

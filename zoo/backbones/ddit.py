@@ -181,6 +181,7 @@ class DDiT(Backbone):
         self.width, self.depth, self.heads, self.cond_dim = width, depth, heads, cond_dim
         self.soft_input, self.time_scale, self.extra_outputs = soft_input, time_scale, extra_outputs
         self.causal = False
+        self.vocab_embed = nn.Module()  # holds ``embedding`` once bound; first, as in the references' parameter order
         self._mlp_ratio, self._dropout, self._softcap = mlp_ratio, dropout, attn_softcap
         self.sigma_map = TimestepEmbedder(cond_dim)
         self.sigma_map_prime = TimestepEmbedder(cond_dim) if second_time else None
@@ -190,7 +191,6 @@ class DDiT(Backbone):
     def bind(self, in_dim: int, out_dim: int) -> "DDiT":
         """The embedding table E (in_dim, width), the blocks and the output layer (width -> out_dim + extra_outputs)."""
         self.in_dim, self.out_dim = in_dim, out_dim
-        self.vocab_embed = nn.Module()
         self.vocab_embed.embedding = nn.Parameter(torch.empty(in_dim, self.width))
         nn.init.kaiming_uniform_(self.vocab_embed.embedding, a=math.sqrt(5))
         self.blocks = nn.ModuleList(
