@@ -103,7 +103,9 @@ def flowzoo_config(kind: str, arch: dict[str, Any], vocab_rows: int, *, time_con
     if not time_conditioning:
         raise CheckpointError("an FLM model without time conditioning has no flowzoo path (flowzoo's linear path always feeds the time)")
     flow = kind == "flm"
-    backbone = _backbone(**arch, attn_softcap=50.0, soft_input="linear", second_time=bool(second_time), loss_weighting=bool(loss_weighting))
+    # FLM's maps: forward(x, s, t) = emb(s) + emb'(t) with its second embedder, else emb(s) + emb(t)
+    source_time = "none" if flow else ("embedder" if second_time else "shared")
+    backbone = _backbone(**arch, attn_softcap=50.0, soft_input="linear", source_time=source_time, loss_weighting=bool(loss_weighting))
     return {
         **base,
         "vocab_size": vocab_rows,

@@ -24,6 +24,7 @@ from flowzoo.backbones.base import Backbone, use_plain_attention
 from flowzoo.registry import register
 
 SOFT_INPUTS = ("linear", "softmax")
+SOURCE_TIMES = ("none", "shared", "embedder")
 
 
 def sinusoid(t: torch.Tensor, dim: int = 256, max_period: float = 10_000.0) -> torch.Tensor:
@@ -146,9 +147,11 @@ class DDiT(Backbone):
     """The DDiT of MDLM / Duo / FLM (reference key names): embedding table, rotate-half rotary, adaLN, own final layer.
 
     ``soft_input`` says how a float state (B, L, V_in) is embedded: ``linear`` x E (FLM), ``softmax``
-    softmax(x) E (Duo). ``attn_softcap`` caps attention scores (FLM: 50). ``second_time`` adds FLM's
-    ``sigma_map_prime``: called with (t, s) the conditioning is emb(s) + emb'(t) (s the source, t the target
-    time); without it emb(s) + emb(t). ``time_scale`` multiplies the network time before the sinusoid
+    softmax(x) E (Duo). ``attn_softcap`` caps attention scores (FLM: 50). ``source_time`` says what a call
+    with a source time s (a flow map from s to t) conditions on: ``none`` emb(t), s ignored (a flow: MDLM, Duo,
+    FLM); ``shared`` emb(s) + emb(t) (FLM's maps without a second embedder); ``embedder`` emb(s) + emb'(t)
+    with FLM's second embedder ``sigma_map_prime``, whose last layer starts at zero, so a map initialised from
+    a flow starts as that flow at the source time. ``time_scale`` multiplies the network time before the sinusoid
     (MDLM's sigma = -log(eps) x flowzoo's masked-path network time). ``extra_outputs`` output rows beyond
     V_out (MDLM's [MASK] column) are kept in the weights and dropped from the logits. ``loss_weighting``
     keeps FLM's learnable loss weight module (:meth:`loss_weight`).
@@ -164,7 +167,7 @@ class DDiT(Backbone):
         dropout: float = 0.1,
         attn_softcap: float | None = None,
         soft_input: str = "linear",
-        second_time: bool = False,
+        source_time: str = "none",
         time_scale: float = 1.0,
         extra_outputs: int = 0,
         loss_weighting: bool = False,
@@ -176,15 +179,21 @@ class DDiT(Backbone):
             raise ValueError(f"unknown soft_input {soft_input!r}; choices: {', '.join(SOFT_INPUTS)}")
         if attn_softcap is not None and attn_softcap <= 0:
             raise ValueError(f"attn_softcap must be positive or null, got {attn_softcap}")
+        if source_time not in SOURCE_TIMES:
+            raise ValueError(f"unknown source_time {source_time!r}; choices: {', '.join(SOURCE_TIMES)}")
         if extra_outputs < 0:
             raise ValueError(f"extra_outputs must be >= 0, got {extra_outputs}")
         self.width, self.depth, self.heads, self.cond_dim = width, depth, heads, cond_dim
         self.soft_input, self.time_scale, self.extra_outputs = soft_input, time_scale, extra_outputs
+        self.source_time = source_time
         self.causal = False
         self.vocab_embed = nn.Module()  # holds ``embedding`` once bound; first, as in the references' parameter order
         self._mlp_ratio, self._dropout, self._softcap = mlp_ratio, dropout, attn_softcap
         self.sigma_map = TimestepEmbedder(cond_dim)
-        self.sigma_map_prime = TimestepEmbedder(cond_dim) if second_time else None
+        self.sigma_map_prime = TimestepEmbedder(cond_dim) if source_time == "embedder" else None
+        if self.sigma_map_prime is not None:
+            nn.init.zeros_(self.sigma_map_prime.mlp[-1].weight)
+            nn.init.zeros_(self.sigma_map_prime.mlp[-1].bias)
         self.rotary_emb = Rotary(width // heads)
         self.learnable_loss_weighting = LossWeighting(cond_dim) if loss_weighting else None
 
@@ -218,11 +227,20 @@ class DDiT(Backbone):
         return (probs @ table.float()).to(x.dtype)
 
     def condition(self, t: torch.Tensor, s: torch.Tensor | None) -> torch.Tensor:
-        """silu(emb(t)) for a flow; silu(emb(s) + emb'(t)) for a map from s to t (emb' = emb without second_time)."""
-        if s is None:
+        """silu(emb(t)) for a flow (or ``source_time='none'``); silu(emb(s) + emb'(t)) for a map from s to t
+        (emb' = ``sigma_map_prime``, or emb itself with ``source_time='shared'``)."""
+        if s is None or self.source_time == "none":
             return F.silu(self.sigma_map(self.time_scale * t))
         second = self.sigma_map_prime if self.sigma_map_prime is not None else self.sigma_map
         return F.silu(self.sigma_map(self.time_scale * s) + second(self.time_scale * t))
+
+    def neutral_extras(self, keys) -> list[str]:
+        """Of ``keys`` (weights a flow lacks), those that leave the function unchanged when zero: the second
+        embedder when its last layer is zero (then emb'(t) = 0). Distillation copies a flow into such a map."""
+        prime = self.sigma_map_prime
+        if prime is None or prime.mlp[-1].weight.count_nonzero() or prime.mlp[-1].bias.count_nonzero():
+            return []
+        return [k for k in keys if k.startswith("sigma_map_prime.")]
 
     def loss_weight(self, t: torch.Tensor) -> torch.Tensor:
         """FLM's learnable loss weight w(t) (B,)."""
