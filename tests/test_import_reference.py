@@ -194,3 +194,53 @@ def test_not_importable_folder_refused(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
     with pytest.raises(CheckpointError, match="not an importable checkpoint"):
         import_checkpoint(tmp_path, tmp_path / "out")
+
+
+# --- benchmarking an imported model beside flowzoo's own ----------------------------------------
+def word_tokenizer(words):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tok)  # no special tokens: every id decodes to its word
+
+
+def test_benchmark_imported_model_beside_flowzoos_own(tmp_path):
+    """``flowzoo benchmark --model DIR`` on an imported FLM flow map and a flowzoo flow, same protocol: GenPPL under a
+    transformers judge (a tiny local GPT-2 standing in for GPT-2 Large), entropy, NFE, time, memory."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    words = [f"w{i}" for i in range(50)]
+    tokenizer = word_tokenizer(words)
+    tokenizer.save_pretrained(tmp_path / "tokenizer")
+    imported = tmp_path / "fmlm"
+    assert main(["import", str(REF / "flm_flowmap_dit"), "--out", str(imported), "--tokenizer", str(tmp_path / "tokenizer")]) == 0
+    assert (imported / "tokenizer.json").is_file()
+
+    class Holder:  # the tokenizer for save_pretrained, as a data module would give it
+        pass
+
+    holder = Holder()
+    holder.tokenizer = tokenizer
+    own = FlowLM(vocab_size=50, backbone={"name": "dit", "init_args": {"width": 32, "depth": 1, "heads": 2, "cond_dim": 16}},
+                 sampler={"name": "euler", "init_args": {"steps": 3}})
+    torch.nn.init.normal_(own.backbone.unembed.weight)  # untrained, but not the constant zero-init output
+    own.save_pretrained(tmp_path / "own", datamodule=holder)
+    judge = tmp_path / "judge"
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(vocab_size=50, n_positions=32, n_embd=16, n_layer=1, n_head=2)).save_pretrained(judge)
+    tokenizer.save_pretrained(judge)
+
+    out = tmp_path / "bench"
+    assert main(["benchmark", "--model", str(imported), "--model", str(tmp_path / "own"), "--length", "16", "--num-samples", "4",
+                 "--batch-size", "2", "--repeats", "1", "--judge", str(judge), "--output", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    rows = {r["model"]: r for r in results["rows"]}
+    assert set(rows) == {"fmlm", "own"}
+    assert rows["fmlm"]["nfe"] == 1 and rows["own"]["nfe"] == 3
+    for row in rows.values():
+        assert math.isfinite(row["metrics"]["gen_ppl"]) and row["metrics"]["gen_ppl"] > 1
+        assert row["metrics"]["entropy"] > 0 and row["tokens_per_second"] > 0 and row["peak_memory_mib"] is not None
+        assert set(row["example"].split()) <= set(words)
+    assert results["models"]["fmlm"]["config"]["backbone"]["name"] == "ddit"
