@@ -193,6 +193,9 @@ def _from_reference_config(ref: dict[str, Any], state: dict[str, torch.Tensor], 
     if "n_heads" not in model:
         raise CheckpointError(f"{source}: the reference config has no model.n_heads")
     kind = kind_of_reference(ref)
+    noise = str((ref.get("noise") or {}).get("type", "loglinear")).replace("-", "")
+    if kind in ("mdlm", "duo") and noise != "loglinear":
+        raise CheckpointError(f"{source}: noise schedule {noise!r}; flowzoo's masked path has the log-linear schedule only")
     tc = algo.get("time_conditioning", ref.get("time_conditioning", True))
     arch = _architecture(state, model["n_heads"], model.get("dropout", 0.1))
     eps = float((ref.get("training") or {}).get("sampling_eps", 1e-3))

@@ -190,6 +190,18 @@ def test_trusted_pickle_converts_with_ema(tmp_path, objects):
         assert (FlowLM.from_pretrained(raw).logits(inputs["x_t"], inputs["c_s"], inputs["c_t"]) - expected["logits"]).abs().max() > 0.1
 
 
+def test_other_noise_schedule_refused(tmp_path):
+    import shutil
+
+    folder = tmp_path / "geometric"
+    shutil.copytree(REF / "mdlm_dit", folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["reference_config"]["noise"]["type"] = "geometric"
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="log-linear schedule only"):
+        import_checkpoint(folder, tmp_path / "out")
+
+
 def test_not_importable_folder_refused(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
     with pytest.raises(CheckpointError, match="not an importable checkpoint"):

@@ -104,3 +104,24 @@ def test_recipes_take_two_steps_on_local_files(tmp_path, local_text, corpus_name
     assert student.backbone.sigma_map_prime is not None and bool(student.objective.teacher_copied)
     assert student.generate(2, 16, seed=0).tokens.shape == (2, 16)
     assert registry.spec(student.backbone)["name"] == "ddit"
+
+
+def test_train_throughput_script_writes_its_table(tmp_path, monkeypatch):
+    """benchmarks/train_throughput.py (the GPU measurement of the OWT flow beside MDLM) at a tiny size on the CPU."""
+    import importlib.util
+    import sys
+
+    spec_ = importlib.util.spec_from_file_location("train_throughput", ROOT / "benchmarks" / "train_throughput.py")
+    module = importlib.util.module_from_spec(spec_)
+    spec_.loader.exec_module(module)
+    out = tmp_path / "tp.md"
+    monkeypatch.setattr(sys, "argv", ["train_throughput.py", "--device", "cpu", "--tiny", "--steps", "1", "--warmup", "1",
+                                      "--batch-size", "2", "--seq-len", "16", "--output", str(out),
+                                      "--configs", str(ROOT / "configs/owt_flow.yaml"), str(ROOT / "configs/owt_mdlm.yaml")])
+    module.main()
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| owt_")]
+    assert [r.split("|")[1].strip() for r in rows] == ["owt_flow.yaml", "owt_mdlm.yaml"]
+    assert all(float(r.split("|")[6].replace(",", "")) > 0 for r in rows)  # tokens / s
+    monkeypatch.setattr(sys, "argv", ["train_throughput.py", "--device", "cpu", "--tiny", "--configs", str(ROOT / "configs/owt_flow_map.yaml")])
+    with pytest.raises(SystemExit, match="teacher"):
+        module.main()
