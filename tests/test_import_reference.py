@@ -256,3 +256,24 @@ def test_benchmark_imported_model_beside_flowzoos_own(tmp_path):
         assert row["metrics"]["entropy"] > 0 and row["tokens_per_second"] > 0 and row["peak_memory_mib"] is not None
         assert set(row["example"].split()) <= set(words)
     assert results["models"]["fmlm"]["config"]["backbone"]["name"] == "ddit"
+
+
+def test_hub_repo_id_from_the_offline_cache(tmp_path, monkeypatch):
+    """``kuleshov-group/mdlm-owt`` by repo id: MDLM's Hub snapshot in the HF cache (HF_HUB_OFFLINE=1), converted on
+    load by ``FlowLM.from_pretrained`` and by ``flowzoo import``; a pickle in the repo is never read."""
+    import huggingface_hub
+    from test_hub import populate_cache
+
+    folder = hub_mdlm_folder(tmp_path, True)
+    (folder / "pytorch_model.bin").write_bytes(b"not a pickle: a download of it would fail to load")
+    cache = tmp_path / "hf_home" / "hub"
+    populate_cache(cache, "kuleshov-group/mdlm-owt", folder)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    inputs, expected = case("mdlm_dit")
+    model = FlowLM.from_pretrained("kuleshov-group/mdlm-owt")
+    with torch.no_grad():
+        close(model.logits(inputs["indices"], 1 - inputs["t"]), expected["logits_uncond"][..., :50])
+    with pytest.warns(UserWarning, match="without tokenizer"):
+        assert main(["import", "kuleshov-group/mdlm-owt", "--out", str(tmp_path / "out")]) == 0
+    with torch.no_grad():
+        close(FlowLM.from_pretrained(tmp_path / "out").logits(inputs["indices"], 1 - inputs["t"]), expected["logits_uncond"][..., :50])
