@@ -9,8 +9,7 @@ rename (``backbone.`` prefix) onto the ``ddit`` backbone plus a config naming th
 | MDLM / Duo / FLM reference folders | ``config.json`` with ``reference_config`` + ``model.safetensors`` | by the reference's ``algo.name`` |
 | Lightning ``.ckpt`` of those repos | a file | refused unless ``trust_pickle`` |
 
-Duo's uniform-state path is not in flowzoo: its weights are imported (:func:`load_backbone` reads them), and
-building a ``FlowLM`` from the folder is refused with that reason.
+Duo becomes a model on flowzoo's ``uniform`` (uniform-state) path, sampled with ``uniform_ancestral``.
 """
 
 from __future__ import annotations
@@ -29,11 +28,6 @@ from flowzoo.errors import CheckpointError
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 KINDS = ("mdlm", "duo", "flm", "flm_map")
-DUO_REFUSAL = (
-    "Duo's uniform-state path (tokens resampled uniformly, Duo's ancestral sampler) is not implemented in flowzoo: "
-    "the weights are imported and load with flowzoo.checkpoints.importer.load_backbone, but the model cannot be "
-    "sampled or trained as a FlowLM"
-)
 # defaults of the published runs: the tokenizer and sequence length of each corpus
 TOKENIZERS = {"openwebtext": ("gpt2", 1024), "lm1b": ("bert-base-uncased", 128)}
 
@@ -98,8 +92,15 @@ def flowzoo_config(kind: str, arch: dict[str, Any], vocab_rows: int, *, time_con
             "objective": {"name": "mdlm", "init_args": {}},
             "sampler": {"name": "ancestral", "init_args": {"steps": steps or 1000}},
         }
-    if kind == "duo":
-        return {**base, "vocab_size": vocab_rows, "backbone": _backbone(**arch, soft_input="softmax"), "refused": DUO_REFUSAL}
+    if kind == "duo":  # Duo feeds sigma = -log alpha; its soft (curriculum) inputs go through a softmax
+        return {
+            **base,
+            "vocab_size": vocab_rows,
+            "backbone": _backbone(**arch, soft_input="softmax", time_scale=-math.log(eps)),
+            "path": {"name": "uniform", "init_args": {"eps": eps}},
+            "objective": {"name": "duo", "init_args": {}},
+            "sampler": {"name": "uniform_ancestral", "init_args": {"steps": steps or 1000}},
+        }
     if not time_conditioning:
         raise CheckpointError("an FLM model without time conditioning has no flowzoo path (flowzoo's linear path always feeds the time)")
     flow = kind == "flm"
@@ -198,7 +199,7 @@ def _from_reference_config(ref: dict[str, Any], state: dict[str, torch.Tensor], 
         raise CheckpointError(f"{source}: noise schedule {noise!r}; flowzoo's masked path has the log-linear schedule only")
     tc = algo.get("time_conditioning", ref.get("time_conditioning", True))
     arch = _architecture(state, model["n_heads"], model.get("dropout", 0.1))
-    eps = float((ref.get("training") or {}).get("sampling_eps", 1e-3))
+    eps = float((ref.get("noise") or {}).get("eps", (ref.get("training") or {}).get("sampling_eps", 1e-3)))
     config = flowzoo_config(kind, arch, state["vocab_embed.embedding"].shape[0], time_conditioning=bool(tc), eps=eps, **_flags(state))
     meta = {"kind": kind, "from": source, "reference": ref.get("reference") or algo.get("name", kind)}
     tokenizer = data.get("tokenizer_name_or_path")
@@ -316,7 +317,7 @@ def fill_buffers(config: dict, state: dict[str, torch.Tensor]) -> dict[str, torc
 
 
 def load_backbone(directory: str | os.PathLike):
-    """The ``ddit`` backbone of an imported folder (Duo's too, whose FlowLM is refused), weights loaded, eval mode."""
+    """The ``ddit`` backbone alone of an imported folder, weights loaded, eval mode (e.g. to call it with Duo's top-k bags)."""
     from flowzoo import registry
     from flowzoo.checkpoints.pretrained import check_version
 
@@ -375,17 +376,6 @@ def import_checkpoint(source: str | os.PathLike, out: str | os.PathLike, *, trus
     config, state, meta = read_source(source, trust_pickle=trust_pickle, use_ema=use_ema, revision=revision)
     tokenizer = load_hf_tokenizer(tokenizer or meta.get("tokenizer"), config["vocab_size"])
     out = Path(out)
-    if "refused" in config:  # Duo: weights and config only, no FlowLM
-        from safetensors.torch import save_file
-
-        out.mkdir(parents=True, exist_ok=True)
-        weights = {f"backbone.{k}": v.contiguous() for k, v in fill_buffers(config, state).items()}
-        save_file(weights, out / "model.safetensors", metadata={"format": "pt", "flowzoo_version": flowzoo.__version__})
-        (out / "config.json").write_text(json.dumps({**config, "imported": meta}, indent=2, sort_keys=True))
-        if tokenizer is not None:
-            tokenizer.save_pretrained(str(out))
-        load_backbone(out)  # the written folder reads back
-        return out
     model = build_imported(config, state, meta)
     from flowzoo.checkpoints.pretrained import save_pretrained
 
@@ -395,8 +385,6 @@ def import_checkpoint(source: str | os.PathLike, out: str | os.PathLike, *, trus
 def model_from_directory(directory: Path):
     """A FlowLM straight from an importable folder (what ``FlowLM.from_pretrained`` does on MDLM's Hub format)."""
     config, state, meta = read_folder(directory)
-    if "refused" in config:
-        raise CheckpointError(config["refused"])
     model = build_imported(config, state, meta)
     model.tokenizer = None
     tokenizer_file = directory / "tokenizer.json"

@@ -105,8 +105,6 @@ def build_model(config: dict[str, Any], model_class=None):
     if not isinstance(config, dict):
         raise CheckpointError(f"the checkpoint config must be a JSON object, got {type(config).__name__}")
     check_version(config)
-    if config.get("refused"):  # an imported model flowzoo cannot run (Duo's uniform-state path)
-        raise CheckpointError(str(config["refused"]))
     missing = [k for k in ("vocab_size", "backbone", "path", "head", "objective", "sampler") if k not in config]
     if missing:
         raise CheckpointError(f"the checkpoint config lacks {', '.join(repr(k) for k in missing)}: it is incomplete or not a flowzoo model config")

@@ -62,15 +62,25 @@ def test_mdlm_reproduced_through_flowlm(imported):
     assert out.tokens.shape == (2, 8) and int(out.tokens.max()) < 50
 
 
-def test_duo_weights_reproduced_and_flowlm_refused(imported):
+def test_duo_reproduced_through_flowlm_on_the_uniform_path(imported):
     inputs, expected = case("duo_dit")
-    backbone = load_backbone(imported["duo_dit"])
+    model = FlowLM.from_pretrained(imported["duo_dit"])
+    assert (model.path.registry_name, model.objective.registry_name, model.sampler.registry_name) == ("uniform", "duo", "uniform_ancestral")
+    t = 1 - inputs["t"]  # flowzoo time; the uniform path's network time times time_scale is Duo's sigma = -log alpha
     with torch.no_grad():
-        close(backbone(inputs["indices"], inputs["sigma"]), expected["logits"])
-        close(backbone(inputs["x_soft"], inputs["sigma"]), expected["logits_soft"])
-        close(backbone(inputs["topk_indices"], inputs["sigma"], weights=inputs["topk_weights"]), expected["logits_topk"])
-    with pytest.raises(CheckpointError, match="uniform-state path"):
-        FlowLM.from_pretrained(imported["duo_dit"])
+        close(model.logits(inputs["indices"], t), expected["logits"])
+        close(model.logits(inputs["x_soft"], t), expected["logits_soft"])
+        sigma = inputs["sigma"] / -math.log(1e-3)  # the backbone multiplies its time by time_scale = -log eps
+        close(model.backbone(inputs["topk_indices"], sigma, weights=inputs["topk_weights"]), expected["logits_topk"])
+        out = model.generate(2, 8, sampler={"name": "uniform_ancestral", "init_args": {"steps": 3}}, seed=0)
+    assert out.tokens.shape == (2, 8) and out.nfe == 4
+    backbone = load_backbone(imported["duo_dit"])  # the network alone, from the same folder
+    with torch.no_grad():
+        close(backbone(inputs["indices"], inputs["sigma"] / -math.log(1e-3)), expected["logits"])
+    model.train()
+    loss = model.objective(model, inputs["x0"])["loss"]  # Duo's NELBO, without its curriculum
+    loss.backward()
+    assert torch.isfinite(loss) and loss > 0 and model.backbone.vocab_embed.embedding.grad is not None
 
 
 def test_flm_flow_reproduced_through_flowlm(imported):

@@ -371,7 +371,7 @@ def import_main(argv: Sequence[str]) -> None:
                             tokenizer=args.tokenizer, revision=args.revision)
     config = json.loads((out / "config.json").read_text())
     print(json.dumps({"out": str(out), "imported": config.get("imported"), "vocab_size": config["vocab_size"],
-                      "backbone": config["backbone"], "refused": config.get("refused")}, indent=2))
+                      "backbone": config["backbone"], "path": config["path"]["name"], "sampler": config["sampler"]}, indent=2))
 
 
 def benchmark_main(argv: Sequence[str]) -> None:
