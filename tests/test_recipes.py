@@ -125,3 +125,20 @@ def test_train_throughput_script_writes_its_table(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["train_throughput.py", "--device", "cpu", "--tiny", "--configs", str(ROOT / "configs/owt_flow_map.yaml")])
     with pytest.raises(SystemExit, match="teacher"):
         module.main()
+
+
+def test_stream_reshuffles_each_epoch_and_splits_between_ranks(local_text):
+    from flowzoo.data.streaming import StreamingTextData
+
+    corpus, tokenizer = local_text
+    data = StreamingTextData(dataset=str(corpus), tokenizer=str(tokenizer), seq_len=8, batch_size=2, val_documents=4, shuffle_buffer=64)
+
+    def rows(**kw):
+        return [tuple(r["input_ids"].tolist()) for r in data.packed("train", **kw)]
+
+    first, again, second = rows(epoch=0), rows(epoch=0), rows(epoch=1)
+    assert first == again and first != second and sorted(first) != [] and len(first) == len(second)
+    rank0, rank1 = rows(rank=0, world_size=2), rows(rank=1, world_size=2)
+    assert rank0 and rank1 and rank0 != rank1  # each rank its own documents
+    held_out = {tuple(r["input_ids"].tolist()) for r in data.packed("validation")}
+    assert held_out and len(held_out) < len(set(first))

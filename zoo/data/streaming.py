@@ -3,7 +3,8 @@
 Documents are tokenized and packed on the fly, exactly as :class:`flowzoo.data.hub.HubTextData` packs them
 (``d_1 <sep> d_2 <sep> ...`` cut into rows of ``seq_len`` ids), and nothing but the tokenizer is cached.
 Without a validation split, the first ``val_documents`` documents are held out and training reads the rest
-(disjoint). The training stream is shuffled through a buffer of ``shuffle_buffer`` documents and, under
+(disjoint). The training stream is shuffled through a buffer of ``shuffle_buffer`` documents, reshuffled each epoch
+(seed + epoch; the recipes set ``reload_dataloaders_every_n_epochs: 1`` so Lightning asks again) and, under
 DDP, split between ranks with ``datasets.distributed.split_dataset_by_node`` (each rank reads its own shard
 or every world_size-th document).
 """
@@ -95,8 +96,8 @@ class StreamingTextData(HubTextData):
             self._streams = {"train": train.select_columns([self.text_column]), "validation": val.select_columns([self.text_column])}
         return self._streams
 
-    def packed(self, split: str, rank: int = 0, world_size: int = 1):
-        """The split as rows {"input_ids": (seq_len,)}: shuffled (train), sharded by rank, tokenized and packed."""
+    def packed(self, split: str, rank: int = 0, world_size: int = 1, epoch: int = 0):
+        """The split as rows {"input_ids": (seq_len,)}: shuffled (train, per epoch), sharded by rank, tokenized and packed."""
         from datasets.distributed import split_dataset_by_node
 
         docs = self.streams[split]
@@ -111,18 +112,20 @@ class StreamingTextData(HubTextData):
             remove_columns=[self.text_column],
             fn_kwargs={"tokenizer": self.tokenizer, "text_column": self.text_column, "seq_len": self.seq_len, "separator": self.separator},
         )
-        return rows.with_format("torch")
+        rows = rows.with_format("torch")
+        rows.set_epoch(epoch)  # the shuffle's seed is seed + epoch
+        return rows
 
     # --- the contract -------------------------------------------------------------------
-    def _ranks(self) -> tuple[int, int]:
+    def _ranks(self) -> tuple[int, int, int]:
         trainer = getattr(self, "trainer", None)
         if trainer is None:
-            return 0, 1
-        return int(trainer.global_rank), int(trainer.world_size)
+            return 0, 1, 0
+        return int(trainer.global_rank), int(trainer.world_size), int(trainer.current_epoch)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        rank, world = self._ranks()
-        return DataLoader(self.packed(split, rank, world), batch_size=self.batch_size, num_workers=self.num_workers,
+        rank, world, epoch = self._ranks()
+        return DataLoader(self.packed(split, rank, world, epoch), batch_size=self.batch_size, num_workers=self.num_workers,
                           collate_fn=_collate, drop_last=split == "train")
 
     def build_splits(self):
