@@ -290,16 +290,21 @@ def load_directory(directory: Path, map_location: str = "cpu", model_class=None)
         config = json.loads(config_file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CheckpointError(f"{config_file} is not valid JSON: {err}") from None
-    from flowzoo.checkpoints.importer import detect, model_from_directory
+    from flowzoo.checkpoints.reference import detect, flowzoo_weights, read_folder
 
-    if detect(directory) is not None:  # a published MDLM / FLM checkpoint: converted on load
-        return model_from_directory(directory).eval()
+    imported = None
+    if detect(directory) is not None:  # a published checkpoint (MDLM's Hub format): converted on load
+        config, state, imported = read_folder(directory)
+        state = flowzoo_weights(config, state)
     model = build_model(config, model_class)
-    try:
-        state = load_file(weights_file, device=map_location)
-    except (SafetensorError, OSError, RuntimeError) as err:
-        raise CheckpointError(f"{weights_file} is corrupt or truncated: {err}") from None
+    if imported is None:
+        try:
+            state = load_file(weights_file, device=map_location)
+        except (SafetensorError, OSError, RuntimeError) as err:
+            raise CheckpointError(f"{weights_file} is corrupt or truncated: {err}") from None
     load_state(model, state, str(weights_file))
+    if imported is not None:
+        model.hub_metadata["imported"] = imported
     model.tokenizer = load_tokenizer(directory)
     return model.eval()
 

@@ -170,7 +170,7 @@ def lightning_ckpt(tmp_path: Path, name: str, objects: bool) -> Path:
 
 
 def test_parameter_order_is_the_references(imported):
-    from flowzoo.checkpoints.importer import parameter_order
+    from flowzoo.checkpoints.reference import parameter_order
 
     for name, folder in imported.items():
         config = json.loads((folder / "config.json").read_text())

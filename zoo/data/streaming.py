@@ -1,6 +1,6 @@
 """Corpora that do not fit on disk (OpenWebText, LM1B at scale), read with ``datasets`` streaming.
 
-Documents are tokenized and packed on the fly, exactly as :class:`flowzoo.data.hub.HubTextData` packs them
+Documents are tokenized and packed on the fly, exactly as :class:`flowzoo.data.hub_text.HubTextData` packs them
 (``d_1 <sep> d_2 <sep> ...`` cut into rows of ``seq_len`` ids), and nothing but the tokenizer is cached.
 Without a validation split, the first ``val_documents`` documents are held out and training reads the rest
 (disjoint). The training stream is shuffled through a buffer of ``shuffle_buffer`` documents, reshuffled each epoch
@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from flowzoo.data.base import _collate
-from flowzoo.data.hub import _BUILDERS, HubTextData, _network_hint, _short, pack_documents
+from flowzoo.data.hub_text import _BUILDERS, HubTextData, _network_hint, _short, pack_documents
 from flowzoo.data.text import word_metrics, words
 from flowzoo.errors import DataError
 from flowzoo.registry import register
