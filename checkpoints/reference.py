@@ -100,7 +100,8 @@ def flowzoo_config(kind: str, arch: dict[str, Any], vocab_rows: int, *, time_con
             "vocab_size": vocab_rows,
             "backbone": _backbone(**arch, soft_input="softmax", time_scale=-math.log(eps)),
             "path": {"name": "uniform", "init_args": {"eps": eps}},
-            "objective": {"name": "duo", "init_args": {}},
+            # a trained Duo model is past its curriculum: fine-tuning it is the plain NELBO
+            "objective": {"name": "duo", "init_args": {"curriculum_start": 0, "curriculum_end": 0}},
             "sampler": {"name": "uniform_ancestral", "init_args": {"steps": steps or 1000}},
         }
     if not time_conditioning:
