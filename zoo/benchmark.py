@@ -194,6 +194,9 @@ class TokenizerText:
     def evaluate_samples(self, tokens: torch.Tensor) -> dict[str, float]:
         return {}
 
+    def sample_metrics(self, tokens: torch.Tensor) -> dict[str, float | None]:
+        return {}
+
 
 def quality_metrics(data, judge) -> dict[str, Any]:
     metrics: dict[str, Any] = {"entropy": UnigramEntropy()}

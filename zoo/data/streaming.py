@@ -45,10 +45,11 @@ class StreamingTextData(HubTextData):
         cache_dir: str | None = None,
         seed: int = 0,
         num_workers: int = 0,
+        metric: str | None = None,
     ) -> None:
         super().__init__(dataset=dataset, config=config, tokenizer=tokenizer, text_column=text_column, data_files=data_files,
                          train_split=train_split, validation_split=validation_split, seq_len=seq_len, batch_size=batch_size,
-                         map_batch_size=map_batch_size, cache_dir=cache_dir, seed=seed, num_workers=num_workers)
+                         map_batch_size=map_batch_size, cache_dir=cache_dir, seed=seed, num_workers=num_workers, metric=metric)
         if val_documents < 1:
             raise DataError(f"val_documents must be positive, got {val_documents}")
         if shuffle_buffer < 0:
