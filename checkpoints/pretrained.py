@@ -28,7 +28,7 @@ CARD_NAME = "README.md"
 # what a Hub download fetches: never pickles (*.bin, *.pt, *.ckpt), whatever the repo also holds
 HUB_FILES = [CONFIG_NAME, WEIGHTS_NAME, CARD_NAME, "tokenizer*", "special_tokens_map.json", "vocab.*", "merges.txt"]
 # config keys that describe the model's history, not its construction (kept in hub_metadata)
-METADATA_KEYS = ("training", "metrics")
+METADATA_KEYS = ("training", "metrics", "imported")
 
 
 def _major_minor(version: str) -> tuple[int, int]:
@@ -290,12 +290,21 @@ def load_directory(directory: Path, map_location: str = "cpu", model_class=None)
         config = json.loads(config_file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CheckpointError(f"{config_file} is not valid JSON: {err}") from None
+    from flowzoo.checkpoints.reference import detect, flowzoo_weights, read_folder
+
+    imported = None
+    if detect(directory) is not None:  # a published checkpoint (MDLM's Hub format): converted on load
+        config, state, imported = read_folder(directory)
+        state = flowzoo_weights(config, state)
     model = build_model(config, model_class)
-    try:
-        state = load_file(weights_file, device=map_location)
-    except (SafetensorError, OSError, RuntimeError) as err:
-        raise CheckpointError(f"{weights_file} is corrupt or truncated: {err}") from None
+    if imported is None:
+        try:
+            state = load_file(weights_file, device=map_location)
+        except (SafetensorError, OSError, RuntimeError) as err:
+            raise CheckpointError(f"{weights_file} is corrupt or truncated: {err}") from None
     load_state(model, state, str(weights_file))
+    if imported is not None:
+        model.hub_metadata["imported"] = imported
     model.tokenizer = load_tokenizer(directory)
     return model.eval()
 

@@ -176,6 +176,28 @@ def timed(fn, device: torch.device) -> tuple[Any, float]:
     return result, time.perf_counter() - start
 
 
+class TokenizerText:
+    """Stands in for the data module of a model known only by its tokenizer (an imported MDLM / FLM model):
+    samples are decoded with ``tokenizer.json`` for the judge and the examples; there are no data metrics."""
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+
+    @classmethod
+    def of(cls, model) -> "TokenizerText | None":
+        tokenizer = getattr(model, "tokenizer", None)
+        return cls(tokenizer) if tokenizer is not None else None
+
+    def decode(self, tokens: torch.Tensor) -> list[str]:
+        return self.tokenizer.decode_batch(tokens.tolist())
+
+    def evaluate_samples(self, tokens: torch.Tensor) -> dict[str, float]:
+        return {}
+
+    def sample_metrics(self, tokens: torch.Tensor) -> dict[str, float | None]:
+        return {}
+
+
 def quality_metrics(data, judge) -> dict[str, Any]:
     metrics: dict[str, Any] = {"entropy": UnigramEntropy()}
     if getattr(data, "chain", None) is not None:
@@ -195,7 +217,7 @@ def score(tokens: torch.Tensor, data, judge) -> dict[str, float]:
         metrics["markov"].update(tokens)
         out.update({k: float(v) for k, v in metrics["markov"].compute().items()})
     texts = data.decode(tokens) if data is not None else None
-    if "gen_ppl" in metrics:
+    if "gen_ppl" in metrics and texts is not None:  # a model with neither data nor tokenizer has no text to judge
         metrics["gen_ppl"].update(texts)
         out["gen_ppl"] = float(metrics["gen_ppl"].compute())
     if data is not None:
@@ -325,9 +347,9 @@ def run(config: dict[str, Any], output: str | Path | None = None) -> dict[str, A
             model = load_checkpoint(entry["checkpoint"]).to(device).eval()
             data = data_from_spec(model.data_spec)
             if length is None:
-                if data is None:
-                    raise BenchmarkConfigError(f"{entry['checkpoint']} does not record its data; set 'length' in the config")
-                length = data.seq_len
+                length = data.seq_len if data is not None else (getattr(model, "hub_metadata", {}).get("imported") or {}).get("seq_len")
+                if length is None:
+                    raise BenchmarkConfigError(f"{entry['checkpoint']} does not record its data; set 'length' in the config (--length)")
             reference_data = reference_data or data
             models[name] = {
                 "checkpoint": str(entry["checkpoint"]),
@@ -335,7 +357,7 @@ def run(config: dict[str, Any], output: str | Path | None = None) -> dict[str, A
                 "parameters": sum(p.numel() for p in model.parameters()),
                 "validation": validation_loss(model, data, int(config["val_batches"])),
             }
-            loaded[name] = (model, data)
+            loaded[name] = (model, data if data is not None else TokenizerText.of(model))
         model, data = loaded[name]
         row = run_row(model, spec, data, judge, config, int(length), device)
         rows.append({"model": name, **row})
@@ -550,12 +572,23 @@ def write(results: dict[str, Any], output: str | Path, figure: bool = True) -> d
     return paths
 
 
+def extra_models(config_path: str | None, given: list[str] | None) -> list[dict[str, Any]] | None:
+    """The config's models followed by one entry per ``--model`` (named after its folder), or None if none given."""
+    if not given:
+        return None
+    models = list(load_config(config_path)["models"]) if config_path else []
+    return models + [{"name": Path(m).name or str(m), "checkpoint": m} for m in given]
+
+
 def benchmark_main(argv: list[str]) -> None:
     """``flowzoo benchmark --config benchmarks/<name>.yaml [--output DIR] [...]``."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="flowzoo benchmark", description="Quality, NFE, wall-clock and memory of every checkpoint x sampler setting.")
-    parser.add_argument("--config", required=True, help="benchmark YAML (see docs/benchmark.md)")
+    parser.add_argument("--config", help="benchmark YAML (see docs/benchmark.md); optional with --model")
+    parser.add_argument("--model", action="append", dest="models_given", metavar="DIR",
+                        help="also benchmark this model (a save_pretrained or imported folder, Hub repo id or .ckpt) with its own sampler; repeatable")
+    parser.add_argument("--length", type=int, help="sequence length (default: the first model's training length)")
     parser.add_argument("--output", help="output directory (default: the config's 'output')")
     parser.add_argument("--num-samples", dest="num_samples", type=int)
     parser.add_argument("--batch-size", dest="batch_size", type=int)
@@ -564,8 +597,10 @@ def benchmark_main(argv: list[str]) -> None:
     parser.add_argument("--repeats", type=int)
     parser.add_argument("--judge", help="a transformers causal LM (name or directory) or a flowzoo AR checkpoint")
     args = parser.parse_args(argv)
-    overrides = {k: v for k, v in vars(args).items() if k != "config"}
-    config = load_config(args.config, **overrides)
+    if args.config is None and not args.models_given:
+        parser.error("give --config or at least one --model")
+    overrides = {k: v for k, v in vars(args).items() if k not in ("config", "models_given")}
+    config = load_config(args.config, **overrides, models=extra_models(args.config, args.models_given))
     from flowzoo.devices import resolve_device
     from flowzoo.outputs import check_output_dir
 

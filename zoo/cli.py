@@ -1,5 +1,5 @@
 """The ``flowzoo`` command: LightningCLI (fit/validate/test/predict) plus ``sample``, ``list``, ``benchmark``,
-``publish`` and ``judge``; ``flowzoo --help`` lists them all (:data:`COMMANDS`).
+``publish``, ``judge`` and ``import``; ``flowzoo --help`` lists them all (:data:`COMMANDS`).
 
 Components are chosen by short registry names, ``--model.path=linear``; the names are
 expanded to class paths for jsonargparse before parsing, so ``--model.sampler.steps=64``
@@ -351,6 +351,29 @@ def publish_main(argv: Sequence[str]) -> None:
     print(json.dumps(result, indent=2))
 
 
+def import_main(argv: Sequence[str]) -> None:
+    """``flowzoo import SOURCE --out DIR``: see flowzoo.checkpoints.importer."""
+    parser = argparse.ArgumentParser(
+        prog="flowzoo import",
+        description="Convert a published MDLM / Duo / FLM checkpoint into a flowzoo save_pretrained folder (safetensors).",
+    )
+    parser.add_argument("source", help="MDLM Hub repo id or folder (config.json + model.safetensors), a reference-code folder, or a Lightning .ckpt")
+    parser.add_argument("--out", required=True, help="the folder to write (config.json, model.safetensors, tokenizer files, README.md)")
+    parser.add_argument("--trust-pickle", action="store_true", help="read a Lightning .ckpt (a pickle: only for files you trust)")
+    parser.add_argument("--no-ema", action="store_true", help="take a .ckpt's raw weights, not its EMA weights")
+    parser.add_argument("--tokenizer", help="tokenizer folder or cached Hub name to save beside the weights (default: the source's, e.g. gpt2)")
+    parser.add_argument("--revision", help="branch, tag or commit of a Hub repo id")
+    args = parser.parse_args(argv)
+
+    from flowzoo.checkpoints.importer import import_checkpoint
+
+    out = import_checkpoint(args.source, args.out, trust_pickle=args.trust_pickle, use_ema=not args.no_ema,
+                            tokenizer=args.tokenizer, revision=args.revision)
+    config = json.loads((out / "config.json").read_text())
+    print(json.dumps({"out": str(out), "imported": config.get("imported"), "vocab_size": config["vocab_size"],
+                      "backbone": config["backbone"], "path": config["path"]["name"], "sampler": config["sampler"]}, indent=2))
+
+
 def benchmark_main(argv: Sequence[str]) -> None:
     """``flowzoo benchmark --config benchmarks/<name>.yaml``: see flowzoo.benchmark."""
     from flowzoo.benchmark import benchmark_main as run_benchmark
@@ -387,8 +410,10 @@ COMMANDS = {
     "benchmark": "sample quality, NFE, speed and memory of models and samplers into a table (--config FILE)",
     "publish": "upload a trained model to the Hugging Face Hub with its model card",
     "judge": "train an autoregressive judge for generative perplexity (judge fit --config FILE)",
+    "import": "convert a published MDLM / Duo / FLM checkpoint into a flowzoo model folder (import SOURCE --out DIR)",
 }
-_HANDLERS = {"sample": sample_main, "list": list_main, "benchmark": benchmark_main, "publish": publish_main, "judge": judge_main}
+_HANDLERS = {"sample": sample_main, "list": list_main, "benchmark": benchmark_main, "publish": publish_main, "judge": judge_main,
+             "import": import_main}
 
 
 def usage() -> str:

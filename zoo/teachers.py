@@ -86,6 +86,8 @@ def copy_backbone(model, source) -> None:
     student = model.backbone.state_dict()
     weights = source.backbone.state_dict()
     extra = set(student) - set(weights)
+    neutral = getattr(model.backbone, "neutral_extras", None)  # e.g. ddit's zero-start second time embedder
+    extra -= set(neutral(extra)) if callable(neutral) else set()
     if set(weights) - set(student) or any(student[k].shape != weights[k].shape for k in weights) or any(
         not k.startswith("blocks.") for k in extra
     ):
