@@ -19,6 +19,8 @@ class SampleOutput:
     tokens: torch.Tensor  # (B, L) int64
     nfe: int  # network evaluations for the whole batch
     prediction: torch.Tensor | None = None  # (B, L, V) the per-position prediction decoded, where one was formed
+    reward_evaluations: int = 0  # evaluations of a steering reward (lookaheads and the final score), all particles
+    reward: torch.Tensor | None = None  # (B,) the steering reward of the returned samples, where one steered
 
 
 class Sampler(Component):

@@ -7,7 +7,8 @@ import torch
 from flowzoo.progress import progress
 from flowzoo.registry import register
 from flowzoo.samplers.base import SampleOutput, Sampler, check_decode
-from flowzoo.state import EmbeddedSampling
+from flowzoo.samplers.steering import Steering
+from flowzoo.state import DenseState, EmbeddedSampling
 
 
 @register("sampler", "euler")
@@ -17,14 +18,23 @@ class EulerSampler(EmbeddedSampling, Sampler):
     On the linear path an Euler step is the flow map on the diagonal, x <- a x + b D_t(x) with
     (a, b) = ((1-t')/(1-t), (t'-t)/(1-t)); ``fused`` (None: automatic, on CUDA) then carries x as its input
     embedding (B, L, D) with flowzoo.kernels (``flowzoo.state.EmbeddedState``).
+
+    Reward steering with a flow map's lookahead (``flowzoo.samplers.steering``, dense state; the model must be a
+    flow map, whose prediction at (t, 1) is X_{t,1}): ``guidance`` adds eta_i grad_x r(X_{t_i,1}(x)) to every Euler
+    step, ``particles`` K > 1 resamples by exp(``tilt`` (r(X_{t_i,1}) - r_prev)); one extra evaluation per step.
     """
 
-    def __init__(self, steps: int = 128, decode: str = "argmax", temperature: float = 1.0, fused: bool | None = None) -> None:
+    def __init__(self, steps: int = 128, decode: str = "argmax", temperature: float = 1.0, fused: bool | None = None,
+                 reward: dict | str | None = None, guidance: float | None = None, guidance_schedule: str = "constant",
+                 normalize: bool = False, particles: int = 1, tilt: float = 1.0) -> None:
         if steps < 1:
             raise ValueError(f"steps must be at least 1, got {steps}")
         check_decode(decode, temperature)
         self.steps, self.decode, self.temperature = steps, decode, temperature
         self.set_fused(fused)
+        self.steering = Steering.from_options(reward, guidance, guidance_schedule, normalize, particles, tilt, "euler")
+        if self.steering is not None and fused:
+            raise ValueError("euler: steering runs on the dense state (it needs grad_x); set fused=false or leave it unset")
 
     def incompatibility(self, parts):
         if parts["path"].state != "continuous":
@@ -37,13 +47,36 @@ class EulerSampler(EmbeddedSampling, Sampler):
 
     @torch.no_grad()
     def sample(self, model, num_samples, length, generator=None):
-        state = self.state(model)  # dense (B, L, V) or embedded (B, L, D): the one place the kernels are chosen
+        steer = self.steering
+        if steer is not None:
+            steer.bind(model)
+            num_samples *= steer.particles  # K particles per sample, in consecutive rows
+        # dense (B, L, V) or embedded (B, L, D): the one place the kernels are chosen (steering: dense)
+        state = self.state(model) if steer is None else DenseState(model)
         x = state.prior(num_samples, length, generator)
         times = self.schedule(model.path, device=model.device)
+        nfe, previous = self.steps, torch.zeros(num_samples, device=model.device)
         for i in progress(range(self.steps), desc="euler"):
             t = times[i].expand(num_samples)
+            look = None
+            if steer is not None and i + 1 < self.steps:
+                look, nfe = steer.lookahead(state, x, t, steer.gradient), nfe + 1
+                if steer.particles > 1:
+                    index = steer.resample(steer.tilt * (look.reward - previous), generator)
+                    x, previous = x[index], look.reward[index]
+                    look.grad = None if look.grad is None else look.grad[index]
             denoised = state.predict(x, t)  # D_t(x): (B, L, V), or the hidden state (B, L, D) whose head gives it
             if i + 1 < self.steps:
-                x = state.euler_step(x, denoised, t, times[i + 1].expand(num_samples))
+                t_next = times[i + 1].expand(num_samples)
+                x = state.euler_step(x, denoised, t, t_next)
+                if look is not None and steer.gradient:
+                    x = steer.guide(x, look, steer.eta(model.path, t, t_next))
         tokens, prediction = state.decode(denoised, self.decode, self.temperature, generator)
-        return SampleOutput(tokens, nfe=self.steps, prediction=prediction)
+        if steer is None:
+            return SampleOutput(tokens, nfe=nfe, prediction=prediction)
+        final = steer.reward(tokens)
+        steer.evaluations += tokens.shape[0]
+        if steer.particles > 1:
+            index = steer.select(steer.tilt * (final - previous), generator)
+            tokens, prediction, final = tokens[index], None if prediction is None else prediction[index], final[index]
+        return SampleOutput(tokens, nfe=nfe, prediction=prediction, reward_evaluations=steer.evaluations, reward=final)

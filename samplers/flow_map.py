@@ -8,7 +8,8 @@ from flowzoo.paths.base import expand_time
 from flowzoo.progress import progress
 from flowzoo.registry import register
 from flowzoo.samplers.base import SampleOutput, Sampler, check_decode
-from flowzoo.state import EmbeddedSampling
+from flowzoo.samplers.steering import Lookahead, Steering
+from flowzoo.state import DenseState, EmbeddedSampling
 
 
 @register("sampler", "flow_map")
@@ -20,6 +21,11 @@ class FlowMapSampler(EmbeddedSampling, Sampler):
     state implies given the last prediction delta and z is fresh noise; gamma = 0 is the deterministic map.
     ``fused`` (None: automatic, on CUDA) carries the state as its input embedding x W_in^T (B, L, D) with
     flowzoo.kernels, so no (B, L, V) tensor exists but the last step's logits (``flowzoo.state.EmbeddedState``).
+
+    Reward steering (``flowzoo.samplers.steering``, on the dense state): ``guidance`` eta adds
+    eta_i grad_{x_{t_i}} r(X_{t_i,1}(x_{t_i})) to every jump that does not land at 1 (``guidance_schedule``,
+    ``normalize``); ``particles`` K > 1 resamples K particles per sample by exp(``tilt`` (r(X_{t_i,1}) - r_prev)).
+    Each steered step evaluates the lookahead X_{t_i,1} once (reused as the last jump's prediction).
     """
 
     def __init__(
@@ -30,6 +36,12 @@ class FlowMapSampler(EmbeddedSampling, Sampler):
         temperature: float = 1.0,
         gamma: float = 0.0,
         fused: bool | None = None,
+        reward: dict | str | None = None,
+        guidance: float | None = None,
+        guidance_schedule: str = "constant",
+        normalize: bool = False,
+        particles: int = 1,
+        tilt: float = 1.0,
     ) -> None:
         if times is not None:
             times = [float(v) for v in times]
@@ -43,6 +55,9 @@ class FlowMapSampler(EmbeddedSampling, Sampler):
         check_decode(decode, temperature)
         self.steps, self.times, self.decode, self.temperature, self.gamma = steps, times, decode, temperature, gamma
         self.set_fused(fused)
+        self.steering = Steering.from_options(reward, guidance, guidance_schedule, normalize, particles, tilt, "flow_map")
+        if self.steering is not None and fused:
+            raise ValueError("flow_map: steering runs on the dense state (it needs grad_x); set fused=false or leave it unset")
 
     def incompatibility(self, parts):
         reason = parts["path"].flow_map_refusal()
@@ -56,17 +71,41 @@ class FlowMapSampler(EmbeddedSampling, Sampler):
 
     @torch.no_grad()
     def sample(self, model, num_samples, length, generator=None):
-        state = self.state(model)  # dense (B, L, V) or embedded (B, L, D): the one place the kernels are chosen
+        steer = self.steering
+        if steer is not None:
+            steer.bind(model)
+            num_samples *= steer.particles  # K particles per sample, in consecutive rows
+        # dense (B, L, V) or embedded (B, L, D): the one place the kernels are chosen (steering: dense)
+        state = self.state(model) if steer is None else DenseState(model)
         x = state.prior(num_samples, length, generator)
         times = self.schedule(model.path, device=model.device)
+        nfe, previous = self.steps, torch.zeros(num_samples, device=model.device)  # previous: r_prev of the particles
         for i in progress(range(self.steps), desc="flow_map"):
             s, t = times[i].expand(num_samples), times[i + 1].expand(num_samples)
-            prediction = state.predict(x, t, s)  # delta_{s,t}(x) (B, L, V), or the hidden state (B, L, D) giving it
+            look = None
+            if steer is not None:
+                look, nfe = steer.lookahead(state, x, s, steer.gradient), nfe + 1
+                if steer.particles > 1:
+                    index = steer.resample(steer.tilt * (look.reward - previous), generator)
+                    x, look, previous = x[index], _rows(look, index), look.reward[index]
+            if look is not None and i + 1 == self.steps:
+                prediction, nfe = look.prediction, nfe - 1  # the lookahead at (t_{k-1}, 1) is the last jump
+            else:
+                prediction = state.predict(x, t, s)  # delta_{s,t}(x) (B, L, V), or the hidden state (B, L, D) giving it
             if i + 1 == self.steps:
                 break
             x = self.step(state, x, prediction, s, t, generator)
+            if look is not None and steer.gradient:
+                x = steer.guide(x, look, steer.eta(model.path, s, t))
         tokens, decoded = state.decode(prediction, self.decode, self.temperature, generator)
-        return SampleOutput(tokens, nfe=self.steps, prediction=decoded)
+        if steer is None:
+            return SampleOutput(tokens, nfe=nfe, prediction=decoded)
+        final = steer.reward(tokens)
+        steer.evaluations += tokens.shape[0]
+        if steer.particles > 1:
+            index = steer.select(steer.tilt * (final - previous), generator)
+            tokens, decoded, final = tokens[index], None if decoded is None else decoded[index], final[index]
+        return SampleOutput(tokens, nfe=nfe, prediction=decoded, reward_evaluations=steer.evaluations, reward=final)
 
     def step(self, state, x, prediction, s, t, generator=None):
         """One jump x <- X_{s,t}(x) (``path.flow_map``) from the prediction at (s, t), re-noised at t when gamma > 0.
@@ -92,3 +131,8 @@ class FlowMapSampler(EmbeddedSampling, Sampler):
         """
         t3 = expand_time(t)
         return (1 - self.gamma**2) ** 0.5 * (x - t3 * delta) + t3 * delta + fresh
+
+
+def _rows(look: Lookahead, index: torch.Tensor) -> Lookahead:
+    """The lookahead of the resampled particles."""
+    return Lookahead(look.reward[index], None if look.grad is None else look.grad[index], look.prediction[index])

@@ -281,6 +281,10 @@ def sample_main(argv: Sequence[str]) -> None:
     parser.add_argument("--temperature", type=float)
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                         help="another option of the sampler, value in YAML (repeatable), e.g. gamma=1.0 or times=[0,0.3,1]")
+    parser.add_argument("--reward", help="a registered reward (flowzoo list) scored beside the metrics; with --option "
+                        "guidance=ETA or particles=K the sampler (flow_map, euler) steers towards it")
+    parser.add_argument("--reward-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="an argument of the reward, value in YAML (repeatable), e.g. tokens=[3,5] or words=[New]")
     parser.add_argument("--num-samples", type=int, default=8)
     parser.add_argument("--length", type=int, help="tokens per sample (default: the training length)")
     parser.add_argument("--seed", type=int, default=0)
@@ -297,9 +301,12 @@ def sample_main(argv: Sequence[str]) -> None:
     device = resolve_device(args.device, "--device")
     overrides = {k: v for k, v in (("steps", args.steps), ("decode", args.decode), ("temperature", args.temperature)) if v is not None}
     overrides.update(parse_options(args.option))
+    if args.reward_option and not args.reward:
+        raise FlowzooError("--reward-option needs --reward NAME")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", SamplingWarning)
-        result = sample_from_checkpoint(args.checkpoint, args.sampler, overrides, args.num_samples, args.length, args.seed, device=device)
+        result = sample_from_checkpoint(args.checkpoint, args.sampler, overrides, args.num_samples, args.length, args.seed, device=device,
+                                        reward=args.reward, reward_options=parse_options(args.reward_option))
     for warning in caught:
         if issubclass(warning.category, SamplingWarning):
             print(f"flowzoo: warning: {warning.message}", file=sys.stderr)

@@ -57,6 +57,23 @@ def refuse_ignored_options(spec: dict[str, Any], overrides: dict[str, Any], opti
         )
 
 
+STEERING_OPTIONS = ("guidance", "particles")
+
+
+def bound_reward(reward: str | dict, options: dict[str, Any] | None, model, data):
+    """The reward named on the command line, bound to the model's vocabulary: token strings and a decoder from the
+    training data where it is available (so ``words=[...]`` and text rewards work), else the vocabulary size only."""
+    built = registry.build("reward", {"name": reward, "init_args": dict(options or {})} if isinstance(reward, str) else reward)
+    vocabulary = decode = None
+    if data is not None:
+        try:
+            vocabulary = data.decode(torch.arange(model.vocab_size)[:, None])  # one token per row: its string
+            decode = data.decode
+        except (FlowzooError, OSError):
+            pass
+    return built.bind(model.vocab_size, vocabulary, decode)
+
+
 def sample_from_checkpoint(
     checkpoint: str,
     sampler: str | None = None,
@@ -65,22 +82,32 @@ def sample_from_checkpoint(
     length: int | None = None,
     seed: int = 0,
     device: str | torch.device = "cpu",
+    reward: str | dict | None = None,
+    reward_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Load a model onto ``device``, draw samples with (a variant of) its sampler, decode and score them.
 
     A ``length`` beyond the training length runs, with a :class:`SamplingWarning` (positions the model never saw).
+    ``reward`` (a registered name, with ``reward_options``) scores the samples (``metrics["reward"]``, the mean);
+    with a steering option among the overrides (``guidance``, ``particles``) the sampler also steers towards it.
     """
     device = resolve_device(device, "device")
     model = load_checkpoint(checkpoint).to(device)
-    chosen = model.sampler
-    if sampler is not None or overrides:
-        chosen = registry.build("sampler", sampler_spec(model, sampler, overrides, option_prefix="--"))
     try:
         data = data_from_spec(model.data_spec)
     except (FlowzooError, TypeError, OSError) as err:  # e.g. a data module this flowzoo does not know
         data, unavailable = None, err
     else:
         unavailable = None
+    scorer = None if reward is None else bound_reward(reward, reward_options, model, data)
+    overrides = dict(overrides or {})
+    if any(k in overrides for k in STEERING_OPTIONS):
+        if scorer is None:
+            raise ValueError(f"--option {'/'.join(k for k in STEERING_OPTIONS if k in overrides)} steers towards a reward: name one with --reward NAME")
+        overrides["reward"] = scorer
+    chosen = model.sampler
+    if sampler is not None or overrides:
+        chosen = registry.build("sampler", sampler_spec(model, sampler, overrides, option_prefix="--"))
     if length is None:
         length = data.seq_len if data is not None else ((model.data_spec or {}).get("init_args") or {}).get("seq_len")
         if length is None:
@@ -124,6 +151,10 @@ def sample_from_checkpoint(
                 except (FlowzooError, OSError) as err:
                     unavailable = err
     result: dict[str, Any] = {"sampler": registry.spec(chosen), "nfe": out.nfe, "seconds": round(elapsed, 3), "device": str(device), "texts": texts}
+    if scorer is not None:
+        metrics = {**(metrics or {}), "reward": round(float(scorer(tokens).float().mean()), 4)}
+        if out.reward_evaluations:
+            result["reward_evaluations"] = out.reward_evaluations
     if metrics is not None:
         result["metrics"] = metrics
     if unavailable is not None:

@@ -1,0 +1,126 @@
+"""Reward steering of a sampler through the flow map's lookahead X_{t,1}(x_t) (see docs/rewards.md).
+
+Gradient steering:   x_{t_{i+1}} <- X_{t_i,t_{i+1}}(x_{t_i}) + eta_i g_i,   g_i = grad_{x_{t_i}} r(X_{t_i,1}(x_{t_i}))
+(optionally normalised per sample), with eta_i from a schedule. ``tilt`` (the first-order tilted flow on the
+linear path) is eta_i = eta sigma^2 (t_{i+1}-t_i) (1-t_i) / max(t_i, t_{i+1}-t_i): the tilted law
+rho_r ∝ e^{lambda r} rho_1 has the velocity b_t + (1-t) sigma^2 / t grad log h_t with h_t(x) = E[e^{lambda r(x_1)} | x_t = x],
+and the lookahead approximates grad log h_t by lambda grad r(X_{t,1}(x)), so eta = lambda.
+
+Particles: K particles per sample, resampled (multinomial, within each sample's group) by the incremental twist
+exp(lambda (r(X_{t_i,1}(x_{t_i})) - r_prev)) before every step and by exp(lambda (r(x_1) - r_prev)) at the end
+(twisted SMC: the product telescopes to exp(lambda r(x_1)), so K -> infinity targets rho_r). Needs only reward
+values, so it accepts non-differentiable rewards.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from flowzoo import registry
+from flowzoo.rewards import Reward
+
+SCHEDULES = ("constant", "linear", "tilt")
+
+
+@dataclass
+class Lookahead:
+    """r(X_{s,1}(x)) (B,), its gradient in x (B, L, V) where asked, and the prediction at (s, 1) (B, L, V)."""
+
+    reward: torch.Tensor
+    grad: torch.Tensor | None
+    prediction: torch.Tensor
+
+
+class Steering:
+    """The steering options of a sampler: a bound ``reward``, gradient ``guidance`` eta (None: no gradient steering;
+    0.0 runs the gradient machinery with eta = 0, which changes nothing), its ``schedule``, ``normalize`` (each
+    sample's gradient scaled to unit RMS norm per position), ``particles`` K and ``tilt`` lambda for resampling."""
+
+    def __init__(self, reward, guidance: float | None = None, schedule: str = "constant", normalize: bool = False,
+                 particles: int = 1, tilt: float = 1.0, who: str = "sampler") -> None:
+        if reward is None:
+            raise ValueError(f"{who}: guidance and particles steer towards a reward; give one (reward=token_count, "
+                             f"or --reward NAME on the command line)")
+        self.reward: Reward = registry.build("reward", reward)
+        if guidance is not None:
+            guidance = float(guidance)
+            if guidance < 0:
+                raise ValueError(f"{who}: guidance must be non-negative, got {guidance}")
+            self.reward.require_gradient(f"gradient steering ({who} guidance={guidance})")
+        if schedule not in SCHEDULES:
+            raise ValueError(f"{who}: unknown guidance_schedule {schedule!r}; choices: {', '.join(SCHEDULES)}")
+        if int(particles) != particles or particles < 1:
+            raise ValueError(f"{who}: particles must be a positive integer, got {particles}")
+        self.guidance, self.schedule, self.normalize = guidance, schedule, bool(normalize)
+        self.particles, self.tilt = int(particles), float(tilt)
+        self.evaluations = 0  # reward evaluations of the current sample() call
+
+    @classmethod
+    def from_options(cls, reward, guidance, schedule, normalize, particles, tilt, who) -> "Steering | None":
+        """A Steering when any steering is asked for (a guidance, or more than one particle), else None; a reward
+        without either is refused (it would change nothing)."""
+        if guidance is None and particles == 1:
+            if reward is not None:
+                raise ValueError(f"{who}: a reward steers nothing without guidance=ETA or particles=K > 1")
+            return None
+        return cls(reward, guidance, schedule, normalize, particles, tilt, who)
+
+    @property
+    def gradient(self) -> bool:
+        return self.guidance is not None
+
+    def bind(self, model) -> None:
+        """Bind the reward to the model's vocabulary if the caller did not (words need the caller's vocabulary)."""
+        if self.reward.vocab_size is None:
+            self.reward.bind(model.vocab_size)
+        elif self.reward.vocab_size != model.vocab_size:
+            raise ValueError(f"the reward is bound to {self.reward.vocab_size} tokens, the model has {model.vocab_size}")
+        self.evaluations = 0
+
+    def eta(self, path, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """eta_i (B,) for the step s = t_i -> t = t_{i+1}."""
+        eta = torch.full_like(s, self.guidance)
+        if self.schedule == "linear":
+            return eta * (1 - s)
+        if self.schedule == "tilt":
+            sigma2 = getattr(path, "sigma", 1.0) ** 2
+            return eta * sigma2 * (t - s) * (1 - s) / torch.maximum(s, t - s)
+        return eta
+
+    def lookahead(self, state, x: torch.Tensor, s: torch.Tensor, gradient: bool) -> Lookahead:
+        """r(X_{s,1}(x)) from one evaluation of the map at (s, 1), with grad_x when ``gradient``."""
+        path = state.model.path
+        one = torch.ones_like(s)
+        with torch.enable_grad():
+            leaf = x.detach().requires_grad_(gradient)
+            prediction = state.predict(leaf, one, s)  # delta_{s,1}(x) (B, L, V)
+            end = path.flow_map(leaf, prediction, s, one)  # X_{s,1}(x): on the linear path, delta_{s,1}(x) itself
+            reward = self.reward(end.float())
+            grad = torch.autograd.grad(reward.sum(), leaf)[0] if gradient else None
+        self.evaluations += x.shape[0]
+        return Lookahead(reward.detach(), grad, prediction.detach())
+
+    def guide(self, x: torch.Tensor, look: Lookahead, eta: torch.Tensor) -> torch.Tensor:
+        """x + eta g, g the lookahead gradient (normalised to unit RMS norm per position when ``normalize``)."""
+        g = look.grad.to(x.dtype)
+        if self.normalize:
+            norm = g.flatten(1).norm(dim=1) / g.shape[1] ** 0.5  # (B,) RMS over positions
+            g = g / norm.clamp_min(1e-12).reshape(-1, 1, 1)
+        return x + eta.reshape(-1, 1, 1).to(x.dtype) * g
+
+    def resample(self, log_weight: torch.Tensor, generator=None) -> torch.Tensor:
+        """Indices (B K,) of particles drawn within each group of K with probabilities ∝ exp(log_weight) (B K,)."""
+        K = self.particles
+        logits = log_weight.double().view(-1, K)
+        probs = torch.softmax(logits, dim=1)
+        pick = torch.multinomial(probs, K, replacement=True, generator=generator)  # (B, K)
+        return (pick + torch.arange(0, logits.shape[0] * K, K, device=pick.device)[:, None]).reshape(-1)
+
+    def select(self, log_weight: torch.Tensor, generator=None) -> torch.Tensor:
+        """One particle per group (B,), drawn ∝ exp(log_weight)."""
+        K = self.particles
+        probs = torch.softmax(log_weight.double().view(-1, K), dim=1)
+        pick = torch.multinomial(probs, 1, generator=generator)[:, 0]
+        return pick + torch.arange(0, probs.shape[0] * K, K, device=pick.device)
