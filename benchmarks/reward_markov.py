@@ -70,6 +70,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default=str(ROOT / "benchmarks/results/reward_markov.md"))
     parser.add_argument("--quick", action="store_true", help="fewer budgets (a smoke run)")
+    parser.add_argument("--append", action="store_true", help="keep the rows of the existing --output table and only "
+                        "add the --finetuned models (the same seed, W and lambda)")
     args = parser.parse_args()
     torch.manual_seed(args.seed)
     models = Path(args.models)
@@ -96,6 +98,38 @@ def main() -> None:
         print(f"{method:<28} {budget:<10} reward {r['reward']:.3f} way {r['way']:+.2f} kl {r['kl_proxy']:+.3f} "
               f"valid {r['valid_transitions']:.3f} distinct {r['distinct']:.2f} evals {evaluations:g} {secs:.1f}s", flush=True)
 
+    if args.append:
+        rows.extend(read_rows(Path(args.output)))
+    else:
+        baselines(args, add, tilted, exact_base, own, seconds, base_map, reward, W, lam, n, L, models)
+    for item in args.finetuned:
+        label, _, path = item.partition("=")
+        model = load_checkpoint(path)
+        for steps in (1, 4):
+            out, secs = timed(lambda: model.generate(n, L, sampler={"name": "flow_map", "init_args": {"steps": steps}}, seed=args.seed))
+            add(f"{label}", f"{steps} step{'s' if steps > 1 else ''}", out.tokens, 1, secs)
+
+    write(args, chain, W, base_reward, tilted, rows)
+
+
+def read_rows(path: Path) -> list:
+    """The rows of a table this script wrote (for --append)."""
+    rows = []
+    for line in path.read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 10 or cells[0] in ("method", "---"):
+            continue
+        keys = ["reward", "way", "kl_proxy", "nll_tilted", "valid_transitions", "distinct", "evaluations", "seconds"]
+        values = [float(c.rstrip("%")) for c in cells[2:]]
+        r = dict(zip(keys, values))
+        r["valid_transitions"] /= 100
+        r["distinct"] /= 100
+        rows.append((cells[0], cells[1], r))
+    return rows
+
+
+def baselines(args, add, tilted, exact_base, own, seconds, base_map, reward, W, lam, n, L, models) -> None:
+    """The rows of the exact laws, the base map, best-of-N, steering and particles."""
     exact = torch.tensor(tilted.sample(n, args.seed))
     add("exact rho_r (reference)", "-", exact, 0, 0.0)
     add("exact rho_1 (data)", "-", torch.tensor(exact_base.sample(n, args.seed)), 0, 0.0)
@@ -128,14 +162,6 @@ def main() -> None:
         sampler = {"name": "flow_map", "init_args": {"steps": 4, "reward": spec, "particles": K, "tilt": lam}}
         out, secs = timed(lambda: base_map.generate(n, L, sampler=sampler, seed=args.seed))
         add("particles, flow map 4 steps", f"K={K}", out.tokens, out.reward_evaluations / n, secs)
-    for item in args.finetuned:
-        label, _, path = item.partition("=")
-        model = load_checkpoint(path)
-        for steps in (1, 4):
-            out, secs = timed(lambda: model.generate(n, L, sampler={"name": "flow_map", "init_args": {"steps": steps}}, seed=args.seed))
-            add(f"{label}", f"{steps} step{'s' if steps > 1 else ''}", out.tokens, 1, secs)
-
-    write(args, chain, W, base_reward, tilted, rows)
 
 
 def write(args, chain, W, base_reward, tilted, rows) -> None:
