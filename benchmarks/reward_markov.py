@@ -176,7 +176,8 @@ def write(args, chain, W, base_reward, tilted, rows) -> None:
         f"ρ_r's entropy {tilted.entropy() / (tilted.length - 1):.3f} nats/transition (ρ_1's entropy rate {H:.3f}).",
         "`way` = (reward − base) / (exact − base): 0 is the base model, 1 the tilted law. `kl proxy` = NLL under ρ_r minus "
         "ρ_r's entropy, per transition (≈0 for samples of ρ_r, < 0 collapse, > 0 off the law). Evaluations: reward "
-        "evaluations per returned sample (steering: lookaheads and the final score, all particles).",
+        "evaluations per returned sample (steering: lookaheads and the final score, all particles). Seconds: wall-clock "
+        "for all the samples on the CPU it ran on (2 cores shared with other jobs, OMP_NUM_THREADS=1): rough.",
         "",
         "| method | budget | mean reward | way | kl proxy | NLL under ρ_r | valid | distinct | reward evals | seconds |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
