@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from flowzoo.progress import progress
+from flowzoo.prompt import held
 from flowzoo.registry import register
 from flowzoo.samplers.base import SampleOutput, Sampler, check_decode
 from flowzoo.state import EmbeddedSampling
@@ -36,8 +37,8 @@ class EulerSampler(EmbeddedSampling, Sampler):
         return path.schedule(max(self.steps - 1, 1), end=getattr(path, "t_max", 1.0), device=device)
 
     @torch.no_grad()
-    def sample(self, model, num_samples, length, generator=None):
-        state = self.state(model)  # dense (B, L, V) or embedded (B, L, D): the one place the kernels are chosen
+    def sample(self, model, num_samples, length, generator=None, prompt=None):
+        state = held(self.state(model), prompt)  # dense (B, L, V) or embedded (B, L, D): the one place the kernels are chosen
         x = state.prior(num_samples, length, generator)
         times = self.schedule(model.path, device=model.device)
         for i in progress(range(self.steps), desc="euler"):
