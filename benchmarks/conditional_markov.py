@@ -26,7 +26,7 @@ from flowzoo.sampling import data_from_spec
 # (method folder, row label, sampler spec, conditional holds to try)
 ROWS = [
     ("flow", "flow Euler 32", {"name": "euler", "init_args": {"steps": 32}}, ("clean", "path")),
-    ("flow", "flow Euler 128", {"name": "euler", "init_args": {"steps": 128}}, ("clean", "path")),
+    ("flow", "flow Euler 128", {"name": "euler", "init_args": {"steps": 128}}, ("clean",)),
     ("flow_map", "flow map 1", {"name": "flow_map", "init_args": {"steps": 1}}, ("clean", "path")),
     ("flow_map", "flow map 2", {"name": "flow_map", "init_args": {"steps": 2}}, ("clean", "path")),
     ("flow_map", "flow map 4", {"name": "flow_map", "init_args": {"steps": 4}}, ("clean", "path")),
@@ -72,7 +72,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", default="runs/study/markov", help="folder with <method>/pretrained checkpoints")
     parser.add_argument("--out", default="benchmarks/results/conditional_markov.md")
-    parser.add_argument("--num", type=int, default=256, help="held-out prompts")
+    parser.add_argument("--num", type=int, default=128, help="held-out prompts")
     parser.add_argument("--prompt-len", type=int, default=8)
     parser.add_argument("--context", type=int, default=12, help="known tokens on each side of the infill hole")
     parser.add_argument("--hole", type=int, default=8)

@@ -119,3 +119,44 @@ def test_infill_layout():
     assert p.known[p.mask].tolist() == [1, 2, 3]
     assert not p.is_prefix and as_prompt([4, 5], 6).is_prefix
     assert HOLE_MARKER == "[...]"
+
+
+def _saved_markov_model(tmp_path, **parts):
+    from flowzoo.data.markov import MarkovData
+
+    data = MarkovData(num_states=12, num_train=8, num_val=8, seq_len=L)
+    model = FlowLM(backbone=TINY, vocab_size=data.vocab_size, sampler={"name": "euler", "init_args": {"steps": 2}}, **parts)
+    model.data_spec = registry.spec(data)
+    model.save_pretrained(tmp_path / "model")
+    return data, str(tmp_path / "model")
+
+
+def test_sample_prompt_and_infill_from_the_command_line(tmp_path, capsys):
+    from flowzoo.cli import main
+
+    data, folder = _saved_markov_model(tmp_path)
+    words = data.chain.words
+    assert main(["sample", "--checkpoint", folder, "--num-samples", "2", "--prompt", f"{words[0]} {words[1]} {words[2]}"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"{words[0]} {words[1]} {words[2]} {{{{")  # the prompt, then the generated part apart
+    assert '"boundary_valid"' in out and '"completion_nll"' in out
+    assert main(["sample", "--checkpoint", folder, "--num-samples", "2", "--hole-length", "3",
+                 "--infill", f"{words[3]} {HOLE_MARKER} {words[4]} {words[5]}"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"{words[3]} {{{{") and f"}}}} {words[4]} {words[5]} {{{{" in out
+    assert main(["sample", "--checkpoint", folder, "--prompt", " ".join(words[:1] * (L + 1))]) == 2
+    err = capsys.readouterr().err
+    assert f"has {L + 1} tokens but the sequence has only {L}" in err and "Traceback" not in err
+
+
+def test_infill_on_an_ar_model_is_one_clear_message(tmp_path, capsys):
+    from flowzoo.cli import main
+
+    data, folder = _saved_markov_model(tmp_path)
+    model = FlowLM(backbone=CAUSAL, path="autoregressive", objective="ar", sampler="ar", vocab_size=data.vocab_size)
+    model.data_spec = registry.spec(data)
+    model.save_pretrained(tmp_path / "ar")
+    w = data.chain.words
+    assert main(["sample", "--checkpoint", str(tmp_path / "ar"), "--infill", f"{w[0]} {HOLE_MARKER} {w[1]}"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot infill" in err and "Traceback" not in err
