@@ -160,3 +160,42 @@ def test_infill_on_an_ar_model_is_one_clear_message(tmp_path, capsys):
     assert main(["sample", "--checkpoint", str(tmp_path / "ar"), "--infill", f"{w[0]} {HOLE_MARKER} {w[1]}"]) == 2
     err = capsys.readouterr().err
     assert "cannot infill" in err and "Traceback" not in err
+
+
+def test_condition_mask_shares_and_shapes():
+    from flowzoo.prompt import condition_mask
+
+    x1 = torch.zeros(4000, L, dtype=torch.long)
+    known = condition_mask(x1, 0.5, torch.Generator().manual_seed(0))
+    rows = known.any(1)
+    assert abs(rows.float().mean().item() - 0.5) < 0.05
+    assert (~known).any(1).all()  # something is always left to learn
+    assert not condition_mask(x1, 0.0).any()
+
+
+def test_flow_matching_with_condition_share_presents_known_positions_clean_and_scores_only_the_rest():
+    """The loss is the head's CE at D_t(x_t with the known positions at onehot(x1)), averaged over unknown positions."""
+    import torch.nn.functional as F
+
+    from flowzoo.prompt import condition_mask
+    from flowzoo.timesampling import sample_uniform_times
+
+    model = FlowLM(backbone=TINY, vocab_size=V, objective={"name": "flow_matching", "init_args": {"condition_share": 1.0, "fused": False}})
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    x1 = torch.randint(0, V, (6, L))
+    torch.manual_seed(3)
+    loss = float(model.objective(model, x1)["loss"])
+    torch.manual_seed(3)
+    t = model.path.time_from_uniform(sample_uniform_times(6, "uniform"))
+    x = model.path.sample(x1, t, V)
+    known = condition_mask(x1, 1.0)
+    x = torch.where(known[..., None], F.one_hot(x1, V).float(), x)
+    per_token = model.head.loss(model.logits(x, t), x1).detach()  # (B, L)
+    assert known.any() and loss == pytest.approx(float(per_token[~known].mean()), rel=1e-5)
+    assert loss != pytest.approx(float(per_token.mean()), rel=1e-3)
+    embedded = FlowLM(backbone=TINY, vocab_size=V, objective={"name": "flow_matching", "init_args": {"condition_share": 0.5, "fused": True}})
+    assert torch.isfinite(embedded.objective(embedded, x1)["loss"])
+    with pytest.raises(ValueError, match="condition_share"):
+        FlowLM(backbone=TINY, vocab_size=V, objective={"name": "flow_matching", "init_args": {"condition_share": 1.5}})

@@ -38,7 +38,7 @@ import yaml
 import flowzoo
 from flowzoo import registry
 from flowzoo.errors import FlowzooError
-from flowzoo.metrics import GenerativePerplexity, MarkovQuality, UnigramEntropy, ValidationLoss
+from flowzoo.metrics import CompletionPerplexity, GenerativePerplexity, MarkovQuality, UnigramEntropy, ValidationLoss
 from flowzoo.progress import progress
 from flowzoo.sampling import refuse_ignored_options
 
@@ -260,14 +260,23 @@ def prompt_set(config: dict[str, Any], data, model, length: int) -> torch.Tensor
     return torch.tensor([ids[i % len(ids)] for i in range(N)], dtype=torch.long)
 
 
-def completion_scores(tokens: torch.Tensor, known: torch.Tensor, data) -> dict[str, float]:
-    """Figures of completions (N, L) of the known positions (N, L): the data's conditional ones
-    (``evaluate_completions``: exact on markov), the unigram entropy of the generated part, and
-    ``prompt_repeat``, the share of completions whose generated part repeats the prompt's ids verbatim."""
+def completion_scores(tokens: torch.Tensor, known: torch.Tensor, data, judge=None) -> dict[str, float]:
+    """Figures of completions (N, L) of prefix prompts (``known`` (N, L), one prompt length): the data's
+    conditional ones (``evaluate_completions``: exact on markov) or, on text, its sample figures (word
+    validity) of the generated part; with a judge ``gen_ppl`` of prompt + completion scored on the completion
+    only (CompletionPerplexity); the unigram entropy of the generated part; ``prompt_repeat``, the share of
+    completions whose generated part repeats the prompt's ids verbatim."""
     out: dict[str, float] = {}
+    generated = torch.stack([row[~mask] for row, mask in zip(tokens, known)])  # (N, L - K): prefixes of one length
     if data is not None and hasattr(data, "evaluate_completions"):
         out.update({k: float(v) for k, v in data.evaluate_completions(tokens, known).items()})
-    generated = torch.stack([row[~mask] for row, mask in zip(tokens, known)])  # (N, L - K): prefixes of one length
+    elif data is not None:
+        out.update({k: float(v) for k, v in data.evaluate_samples(generated).items()})
+    if judge is not None and data is not None:
+        K = int(known[0].sum())
+        ppl = CompletionPerplexity(judge)
+        ppl.update(data.decode(tokens[:, :K]), data.decode(tokens))
+        out["gen_ppl"] = float(ppl.compute())
     entropy = UnigramEntropy()
     entropy.update(generated)
     out["entropy"] = float(entropy.compute())
@@ -280,7 +289,7 @@ def completion_scores(tokens: torch.Tensor, known: torch.Tensor, data) -> dict[s
     return out
 
 
-def run_conditional_row(model, sampler: dict | None, data, prompts: torch.Tensor, config: dict[str, Any], length: int) -> dict[str, Any]:
+def run_conditional_row(model, sampler: dict | None, data, prompts: torch.Tensor, config: dict[str, Any], length: int, judge=None) -> dict[str, Any]:
     """Completions of ``prompts`` (N, K) to ``length`` tokens with one (model, sampler) pair, and their figures."""
     from flowzoo.prompt import Prompt
 
@@ -300,7 +309,7 @@ def run_conditional_row(model, sampler: dict | None, data, prompts: torch.Tensor
         "steps": getattr(chosen, "steps", None),
         "nfe": nfe,
         "prompt_len": prompts.shape[1],
-        "metrics": completion_scores(samples, known, data),
+        "metrics": completion_scores(samples, known, data, judge),
         "example": data.decode(samples[:1])[0] if data is not None else None,
     }
 
@@ -442,7 +451,7 @@ def run(config: dict[str, Any], output: str | Path | None = None) -> dict[str, A
         rows.append({"model": name, **row})
         if config["prompts_from"]:
             prompts = prompt_set(config, data, model, int(length))
-            conditional.append({"model": name, **run_conditional_row(model, spec, data, prompts, config, int(length))})
+            conditional.append({"model": name, **run_conditional_row(model, spec, data, prompts, config, int(length), judge)})
         if output is not None:
             results["length"] = length
             write(results, output, figure=False)

@@ -200,3 +200,44 @@ class HeldState:
 def held(state, prompt: Prompt | None):
     """``state`` itself without a prompt, else a :class:`HeldState`."""
     return state if prompt is None else HeldState(state, prompt)
+
+
+# --- training for conditioning (``condition_share`` of the objectives) -----------------------------------------
+
+
+def condition_mask(x1: torch.Tensor, share: float, generator=None) -> torch.Tensor:
+    """Known positions (B, L) for training: a share ``share`` of the rows knows a clean prefix of K ~ U{1..L-1}
+    tokens (half of those rows) or everything but one hole [a, a + n) with n ~ U{1..L-1} (the other half); the
+    other rows know nothing. Every row keeps at least one unknown position."""
+    B, L = x1.shape
+    device = x1.device
+    if share <= 0 or L < 2:
+        return torch.zeros(B, L, dtype=torch.bool, device=device)
+    draw = lambda *shape: torch.rand(*shape, generator=generator, device=device)  # noqa: E731
+    chosen = draw(B) < share
+    infill = draw(B) < 0.5
+    pos = torch.arange(L, device=device)[None]  # (1, L)
+    K = 1 + (draw(B) * (L - 1)).long()  # prefix length, 1..L-1
+    n = 1 + (draw(B) * (L - 1)).long()  # hole length, 1..L-1
+    a = (draw(B) * (L - n + 1)).long()  # hole start, 0..L-n
+    prefix = pos < K[:, None]
+    hole = (pos >= a[:, None]) & (pos < (a + n)[:, None])
+    known = torch.where(infill[:, None], ~hole, prefix)
+    return known & chosen[:, None]
+
+
+def present_known(state, x, x1: torch.Tensor, known: torch.Tensor):
+    """The noisy state ``x`` of a training batch with the known positions at their clean point, as sampling's
+    ``hold="clean"`` presents them: onehot(x1) on a dense state (B, L, V), W_in[:, x1] on an embedded one."""
+    x = state.value(x)
+    if state.embedded:
+        clean = F.embedding(x1, state.model.backbone.embed.weight.t()).to(x.dtype)
+    else:
+        clean = F.one_hot(x1, x.shape[-1]).to(x.dtype)
+    return torch.where(known[..., None], clean, x)
+
+
+def unknown_mean(loss: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+    """The mean of a per-token loss (B, L) over the unknown positions only (the plain mean when nothing is known)."""
+    weight = (~known).to(loss.dtype)
+    return (loss * weight).sum() / weight.sum().clamp_min(1.0)
