@@ -79,13 +79,20 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--partial", action="store_true", help="use a still-training method's latest checkpoints/*.ckpt")
+    parser.add_argument("--only", nargs="*", help="measure only these methods (folders)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     runs, models, missing = Path(args.runs), {}, []
+    partial = []
     for method in sorted({r[0] for r in ROWS}):
         folder = runs / method / "pretrained"
+        saved = sorted((runs / method / "checkpoints").glob("*step=*.ckpt"), key=lambda p: int(p.stem.rpartition("step=")[2]))
         if folder.is_dir():
             models[method] = load_checkpoint(str(folder))
+        elif saved and args.partial:  # still training: its latest checkpoint, named in the table
+            models[method] = load_checkpoint(str(saved[-1]))
+            partial.append(f"{method}: {saved[-1].name}")
         else:
             missing.append(method)
     if not models:
@@ -103,7 +110,7 @@ def main() -> None:
                                     + (f", {L - 2 * args.context - args.hole} generated after" if L > 2 * args.context + args.hole else ""), INFILL, mask)):
         results = []
         for method, label, spec, holds in spec_rows:
-            if method not in models:
+            if method not in models or (args.only and method not in args.only):
                 continue
             for hold in holds:
                 prompt = Prompt(torch.zeros(1, L, dtype=torch.long), base, "clean" if hold == "-" else hold)
@@ -118,6 +125,8 @@ def main() -> None:
         "conditioning (the study checkpoints were trained unconditionally).", "",
     ]
     footer = [f"Not measured (no checkpoint under {args.runs}): {', '.join(missing)}.", ""] if missing else []
+    if partial:
+        footer += [f"Still training when measured (latest checkpoint used): {'; '.join(partial)}.", ""]
     Path(args.out).write_text("\n".join(header + sections + footer))
     print(f"wrote {args.out}")
 
