@@ -23,6 +23,8 @@ CASES = {
     "marginal": ({"name": "marginal"}, {}),
     "ancestral": ({"name": "ancestral", "init_args": {"steps": 4}}, {"path": "masked", "objective": "mdlm"}),
     "ancestral-counted": ({"name": "ancestral", "init_args": {"steps": 4, "mode": "counted"}}, {"path": "masked", "objective": "mdlm"}),
+    "uniform_ancestral": ({"name": "uniform_ancestral", "init_args": {"steps": 3}}, {"path": "uniform", "objective": "duo"}),
+    "uniform_ancestral-greedy": ({"name": "uniform_ancestral", "init_args": {"steps": 3, "noise_removal": "greedy"}}, {"path": "uniform", "objective": "duo"}),
     "ar": ({"name": "ar"}, {"path": "autoregressive", "objective": "ar", "backbone": CAUSAL}),
 }
 
