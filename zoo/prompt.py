@@ -141,7 +141,8 @@ def as_prompt(prompt, length: int, tokenizer=None) -> Prompt:
     if isinstance(prompt, str):
         if tokenizer is None:
             raise PromptError("a text prompt needs the model's tokenizer; pass token ids or a Prompt instead")
-        return Prompt.prefix(tokenizer.encode(prompt), length)
+        encoded = tokenizer.encode(prompt)
+        return Prompt.prefix(list(getattr(encoded, "ids", encoded)), length)  # a tokenizers Encoding, or ids
     return Prompt.prefix(prompt, length)
 
 
