@@ -201,3 +201,14 @@ def test_flow_matching_with_condition_share_presents_known_positions_clean_and_s
     assert torch.isfinite(embedded.objective(embedded, x1)["loss"])
     with pytest.raises(ValueError, match="condition_share"):
         FlowLM(backbone=TINY, vocab_size=V, objective={"name": "flow_matching", "init_args": {"condition_share": 1.5}})
+
+
+def test_show_completion_sets_the_generated_spans_apart():
+    from flowzoo.sampling import show_completion
+
+    chars = lambda t: ["".join("abcdefghij"[i] for i in row) for row in t.tolist()]  # noqa: E731
+    words = lambda t: [" ".join("abcdefghij"[i] * 2 for i in row) for row in t.tolist()]  # noqa: E731
+    tokens = torch.tensor([0, 1, 2, 3, 4, 5])
+    known = torch.tensor([True, True, False, False, True, False])
+    assert show_completion(chars, tokens, known) == "ab{{cd}}e{{f}}"
+    assert show_completion(words, tokens, known) == "aa bb {{cc dd}} ee {{ff}}"
