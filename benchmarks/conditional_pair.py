@@ -32,7 +32,7 @@ def train(share: float, steps: int, out: Path, width: int, depth: int, seed: int
         vocab_size=data.vocab_size, lr=1e-3, warmup_steps=50, num_val_samples=0,
     )
     trainer = L.Trainer(max_steps=steps, logger=False, enable_checkpointing=False, limit_val_batches=0,
-                        enable_model_summary=False, enable_progress_bar=False)
+                        enable_model_summary=False, enable_progress_bar=True)
     trainer.fit(model, data)
     save_pretrained(model, out / f"share{share}" / "pretrained")
     return model
