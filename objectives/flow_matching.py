@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from flowzoo.objectives.base import Objective
+from flowzoo.prompt import condition_mask, present_known, unknown_mean
 from flowzoo.registry import register
 from flowzoo.state import FusedSwitch, check_switch, new_state
 from flowzoo.timesampling import TIME_SAMPLERS, sample_uniform_times
@@ -16,12 +17,19 @@ class FlowMatching(FusedSwitch, Objective):
     ``fused`` (None: automatic) computes it on the embedded state (``flowzoo.state``) with flowzoo.kernels on the
     linear path and categorical head: x_t W_in^T by noisy_embedding (x_t never built) and the CE from the trunk's
     hidden state through the output projection (no logits tensor).
+
+    ``condition_share`` > 0 trains for prompts (docs/conditional.md): that share of the rows knows a clean prefix
+    or everything around one hole (flowzoo.prompt.condition_mask), presented at its clean one-hot as sampling's
+    ``hold="clean"`` does, and the loss is the mean over the unknown positions only.
     """
 
     needs_linear_path = True
 
-    def __init__(self, time_sampling: str = "uniform", fused: bool | None = None) -> None:
+    def __init__(self, time_sampling: str = "uniform", fused: bool | None = None, condition_share: float = 0.0) -> None:
         super().__init__()
+        if not 0.0 <= condition_share <= 1.0:
+            raise ValueError(f"condition_share must lie in [0, 1], got {condition_share}")
+        self.condition_share = condition_share
         if time_sampling not in TIME_SAMPLERS:
             raise ValueError(f"unknown time_sampling {time_sampling!r}; choices: {', '.join(TIME_SAMPLERS)}")
         self.time_sampling = time_sampling
@@ -36,6 +44,12 @@ class FlowMatching(FusedSwitch, Objective):
         u = sample_uniform_times(x1.shape[0], self.time_sampling, device=x1.device)
         t = model.path.time_from_uniform(u)
         state = new_state(model, self.use_fused(model))  # dense (B, L, V) or embedded (B, L, D): the seam
-        term = state.head_loss(state.noisy(x1, t), t, None, x1)  # loss_head(D_t(x_t), x1) per token
+        x = state.noisy(x1, t)
+        if self.condition_share <= 0:
+            term = state.head_loss(x, t, None, x1)  # loss_head(D_t(x_t), x1) per token
+            state.resolve()
+            return {"loss": term.value.mean()}
+        known = condition_mask(x1, self.condition_share)  # (B, L)
+        term = state.head_loss(present_known(state, x, x1, known), t, None, x1)
         state.resolve()
-        return {"loss": term.value.mean()}
+        return {"loss": unknown_mean(term.value, known)}

@@ -58,10 +58,13 @@ class AncestralSampler(Sampler):
         return subs_log_probs(log_probs, x, model.vocab_size).exp()
 
     @torch.no_grad()
-    def iterate(self, model, num_samples: int, length: int, generator=None) -> Iterator[tuple[torch.Tensor, int]]:
-        """Yield (x, nfe so far) after every step, from all-[MASK] to clean ids."""
+    def iterate(self, model, num_samples: int, length: int, generator=None, prompt=None) -> Iterator[tuple[torch.Tensor, int]]:
+        """Yield (x, nfe so far) after every step, from all-[MASK] (but the prompt's known ids, given unmasked and,
+        by SUBS, never resampled) to clean ids."""
         path, V = model.path, model.vocab_size
         x = path.sample_prior(num_samples, length, V, device=model.device)
+        if prompt is not None:
+            x = prompt.apply(x)
         end = 1.0 if self.mode == "counted" else path.t_max
         times = path.schedule(self.steps, end=end, device=model.device).double()
         reuse = self.cache and not path.time_conditioning
@@ -106,8 +109,8 @@ class AncestralSampler(Sampler):
         return torch.where(chosen, tokens, torch.full_like(tokens, V))
 
     @torch.no_grad()
-    def sample(self, model, num_samples, length, generator=None):
+    def sample(self, model, num_samples, length, generator=None, prompt=None):
         x, nfe = None, 0
-        for x, nfe in self.iterate(model, num_samples, length, generator):
+        for x, nfe in self.iterate(model, num_samples, length, generator, prompt):
             pass
         return SampleOutput(x, nfe=nfe)

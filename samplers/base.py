@@ -12,6 +12,7 @@ from flowzoo.state import DECODES, check_decode, decode_tokens  # noqa: F401 (de
 
 if TYPE_CHECKING:
     from flowzoo.module import FlowLM
+    from flowzoo.prompt import Prompt
 
 
 @dataclass
@@ -26,5 +27,12 @@ class SampleOutput:
 class Sampler(Component):
     """Generates ``num_samples`` sequences of ``length`` tokens from ``model``."""
 
-    def sample(self, model: "FlowLM", num_samples: int, length: int, generator: torch.Generator | None = None) -> SampleOutput:
+    def sample(
+        self, model: "FlowLM", num_samples: int, length: int, generator: torch.Generator | None = None, prompt: "Prompt | None" = None
+    ) -> SampleOutput:
+        """``prompt`` (flowzoo.prompt.Prompt, already (num_samples, length)): its known positions come back unchanged."""
         raise NotImplementedError
+
+    def prompt_refusal(self, prompt: "Prompt") -> str | None:
+        """Why this sampler cannot serve ``prompt`` (None: it can)."""
+        return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from flowzoo.progress import progress
+from flowzoo.prompt import held
 from flowzoo.registry import register
 from flowzoo.samplers.base import SampleOutput, Sampler, check_decode
 from flowzoo.samplers.steering import Steering
@@ -46,13 +47,16 @@ class EulerSampler(EmbeddedSampling, Sampler):
         return path.schedule(max(self.steps - 1, 1), end=getattr(path, "t_max", 1.0), device=device)
 
     @torch.no_grad()
-    def sample(self, model, num_samples, length, generator=None):
+    def sample(self, model, num_samples, length, generator=None, prompt=None):
         steer = self.steering
         if steer is not None:
+            if prompt is not None and steer.particles > 1:
+                raise ValueError("euler: particle steering with a prompt is not supported; steer by gradient (guidance) or drop the prompt")
             steer.bind(model)
             num_samples *= steer.particles  # K particles per sample, in consecutive rows
-        # dense (B, L, V) or embedded (B, L, D): the one place the kernels are chosen (steering: dense)
-        state = self.state(model) if steer is None else DenseState(model)
+        # dense (B, L, V) or embedded (B, L, D): the one place the kernels are chosen (steering: dense); a prompt
+        # holds its known positions
+        state = held(self.state(model) if steer is None else DenseState(model), prompt)
         x = state.prior(num_samples, length, generator)
         times = self.schedule(model.path, device=model.device)
         nfe, previous = self.steps, torch.zeros(num_samples, device=model.device)

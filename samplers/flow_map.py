@@ -6,6 +6,7 @@ import torch
 
 from flowzoo.paths.base import expand_time
 from flowzoo.progress import progress
+from flowzoo.prompt import held
 from flowzoo.registry import register
 from flowzoo.samplers.base import SampleOutput, Sampler, check_decode
 from flowzoo.samplers.steering import Lookahead, Steering
@@ -70,13 +71,16 @@ class FlowMapSampler(EmbeddedSampling, Sampler):
         return path.schedule(self.steps, end=1.0, device=device)
 
     @torch.no_grad()
-    def sample(self, model, num_samples, length, generator=None):
+    def sample(self, model, num_samples, length, generator=None, prompt=None):
         steer = self.steering
         if steer is not None:
+            if prompt is not None and steer.particles > 1:
+                raise ValueError("flow_map: particle steering with a prompt is not supported; steer by gradient (guidance) or drop the prompt")
             steer.bind(model)
             num_samples *= steer.particles  # K particles per sample, in consecutive rows
-        # dense (B, L, V) or embedded (B, L, D): the one place the kernels are chosen (steering: dense)
-        state = self.state(model) if steer is None else DenseState(model)
+        # dense (B, L, V) or embedded (B, L, D): the one place the kernels are chosen (steering: dense); a prompt
+        # holds its known positions
+        state = held(self.state(model) if steer is None else DenseState(model), prompt)
         x = state.prior(num_samples, length, generator)
         times = self.schedule(model.path, device=model.device)
         nfe, previous = self.steps, torch.zeros(num_samples, device=model.device)  # previous: r_prev of the particles

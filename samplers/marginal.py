@@ -22,7 +22,11 @@ class MarginalSampler(Sampler):
         return None
 
     @torch.no_grad()
-    def sample(self, model, num_samples, length, generator=None):
+    def sample(self, model, num_samples, length, generator=None, prompt=None):
+        """With a prompt the known positions enter as their clean one-hot (the marginals then read them)."""
         x = model.path.sample_prior(num_samples, length, model.vocab_size, generator=generator, device=model.device)
+        if prompt is not None:
+            x = torch.where(prompt.mask[..., None], prompt.onehot(x.shape[-1], x.dtype), x)
         t = torch.zeros(num_samples, device=model.device)
-        return SampleOutput(decode_tokens(model.denoise(x, t), "sample", self.temperature, generator), nfe=1)
+        tokens = decode_tokens(model.denoise(x, t), "sample", self.temperature, generator)
+        return SampleOutput(tokens if prompt is None else prompt.apply(tokens), nfe=1)

@@ -51,10 +51,12 @@ class UniformAncestralSampler(Sampler):
         return model.head.log_probs(model.logits(x, t)).double().exp()
 
     @torch.no_grad()
-    def iterate(self, model, num_samples: int, length: int, generator=None) -> Iterator[tuple[torch.Tensor, int]]:
-        """Yield (x, nfe so far) after every step, from uniform noise to clean ids."""
+    def iterate(self, model, num_samples: int, length: int, generator=None, prompt=None) -> Iterator[tuple[torch.Tensor, int]]:
+        """Yield (x, nfe so far) after every step, from uniform noise to clean ids. A ``prompt``'s known ids are
+        held clean at every step (x_t^l = x^l for l in K: written back after each draw), the rest is redrawn."""
         path, V = model.path, model.vocab_size
-        x = path.sample_prior(num_samples, length, V, generator=generator, device=model.device)
+        hold = (lambda x: x) if prompt is None else prompt.apply
+        x = hold(path.sample_prior(num_samples, length, V, generator=generator, device=model.device))
         times = path.schedule(self.steps, end=1.0 - self.end_eps, device=model.device).double()
         nfe = 0
         for i in progress(range(self.steps), desc="uniform ancestral"):
@@ -62,7 +64,7 @@ class UniformAncestralSampler(Sampler):
             x_theta = self.prediction(model, x, t.float())
             nfe += 1
             q = uniform_posterior(x_theta, x, path.alpha(times[i + 1]), path.alpha(times[i]))  # (B, L, V)
-            x = sample_categorical(q, generator)
+            x = hold(sample_categorical(q, generator))
             yield x, nfe
         if self.noise_removal == "none":
             return
@@ -73,11 +75,11 @@ class UniformAncestralSampler(Sampler):
         else:
             one = torch.ones((), dtype=torch.float64, device=x.device)
             x = sample_categorical(uniform_posterior(x_theta, x, one, path.alpha(times[-1])), generator)
-        yield x, nfe
+        yield hold(x), nfe
 
     @torch.no_grad()
-    def sample(self, model, num_samples, length, generator=None):
+    def sample(self, model, num_samples, length, generator=None, prompt=None):
         x, nfe = None, 0
-        for x, nfe in self.iterate(model, num_samples, length, generator):
+        for x, nfe in self.iterate(model, num_samples, length, generator, prompt):
             pass
         return SampleOutput(x, nfe=nfe)

@@ -38,7 +38,7 @@ import yaml
 import flowzoo
 from flowzoo import registry
 from flowzoo.errors import FlowzooError
-from flowzoo.metrics import GenerativePerplexity, MarkovQuality, UnigramEntropy, ValidationLoss
+from flowzoo.metrics import CompletionPerplexity, GenerativePerplexity, MarkovQuality, UnigramEntropy, ValidationLoss
 from flowzoo.progress import progress
 from flowzoo.sampling import refuse_ignored_options
 
@@ -58,6 +58,8 @@ DEFAULTS: dict[str, Any] = {
     "val_batches": 4,
     "reference": True,  # a row scoring real validation sequences with the same metrics
     "plot_metrics": None,
+    "prompts_from": None,  # conditional rows: "validation" (held-out rows' first prompt_len tokens) or a file of prompts
+    "prompt_len": 8,  # known tokens per prompt; the rest of each sequence is generated
     "headline": {"reference": {"sampler": "flow_map", "steps": 1}, "baseline": {"sampler": "ancestral", "steps": 8}, "metric": None},
     "models": [],
 }
@@ -227,6 +229,91 @@ def score(tokens: torch.Tensor, data, judge) -> dict[str, float]:
     return out
 
 
+def prompt_set(config: dict[str, Any], data, model, length: int) -> torch.Tensor:
+    """The benchmark's prompts (N, K) of K = ``prompt_len`` ids: the first K tokens of the first N held-out rows
+    (``prompts_from: validation``), or of the lines of a text file (each encoded with the data's encoder; lines
+    shorter than K tokens are refused, naming the line)."""
+    from flowzoo.sampling import encode_text
+
+    K, N, source = int(config["prompt_len"]), int(config["num_samples"]), config["prompts_from"]
+    if not 1 <= K < length:
+        raise BenchmarkConfigError(f"prompt_len must lie in [1, {length}) for sequences of {length}, got {K}")
+    if source == "validation":
+        if data is None:
+            raise BenchmarkConfigError("prompts_from: validation needs the model's training data")
+        split = data.splits["validation"]
+        if len(split) < N:
+            raise BenchmarkConfigError(f"the validation split has {len(split)} rows, fewer than num_samples={N} prompts")
+        return torch.stack([split[i]["input_ids"][:K] for i in range(N)]).long()
+    path = Path(source)
+    if not path.is_file():
+        raise BenchmarkConfigError(f"prompts_from must be 'validation' or a file of prompts (one per line); {source} is neither")
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    if not lines:
+        raise BenchmarkConfigError(f"{source} holds no prompt")
+    ids = []
+    for n, line in enumerate(lines, 1):
+        encoded = encode_text(line, data, model)
+        if len(encoded) < K:
+            raise BenchmarkConfigError(f"{source}:{n} has {len(encoded)} tokens, fewer than prompt_len={K}")
+        ids.append(encoded[:K])
+    return torch.tensor([ids[i % len(ids)] for i in range(N)], dtype=torch.long)
+
+
+def completion_scores(tokens: torch.Tensor, known: torch.Tensor, data, judge=None) -> dict[str, float]:
+    """Figures of completions (N, L) of prefix prompts (``known`` (N, L), one prompt length): the data's
+    conditional ones (``evaluate_completions``: exact on markov) or, on text, its sample figures (word
+    validity) of the generated part; with a judge ``gen_ppl`` of prompt + completion scored on the completion
+    only (CompletionPerplexity); the unigram entropy of the generated part; ``prompt_repeat``, the share of
+    completions whose generated part repeats the prompt's ids verbatim."""
+    out: dict[str, float] = {}
+    generated = torch.stack([row[~mask] for row, mask in zip(tokens, known)])  # (N, L - K): prefixes of one length
+    if data is not None and hasattr(data, "evaluate_completions"):
+        out.update({k: float(v) for k, v in data.evaluate_completions(tokens, known).items()})
+    elif data is not None:
+        out.update({k: float(v) for k, v in data.evaluate_samples(generated).items()})
+    if judge is not None and data is not None:
+        K = int(known[0].sum())
+        ppl = CompletionPerplexity(judge)
+        ppl.update(data.decode(tokens[:, :K]), data.decode(tokens))
+        out["gen_ppl"] = float(ppl.compute())
+    entropy = UnigramEntropy()
+    entropy.update(generated)
+    out["entropy"] = float(entropy.compute())
+    repeats = 0
+    for row, mask in zip(tokens.tolist(), known.tolist()):
+        prompt = [t for t, k in zip(row, mask) if k]
+        rest = [t for t, k in zip(row, mask) if not k]
+        repeats += any(rest[i:i + len(prompt)] == prompt for i in range(len(rest) - len(prompt) + 1))
+    out["prompt_repeat"] = repeats / tokens.shape[0]
+    return out
+
+
+def run_conditional_row(model, sampler: dict | None, data, prompts: torch.Tensor, config: dict[str, Any], length: int, judge=None) -> dict[str, Any]:
+    """Completions of ``prompts`` (N, K) to ``length`` tokens with one (model, sampler) pair, and their figures."""
+    from flowzoo.prompt import Prompt
+
+    batch_size, seed = int(config["batch_size"]), int(config["seed"])
+    chosen = registry.build("sampler", sampler) if sampler is not None else model.sampler
+    tokens, nfe = [], None
+    for b, start in enumerate(range(0, prompts.shape[0], batch_size)):
+        chunk = prompts[start:start + batch_size]
+        out = model.generate(chunk.shape[0], length, sampler=chosen, seed=seed + b, prompt=Prompt.prefix(chunk, length))
+        tokens.append(out.tokens.cpu())
+        nfe = out.nfe
+    samples = torch.cat(tokens)
+    known = torch.zeros_like(samples, dtype=torch.bool)
+    known[:, : prompts.shape[1]] = True
+    return {
+        "sampler_name": chosen.registry_name,
+        "steps": getattr(chosen, "steps", None),
+        "nfe": nfe,
+        "prompt_len": prompts.shape[1],
+        "metrics": completion_scores(samples, known, data, judge),
+        "example": data.decode(samples[:1])[0] if data is not None else None,
+    }
+
+
 @torch.no_grad()
 def validation_loss(model, data, batches: int) -> dict[str, float] | None:
     """The objective on the first ``batches`` validation batches, seeded by batch index as in ``validation_step``."""
@@ -337,8 +424,9 @@ def run(config: dict[str, Any], output: str | Path | None = None) -> dict[str, A
     judge = load_judge(config["judge"], device=device, batch_size=int(config["judge_batch_size"])) if config["judge"] else None
     plan = [(entry, spec) for entry in config["models"] for spec in sampler_grid(entry.get("samplers"))]
     models, rows, length, reference_data = {}, [], config["length"], None
+    conditional: list[dict[str, Any]] = []
     results = {"name": config["name"], "config": config, "environment": environment(device), "judge": getattr(judge, "name", None),
-               "length": length, "models": models, "rows": rows, "complete": False}
+               "length": length, "models": models, "rows": rows, "conditional_rows": conditional, "complete": False}
     loaded: dict[str, Any] = {}
     for entry, spec in progress(plan, desc="benchmark", min_total=1):
         name = entry.get("name") or Path(entry["checkpoint"]).stem
@@ -361,6 +449,9 @@ def run(config: dict[str, Any], output: str | Path | None = None) -> dict[str, A
         model, data = loaded[name]
         row = run_row(model, spec, data, judge, config, int(length), device)
         rows.append({"model": name, **row})
+        if config["prompts_from"]:
+            prompts = prompt_set(config, data, model, int(length))
+            conditional.append({"model": name, **run_conditional_row(model, spec, data, prompts, config, int(length), judge)})
         if output is not None:
             results["length"] = length
             write(results, output, figure=False)
@@ -475,6 +566,16 @@ def markdown(results: dict[str, Any]) -> str:
         tps = None if r["tokens_per_second"] is None else f"{r['tokens_per_second']:,.0f}"
         cells += [_fmt(ms, 1), _fmt(tps), _fmt(r["peak_memory_mib"], 2)]
         lines.append("| " + " | ".join(cells) + " |")
+    conditional = results.get("conditional_rows") or []
+    if conditional:
+        present = set().union(*(r["metrics"] for r in conditional))
+        order = ["boundary_valid", "inner_valid", "completion_nll", "entropy", "prompt_repeat"]
+        cols = [m for m in order if m in present] + sorted(present - set(order))
+        lines += ["", f"## Conditional rows: prompts of {conditional[0]['prompt_len']} tokens ({results['config']['prompts_from']}), "
+                  f"{results['length'] - conditional[0]['prompt_len']} generated", ""]
+        lines += ["| model | sampler | steps | NFE | " + " | ".join(cols) + " |", "|" + "---|" * (4 + len(cols))]
+        for r in conditional:
+            lines.append("| " + " | ".join([r["model"], r["sampler_name"], _fmt(r["steps"]), _fmt(r["nfe"])] + [_fmt(r["metrics"].get(m)) for m in cols]) + " |")
     lines += ["", "## Models", "", "| model | checkpoint | parameters | objective | val loss | perplexity bound |", "|---|---|---|---|---|---|"]
     for name, m in results["models"].items():
         val = m["validation"] or {}
@@ -596,6 +697,9 @@ def benchmark_main(argv: list[str]) -> None:
     parser.add_argument("--threads", type=int)
     parser.add_argument("--repeats", type=int)
     parser.add_argument("--judge", help="a transformers causal LM (name or directory) or a flowzoo AR checkpoint")
+    parser.add_argument("--prompts-from", dest="prompts_from",
+                        help="add conditional rows: 'validation' (held-out rows' first --prompt-len tokens) or a file of prompts, one per line")
+    parser.add_argument("--prompt-len", dest="prompt_len", type=int, help="known tokens per prompt (default 8)")
     args = parser.parse_args(argv)
     if args.config is None and not args.models_given:
         parser.error("give --config or at least one --model")

@@ -291,6 +291,11 @@ def sample_main(argv: Sequence[str]) -> None:
     parser.add_argument("--show", type=int, default=8, help="how many samples to print")
     parser.add_argument("--output", help="write all samples, one per line, to this file")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, mps or auto")
+    parser.add_argument("--prompt", help="complete this text (a prefix); generated spans are shown as {{...}}")
+    parser.add_argument("--infill", help='fill the holes of this text, each marked "[...]", e.g. "To be, or [...] to be"')
+    parser.add_argument("--hole-length", type=int, default=8, help="generated tokens per [...] hole of --infill (default 8)")
+    parser.add_argument("--hold", choices=("clean", "path"), default="clean",
+                        help="flow / flow-map samplers: known positions at their clean one-hot (default) or on the path x_t")
     args = parser.parse_args(argv)
     if args.output:
         check_output_file(args.output, "--output")
@@ -306,7 +311,8 @@ def sample_main(argv: Sequence[str]) -> None:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", SamplingWarning)
         result = sample_from_checkpoint(args.checkpoint, args.sampler, overrides, args.num_samples, args.length, args.seed, device=device,
-                                        reward=args.reward, reward_options=parse_options(args.reward_option))
+                                        reward=args.reward, reward_options=parse_options(args.reward_option),
+                                        prompt=args.prompt, infill=args.infill, hole_length=args.hole_length, hold=args.hold)
     for warning in caught:
         if issubclass(warning.category, SamplingWarning):
             print(f"flowzoo: warning: {warning.message}", file=sys.stderr)

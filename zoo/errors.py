@@ -30,3 +30,7 @@ class DeviceError(FlowzooError, ValueError):
 
 class SamplingWarning(UserWarning):
     """A sampling request that runs but deserves a word (a length far beyond the training length)."""
+
+
+class PromptError(FlowzooError, ValueError):
+    """A prompt or infill request that cannot be served: too long, empty, or a hole for a left-to-right model."""

@@ -60,6 +60,20 @@ class GenerativePerplexity(Metric):
         return torch.exp(self.total_nll / self.num_tokens)
 
 
+class CompletionPerplexity(GenerativePerplexity):
+    """GenPPL of completions scored on the completion only: exp(sum NLL(y | prompt) / number of completion tokens)
+    under the causal judge, with NLL(y | prompt) = NLL(prompt + y) - NLL(prompt) (the chain rule; exact when the
+    judge's tokens of the prompt are a prefix of those of the whole text, both within its context)."""
+
+    def update(self, prompts: Sequence[str], texts: Sequence[str]) -> None:  # type: ignore[override]
+        if len(prompts) != len(texts):
+            raise ValueError(f"{len(prompts)} prompts for {len(texts)} texts")
+        whole, n_whole = self.judge.score(self.judge.encode(list(texts)))
+        prefix, n_prefix = self.judge.score(self.judge.encode(list(prompts)))
+        self.total_nll += whole - prefix
+        self.num_tokens += n_whole - n_prefix
+
+
 class UnigramEntropy(Metric):
     """Mean over samples of the entropy (nats) of each sample's token histogram: -sum_v (n_v/L) log(n_v/L)."""
 

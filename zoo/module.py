@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 from typing import Any
 
@@ -14,8 +15,10 @@ from flowzoo import registry, teachers
 from flowzoo.backbones.base import Backbone
 from flowzoo.checkpoints.hub_mixin import FlowzooHubMixin
 from flowzoo.heads.base import Head
+from flowzoo.errors import PromptError
 from flowzoo.objectives.base import Objective
 from flowzoo.paths.base import ProbabilityPath
+from flowzoo.prompt import Prompt, as_prompt
 from flowzoo.samplers.base import SampleOutput, Sampler
 from flowzoo.state import reproducible_logits
 from flowzoo.validation import check_state, check_times, check_tokens, on_host
@@ -174,21 +177,40 @@ class FlowLM(L.LightningModule, FlowzooHubMixin):
     # --- sampling ------------------------------------------------------------------
     @torch.no_grad()
     def generate(
-        self, num_samples: int, length: int, sampler: Sampler | str | dict | None = None, seed: int | None = None
+        self,
+        num_samples: int,
+        length: int,
+        sampler: Sampler | str | dict | None = None,
+        seed: int | None = None,
+        prompt: "Prompt | str | list[int] | torch.Tensor | None" = None,
     ) -> SampleOutput:
-        """Sample ``num_samples`` sequences of ``length`` tokens with ``sampler`` (default: the model's own)."""
+        """Sample ``num_samples`` sequences of ``length`` tokens with ``sampler`` (default: the model's own).
+
+        ``prompt``: what is known (flowzoo.prompt): a :class:`~flowzoo.prompt.Prompt` (known ids and a mask of known
+        positions, e.g. holes), a prefix of ids, or text (encoded with the model's tokenizer). The known positions
+        come back unchanged; a prompt longer than ``length``, or holes for a sampler that cannot infill, raise
+        :class:`~flowzoo.errors.PromptError`."""
         if num_samples < 1 or length < 1:
             raise ValueError(f"num_samples and length must be positive, got {num_samples} and {length}")
         chosen = self.sampler if sampler is None else registry.build("sampler", sampler)
         if chosen is not self.sampler:
             registry.check_compatible({"path": self.path, "head": self.head, "objective": self.objective, "sampler": chosen})
+        kwargs = {}
+        if prompt is not None:
+            prompt = as_prompt(prompt, length, getattr(self, "tokenizer", None)).expand(num_samples, length, self.vocab_size, self.device)
+            if "prompt" not in inspect.signature(chosen.sample).parameters:
+                raise PromptError(f"sampler {chosen.registry_name!r} does not take a prompt")
+            refusal = chosen.prompt_refusal(prompt)
+            if refusal:
+                raise PromptError(refusal)
+            kwargs["prompt"] = prompt
         generator = None
         if seed is not None:
             generator = torch.Generator(device=self.device).manual_seed(seed)
         was_training = self.training
         self.eval()
         try:
-            return chosen.sample(self, num_samples, length, generator=generator)
+            return chosen.sample(self, num_samples, length, generator=generator, **kwargs)
         finally:
             self.train(was_training)
 

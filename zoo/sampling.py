@@ -12,7 +12,8 @@ import torch
 from flowzoo import registry
 from flowzoo.checkpoints import load_checkpoint
 from flowzoo.devices import resolve_device
-from flowzoo.errors import DataError, FlowzooError, SamplingWarning
+from flowzoo.errors import DataError, FlowzooError, PromptError, SamplingWarning
+from flowzoo.prompt import HOLE_MARKER, Prompt
 
 
 def data_from_spec(spec: dict[str, Any] | None):
@@ -74,6 +75,46 @@ def bound_reward(reward: str | dict, options: dict[str, Any] | None, model, data
     return built.bind(model.vocab_size, vocabulary, decode)
 
 
+def encode_text(text: str, data=None, model=None) -> list[int]:
+    """Ids of ``text`` with the training data's encoder (``data.encode`` or its tokenizer), else the model's tokenizer."""
+    if data is not None and hasattr(data, "encode"):
+        return list(data.encode(text))
+    tokenizer = getattr(data, "tokenizer", None) if data is not None else None
+    tokenizer = tokenizer or getattr(model, "tokenizer", None)
+    if tokenizer is None:
+        raise PromptError("cannot encode the prompt: the model ships no tokenizer and its training data is not available here")
+    encoded = tokenizer.encode(text)
+    return list(getattr(encoded, "ids", encoded))
+
+
+def text_prompt(text: str | None, infill: str | None, hole_length: int, length: int, data=None, model=None, hold: str = "clean") -> Prompt | None:
+    """The :class:`Prompt` of ``--prompt TEXT`` (a prefix) or ``--infill TEXT`` (each HOLE_MARKER "[...]" a hole of
+    ``hole_length`` generated tokens); None when neither is given."""
+    if text is not None and infill is not None:
+        raise PromptError("give either --prompt (a prefix) or --infill (a text with holes), not both")
+    if text is not None:
+        return Prompt.prefix(encode_text(text, data, model), length, hold)
+    if infill is not None:
+        if HOLE_MARKER not in infill:
+            raise PromptError(f"--infill needs at least one hole marked {HOLE_MARKER!r}, e.g. \"To be, or {HOLE_MARKER} to be\"")
+        segments = [encode_text(part, data, model) if part.strip() else [] for part in infill.split(HOLE_MARKER)]
+        return Prompt.infill(segments, hole_length, length, hold)
+    return None
+
+
+def show_completion(decode, tokens: torch.Tensor, known: torch.Tensor) -> str:
+    """One row (L,) as text with each generated span set apart as {{...}} from the known (prompt) text."""
+    spans, start = [], 0
+    for i in range(1, len(tokens) + 1):
+        if i == len(tokens) or bool(known[i]) != bool(known[start]):
+            text = decode(tokens[None, start:i])[0]
+            spans.append(text if known[start] else "{{" + text + "}}")
+            start = i
+    whole = decode(tokens[None])[0]
+    plain = "".join(s.replace("{{", "").replace("}}", "") for s in spans)
+    return "".join(spans) if plain == whole else " ".join(spans)
+
+
 def sample_from_checkpoint(
     checkpoint: str,
     sampler: str | None = None,
@@ -84,12 +125,19 @@ def sample_from_checkpoint(
     device: str | torch.device = "cpu",
     reward: str | dict | None = None,
     reward_options: dict[str, Any] | None = None,
+    prompt: str | None = None,
+    infill: str | None = None,
+    hole_length: int = 8,
+    hold: str = "clean",
 ) -> dict[str, Any]:
     """Load a model onto ``device``, draw samples with (a variant of) its sampler, decode and score them.
 
     A ``length`` beyond the training length runs, with a :class:`SamplingWarning` (positions the model never saw).
     ``reward`` (a registered name, with ``reward_options``) scores the samples (``metrics["reward"]``, the mean);
     with a steering option among the overrides (``guidance``, ``particles``) the sampler also steers towards it.
+    ``prompt`` (a text prefix) or ``infill`` (a text with "[...]" holes of ``hole_length`` tokens) makes the
+    samples completions: their texts show the generated spans as {{...}}, and the metrics are the data's
+    conditional figures (``evaluate_completions``).
     """
     device = resolve_device(device, "device")
     model = load_checkpoint(checkpoint).to(device)
@@ -121,8 +169,9 @@ def sample_from_checkpoint(
                 SamplingWarning,
                 stacklevel=2,
             )
+    given = text_prompt(prompt, infill, hole_length, length, data, model, hold)
     start = time.perf_counter()
-    out = model.generate(num_samples, length, sampler=chosen, seed=seed)
+    out = model.generate(num_samples, length, sampler=chosen, seed=seed, prompt=given)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     elapsed = time.perf_counter() - start
@@ -132,8 +181,13 @@ def sample_from_checkpoint(
         try:  # the training data decodes and scores; it may need its corpus (absent on a machine that only pulled the model)
             if data.vocab_size != model.vocab_size:
                 raise DataError(f"its tokenizer now has {data.vocab_size} ids, the model {model.vocab_size}: the files changed")
-            texts = data.decode(tokens)
-            metrics = rounded(data.sample_metrics(tokens))
+            if given is None:
+                texts = data.decode(tokens)
+                metrics = rounded(data.sample_metrics(tokens))
+            else:
+                known = given.mask.cpu().expand_as(tokens)
+                texts = [show_completion(data.decode, row, mask) for row, mask in zip(tokens, known)]
+                metrics = rounded(data.evaluate_completions(tokens, known)) if hasattr(data, "evaluate_completions") else None
         except (FlowzooError, OSError) as err:
             texts, unavailable = None, err
     if texts is None:

@@ -151,3 +151,21 @@ def test_headline_against_several_named_baselines():
     text = markdown(full)
     assert "The fastest ancestral setting of MDLM + SDTT at least as good needs 8 steps" in text
     assert "No uniform_ancestral setting in the grid reaches the reference's nll (Duo + DCD)" in text
+
+
+def test_benchmark_reports_conditional_rows_beside_the_unconditional_ones(checkpoints, tmp_path, capsys):
+    out = tmp_path / "cond"
+    config = write_config(checkpoints, out, num_samples=8)
+    assert main(["benchmark", "--config", str(config), "--threads", "1", "--prompts-from", "validation", "--prompt-len", "4"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    conditional = results["conditional_rows"]
+    assert [(r["sampler_name"], r["steps"], r["prompt_len"]) for r in conditional] == [("euler", 2, 4), ("euler", 4, 4), ("flow_map", 1, 4)]
+    for r in conditional:
+        assert {"boundary_valid", "inner_valid", "completion_nll", "entropy", "prompt_repeat", "gen_ppl"} <= set(r["metrics"])
+        assert r["metrics"]["gen_ppl"] > 1.0
+        assert 0.0 <= r["metrics"]["boundary_valid"] <= 1.0
+    md = (out / "results.md").read_text()
+    assert "## Conditional rows: prompts of 4 tokens (validation), 8 generated" in md and "| flow | flow_map | 1 | 1 |" in md
+    capsys.readouterr()
+    assert main(["benchmark", "--config", str(config), "--prompts-from", "validation", "--prompt-len", "12"]) == 2
+    assert "prompt_len must lie in [1, 12) for sequences of 12, got 12" in capsys.readouterr().err

@@ -240,3 +240,27 @@ def test_judge_fit_args_put_config_first_and_user_flags_last():
     assert "--model.objective=ar" in args
     with pytest.raises(ValueError, match="--config"):
         judge_fit_args(["--trainer.max_steps=5"])
+
+
+def test_completion_perplexity_scores_the_completion_only():
+    """NLL(prompt + y) - NLL(prompt) under a causal judge: the completion's tokens only, by the chain rule."""
+    from flowzoo.metrics import CompletionPerplexity
+
+    from flowzoo.judges import Judge
+
+    class Toy(Judge):  # every token costs its id in nats; the judge's tokens are the characters
+        context, batch_size, name = 64, 8, "toy"
+
+        @property
+        def device(self):
+            return torch.device("cpu")
+
+        def encode(self, texts):
+            return [[int(c) for c in t] for t in texts]
+
+        def score(self, sequences):
+            return float(sum(sum(s[1:]) for s in sequences)), sum(len(s) - 1 for s in sequences)
+
+    metric = CompletionPerplexity(Toy())
+    metric.update(["12", "3"], ["1234", "35"])  # completions "34" (3 + 4 nats) and "5" (5 nats)
+    assert float(metric.compute()) == pytest.approx(math.exp(12 / 3))

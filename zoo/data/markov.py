@@ -186,5 +186,17 @@ class MarkovData(TokenDataModule):
     def evaluate_samples(self, tokens):
         return self.chain.evaluate(tokens)
 
+    def encode(self, text: str) -> list[int]:
+        """Ids of the words of ``text`` (split on whitespace); an unknown word is refused, naming it."""
+        index = {w: i for i, w in enumerate(self.chain.words)}
+        unknown = [w for w in text.split() if w not in index]
+        if unknown:
+            raise DataError(f"words not in the Markov language: {', '.join(unknown[:5])}")
+        return [index[w] for w in text.split()]
+
+    def evaluate_completions(self, tokens, known):
+        """The exact conditional figures of completions of the known positions (MarkovChain.conditional_metrics)."""
+        return self.chain.conditional_metrics(torch.as_tensor(tokens).cpu().numpy(), torch.as_tensor(known).cpu().numpy())
+
     def __repr__(self) -> str:
         return f"MarkovData(states={self.vocab_size}, H={self.chain.entropy_rate():.3f} nats, log V={math.log(self.vocab_size):.3f})"
