@@ -30,8 +30,9 @@ class RecordSteps(Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         with torch.no_grad():
             checksum = float(sum(p.double().sum() for p in pl_module.parameters()))
+        teacher = getattr(pl_module.objective, "_teacher", None)
         self._write(trainer, {"step": trainer.global_step, "loss": float(outputs["loss"]), "weights": checksum,
-                              "rows": batch.tolist()})
+                              "rows": batch.tolist(), "teacher": None if teacher is None else id(teacher)})
 
 
 class InterruptAt(Callback):

@@ -211,3 +211,16 @@ def test_an_interrupted_run_resumed_with_ckpt_path_last_repeats_the_uninterrupte
     final, reference = ckpt(root / "checkpoints/last.ckpt"), ckpt(tmp_path / "whole/checkpoints/last.ckpt")
     for key in ("state_dict", "current_model_state"):
         assert all(torch.allclose(final[key][k], v, rtol=1e-5, atol=1e-7) for k, v in reference[key].items()), key
+
+
+def test_every_config_averages_with_the_warm_up_ema():
+    import yaml
+
+    root = TESTS.parent
+    files = [*sorted((root / "configs").glob("*.yaml")), *sorted((root / "benchmarks" / "study").glob("*.yaml"))]
+    assert len(files) >= 10
+    for path in files:
+        callbacks = (yaml.safe_load(path.read_text())["trainer"].get("callbacks") or [])
+        names = [c["class_path"] for c in callbacks]
+        assert "flowzoo.callbacks.EMA" in names and not any("EMAWeightAveraging" in n for n in names), path
+    assert "EMAWeightAveraging" not in (root / "benchmarks" / "study.py").read_text()
