@@ -196,6 +196,8 @@ def test_an_interrupted_run_resumed_with_ckpt_path_last_repeats_the_uninterrupte
     cmd = [sys.executable, "-m", "flowzoo", "fit", *_resume_args(root, record),
            "--trainer.callbacks+=run_helpers.InterruptAt", f"--trainer.callbacks.step={stop}", f"--trainer.callbacks.signal_name={signal_name}"]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    for noise in ("Tip:", "litmodels", "GPU available", "Seed set to"):  # a fresh process: Lightning's notices silenced
+        assert noise not in done.stdout + done.stderr, noise
     if signal_name == "SIGKILL":
         assert done.returncode == -9, done.stderr[-2000:]
     else:
@@ -224,3 +226,63 @@ def test_every_config_averages_with_the_warm_up_ema():
         names = [c["class_path"] for c in callbacks]
         assert "flowzoo.callbacks.EMA" in names and not any("EMAWeightAveraging" in n for n in names), path
     assert "EMAWeightAveraging" not in (root / "benchmarks" / "study.py").read_text()
+
+
+# --- output ------------------------------------------------------------------------------------------------------
+def test_the_progress_bar_counts_steps_of_max_steps_not_epoch_minus_two():
+    from types import SimpleNamespace
+
+    from flowzoo.progress import StepProgressBar
+
+    bar = StepProgressBar()
+    bar._trainer = SimpleNamespace(max_steps=3000, max_epochs=-1)
+    assert bar._get_train_description(0).strip() == "Step" and bar.total_train_batches == 3000
+    bar._trainer = SimpleNamespace(max_steps=-1, max_epochs=5)
+    assert bar._get_train_description(2).strip() == "Epoch 2/4"
+
+
+def test_lightning_tips_and_hardware_lines_are_dropped():
+    """(A fresh ``flowzoo fit`` process prints none of them: the interrupted-run test checks its output.)"""
+    import logging
+
+    from lightning.pytorch.utilities.rank_zero import rank_zero_info
+
+    from flowzoo.cli import quiet_lightning
+
+    quiet_lightning()
+    seen = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    logger.addHandler(handler)
+    try:
+        for message in ("💡 Tip: For seamless cloud uploads and versioning, try installing [litmodels]",
+                        "GPU available: False, used: False", "`Trainer.fit` stopped: `max_steps=3` reached."):
+            rank_zero_info(message)
+    finally:
+        logger.removeHandler(handler)
+    assert seen == ["`Trainer.fit` stopped: `max_steps=3` reached."]
+
+
+def test_the_sampler_splits_each_epoch_between_ranks_and_resumes_mid_epoch():
+    from flowzoo.data.sampler import ResumableSampler
+
+    data = list(range(10))
+    whole = ResumableSampler(data, batch_size=2, seed=3)
+    epoch0 = list(whole)
+    whole.set_epoch(1)
+    epoch1 = list(whole)
+    assert sorted(epoch0) == data and epoch0 != epoch1 and list(ResumableSampler(data, batch_size=2, seed=3)) == epoch0
+    resumed = ResumableSampler(data, batch_size=2, seed=3)
+    resumed.resume_at(0, 2)  # two batches of epoch 0 done
+    assert list(resumed) == epoch0[4:] and list(resumed) == epoch0[4:]  # every pass over the resumed epoch
+    resumed.set_epoch(1)
+    assert list(resumed) == epoch1  # the next epoch is whole
+    ended = ResumableSampler(data, batch_size=2, seed=3)
+    ended.resume_at(0, 5)  # the whole epoch done: the next one from its start
+    assert ended.epoch == 1 and list(ended) == epoch1
+    shares = [ResumableSampler.__new__(ResumableSampler) for _ in range(2)]
+    for rank, share in enumerate(shares):
+        torch.utils.data.DistributedSampler.__init__(share, data, num_replicas=2, rank=rank, shuffle=True, seed=3)
+        share.batch_size, share.drop_last_batch, share._skip = 2, False, None
+    assert set(shares[0]) | set(shares[1]) == set(data) and not set(shares[0]) & set(shares[1])
