@@ -306,7 +306,7 @@ def quiet_lightning() -> None:
     for message in (r"Experiment logs directory .* exists and is not empty", r"Checkpoint directory .* exists and is not empty",
                     r".*does not have many workers which may be a bottleneck", r".*isinstance\(treespec, LeafSpec\)",
                     r"The number of training batches .* is smaller than the logging interval", r"No seed found",
-                    r"LightningCLI's args parameter is intended"):
+                    r"LightningCLI's args parameter is intended", r"Precision .* is not supported by the model summary"):
         warnings.filterwarnings("ignore", message=message)
 
 
