@@ -119,8 +119,8 @@ def test_a_max_time_stop_saves_its_step_and_a_resume_gets_max_time_again(tmp_pat
     assert main(["fit", *common, "--ckpt_path", "last"]) == 0
     second = ckpt(root / "checkpoints/last.ckpt")["global_step"]
     assert (root / "latest").resolve().name == "version_0", "--ckpt_path last continues in the same run folder"
-    # the resumed run trained for another ~2 s, not stopped at once by the time spent before (Lightning's Timer)
-    assert second - first > max(2, first // 4), (first, second)
+    # the resumed run trained for another ~2 s: Lightning's Timer, restoring the 2 s spent before, stops it after 1 step
+    assert second - first >= 3, (first, second)
 
 
 # --- EMA ---------------------------------------------------------------------------------------------------------

@@ -166,6 +166,11 @@ class EndOfRun(Callback):
                 self._stop_reason = "max_time" if any(isinstance(cb, Timer) and cb.time_remaining() is not None and cb.time_remaining() <= 0 for cb in trainer.callbacks) else "stopped"
             save_final(trainer)
 
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.should_stop and not trainer.sanity_checking and trainer.state.fn == "fit":  # e.g. EarlyStopping
+            self._stop_reason = self._stop_reason or "stopped"
+            save_final(trainer)  # before on_train_end, where an EMA puts its average into the live weights
+
     def on_train_end(self, trainer, pl_module) -> None:
         self._restore_handler()
         save_final(trainer)  # a no-op when the final step is saved already

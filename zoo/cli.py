@@ -306,7 +306,12 @@ def quiet_lightning() -> None:
     for message in (r"Experiment logs directory .* exists and is not empty", r"Checkpoint directory .* exists and is not empty",
                     r".*does not have many workers which may be a bottleneck", r".*isinstance\(treespec, LeafSpec\)",
                     r"The number of training batches .* is smaller than the logging interval", r"No seed found",
-                    r"LightningCLI's args parameter is intended", r"Precision .* is not supported by the model summary"):
+                    r"LightningCLI's args parameter is intended", r"Precision .* is not supported by the model summary",
+                    # flowzoo's data modules resume mid-epoch (flowzoo.data.sampler), from the loop's restored position
+                    r"You're resuming from a checkpoint that ended before the epoch ended",
+                    # validate/test with a checkpoint of `fit`: its run callbacks (flowzoo.callbacks) only matter to fit
+                    r"Be aware that when using `ckpt_path`, callbacks used to create the checkpoint need to be provided"
+                    r".*\['(ResumeState|EndOfRun)'(, '(ResumeState|EndOfRun)')?\]"):
         warnings.filterwarnings("ignore", message=message)
 
 
