@@ -281,6 +281,9 @@ def test_the_sampler_splits_each_epoch_between_ranks_and_resumes_mid_epoch():
     ended = ResumableSampler(data, batch_size=2, seed=3)
     ended.resume_at(0, 5)  # the whole epoch done: the next one from its start
     assert ended.epoch == 1 and list(ended) == epoch1
+    limited = ResumableSampler(data, batch_size=2, seed=3)
+    limited.resume_at(0, 3, limit=3)  # limit_train_batches=3 ended epoch 0 after 3 batches
+    assert limited.epoch == 1 and list(limited) == epoch1
     shares = [ResumableSampler.__new__(ResumableSampler) for _ in range(2)]
     for rank, share in enumerate(shares):
         torch.utils.data.DistributedSampler.__init__(share, data, num_replicas=2, rank=rank, shuffle=True, seed=3)

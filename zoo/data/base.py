@@ -101,7 +101,7 @@ class TokenDataModule(Component, L.LightningDataModule):
         sampler = ResumableSampler(dataset, self.batch_size, shuffle=True, drop_last_batch=drop_last)
         position = _fit_position(getattr(self, "trainer", None))
         if position is not None:
-            sampler.resume_at(*position)
+            sampler.resume_at(*position, limit=getattr(self.trainer, "limit_train_batches", None))
         # the loader's own generator: creating its iterator must not draw from the global RNG (the objectives' noise)
         return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
                           drop_last=drop_last, collate_fn=_collate, generator=torch.Generator().manual_seed(sampler.seed))

@@ -28,9 +28,14 @@ class ResumableSampler(DistributedSampler):
         self.batch_size, self.drop_last_batch = batch_size, drop_last_batch
         self._skip: tuple[int, int] | None = None  # (epoch, rows of this rank's share to skip)
 
-    def resume_at(self, epoch: int, batches: int) -> None:
-        """Start the next pass at ``epoch`` after ``batches`` batches (a whole epoch done: the next epoch's start)."""
+    def resume_at(self, epoch: int, batches: int, limit: int | float | None = None) -> None:
+        """Start the next pass at ``epoch`` after ``batches`` batches (a whole epoch done: the next epoch's start);
+        ``limit``: the trainer's ``limit_train_batches`` (batches, or a fraction of the epoch) where it ends epochs early."""
         per_epoch = self.num_samples // self.batch_size if self.drop_last_batch else -(-self.num_samples // self.batch_size)
+        if isinstance(limit, int) and not isinstance(limit, bool):
+            per_epoch = min(per_epoch, limit)
+        elif isinstance(limit, float) and limit < 1.0:
+            per_epoch = int(per_epoch * limit)
         if batches >= per_epoch:
             epoch, batches = epoch + 1, 0
         self.set_epoch(epoch)
