@@ -180,7 +180,7 @@ class EndOfRun(Callback):
                   "step; continue with --ckpt_path last", file=sys.stderr)
 
     def on_fit_end(self, trainer, pl_module) -> None:
-        from flowzoo.judge import SavePretrained
+        from flowzoo.checkpoints.callback import SavePretrained
 
         if not self.pretrained or any(isinstance(cb, SavePretrained) for cb in trainer.callbacks):
             return
