@@ -180,16 +180,31 @@ def _resume_args(root, record) -> list[str]:
             f"--trainer.default_root_dir={root}"]
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The uninterrupted 10-step run: (its folder, {step: record})."""
+    from run_helpers import read_steps
+
+    folder = tmp_path_factory.mktemp("uninterrupted")
+    sys.path.insert(0, str(TESTS))
+    try:
+        assert main(["fit", *_resume_args(folder / "whole", folder / "whole.jsonl")]) == 0
+    finally:
+        sys.path.remove(str(TESTS))
+    whole = read_steps(folder / "whole.jsonl")
+    assert sorted(whole) == list(range(1, 11))
+    return folder, whole
+
+
 @pytest.mark.parametrize("signal_name, stop, resumed_from", [("SIGKILL", 6, 4), ("SIGINT", 3, 3)])
-def test_an_interrupted_run_resumed_with_ckpt_path_last_repeats_the_uninterrupted_loss_curve(tmp_path, monkeypatch, signal_name, stop, resumed_from):
+def test_an_interrupted_run_resumed_with_ckpt_path_last_repeats_the_uninterrupted_loss_curve(
+        tmp_path, monkeypatch, uninterrupted, signal_name, stop, resumed_from):
     """4 batches per epoch, 10 steps: SIGKILL after step 6 resumes from the periodic save at step 4 (an epoch
     boundary), SIGINT after step 3 stops at step 3 and saves it (mid-epoch); with validation and an EMA running."""
     from run_helpers import read_steps
 
     monkeypatch.syspath_prepend(str(TESTS))
-    assert main(["fit", *_resume_args(tmp_path / "whole", tmp_path / "whole.jsonl")]) == 0
-    whole = read_steps(tmp_path / "whole.jsonl")
-    assert sorted(whole) == list(range(1, 11))
+    whole_folder, whole = uninterrupted
 
     root, record = tmp_path / "cut", tmp_path / "cut.jsonl"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
@@ -210,7 +225,7 @@ def test_an_interrupted_run_resumed_with_ckpt_path_last_repeats_the_uninterrupte
         assert cut[step]["rows"] == whole[step]["rows"], f"step {step}: another batch than the uninterrupted run's"
         assert cut[step]["loss"] == pytest.approx(whole[step]["loss"], rel=1e-6, abs=1e-7), step
         assert cut[step]["weights"] == pytest.approx(whole[step]["weights"], rel=1e-6), step
-    final, reference = ckpt(root / "checkpoints/last.ckpt"), ckpt(tmp_path / "whole/checkpoints/last.ckpt")
+    final, reference = ckpt(root / "checkpoints/last.ckpt"), ckpt(whole_folder / "whole/checkpoints/last.ckpt")
     for key in ("state_dict", "current_model_state"):
         assert all(torch.allclose(final[key][k], v, rtol=1e-5, atol=1e-7) for k, v in reference[key].items()), key
 
