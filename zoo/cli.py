@@ -238,6 +238,8 @@ class FlowzooCLI(_LightningCLI):
         from flowzoo import ckpt_path
         from flowzoo.callbacks import add_run_callbacks
 
+        if self.trainer.is_global_zero:  # once the model and data built: a refused input prints its one line only
+            print(f"flowzoo: run folder {self.trainer.default_root_dir}", file=sys.stderr)
         place_checkpoints(self.trainer)
         add_run_callbacks(self.trainer)
         use_step_progress_bar(self.trainer)
@@ -264,8 +266,6 @@ def prepare_run(trainer: dict, ckpt_path: str | None) -> None:
     trainer["default_root_dir"] = str(run)
     if trainer.get("logger") in (None, True):
         trainer["logger"] = {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(run), "name": "", "version": ""}}
-    if os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0":
-        print(f"flowzoo: run folder {run}", file=sys.stderr)
 
 
 def use_step_progress_bar(trainer) -> None:
