@@ -54,10 +54,9 @@ METHODS = ("flow", "flow_map", "mdlm", "ar", "flow_map_dmd", "flow_map_refine", 
 DEFAULT_METHODS = ("flow", "flow_map", "mdlm", "ar")
 DISTILLED = ("flow_map", "flow_map_dmd", "flow_map_refine")  # methods trained from the flow, with their own step budget
 DISCRETE_DISTILLED = {"duo_dcd": "duo", "mdlm_sdtt": "mdlm"}  # distilled discrete baselines and the model they distil
-EMA_099 = [  # a short fine-tune averages its own last ~100 steps, not the weights it started from
-    "--trainer.callbacks=lightning.pytorch.callbacks.EMAWeightAveraging",
+EMA_099 = [  # a short fine-tune averages its own last ~100 steps (flowzoo's EMA with warm-up, final decay 0.99)
+    "--trainer.callbacks=flowzoo.callbacks.EMA",
     "--trainer.callbacks.decay=0.99",
-    "--trainer.callbacks.update_starting_at_step=10",
 ]
 
 
@@ -143,7 +142,6 @@ FLAGS = {
         "--trainer.max_steps={distill_steps}",
     ],
 }
-SAVE = "--trainer.callbacks+=flowzoo.checkpoints.callback.SavePretrained"
 TINY_TRAIN = [
     "--model.backbone.init_args.width=32",
     "--model.backbone.init_args.depth=1",
@@ -169,7 +167,8 @@ def flowzoo(*args: str) -> list[str]:
 
 
 def train(data: str, method: str, runs: Path, args, teacher: Path | None, student: Path | None = None) -> Path:
-    """Train one method (unless its pretrained directory exists); returns the checkpoint to benchmark."""
+    """Train one method (unless its pretrained directory exists); returns the checkpoint to benchmark: ``flowzoo fit``
+    writes ``<out>/version_N/pretrained`` at the end of every run, ``<out>/pretrained`` points to the newest."""
     given = getattr(args, method)
     if given:
         return Path(given)
@@ -191,7 +190,7 @@ def train(data: str, method: str, runs: Path, args, teacher: Path | None, studen
     if args.max_steps and not args.tiny and method not in DISTILLED and method not in DISCRETE_DISTILLED:  # a reduced budget, the same for every method
         extra = [f"--trainer.max_steps={args.max_steps}", f"--trainer.val_check_interval={min(1000, args.max_steps)}"]
     extra += [flag for target, flag in args.train_flags if target == method]
-    cmd = flowzoo("fit", "--config", str(ROOT / "benchmarks" / "study" / f"{data}.yaml"), *flags, f"--trainer.default_root_dir={out}", SAVE, *extra)
+    cmd = flowzoo("fit", "--config", str(ROOT / "benchmarks" / "study" / f"{data}.yaml"), *flags, f"--trainer.default_root_dir={out}", *extra)
     run(cmd, args.threads)
     return out / "pretrained"
 

@@ -149,12 +149,15 @@ def one_line_option_errors(argv: Sequence[str]):
 def place_checkpoints(trainer) -> None:
     """Checkpoint callbacks without a ``dirpath`` write to ``<default_root_dir>/checkpoints``.
 
-    One predictable place per run folder (``--trainer.default_root_dir=runs/x`` gives ``runs/x/checkpoints/last.ckpt``)
-    instead of Lightning's ``lightning_logs/version_N/checkpoints``.
+    ``default_root_dir`` is the run's own folder here (flowzoo.runs: ``runs/x/version_N``, with ``runs/x/checkpoints``
+    pointing at the newest run's). Every one of them keeps a ``last.ckpt`` (the final step: flowzoo.callbacks.EndOfRun) unless ``save_last: false``
+    says otherwise, so ``--ckpt_path last`` and ``<run>/checkpoints/last.ckpt`` exist for every run.
     """
     for callback in trainer.checkpoint_callbacks:
         if callback.dirpath is None:
             callback.dirpath = os.path.realpath(os.path.join(trainer.default_root_dir, "checkpoints"))
+        if getattr(callback, "save_last", False) is None:
+            callback.save_last = True
 
 
 def check_ckpt_path(argv: Sequence[str]) -> None:
@@ -198,49 +201,135 @@ def cpu_precision(precision: Any, accelerator: Any) -> Any:
     return "32-true"
 
 
-def lightning_main(argv: Sequence[str]) -> None:
-    from lightning.pytorch.cli import LightningCLI
+try:
+    from lightning.pytorch.cli import LightningCLI as _LightningCLI
+except ImportError:  # pragma: no cover
+    _LightningCLI = object  # type: ignore[misc,assignment]
 
-    from flowzoo import ckpt_path
+
+class FlowzooCLI(_LightningCLI):
+    """LightningCLI with flowzoo's defaults, run folders (flowzoo.runs) and run callbacks (flowzoo.callbacks).
+    At module level, not inside a function: ``ddp_spawn`` pickles it."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.link_arguments("data.vocab_size", "model.vocab_size", apply_on="instantiate")
+        defaults = {f"model.{kind}": {"class_path": registry.class_path(registry.get(kind, name))} for kind, name in _MODEL_DEFAULTS.items()}
+        defaults["data"] = {"class_path": registry.class_path(registry.get("data", "markov"))}
+        parser.set_defaults(defaults)
+
+    def parse_arguments(self, parser, args) -> None:
+        from flowzoo import ckpt_path
+
+        super().parse_arguments(parser, args)
+        # before Lightning reads --ckpt_path's hyperparameters (a bad file is refused here, in one line)
+        subcommand = self.config.get("subcommand")
+        self.ckpt_file = ckpt_path.local_file(self.config[subcommand].get("ckpt_path")) if subcommand else None
+        self.ckpt_model = ckpt_path.read(self.ckpt_file) if self.ckpt_file else None
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        trainer = config["trainer"]
+        trainer["precision"] = cpu_precision(trainer.get("precision"), trainer.get("accelerator"))
+        if self.subcommand == "fit":
+            check_output_dir(trainer.get("default_root_dir") or os.getcwd(), "--trainer.default_root_dir")
+            prepare_run(trainer, config.get("ckpt_path"))
+
+    def before_fit(self) -> None:
+        from flowzoo import ckpt_path
+        from flowzoo.callbacks import add_run_callbacks
+
+        if self.trainer.is_global_zero:  # once the model and data built: a refused input prints its one line only
+            print(f"flowzoo: run folder {self.trainer.default_root_dir}", file=sys.stderr)
+        place_checkpoints(self.trainer)
+        add_run_callbacks(self.trainer)
+        use_step_progress_bar(self.trainer)
+        if self.ckpt_model is not None:
+            ckpt_path.check_resumable(self.model, self.ckpt_model, self.ckpt_file)
+            self.ckpt_model = None  # Lightning restores the run from the file; no second copy kept
+
+    def before_validate(self) -> None:  # the checkpoint's own model: no architecture flags needed
+        from flowzoo import ckpt_path
+
+        if self.ckpt_model is not None:
+            self.model = ckpt_path.evaluation_model(self.model, self.ckpt_model, self.datamodule, self.ckpt_file)
+
+    before_test = before_predict = before_validate
+
+
+def prepare_run(trainer: dict, ckpt_path: str | None) -> None:
+    """Point ``default_root_dir`` at this fit's own run folder (flowzoo.runs) and, for the default logger, log
+    into that folder; the processes Lightning's ``ddp`` launcher starts inherit the folder (FLOWZOO_RUN_DIR)."""
+    from flowzoo.runs import RUN_DIR_ENV, choose_run_dir
+
+    run = choose_run_dir(trainer.get("default_root_dir"), ckpt_path)
+    os.environ[RUN_DIR_ENV] = str(run)
+    trainer["default_root_dir"] = str(run)
+    if trainer.get("logger") in (None, True):
+        trainer["logger"] = {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(run), "name": "", "version": ""}}
+
+
+def use_step_progress_bar(trainer) -> None:
+    """Replace Lightning's rich progress bar, which reads "Epoch 0/-2" on step-based runs, by one counting steps."""
+    from lightning.pytorch.callbacks import RichProgressBar
+
+    from flowzoo.progress import StepProgressBar
+
+    for i, cb in enumerate(trainer.callbacks):
+        if type(cb) is RichProgressBar:
+            trainer.callbacks[i] = StepProgressBar()
+
+
+_QUIET = ("Tip:", "litlogger", "litmodels", "GPU available:", "TPU available:", "HPU available:", "Seed set to")
+
+
+class _QuietFilter:
+    """Drops Lightning's advertising tips and the hardware and seed notices it prints on every run."""
+
+    def filter(self, record) -> bool:
+        text = record.getMessage()
+        return not any(q in text for q in _QUIET)
+
+
+def quiet_lightning() -> None:
+    """Silence Lightning's tips, hardware lines and warnings that are not about this run's settings."""
+    import logging
+    import warnings
+
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero",
+                 "lightning.fabric.utilities.rank_zero", "lightning.fabric.utilities.seed"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _QuietFilter) for f in logger.filters):
+            logger.addFilter(_QuietFilter())
+        for handler in logger.handlers:
+            if not any(isinstance(f, _QuietFilter) for f in handler.filters):
+                handler.addFilter(_QuietFilter())
+    for message in (r"Experiment logs directory .* exists and is not empty", r"Checkpoint directory .* exists and is not empty",
+                    r".*does not have many workers which may be a bottleneck", r".*isinstance\(treespec, LeafSpec\)",
+                    r"The number of training batches .* is smaller than the logging interval", r"No seed found",
+                    r"LightningCLI's args parameter is intended", r"Precision .* is not supported by the model summary",
+                    # flowzoo's data modules resume mid-epoch (flowzoo.data.sampler), from the loop's restored position
+                    r"You're resuming from a checkpoint that ended before the epoch ended",
+                    # validate/test with a checkpoint of `fit`: its run callbacks (flowzoo.callbacks) only matter to fit
+                    r"Be aware that when using `ckpt_path`, callbacks used to create the checkpoint need to be provided"
+                    r".*\['(ResumeState|EndOfRun)'(, '(ResumeState|EndOfRun)')?\]"):
+        warnings.filterwarnings("ignore", message=message)
+
+
+def lightning_main(argv: Sequence[str]) -> None:
     from flowzoo.data.base import TokenDataModule
     from flowzoo.module import FlowLM
-
-    class FlowzooCLI(LightningCLI):
-        def add_arguments_to_parser(self, parser) -> None:
-            parser.link_arguments("data.vocab_size", "model.vocab_size", apply_on="instantiate")
-            defaults = {f"model.{kind}": {"class_path": registry.class_path(registry.get(kind, name))} for kind, name in _MODEL_DEFAULTS.items()}
-            defaults["data"] = {"class_path": registry.class_path(registry.get("data", "markov"))}
-            parser.set_defaults(defaults)
-
-        def parse_arguments(self, parser, args) -> None:
-            super().parse_arguments(parser, args)
-            # before Lightning reads --ckpt_path's hyperparameters (a bad file is refused here, in one line)
-            subcommand = self.config.get("subcommand")
-            self.ckpt_file = ckpt_path.local_file(self.config[subcommand].get("ckpt_path")) if subcommand else None
-            self.ckpt_model = ckpt_path.read(self.ckpt_file) if self.ckpt_file else None
-
-        def before_instantiate_classes(self) -> None:
-            trainer = (self.config[self.subcommand] if self.subcommand else self.config)["trainer"]
-            trainer["precision"] = cpu_precision(trainer.get("precision"), trainer.get("accelerator"))
-            if self.subcommand == "fit":
-                check_output_dir(trainer.get("default_root_dir") or os.getcwd(), "--trainer.default_root_dir")
-
-        def before_fit(self) -> None:
-            place_checkpoints(self.trainer)
-            if self.ckpt_model is not None:
-                ckpt_path.check_resumable(self.model, self.ckpt_model, self.ckpt_file)
-                self.ckpt_model = None  # Lightning restores the run from the file; no second copy kept
-
-        def before_validate(self) -> None:  # the checkpoint's own model: no architecture flags needed
-            if self.ckpt_model is not None:
-                self.model = ckpt_path.evaluation_model(self.model, self.ckpt_model, self.datamodule, self.ckpt_file)
-
-        before_test = before_predict = before_validate
+    from flowzoo.runs import RUN_DIR_ENV
 
     registry.load_all()
     check_ckpt_path(argv)
+    if argv and argv[0] == "predict":
+        raise FlowzooError("flowzoo predict writes nothing; sample a trained model with `flowzoo sample --checkpoint "
+                           "runs/<name>/checkpoints/last.ckpt --output samples.txt` (see `flowzoo sample --help`)")
     args = nest_regrouped_flags(expand_short_names(argv))
-    program, sys.argv = sys.argv, sys.argv[:1]  # the arguments go in through ``args`` only
+    quiet_lightning()
+    # Lightning's `ddp` launcher starts the other processes by re-running this command line (sys.argv): give it ours.
+    program, sys.argv = sys.argv, [sys.argv[0], *argv]
+    inherited = RUN_DIR_ENV in os.environ
     try:
         with switched_components_start_fresh(), one_line_option_errors(argv):
             FlowzooCLI(
@@ -254,6 +343,8 @@ def lightning_main(argv: Sequence[str]) -> None:
             )
     finally:
         sys.argv = program
+        if not inherited:
+            os.environ.pop(RUN_DIR_ENV, None)
 
 
 _MODEL_DEFAULTS = {"backbone": "dit", "path": "linear", "head": "categorical", "objective": "flow_matching", "sampler": "euler"}
@@ -417,7 +508,7 @@ COMMANDS = {
     "fit": "train a model (LightningCLI: --config FILE, --model.objective=NAME, --trainer.max_steps=N, ...)",
     "validate": "the objective's validation loss and sample metrics of a model (LightningCLI, --ckpt_path)",
     "test": "the same on the test split (LightningCLI, --ckpt_path)",
-    "predict": "generate token ids with the model's sampler (LightningCLI, --ckpt_path)",
+    "predict": "refused: it writes nothing; `flowzoo sample --output FILE` writes samples",
     "sample": "sample text from a trained model (.ckpt, save_pretrained folder or Hub repo)",
     "list": "list the registered components: backbones, paths, heads, objectives, samplers, data",
     "benchmark": "sample quality, NFE, speed and memory of models and samplers into a table (--config FILE)",

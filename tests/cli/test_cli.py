@@ -64,7 +64,8 @@ def test_fit_then_sample_from_the_command_line(tmp_path):
     )
     assert code == 0
     ckpts = sorted(root.rglob("*.ckpt"))
-    assert [p.parent for p in ckpts] == [root / "checkpoints"], "checkpoints go to <default_root_dir>/checkpoints"
+    assert {p.parent for p in ckpts} == {root / "version_0" / "checkpoints"}, "checkpoints go to <default_root_dir>/version_N/checkpoints"
+    assert (root / "checkpoints" / "last.ckpt").resolve() == (root / "version_0" / "checkpoints" / "last.ckpt").resolve()
     out = subprocess.run(
         [sys.executable, "-m", "flowzoo", "sample", "--checkpoint", str(ckpts[-1]), "--steps", "4", "--num-samples", "3", "--show", "1"],
         capture_output=True, text=True, check=True,
@@ -102,7 +103,7 @@ def test_validate_test_and_predict_from_a_fitted_checkpoint(tmp_path, capsys):
     common = [*TINY, "--model.sampler.steps=2", "--model.num_val_samples=4", "--model.lr=0.01", "--model.warmup_steps=1",
               "--trainer.enable_progress_bar=false", "--trainer.logger=false", f"--trainer.default_root_dir={root}"]
     assert main(["fit", *common, "--trainer.max_steps=2", "--trainer.limit_val_batches=1"]) == 0
-    (ckpt,) = sorted((root / "checkpoints").glob("*.ckpt"))
+    ckpt = root / "checkpoints" / "last.ckpt"
     capsys.readouterr()
     reports = {}
     for command, limit, title in (("validate", "--trainer.limit_val_batches=1", "Validate metric"),
@@ -128,7 +129,9 @@ def test_validate_test_and_predict_from_a_fitted_checkpoint(tmp_path, capsys):
         torch.manual_seed(0)
         untrained = fresh.objective(fresh, batch)["loss"].item()
     assert abs(untrained - expected) > 1e-3 * expected  # so the comparison above tells the two apart
-    assert main(["predict", *common, "--trainer.limit_predict_batches=1", f"--ckpt_path={ckpt}"]) == 0
+    # predict wrote nothing anywhere: it is refused with the command that samples
+    assert main(["predict", *common, "--trainer.limit_predict_batches=1", f"--ckpt_path={ckpt}"]) == 2
+    assert "flowzoo sample --checkpoint" in capsys.readouterr().err
     # a checkpoint that is not there is refused before anything is built
     assert main(["validate", *common, f"--ckpt_path={tmp_path / 'none.ckpt'}"]) == 2
     assert "does not exist (--ckpt_path)" in capsys.readouterr().err

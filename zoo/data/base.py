@@ -16,6 +16,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from flowzoo.data.sampler import ResumableSampler
 from flowzoo.errors import DataError
 from flowzoo.registry import Component
 
@@ -93,7 +94,17 @@ class TokenDataModule(Component, L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        """Shuffled by a ResumableSampler: the order of epoch e is fixed by (seed, e), each DDP rank reads its own
+        share, and a run resumed mid-epoch continues at the batch where the checkpoint was taken."""
+        dataset = self.splits["train"]
+        drop_last = len(dataset) >= self.batch_size
+        sampler = ResumableSampler(dataset, self.batch_size, shuffle=True, drop_last_batch=drop_last)
+        position = _fit_position(getattr(self, "trainer", None))
+        if position is not None:
+            sampler.resume_at(*position, limit=getattr(self.trainer, "limit_train_batches", None))
+        # the loader's own generator: creating its iterator must not draw from the global RNG (the objectives' noise)
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
+                          drop_last=drop_last, collate_fn=_collate, generator=torch.Generator().manual_seed(sampler.seed))
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("validation", shuffle=False)
@@ -103,6 +114,17 @@ class TokenDataModule(Component, L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader("validation", shuffle=False)
+
+
+def _fit_position(trainer) -> tuple[int, int] | None:
+    """(epoch, batches of it done) of the fit loop, as restored from a checkpoint; None outside ``fit``."""
+    if trainer is None:
+        return None
+    try:
+        loop = trainer.fit_loop
+        return loop.epoch_progress.current.completed, loop.epoch_loop.batch_progress.current.ready
+    except AttributeError:
+        return None
 
 
 def _collate(rows: list[dict]) -> torch.Tensor:

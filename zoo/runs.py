@@ -1,0 +1,105 @@
+"""Run folders: every ``flowzoo fit`` writes into its own ``<default_root_dir>/version_N``.
+
+    runs/x/version_0/         the first fit: config.yaml, checkpoints/, pretrained/, logs
+    runs/x/version_1/         the second fit into the same root
+    runs/x/latest -> version_1               the newest run (a relative symlink, replaced atomically)
+    runs/x/checkpoints -> latest/checkpoints so runs/x/checkpoints/last.ckpt is always the newest run's last.ckpt
+    runs/x/pretrained -> latest/pretrained   and runs/x/pretrained its save_pretrained folder
+
+A new run takes the next free number with ``os.mkdir`` (atomic), so two fits started at once into one root get two
+folders and never interleave their checkpoints. ``--ckpt_path last`` resumes *in* the newest run's folder (its
+``last.ckpt``); any other ``--ckpt_path`` starts a new folder from that checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+
+from flowzoo.errors import FlowzooError
+
+RUN_DIR_ENV = "FLOWZOO_RUN_DIR"  # set for the processes Lightning's `ddp` launcher starts: they share rank 0's folder
+DEFAULT_ROOT = "runs/default"
+POINTERS = ("checkpoints", "pretrained")
+_VERSION = re.compile(r"version_(\d+)$")
+
+
+def versions(root: Path) -> list[int]:
+    """The numbers N of ``root/version_N`` folders, ascending."""
+    if not root.is_dir():
+        return []
+    return sorted(int(m.group(1)) for p in root.iterdir() if (m := _VERSION.match(p.name)) and p.is_dir() and not p.is_symlink())
+
+
+def latest_run(root: Path) -> Path | None:
+    """The folder ``root/latest`` points to, or the highest ``version_N``; None without runs."""
+    link = root / "latest"
+    if link.is_symlink() and link.resolve().is_dir():
+        return link.resolve()
+    numbers = versions(root)
+    return root / f"version_{numbers[-1]}" if numbers else None
+
+
+def new_run(root: Path) -> Path:
+    """Create ``root/version_N`` with the next free N (``os.mkdir`` fails on a taken number: race-free)."""
+    root.mkdir(parents=True, exist_ok=True)
+    n = (versions(root) or [-1])[-1] + 1
+    while True:
+        run = root / f"version_{n}"
+        try:
+            os.mkdir(run)
+            return run
+        except FileExistsError:
+            n += 1
+
+
+def _replace_symlink(link: Path, target: str) -> None:
+    tmp = link.with_name(f".{link.name}.{os.getpid()}.tmp")
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    os.symlink(target, tmp)
+    os.replace(tmp, link)  # atomic: readers see the old or the new target, never none
+
+
+def migrate_old_layout(root: Path) -> None:
+    """Move a ``checkpoints``/``pretrained`` folder of the layout before run folders into a ``version_N``."""
+    old = [root / name for name in POINTERS if (root / name).is_dir() and not (root / name).is_symlink()]
+    if not old:
+        return
+    run = new_run(root)
+    for path in old:
+        os.replace(path, run / path.name)
+    print(f"flowzoo: moved {', '.join(p.name for p in old)} of an earlier run in {root} (the layout before run "
+          f"folders) to {run}", file=sys.stderr)
+
+
+def point_to(root: Path, run: Path) -> None:
+    """``root/latest`` -> ``run``; ``root/checkpoints`` and ``root/pretrained`` -> ``latest/...``."""
+    _replace_symlink(root / "latest", run.name)
+    for name in POINTERS:
+        link = root / name
+        if not link.is_symlink():
+            _replace_symlink(link, os.path.join("latest", name))
+
+
+def choose_run_dir(default_root_dir: str | None, ckpt_path: str | None) -> Path:
+    """The run folder of this ``fit``: rank 0's (``FLOWZOO_RUN_DIR``) in a process started by ``ddp``; the newest
+    run for ``--ckpt_path last``; otherwise a new ``version_N``. Updates the ``latest`` pointers."""
+    inherited = os.environ.get(RUN_DIR_ENV)
+    if inherited:
+        return Path(inherited)
+    root = Path(default_root_dir or DEFAULT_ROOT).expanduser().absolute()
+    if root.exists() and not root.is_dir():
+        raise FlowzooError(f"--trainer.default_root_dir {root} is a file, not a folder")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        migrate_old_layout(root)
+        run = latest_run(root) if ckpt_path == "last" else None
+        if run is None:
+            run = new_run(root)
+        point_to(root, run)
+    except PermissionError as err:
+        raise FlowzooError(f"cannot write the run folder in --trainer.default_root_dir {root}: {err.strerror}") from None
+    return run
