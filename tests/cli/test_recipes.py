@@ -41,7 +41,7 @@ def test_paper_settings_and_parameter_count(config):
     assert data["tokenizer"] == {"owt": "gpt2", "lm1b": "bert-base-uncased"}[corpus]
     assert data["batch_size"] * trainer["accumulate_grad_batches"] * trainer["devices"] == 512  # the global batch
     assert model["lr"] == 3e-4 and trainer["precision"] == "bf16-mixed"
-    assert any(c["class_path"].endswith("EMAWeightAveraging") and c["init_args"]["decay"] == 0.9999 for c in trainer["callbacks"])
+    assert any(c["class_path"] == "flowzoo.callbacks.EMA" and c["init_args"]["decay"] == 0.9999 for c in trainer["callbacks"])
     args = spec(model["backbone"])["init_args"]
     assert (args["width"], args["depth"], args["heads"]) == (768, 12, 12)
     with torch.device("meta"):  # DiT-small at full size, no memory

@@ -129,6 +129,11 @@ class StreamingTextData(HubTextData):
         return DataLoader(self.packed(split, rank, world, epoch), batch_size=self.batch_size, num_workers=self.num_workers,
                           collate_fn=_collate, drop_last=split == "train")
 
+    def train_dataloader(self) -> DataLoader:
+        """The stream, shuffled by its own buffer and split by rank (no map-style sampler: the corpus is not materialised;
+        a resumed run restarts the stream's epoch rather than continuing at its batch)."""
+        return self._loader("train", shuffle=True)
+
     def build_splits(self):
         raise DataError("a streamed corpus has no materialised splits; iterate train_dataloader() / val_dataloader()")
 

@@ -11,7 +11,7 @@ import torch
 
 from flowzoo.cli import main
 
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[1]  # tests/, where run_helpers.py lives
 TINY = [
     "--model.backbone.width=32",
     "--model.backbone.depth=1",
