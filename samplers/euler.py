@@ -50,10 +50,7 @@ class EulerSampler(EmbeddedSampling, Sampler):
     def sample(self, model, num_samples, length, generator=None, prompt=None):
         steer = self.steering
         if steer is not None:
-            if prompt is not None and steer.particles > 1:
-                raise ValueError("euler: particle steering with a prompt is not supported; steer by gradient (guidance) or drop the prompt")
-            steer.bind(model)
-            num_samples *= steer.particles  # K particles per sample, in consecutive rows
+            num_samples = steer.start(model, num_samples, prompt)  # K particles per sample, in consecutive rows
         # dense (B, L, V) or embedded (B, L, D): the one place the kernels are chosen (steering: dense); a prompt
         # holds its known positions
         state = held(self.state(model) if steer is None else DenseState(model), prompt)

@@ -40,6 +40,7 @@ class Steering:
 
     def __init__(self, reward, guidance: float | None = None, schedule: str = "constant", normalize: bool = False,
                  particles: int = 1, tilt: float = 1.0, who: str = "sampler") -> None:
+        self.who = who
         if reward is None:
             raise ValueError(f"{who}: guidance and particles steer towards a reward; give one (reward=token_count, "
                              f"or --reward NAME on the command line)")
@@ -66,6 +67,14 @@ class Steering:
                 raise ValueError(f"{who}: a reward steers nothing without guidance=ETA or particles=K > 1")
             return None
         return cls(reward, guidance, schedule, normalize, particles, tilt, who)
+
+    def start(self, model, num_samples: int, prompt=None) -> int:
+        """Bind to ``model`` for one sample() call and return its row count: K particles per sample, in consecutive
+        rows. Particles with a prompt are refused (their rows would not line up with the prompt's)."""
+        if prompt is not None and self.particles > 1:
+            raise ValueError(f"{self.who}: particle steering with a prompt is not supported; steer by gradient (guidance) or drop the prompt")
+        self.bind(model)
+        return num_samples * self.particles
 
     @property
     def gradient(self) -> bool:

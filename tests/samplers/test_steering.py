@@ -198,3 +198,15 @@ def test_sample_command_steers_and_prints_the_reward(tmp_path, capsys):
     assert "name one with --reward NAME" in capsys.readouterr().err
     assert main([*args[:-2], "--reward", "regex", "--reward-option", "pattern=New", "--option", "guidance=1.0"]) == 2
     assert "reward 'regex' is not differentiable" in capsys.readouterr().err
+
+
+def test_gradient_steering_keeps_a_prompt_and_particles_with_a_prompt_are_refused(model):
+    from flowzoo.prompt import Prompt
+
+    prompt = Prompt.prefix([1, 2, 3], L)
+    for sampler in (FlowMapSampler(steps=2, reward=COUNT, guidance=0.5), EulerSampler(steps=3, reward=COUNT, guidance=0.5)):
+        out = model.generate(4, L, sampler=sampler, seed=0, prompt=prompt)
+        assert out.tokens[:, :3].tolist() == [[1, 2, 3]] * 4  # the known positions come back unchanged
+    for sampler in (FlowMapSampler(steps=2, reward=COUNT, particles=2), EulerSampler(steps=3, reward=COUNT, particles=2)):
+        with pytest.raises(ValueError, match="particle steering with a prompt is not supported"):
+            model.generate(4, L, sampler=sampler, seed=0, prompt=prompt)
