@@ -75,9 +75,4 @@ class EulerSampler(EmbeddedSampling, Sampler):
         tokens, prediction = state.decode(denoised, self.decode, self.temperature, generator)
         if steer is None:
             return SampleOutput(tokens, nfe=nfe, prediction=prediction)
-        final = steer.reward(tokens)
-        steer.evaluations += tokens.shape[0]
-        if steer.particles > 1:
-            index = steer.select(steer.tilt * (final - previous), generator)
-            tokens, prediction, final = tokens[index], None if prediction is None else prediction[index], final[index]
-        return SampleOutput(tokens, nfe=nfe, prediction=prediction, reward_evaluations=steer.evaluations, reward=final)
+        return steer.finish(tokens, prediction, nfe, previous, generator)

@@ -101,12 +101,7 @@ class FlowMapSampler(EmbeddedSampling, Sampler):
         tokens, decoded = state.decode(prediction, self.decode, self.temperature, generator)
         if steer is None:
             return SampleOutput(tokens, nfe=nfe, prediction=decoded)
-        final = steer.reward(tokens)
-        steer.evaluations += tokens.shape[0]
-        if steer.particles > 1:
-            index = steer.select(steer.tilt * (final - previous), generator)
-            tokens, decoded, final = tokens[index], None if decoded is None else decoded[index], final[index]
-        return SampleOutput(tokens, nfe=nfe, prediction=decoded, reward_evaluations=steer.evaluations, reward=final)
+        return steer.finish(tokens, decoded, nfe, previous, generator)
 
     def step(self, state, x, prediction, s, t, generator=None):
         """One jump x <- X_{s,t}(x) (``path.flow_map``) from the prediction at (s, t), re-noised at t when gamma > 0.

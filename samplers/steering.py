@@ -20,6 +20,7 @@ import torch
 
 from flowzoo import registry
 from flowzoo.rewards import Reward
+from flowzoo.samplers.base import SampleOutput
 
 SCHEDULES = ("constant", "linear", "tilt")
 
@@ -75,6 +76,16 @@ class Steering:
             raise ValueError(f"{self.who}: particle steering with a prompt is not supported; steer by gradient (guidance) or drop the prompt")
         self.bind(model)
         return num_samples * self.particles
+
+    def finish(self, tokens, prediction, nfe: int, previous, generator=None) -> SampleOutput:
+        """The SampleOutput of a steered run: every final sample scored, and with particles one of each sample's K
+        chosen by exp(lambda (r(x_1) - r_prev))."""
+        final = self.reward(tokens)
+        self.evaluations += tokens.shape[0]
+        if self.particles > 1:
+            index = self.select(self.tilt * (final - previous), generator)
+            tokens, prediction, final = tokens[index], None if prediction is None else prediction[index], final[index]
+        return SampleOutput(tokens, nfe=nfe, prediction=prediction, reward_evaluations=self.evaluations, reward=final)
 
     @property
     def gradient(self) -> bool:
