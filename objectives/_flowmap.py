@@ -17,6 +17,7 @@ from flowzoo.backbones.base import plain_attention
 from flowzoo.objectives.base import Objective
 from flowzoo.objectives.flow_map_config import FlowMapConfig, nest_flat_args
 from flowzoo.paths.base import expand_time
+from flowzoo.prompt import ConditionShare, KnownRows, unknown_mean
 from flowzoo.state import FusedSwitch, LossTerm, new_state
 from flowzoo.timesampling import TIME_SAMPLERS, sample_uniform_times
 
@@ -85,23 +86,33 @@ def check_flow_map_parts(parts) -> tuple[str, str] | None:
     return ("path", reason) if reason else None
 
 
-def weighted_mean(per_token: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean of a (B, L) loss, optionally weighted per sequence (B,)."""
+def weighted_mean(per_token: torch.Tensor, weight: torch.Tensor | None = None, known: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean of a (B, L) loss, optionally weighted per sequence (B,), over the positions not ``known`` (B, L)."""
     if per_token.numel() == 0:
         return per_token.new_zeros(())
-    if weight is not None:
-        per_token = per_token * weight[:, None]
-    return per_token.mean()
+    return unknown_mean(per_token, known, weight)
 
 
-def adaptive_weight(sq_error: torch.Tensor, c: float = 1e-3) -> torch.Tensor:
-    """Detached per-sequence weight (||q - p||^2 + c)^(-1/2) (Discrete Flow Maps), normalised to mean 1."""
-    w = (sq_error.detach().mean(dim=tuple(range(1, sq_error.dim()))) + c).rsqrt()
+def adaptive_weight(sq_error: torch.Tensor, c: float = 1e-3, known: torch.Tensor | None = None) -> torch.Tensor:
+    """Detached per-sequence weight (||q - p||^2 + c)^(-1/2) (Discrete Flow Maps), normalised to mean 1; the
+    squared error (B, L) is averaged over the positions not ``known`` (B, L) of each sequence."""
+    sq_error = sq_error.detach()
+    if known is None:
+        mean = sq_error.mean(dim=tuple(range(1, sq_error.dim())))
+    else:
+        unknown = (~known).to(sq_error.dtype)
+        mean = (sq_error * unknown).sum(1) / unknown.sum(1).clamp_min(1.0)
+    w = (mean + c).rsqrt()
     return w / w.mean().clamp_min(1e-12)
 
 
-class FlowMapObjective(FusedSwitch, Objective):
+class FlowMapObjective(ConditionShare, FusedSwitch, Objective):
     """Diagonal (flow-matching / anchor) loss on a share of the batch plus a map loss on the rest.
+
+    ``condition_share`` > 0 trains for prompts (docs/conditional.md): that share of the rows knows a clean prefix
+    or everything around one hole (flowzoo.prompt.condition_mask); the known positions are held at their clean
+    point at x_t, x_s and every state the student or a target (teacher, semigroup pieces, landing points) reads
+    (:class:`~flowzoo.prompt.KnownRows`), and every loss is averaged over the unknown positions only.
 
     One body for both states (``flowzoo.state``): on the dense state (B, L, V) every loss is computed as it is
     reached; on the embedded state (``fused``; linear path, categorical head) x_t and x_s enter as one
@@ -112,8 +123,9 @@ class FlowMapObjective(FusedSwitch, Objective):
 
     needs_linear_path = True
 
-    def __init__(self, flow_map: FlowMapConfig = FlowMapConfig()) -> None:
+    def __init__(self, flow_map: FlowMapConfig = FlowMapConfig(), condition_share: float = 0.0) -> None:
         super().__init__()
+        self.set_condition_share(condition_share)
         self.flow_map_config = flow_map = FlowMapConfig.of(flow_map)
         diagonal_share, pair_sampling, boundary = flow_map.diagonal_share, flow_map.pair_sampling, flow_map.boundary
         time_sampling, map_weight = flow_map.time_sampling, flow_map.map_weight
@@ -149,9 +161,11 @@ class FlowMapObjective(FusedSwitch, Objective):
         """loss_head(delta_{t,t}(x_t), target) per token: the cross-entropy L_CE (or MSE for the Gaussian head)."""
         return state.head_loss(xt, t, t, self.diagonal_target(model, xt, t, x1))
 
-    def map_loss(self, model, state, xs, pairs: Pairs, extra, x1: torch.Tensor):
+    def map_loss(self, model, state, xs, pairs: Pairs, extra, x1: torch.Tensor, known: KnownRows):
         """The map loss of the off-diagonal rows x_s (registered with ``state.noisy``; ``state.value(xs)`` is the
-        tensor): returns finish() -> the logged dict with "map", called once the state has resolved its losses."""
+        tensor): returns finish() -> the logged dict with "map", called once the state has resolved its losses.
+        ``known``: the rows' known positions; every state a network reads goes through ``known.hold`` and the
+        losses are averaged with ``known.mean`` (both plain without ``condition_share``)."""
         raise NotImplementedError
 
     def map_times(self, model, pairs: Pairs):
@@ -164,20 +178,24 @@ class FlowMapObjective(FusedSwitch, Objective):
 
     def forward(self, model, x1):
         """Draws in this order: diagonal times, x_t, (the diagonal loss), pairs, :meth:`map_times`, x_s, (the map
-        loss); on the embedded state x_t and x_s are embedded together after the last time (one seed)."""
+        loss); on the embedded state x_t and x_s are embedded together after the last time (one seed). With
+        ``condition_share`` the known positions are drawn first, for the whole batch."""
         state = self.state(model)
         B, device = x1.shape[0], x1.device
         n = split_batch(B, self.diagonal_share)
+        known = self.known_positions(x1)  # (B, L), None without condition_share
+        diag_known, map_known = (None, None) if known is None else (known[:n], known[n:])
         diag = finish = None
         if n:
             t = self.diagonal_times(n, model, device)
-            diag = self.diagonal_loss(model, state, state.noisy(x1[:n], t), t, x1[:n])
+            diag = self.diagonal_loss(model, state, state.noisy(x1[:n], t, diag_known), t, x1[:n])
         if n < B:
             pairs = self.pairs(model, B - n, device)
             extra = self.map_times(model, pairs)
-            finish = self.map_loss(model, state, state.noisy(x1[n:], pairs.s), pairs, extra, x1[n:])
+            xs = state.noisy(x1[n:], pairs.s, map_known)
+            finish = self.map_loss(model, state, xs, pairs, extra, x1[n:], KnownRows(state, x1[n:], map_known))
         state.resolve()
-        diag = diag.value.mean() if diag is not None else torch.zeros((), device=device)
+        diag = unknown_mean(diag.value, diag_known) if diag is not None else torch.zeros((), device=device)
         return self.combine(diag, finish() if finish is not None else None, n, B)
 
     def combine(self, diag: torch.Tensor, found: dict | None, n_diag: int, batch: int) -> dict[str, torch.Tensor]:
@@ -194,7 +212,7 @@ class FlowMapObjective(FusedSwitch, Objective):
 
 
 def lagrangian_residual(model, x: torch.Tensor, s: torch.Tensor, t: torch.Tensor, velocity_model=None,
-                        stop_tangent: bool = False) -> torch.Tensor:
+                        stop_tangent: bool = False, hold=None) -> torch.Tensor:
     """The Lagrangian residual of the map at (s, t), with d/dt by forward-mode AD (tangent on t only).
 
     Mean-denoiser paths: (1-t) [d/dt X_{s,t}(x) - sg b_t(X)] = delta + (1-t)((t-s)/(1-s)) d/dt delta + X - X
@@ -202,10 +220,13 @@ def lagrangian_residual(model, x: torch.Tensor, s: torch.Tensor, t: torch.Tensor
     The target velocity comes from ``velocity_model`` (a teacher) or, by default, the model's diagonal.
     ``stop_tangent``: the time-derivative term is a constant (MeanFlow-style), delta + kappa sg[d/dt delta] - sg D
     (other paths: v + (t-s) sg[d/dt v] - sg b_t(X), X = x + (t-s) v); the jvp then runs without autograd.
+    ``hold`` (a prompt's known positions in training, flowzoo.prompt.KnownRows.hold): the landing point X enters
+    the target network with the known positions at their clean point, as x does.
     """
     path = model.path
+    hold = hold or _unheld
     if stop_tangent:
-        return _stop_tangent_residual(model, x, s, t, velocity_model)
+        return _stop_tangent_residual(model, x, s, t, velocity_model, hold)
 
     def the_map(tt):
         delta = model.head.denoise(model.logits(x, tt, s))
@@ -215,14 +236,19 @@ def lagrangian_residual(model, x: torch.Tensor, s: torch.Tensor, t: torch.Tensor
         X, dX = torch.func.jvp(the_map, (t,), (torch.ones_like(t),))
     teacher = model if velocity_model is None else velocity_model
     with torch.no_grad():
-        Xd = X.detach()
+        Xd = hold(X.detach())
         D = teacher.head.denoise(teacher.logits(Xd, t, t))  # D_t(X), (B, L, V)
     if path.mean_denoiser:
         return expand_time(1 - t) * dX + X - D
     return dX - path.velocity(Xd, D, t)
 
 
-def _stop_tangent_residual(model, x, s, t, velocity_model=None) -> torch.Tensor:
+def _unheld(x: torch.Tensor) -> torch.Tensor:
+    """No known positions: the state as it is."""
+    return x
+
+
+def _stop_tangent_residual(model, x, s, t, velocity_model=None, hold=_unheld) -> torch.Tensor:
     """:func:`lagrangian_residual` with ``stop_tangent``: the tangent from a jvp without autograd, the rest with it."""
     path = model.path
     mean = path.mean_denoiser
@@ -239,11 +265,11 @@ def _stop_tangent_residual(model, x, s, t, velocity_model=None) -> torch.Tensor:
         (a, b), (da, db) = torch.func.jvp(lambda tt: path.map_weights(s, tt), (t,), (torch.ones_like(t),))
         X = expand_time(a) * x + expand_time(b) * value
         with torch.no_grad():
-            D = teacher.head.denoise(teacher.logits(X, t, t))  # D_t(X)
+            D = teacher.head.denoise(teacher.logits(hold(X), t, t))  # D_t(X)
         dX = expand_time(da) * x + expand_time(db) * value + expand_time(b) * tangent
         return expand_time(1 - t) * dX + X - D
     X = x + expand_time(t - s) * value
     with torch.no_grad():
-        Xd = X.detach()
+        Xd = hold(X.detach())
         target = path.velocity(Xd, teacher.head.denoise(teacher.logits(Xd, t, t)), t)  # b_t(X)
     return value + expand_time(t - s) * tangent - target

@@ -12,7 +12,6 @@ from flowzoo.objectives._flowmap import (
     adaptive_weight,
     lagrangian_residual,
     sample_middle,
-    weighted_mean,
 )
 from flowzoo.paths.base import expand_time
 from flowzoo.objectives.psd import semigroup_target, semigroup_term
@@ -38,6 +37,10 @@ class Distill(FlowMapObjective):
     ``init_from_teacher`` has the model copy the teacher's backbone into the student once (a buffer here remembers
     it, so a resumed or reloaded student is never overwritten), or, given ``init_from`` (a checkpoint of a model on
     the same path, e.g. an already distilled student), that model's backbone: fine-tuning with another objective.
+
+    ``condition_share``: training for prompts (:class:`~flowzoo.objectives._flowmap.FlowMapObjective`): the student
+    and the teacher read every state (x_t, x_s, the semigroup's X_{s,u}, the landing point X_{s,t}, the teacher's
+    trajectory) with the known positions at their clean one-hot; the losses are averaged over the unknown ones.
     """
 
     needs_teacher = True  # flowzoo.teachers resolves it
@@ -54,8 +57,9 @@ class Distill(FlowMapObjective):
         adaptive: bool = False,
         teacher_steps: int = 16,
         init_from: str = "",
+        condition_share: float = 0.0,
     ) -> None:
-        super().__init__(flow_map)
+        super().__init__(flow_map, condition_share)
         if teacher_steps < 1:
             raise ValueError(f"teacher_steps must be at least 1, got {teacher_steps}")
         self.teacher_steps = teacher_steps
@@ -117,25 +121,26 @@ class Distill(FlowMapObjective):
         self.teacher(model, x1.device)  # refuses a missing teacher before any loss is computed
         return super().forward(model, x1)
 
-    def map_loss(self, model, state, xs, pairs, extra, x1):
+    def map_loss(self, model, state, xs, pairs, extra, x1, known):
         teacher = self.teacher(model, x1.device)
         xs = state.value(xs)  # (B, L, V): distill runs on the dense state
         if self.target == "lagrangian":
-            residual = lagrangian_residual(model, xs, pairs.s, pairs.t, velocity_model=teacher)
+            residual = lagrangian_residual(model, xs, pairs.s, pairs.t, velocity_model=teacher, hold=known.hold)
             per_token = (residual**2).sum(-1)  # (B, L)
-            weight = adaptive_weight(per_token) if self.adaptive else None
-            found = {"map": weighted_mean(per_token, weight), "map_residual": per_token.mean()}
+            weight = adaptive_weight(per_token, known=known.mask) if self.adaptive else None
+            found = {"map": known.mean(per_token, weight), "map_residual": known.mean(per_token)}
             return lambda: found
         if self.target == "trajectory":
-            target = trajectory_target(teacher, xs, pairs.us, pairs.ut, self.teacher_steps)
-            return semigroup_term(model, state, xs, pairs.s, pairs.t, target, self.adaptive)
+            target = trajectory_target(teacher, xs, pairs.us, pairs.ut, self.teacher_steps, hold=known.hold)
+            return semigroup_term(model, state, xs, pairs.s, pairs.t, target, self.adaptive, known.mask)
         u = sample_middle(model.path, pairs, self.midpoint)  # drawn after x_s, as it always was
-        target = semigroup_target(model, xs, pairs.s, u, pairs.t, short_model=teacher, short_gap=self.teacher_gap, state=state)
-        return semigroup_term(model, state, xs, pairs.s, pairs.t, target, self.adaptive)
+        target = semigroup_target(model, xs, pairs.s, u, pairs.t, short_model=teacher, short_gap=self.teacher_gap,
+                                  state=state, hold=known.hold)
+        return semigroup_term(model, state, xs, pairs.s, pairs.t, target, self.adaptive, known.mask)
 
 
 @torch.no_grad()
-def trajectory_target(teacher, xs: torch.Tensor, us: torch.Tensor, ut: torch.Tensor, steps: int) -> torch.Tensor:
+def trajectory_target(teacher, xs: torch.Tensor, us: torch.Tensor, ut: torch.Tensor, steps: int, hold=None) -> torch.Tensor:
     """delta^teacher_{s,t}(x_s): the mean denoiser of the teacher's trajectory from s to t. (B, L, V)
 
     ``steps`` teacher evaluations: pieces [a, b] uniform in the path's uniform time u, each an exact map of the
@@ -143,6 +148,8 @@ def trajectory_target(teacher, xs: torch.Tensor, us: torch.Tensor, ut: torch.Ten
     denoiser at the piece's midpoint m (reached with D_a: two evaluations a piece, second order; a last odd
     evaluation takes a first-order piece). Pieces compose by the semigroup rule delta_{s,b} = g delta_{s,a} +
     (1-g) D, g = (1-b)(a-s)/((1-a)(b-s)), so the target stays on the simplex and needs no division by t - s.
+    ``hold`` (training for prompts, flowzoo.prompt.KnownRows.hold): the teacher reads every state of its trajectory
+    with the known positions at their clean one-hot.
     """
     path = teacher.path
     pieces = [2] * (steps // 2) + [1] * (steps % 2)  # evaluations per piece
@@ -151,10 +158,13 @@ def trajectory_target(teacher, xs: torch.Tensor, us: torch.Tensor, ut: torch.Ten
     for evals in pieces:
         done += evals
         b = path.time_from_uniform(us + (ut - us) * done / steps).clamp(min=a)
+        if hold is not None:
+            x = hold(x)
         D = teacher.head.denoise(teacher.logits(x, a, a)).float()  # (B, L, V)
         if evals == 2:
             m = path.time_from_uniform(us + (ut - us) * (done - 1) / steps).clamp(min=a, max=b)
-            D = teacher.head.denoise(teacher.logits(path.flow_map(x, D, a, m), m, m)).float()
+            x_m = path.flow_map(x, D, a, m)
+            D = teacher.head.denoise(teacher.logits(x_m if hold is None else hold(x_m), m, m)).float()
         g = expand_time(path.semigroup_weight(s, a, b))
         delta = D if delta is None else g * delta + (1 - g) * D
         x = path.flow_map(x, D, a, b)

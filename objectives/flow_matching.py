@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from flowzoo.objectives.base import Objective
-from flowzoo.prompt import condition_mask, present_known, unknown_mean
+from flowzoo.prompt import ConditionShare, unknown_mean
 from flowzoo.registry import register
 from flowzoo.state import FusedSwitch, check_switch, new_state
 from flowzoo.timesampling import TIME_SAMPLERS, sample_uniform_times
 
 
 @register("objective", "flow_matching")
-class FlowMatching(FusedSwitch, Objective):
+class FlowMatching(ConditionShare, FusedSwitch, Objective):
     """E_{t, x0, x1} [ loss_head(D_t(x_t), x1) ] per token; with the categorical head this is
     the cross-entropy L_CE = -E sum_l log D_t(x_t)^l . x1^l, with the Gaussian head the MSE.
 
@@ -27,9 +27,7 @@ class FlowMatching(FusedSwitch, Objective):
 
     def __init__(self, time_sampling: str = "uniform", fused: bool | None = None, condition_share: float = 0.0) -> None:
         super().__init__()
-        if not 0.0 <= condition_share <= 1.0:
-            raise ValueError(f"condition_share must lie in [0, 1], got {condition_share}")
-        self.condition_share = condition_share
+        self.set_condition_share(condition_share)
         if time_sampling not in TIME_SAMPLERS:
             raise ValueError(f"unknown time_sampling {time_sampling!r}; choices: {', '.join(TIME_SAMPLERS)}")
         self.time_sampling = time_sampling
@@ -44,12 +42,7 @@ class FlowMatching(FusedSwitch, Objective):
         u = sample_uniform_times(x1.shape[0], self.time_sampling, device=x1.device)
         t = model.path.time_from_uniform(u)
         state = new_state(model, self.use_fused(model))  # dense (B, L, V) or embedded (B, L, D): the seam
-        x = state.noisy(x1, t)
-        if self.condition_share <= 0:
-            term = state.head_loss(x, t, None, x1)  # loss_head(D_t(x_t), x1) per token
-            state.resolve()
-            return {"loss": term.value.mean()}
-        known = condition_mask(x1, self.condition_share)  # (B, L)
-        term = state.head_loss(present_known(state, x, x1, known), t, None, x1)
+        known = self.known_positions(x1)  # (B, L), None without condition_share
+        term = state.head_loss(state.noisy(x1, t, known), t, None, x1)  # loss_head(D_t(x_t), x1) per token
         state.resolve()
         return {"loss": unknown_mean(term.value, known)}

@@ -7,19 +7,20 @@ import torch
 from flowzoo.backbones.base import plain_attention
 from flowzoo.kernels import LagrangianPart
 from flowzoo.objectives.flow_map_config import FlowMapConfig
-from flowzoo.objectives._flowmap import FlowMapObjective, adaptive_weight, lagrangian_residual, weighted_mean
+from flowzoo.objectives._flowmap import FlowMapObjective, adaptive_weight, lagrangian_residual
 from flowzoo.registry import register
 from flowzoo.state import LossTerm, check_switch, delta_embedding, hidden
 from flowzoo.validation import check_times, on_host
 
 
-def fused_lagrangian_part(model, e_s, pairs, stop_tangent: bool = False, checkpoint: bool = True) -> LagrangianPart:
+def fused_lagrangian_part(model, e_s, pairs, stop_tangent: bool = False, checkpoint: bool = True, hold=None) -> LagrangianPart:
     """The kernels part of ||(1-t) d/dt X_{s,t}(x_s) + X - sg D_t(X)||^2 per token on the fused path.
 
     = ||delta + kappa d/dt delta - sg D_t(X)||^2 with kappa = (1-t) b, X = a x_s + b delta, (a, b) = path.map_weights(s, t):
     the jvp is taken of the trunk's hidden state in t from e_s = x_s W_in^T (m, L, D) (block by block and
     recomputed in the backward pass with ``checkpoint``); X enters the teacher as a e_s + b delta_embedding(h);
-    the residual is read from the three hidden states tile by tile over V.
+    the residual is read from the three hidden states tile by tile over V. ``hold``: the landing point's known
+    positions at their clean point W_in[:, x^l] before the teacher reads it (training for prompts).
     """
     s, t = pairs.s, pairs.t
     if stop_tangent:  # the tangent is a constant: its jvp keeps no graph, h comes from a plain pass
@@ -30,6 +31,8 @@ def fused_lagrangian_part(model, e_s, pairs, stop_tangent: bool = False, checkpo
         h, h_dot = trunk_jvp(model, e_s, t, s, checkpoint)
     with torch.no_grad():
         landing = model.path.flow_map(e_s, delta_embedding(model, h.detach()), s, t)  # X_{s,t} W_in^T
+        if hold is not None:
+            landing = hold(landing)
         h_teacher = hidden(model, landing, t, t, embedded=True)
     return LagrangianPart(h, h_dot, h_teacher, (1 - t) * model.path.map_weights(s, t)[1], stop_tangent=stop_tangent)
 
@@ -52,13 +55,14 @@ def trunk_jvp(model, e, t, s, checkpoint: bool = False) -> tuple[torch.Tensor, t
             return torch.func.jvp(lambda tt: backbone.hidden(e, tt, ns, embedded=True), (nt,), (nt_dot,))
 
 
-def lagrangian_term(model, state, xs, pairs, stop_tangent: bool = False, checkpoint: bool = True) -> LossTerm:
+def lagrangian_term(model, state, xs, pairs, stop_tangent: bool = False, checkpoint: bool = True, hold=None) -> LossTerm:
     """||(1-t) d/dt X_{s,t}(x_s) + X - sg D_t(X)||^2 per token (dX/dt - sg b_t(X) off the mean-denoiser form):
     the one place the LSD kernel is chosen. Embedded state: :func:`fused_lagrangian_part` (the jvp of the trunk's
-    hidden state, the residual tile by tile over V); dense state: :func:`lagrangian_residual` (the jvp of the map)."""
+    hidden state, the residual tile by tile over V); dense state: :func:`lagrangian_residual` (the jvp of the map).
+    ``hold``: the known positions of a prompt, held at the landing point the teacher reads."""
     if state.embedded:
-        return state.add_part(fused_lagrangian_part(model, xs, pairs, stop_tangent, checkpoint))
-    residual = lagrangian_residual(model, xs, pairs.s, pairs.t, stop_tangent=stop_tangent)  # (B, L, V)
+        return state.add_part(fused_lagrangian_part(model, xs, pairs, stop_tangent, checkpoint, hold))
+    residual = lagrangian_residual(model, xs, pairs.s, pairs.t, stop_tangent=stop_tangent, hold=hold)  # (B, L, V)
     return LossTerm((residual**2).sum(-1))
 
 
@@ -77,6 +81,7 @@ class LagrangianSelfDistillation(FlowMapObjective):
     ``checkpoint_jvp`` (fused path, exact gradient): the jvp runs block by block and each block's is recomputed
     in the backward pass, so the graph keeps the blocks' inputs instead of their primal and tangent
     activations, for one more jvp of the trunk per step.
+    ``condition_share``: training for prompts (:class:`~flowzoo.objectives._flowmap.FlowMapObjective`).
     """
 
     def __init__(
@@ -86,8 +91,9 @@ class LagrangianSelfDistillation(FlowMapObjective):
         fused: bool | None = None,
         tangent_grad: bool = True,
         checkpoint_jvp: bool = True,
+        condition_share: float = 0.0,
     ) -> None:
-        super().__init__(flow_map)
+        super().__init__(flow_map, condition_share)
         for name, value in (("tangent_grad", tangent_grad), ("checkpoint_jvp", checkpoint_jvp)):
             if not isinstance(value, bool):
                 raise ValueError(f"{name} must be true or false, got {value!r}")
@@ -100,12 +106,12 @@ class LagrangianSelfDistillation(FlowMapObjective):
             return "head", "the fused LSD residual (lsd_residual_loss) has no soft-cap"
         return super().fused_refusal(parts)
 
-    def map_loss(self, model, state, xs, pairs, extra, x1):
-        term = lagrangian_term(model, state, state.value(xs), pairs, not self.tangent_grad, self.checkpoint_jvp)
+    def map_loss(self, model, state, xs, pairs, extra, x1, known):
+        term = lagrangian_term(model, state, state.value(xs), pairs, not self.tangent_grad, self.checkpoint_jvp, known.hold)
 
         def finish():
             per_token = term.value  # (B, L)
-            weight = adaptive_weight(per_token) if self.adaptive else None
-            return {"map": weighted_mean(per_token, weight), "map_residual": per_token.detach().mean()}
+            weight = adaptive_weight(per_token, known=known.mask) if self.adaptive else None
+            return {"map": known.mean(per_token, weight), "map_residual": known.mean(per_token.detach())}
 
         return finish

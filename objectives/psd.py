@@ -17,18 +17,22 @@ from flowzoo.registry import register
 from flowzoo.state import DenseState, check_switch
 
 
-def semigroup_target(model, xs, s, u, t, short_model=None, short_gap: float = 0.0, state=None):
+def semigroup_target(model, xs, s, u, t, short_model=None, short_gap: float = 0.0, state=None, hold=None):
     """delta_target = gamma delta_{s,u}(x_s) + (1-gamma) delta_{u,t}(X_{s,u}(x_s)), gamma = path.semigroup_weight(s, u, t).
 
     Evaluated without gradient, on ``state`` (default: the dense state, a (B, L, V) target; on the embedded state a
     TeacherTarget of the two pieces' hidden states, with the landing point X_{s,u} = a e_s + b delta W_in^T).
     With ``short_model`` (a teacher flow; dense state) a piece shorter than ``short_gap`` in path time is read from
-    its denoiser at the piece's start (delta_{a,b} ~ D_a for b - a small).
+    its denoiser at the piece's start (delta_{a,b} ~ D_a for b - a small). ``hold`` (training for prompts,
+    flowzoo.prompt.KnownRows.hold): each piece reads its state (x_s, then X_{s,u}) with the known positions at
+    their clean point.
     """
     state = DenseState(model) if state is None else state
     path = model.path
 
     def piece(x, a, b):
+        if hold is not None:
+            x = hold(x)
         delta = state.predict(x, b, a)
         if short_model is not None and short_gap > 0:
             short = (b - a) < short_gap
@@ -44,21 +48,22 @@ def semigroup_target(model, xs, s, u, t, short_model=None, short_gap: float = 0.
         return state.mixture(d_su, d_ut, path.semigroup_weight(s, u, t))
 
 
-def semigroup_term(model, state, xs, s, t, target, adaptive: bool):
+def semigroup_term(model, state, xs, s, t, target, adaptive: bool, known: torch.Tensor | None = None):
     """loss_head(delta_{s,t}(x_s), target) per token on ``state``: returns finish() -> {"map_kl", "map"} (``map_kl`` =
-    CE - H(target), zero exactly when the semigroup holds; ``adaptive``: dense state only)."""
+    CE - H(target), zero exactly when the semigroup holds; ``adaptive``: dense state only), averaged over the
+    positions not ``known`` (B, L) (a prompt's, in training)."""
     term = state.head_loss(xs, t, s, target, keep_logits=adaptive)
 
     def finish():
         per_token = term.value  # (B, L)
         out = {}
         if model.head.on_simplex:  # KL = CE - H(target)
-            out["map_kl"] = (per_token.detach() - state.entropy(target)).mean()
+            out["map_kl"] = weighted_mean(per_token.detach() - state.entropy(target), known=known)
         weight = None
         if adaptive:
             with torch.no_grad():
-                weight = adaptive_weight(((model.head.denoise(term.logits) - target) ** 2).sum(-1))
-        out["map"] = weighted_mean(per_token, weight)
+                weight = adaptive_weight(((model.head.denoise(term.logits) - target) ** 2).sum(-1), known=known)
+        out["map"] = weighted_mean(per_token, weight, known)
         return out
 
     return finish
@@ -77,6 +82,8 @@ class ProgressiveSelfDistillation(FlowMapObjective):
     Defaults follow FMLM: half the batch on the diagonal, pairs d ~ U, s = U (1 - d), 1/32 of them
     forced to (0, 1), u the midpoint in the path's uniform time (``midpoint="random"``: u ~ U[s, t]).
     ``adaptive`` uses the detached weights (||q - p||^2 + c)^(-1/2) of Discrete Flow Maps.
+    ``condition_share``: training for prompts (:class:`~flowzoo.objectives._flowmap.FlowMapObjective`): the target's
+    two pieces read x_s and X_{s,u}(x_s) with the known positions held clean.
     """
 
     def __init__(
@@ -85,8 +92,9 @@ class ProgressiveSelfDistillation(FlowMapObjective):
         midpoint: str = "middle",
         adaptive: bool = False,
         fused: bool | None = None,
+        condition_share: float = 0.0,
     ) -> None:
-        super().__init__(flow_map)
+        super().__init__(flow_map, condition_share)
         if midpoint not in MIDPOINTS:
             raise ValueError(f"unknown midpoint {midpoint!r}; choices: {', '.join(MIDPOINTS)}")
         if fused and adaptive:
@@ -103,7 +111,7 @@ class ProgressiveSelfDistillation(FlowMapObjective):
     def map_times(self, model, pairs):
         return sample_middle(model.path, pairs, self.midpoint)  # u in [s, t]
 
-    def map_loss(self, model, state, xs, pairs, u, x1):
+    def map_loss(self, model, state, xs, pairs, u, x1, known):
         xs = state.value(xs)  # (B, L, V), or its embedding (B, L, D)
-        target = semigroup_target(model, xs, pairs.s, u, pairs.t, state=state)
-        return semigroup_term(model, state, xs, pairs.s, pairs.t, target, self.adaptive)
+        target = semigroup_target(model, xs, pairs.s, u, pairs.t, state=state, hold=known.hold)
+        return semigroup_term(model, state, xs, pairs.s, pairs.t, target, self.adaptive, known.mask)

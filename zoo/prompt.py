@@ -146,6 +146,33 @@ def as_prompt(prompt, length: int, tokenizer=None) -> Prompt:
     return Prompt.prefix(prompt, length)
 
 
+class KnownRows:
+    """The known positions of a block of rows as a state presents them: clean ids (B, L) and the boolean ``mask``
+    (B, L) of the known positions (None: nothing known).
+
+    :meth:`hold` puts the known positions of a state tensor at their clean point, onehot(x^l) on a dense state
+    (B, L, V) and W_in[:, x^l] on an embedded one (B, L, D) (``state.clean``); :meth:`mean` averages a per-token
+    loss over the unknown positions only. With no mask both are the plain operations (the same floating-point ops).
+    """
+
+    def __init__(self, state, ids: torch.Tensor, mask: torch.Tensor | None = None) -> None:
+        self.state, self.ids, self.mask = state, ids, mask
+        self._clean: dict[tuple[torch.dtype, bool], torch.Tensor] = {}  # by dtype and whether it carries a gradient
+
+    def hold(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, L, V) or (B, L, D) with the known positions at their clean point (x itself when nothing is known)."""
+        if self.mask is None:
+            return x
+        key = (x.dtype, torch.is_grad_enabled())
+        if key not in self._clean:
+            self._clean[key] = self.state.clean(self.ids, x)
+        return torch.where(self.mask[..., None], self._clean[key], x)
+
+    def mean(self, loss: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """The mean of a per-token loss (B, L), optionally weighted per row (B,), over the unknown positions."""
+        return unknown_mean(loss, self.mask, weight)
+
+
 class HeldState:
     """A sampler's state (dense (B, L, V) or embedded (B, L, D), flowzoo.state) with the prompt's positions held.
 
@@ -158,25 +185,14 @@ class HeldState:
     def __init__(self, state, prompt: Prompt) -> None:
         self.state, self.prompt = state, prompt
         self.model = state.model
-        self._mask = prompt.mask[..., None]  # (B, L, 1)
-        self._clean = None
+        self.known = KnownRows(state, prompt.known, prompt.mask)
 
     def __getattr__(self, name):
         return getattr(self.state, name)
 
-    def clean(self, like: torch.Tensor) -> torch.Tensor:
-        """The known positions' clean point in the state's space: onehot(x) (B, L, V), or W_in[:, x] (B, L, D)."""
-        if self._clean is None:
-            if self.state.embedded:
-                weight = self.model.backbone.embed.weight  # (D, V)
-                self._clean = F.embedding(self.prompt.known, weight.t()).to(like.dtype)
-            else:
-                self._clean = self.prompt.onehot(like.shape[-1], like.dtype)
-        return self._clean
-
     def hold(self, x: torch.Tensor) -> torch.Tensor:
-        """x with the known positions at their clean point."""
-        return torch.where(self._mask, self.clean(x), x)
+        """x with the known positions at their clean point: onehot(x) (B, L, V), or W_in[:, x] (B, L, D)."""
+        return self.known.hold(x)
 
     def predict(self, x, t, s=None):
         if self.prompt.hold == "clean":
@@ -206,6 +222,12 @@ def held(state, prompt: Prompt | None):
 # --- training for conditioning (``condition_share`` of the objectives) -----------------------------------------
 
 
+def check_condition_share(share: float) -> float:
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"condition_share must lie in [0, 1], got {share}")
+    return float(share)
+
+
 def condition_mask(x1: torch.Tensor, share: float, generator=None) -> torch.Tensor:
     """Known positions (B, L) for training: a share ``share`` of the rows knows a clean prefix of K ~ U{1..L-1}
     tokens (half of those rows) or everything but one hole [a, a + n) with n ~ U{1..L-1} (the other half); the
@@ -227,18 +249,31 @@ def condition_mask(x1: torch.Tensor, share: float, generator=None) -> torch.Tens
     return known & chosen[:, None]
 
 
-def present_known(state, x, x1: torch.Tensor, known: torch.Tensor):
-    """The noisy state ``x`` of a training batch with the known positions at their clean point, as sampling's
-    ``hold="clean"`` presents them: onehot(x1) on a dense state (B, L, V), W_in[:, x1] on an embedded one."""
-    x = state.value(x)
-    if state.embedded:
-        clean = F.embedding(x1, state.model.backbone.embed.weight.t()).to(x.dtype)
-    else:
-        clean = F.one_hot(x1, x.shape[-1]).to(x.dtype)
-    return torch.where(known[..., None], clean, x)
+class ConditionShare:
+    """Mixin of the objectives that train for prompts (flow_matching, the flow-map objectives, distill):
+    ``condition_share`` of the rows get clean known positions (:func:`condition_mask`), the objective presents
+    them at their clean point wherever its network or teacher reads a state (``state.noisy(x1, t, known)``,
+    :meth:`KnownRows.hold`) and averages its losses over the unknown positions (:meth:`KnownRows.mean`)."""
+
+    condition_share: float = 0.0
+
+    def set_condition_share(self, share: float) -> None:
+        self.condition_share = check_condition_share(share)
+
+    def known_positions(self, x1: torch.Tensor) -> torch.Tensor | None:
+        """The known positions (B, L) of this batch, or None with ``condition_share`` = 0 (no random draw: the
+        objective is then exactly the unconditional one)."""
+        if self.condition_share <= 0:
+            return None
+        return condition_mask(x1, self.condition_share)
 
 
-def unknown_mean(loss: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
-    """The mean of a per-token loss (B, L) over the unknown positions only (the plain mean when nothing is known)."""
-    weight = (~known).to(loss.dtype)
-    return (loss * weight).sum() / weight.sum().clamp_min(1.0)
+def unknown_mean(loss: torch.Tensor, known: torch.Tensor | None, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """The mean of a per-token loss (B, L), optionally weighted per row (B,), over the unknown positions only
+    (the plain mean when ``known`` is None, or when nothing is known)."""
+    if weight is not None:
+        loss = loss * weight[:, None]
+    if known is None:
+        return loss.mean()
+    unknown = (~known).to(loss.dtype)
+    return (loss * unknown).sum() / unknown.sum().clamp_min(1.0)

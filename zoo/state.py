@@ -15,7 +15,7 @@ operations, so each sampler has one loop and each flow-map objective one body:
 * sampling: ``prior``, ``predict`` (D_t or delta_{s,t}: a (B, L, V) tensor, or the hidden state h (B, L, D)
   it comes from), ``in_state`` (the prediction as a point of the state space), ``fresh_noise``,
   ``euler_step``, ``decode``;
-* training: ``noisy`` (x_t of a block of the batch), ``value``, ``head_loss`` (a :class:`LossTerm`),
+* training: ``noisy`` (x_t of a block of the batch, known positions at their ``clean`` point), ``value``, ``head_loss`` (a :class:`LossTerm`),
   ``mixture`` / ``entropy`` (a two-piece target), ``resolve`` (the dense state computes everything at once;
   the embedded one embeds the batch's blocks together with one seed and computes every loss through one
   output projection).
@@ -32,6 +32,7 @@ replaced on the instance or a subclass) and :meth:`FusedSwitch.auto_fused` agree
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from flowzoo.kernels import (
     CrossEntropyPart,
@@ -335,6 +336,10 @@ class DenseState:
         """The prediction as a point of the state space: itself."""
         return prediction
 
+    def clean(self, ids: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """The clean point of tokens ``ids`` (B, L) in the state space: onehot(ids) (B, L, V), dtype of ``like``."""
+        return F.one_hot(ids, like.shape[-1]).to(like.dtype)
+
     def fresh_noise(self, x: torch.Tensor, scale: torch.Tensor, generator=None) -> torch.Tensor:
         """scale z (B, L, V) for fresh z ~ N(0, I); scale (B,)."""
         return expand_time(scale) * torch.randn(x.shape, generator=generator, device=x.device)
@@ -353,9 +358,13 @@ class DenseState:
         return decode_tokens(prediction, decode, temperature, generator), prediction
 
     # --- training
-    def noisy(self, x1: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """x_t ~ p_t(. | x1) (B, L, V) for clean ids x1 (B, L), drawn now by the path."""
-        return self.model.path.sample(x1, t, self.model.vocab_size)
+    def noisy(self, x1: torch.Tensor, t: torch.Tensor, known: torch.Tensor | None = None) -> torch.Tensor:
+        """x_t ~ p_t(. | x1) (B, L, V) for clean ids x1 (B, L), drawn now by the path; the ``known`` positions
+        (B, L) (a prompt in training, flowzoo.prompt.condition_mask) at their clean point onehot(x1)."""
+        x = self.model.path.sample(x1, t, self.model.vocab_size)
+        if known is not None:
+            x = torch.where(known[..., None], self.clean(x1, x), x)
+        return x
 
     def value(self, x: torch.Tensor) -> torch.Tensor:
         """The state tensor behind ``x`` (here: ``x``)."""
@@ -420,7 +429,7 @@ class EmbeddedState:
     def __init__(self, model) -> None:
         self.model = model
         self.ids = None  # zero ids (B, L) for the noise kernel, set by prior()
-        self._blocks: list[tuple[torch.Tensor, torch.Tensor]] = []  # (ids, times) registered by noisy()
+        self._blocks: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = []  # (ids, times, known) of noisy()
         self._embedding = None  # (B, L, D), made at the first value()
         self._deferred: list = []  # work on registered rows, run (in order) once they are embedded
         self._parts: list = []  # (kernels part, LossTerm), computed at resolve()
@@ -439,6 +448,10 @@ class EmbeddedState:
         """The prediction as a point of the state space: delta W_in^T (B, L, D) (``softmax_embedding``)."""
         return delta_embedding(self.model, h)
 
+    def clean(self, ids: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """The clean point of tokens ``ids`` (B, L) in the state space: onehot(ids) W_in^T = W_in[:, ids] (B, L, D)."""
+        return F.embedding(ids, self.model.backbone.embed.weight.t()).to(like.dtype)
+
     def fresh_noise(self, e: torch.Tensor, scale: torch.Tensor, generator=None) -> torch.Tensor:
         """scale z W_in^T (B, L, D) for fresh z ~ N(0, I) (B, L, V) drawn inside the kernel; scale (B,)."""
         return fresh_noise_embedding(self.model, self.ids, scale, generator)
@@ -453,13 +466,14 @@ class EmbeddedState:
         return decode_hidden(self.model, h, decode, temperature, generator), None
 
     # --- training
-    def noisy(self, x1: torch.Tensor, t: torch.Tensor) -> _Rows:
-        """Register the rows x_t W_in^T of clean ids x1 (m, L) at times t (m,); they are embedded with every other
-        registered row at the first :meth:`value` (so the noise seed is drawn after all the batch's times)."""
+    def noisy(self, x1: torch.Tensor, t: torch.Tensor, known: torch.Tensor | None = None) -> _Rows:
+        """Register the rows x_t W_in^T of clean ids x1 (m, L) at times t (m,), the ``known`` positions (m, L) at
+        their clean point W_in[:, x1]; they are embedded with every other registered row at the first :meth:`value`
+        (so the noise seed is drawn after all the batch's times)."""
         if self._embedding is not None:
             raise RuntimeError("EmbeddedState.noisy: the batch was already embedded; register every row first")
-        start = sum(ids.shape[0] for ids, _ in self._blocks)
-        self._blocks.append((x1, t))
+        start = sum(ids.shape[0] for ids, _, _ in self._blocks)
+        self._blocks.append((x1, t, known))
         return _Rows(start, start + x1.shape[0])
 
     def value(self, x) -> torch.Tensor:
@@ -472,9 +486,12 @@ class EmbeddedState:
 
     def _embed(self) -> None:
         """x_t W_in^T (B, L, D) of every registered row with one seed, then the work that waited for it."""
-        ids = _joined_rows([x1 for x1, _ in self._blocks])
-        t = torch.cat([t for _, t in self._blocks]) if len(self._blocks) > 1 else self._blocks[0][1]
+        ids = _joined_rows([x1 for x1, _, _ in self._blocks])
+        t = torch.cat([t for _, t, _ in self._blocks]) if len(self._blocks) > 1 else self._blocks[0][1]
         self._embedding = noisy_state_embedding(self.model, ids, t, noise_seed())
+        if any(known is not None for _, _, known in self._blocks):
+            known = torch.cat([torch.zeros_like(x1, dtype=torch.bool) if known is None else known for x1, _, known in self._blocks])
+            self._embedding = torch.where(known[..., None], self.clean(ids, self._embedding), self._embedding)
         deferred, self._deferred = self._deferred, []
         for work in deferred:
             work()

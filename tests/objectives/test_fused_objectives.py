@@ -102,6 +102,12 @@ CASES = {
                              objective_args={"adaptive": True}),
     "lsd_stop_tangent": dict(objective="lsd", objective_args={"tangent_grad": False}),
     "lsd_one_jvp": dict(objective="lsd", objective_args={"checkpoint_jvp": False}),
+    # training for prompts: the known positions held at W_in[:, x1] on the embedded state (x_t, x_s, the psd target's
+    # X_{s,u}, the lsd landing point), the losses over the unknown positions
+    "flow_matching_conditioned": dict(objective="flow_matching", objective_args={"condition_share": 1.0}),
+    "psd_conditioned": dict(objective="psd", objective_args={"condition_share": 1.0}),
+    "lsd_conditioned": dict(objective="lsd", objective_args={"condition_share": 1.0}),
+    "lsd_conditioned_stop_tangent": dict(objective="lsd", objective_args={"condition_share": 1.0, "tangent_grad": False}),
     "mdlm": dict(objective="mdlm", path="masked"),
     "mdlm_softcap_time": dict(objective="mdlm", path={"name": "masked", "init_args": {"time_conditioning": True}},
                               head={"name": "categorical", "init_args": {"softcap": 3.0}}),

@@ -191,8 +191,8 @@ def test_flow_matching_with_condition_share_presents_known_positions_clean_and_s
     loss = float(model.objective(model, x1)["loss"])
     torch.manual_seed(3)
     t = model.path.time_from_uniform(sample_uniform_times(6, "uniform"))
+    known = condition_mask(x1, 1.0)  # drawn before x_t
     x = model.path.sample(x1, t, V)
-    known = condition_mask(x1, 1.0)
     x = torch.where(known[..., None], F.one_hot(x1, V).float(), x)
     per_token = model.head.loss(model.logits(x, t), x1).detach()  # (B, L)
     assert known.any() and loss == pytest.approx(float(per_token[~known].mean()), rel=1e-5)
