@@ -26,6 +26,15 @@ CASES = {
     "uniform_ancestral": ({"name": "uniform_ancestral", "init_args": {"steps": 3}}, {"path": "uniform", "objective": "duo"}),
     "uniform_ancestral-greedy": ({"name": "uniform_ancestral", "init_args": {"steps": 3, "noise_removal": "greedy"}}, {"path": "uniform", "objective": "duo"}),
     "ar": ({"name": "ar"}, {"path": "autoregressive", "objective": "ar", "backbone": CAUSAL}),
+    # the samplers' other options: drawn decodes, explicit times, a Gaussian head, no caches, nucleus sampling
+    "euler-sample-decode": ({"name": "euler", "init_args": {"steps": 3, "decode": "sample", "temperature": 0.7}}, {}),
+    "euler-gaussian": ({"name": "euler", "init_args": {"steps": 3}}, {"head": "gaussian"}),
+    "flow_map-times-sample-decode": ({"name": "flow_map", "init_args": {"times": [0.0, 0.3, 1.0], "decode": "sample"}}, {"objective": "lsd"}),
+    "marginal-hot": ({"name": "marginal", "init_args": {"temperature": 2.0}}, {}),
+    "ancestral-uncached-noisy-end": ({"name": "ancestral", "init_args": {"steps": 4, "cache": False, "noise_removal": False}},
+                                     {"path": "masked", "objective": "mdlm"}),
+    "ar-uncached-nucleus": ({"name": "ar", "init_args": {"cache": False, "top_p": 0.8, "temperature": 0.7}},
+                            {"path": "autoregressive", "objective": "ar", "backbone": CAUSAL}),
 }
 
 
@@ -56,7 +65,7 @@ def test_every_registered_sampler_is_covered():
 @pytest.mark.parametrize("hold", ["clean", "path"])
 def test_known_positions_come_back_unchanged(case, hold):
     model = _model(case)
-    prompts = [_prefix()] + ([] if case == "ar" else [_holes()])
+    prompts = [_prefix()] + ([] if CASES[case][0]["name"] == "ar" else [_holes()])
     for prompt in prompts:
         prompt = Prompt(prompt.known, prompt.mask, hold)
         out = model.generate(B, L, seed=0, prompt=prompt)
@@ -76,6 +85,20 @@ def test_the_prompt_conditions_the_rest(case):
         assert not torch.allclose(a.prediction[:, 5:], b.prediction[:, 5:])
     else:
         assert not torch.equal(a.tokens[:, 5:], b.tokens[:, 5:])
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_every_sampler_refuses_a_prompt_longer_than_the_sequence_and_ar_refuses_holes(case):
+    model = _model(case)
+    with pytest.raises(PromptError, match=f"has {L + 2} tokens but the sequence has only {L}"):
+        model.generate(B, L, prompt=list(range(L + 2)))
+    with pytest.raises(PromptError, match=f"spans {L + 1} positions but the sequence has {L}; shorten the prompt"):
+        model.generate(B, L, prompt=Prompt.prefix([1, 2], L + 1))
+    if CASES[case][0]["name"] == "ar":
+        with pytest.raises(PromptError, match="an autoregressive model cannot infill"):
+            model.generate(B, L, prompt=_holes())
+    else:
+        assert model.generate(B, L, seed=0, prompt=_holes()).tokens.shape == (B, L)
 
 
 def test_ar_prefix_with_cache_matches_without():
