@@ -4,11 +4,21 @@ tests/ is on sys.path because pytest's default (prepend) import mode puts the fo
 conftest.py there; the test folders have no __init__.py (see tests/conftest.py)."""
 
 import hashlib
+import importlib.util
 from pathlib import Path
 
 import torch
 
 from flowzoo.module import FlowLM
+
+# --- the scripts under benchmarks/ (the benchmark tests) ----------------------------------------------------
+def benchmark_script(name: str):
+    """benchmarks/<name>.py loaded as a module (the folder is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
 
 # --- small flow-map models (the flow-map tests) ----------------------------------------------------
 V, L, B = 11, 6, 4

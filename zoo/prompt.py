@@ -261,9 +261,10 @@ class ConditionShare:
         self.condition_share = check_condition_share(share)
 
     def known_positions(self, x1: torch.Tensor) -> torch.Tensor | None:
-        """The known positions (B, L) of this batch, or None with ``condition_share`` = 0 (no random draw: the
-        objective is then exactly the unconditional one)."""
-        if self.condition_share <= 0:
+        """The known positions (B, L) of this training batch, or None with ``condition_share`` = 0 (no random draw:
+        the objective is then exactly the unconditional one) and in evaluation (``eval()``: validation losses are
+        the unconditional objective's, comparable with those of a model trained without prompts)."""
+        if self.condition_share <= 0 or not getattr(self, "training", True):
             return None
         return condition_mask(x1, self.condition_share)
 

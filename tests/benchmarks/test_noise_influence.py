@@ -1,8 +1,6 @@
 """benchmarks/noise_influence.py: I(d), the share of tokens at distance d that change when the noise at one position
 is redrawn, measured through the real samplers on maps whose reach is known."""
 
-import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
@@ -10,16 +8,13 @@ import torch
 from flowzoo.heads.categorical import CategoricalHead
 from flowzoo.paths import LinearPath
 from flowzoo.samplers.flow_map import FlowMapSampler
+from helpers import benchmark_script
 
-ROOT = Path(__file__).resolve().parents[2]
 B, L, V = 64, 12, 5
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("noise_influence", ROOT / "benchmarks" / "noise_influence.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_script("noise_influence")
 
 
 class Map:

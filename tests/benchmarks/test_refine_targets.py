@@ -1,23 +1,18 @@
 """benchmarks/refine_targets.py end to end on a tiny saved flow (the teacher) and flow map (the student)."""
 
-import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
 
 from flowzoo.checkpoints.pretrained import save_pretrained
 from flowzoo.module import FlowLM
+from helpers import benchmark_script
 
-ROOT = Path(__file__).resolve().parents[2]
 DATA = {"name": "markov", "init_args": {"num_states": 16, "num_train": 16, "num_val": 8, "seq_len": 8}}
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("refine_targets", ROOT / "benchmarks" / "refine_targets.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_script("refine_targets")
 
 
 def test_repairs_of_student_samples_and_of_data_are_scored_per_refine_from(tmp_path):

@@ -1,9 +1,7 @@
 """benchmarks/steps_table.py on tiny checkpoints trained for 3 steps: mdlm (ancestral), flow (euler), flow map, ar."""
 
-import importlib.util
 import json
 import shlex
-from pathlib import Path
 
 import lightning as L
 import pytest
@@ -12,8 +10,8 @@ import torch
 from flowzoo.checkpoints.pretrained import save_pretrained
 from flowzoo.data.markov import MarkovData
 from flowzoo.module import FlowLM
+from helpers import benchmark_script
 
-ROOT = Path(__file__).resolve().parents[2]
 SMALL = {"width": 32, "depth": 1, "heads": 2, "cond_dim": 16}
 DATA = {"num_states": 16, "num_train": 48, "num_val": 16, "seq_len": 8, "batch_size": 16}
 METHODS = {
@@ -25,10 +23,7 @@ METHODS = {
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("steps_table", ROOT / "benchmarks" / "steps_table.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_script("steps_table")
 
 
 @pytest.fixture(scope="module")
@@ -114,11 +109,7 @@ def test_sampler_options_for_one_checkpoint_or_every_one(checkpoints, tmp_path):
 
 
 def test_one_step_confidence_reads_the_map_prediction_at_invalid_tokens(checkpoints):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("one_step_confidence", Path(__file__).resolve().parents[2] / "benchmarks" / "one_step_confidence.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = benchmark_script("one_step_confidence")
     out = script.main(["--checkpoint", str(checkpoints["flow_map"]), "--num-samples", "16", "--batch-size", "8"])
     assert 0.0 <= out["valid_transitions"] < 1.0  # 3 training steps: many invalid transitions
     V = DATA["num_states"]

@@ -164,7 +164,8 @@ def test_share_zero_is_the_unconditional_objective(case):
     the conditioned code with nothing known gives the same loss and gradients up to rounding."""
     x1 = torch.randint(0, V, (B, L), generator=torch.Generator().manual_seed(4))
     plain = _model(case, share=0.0)
-    assert plain.objective.known_positions(x1) is None
+    assert plain.objective.train().known_positions(x1) is None
+    plain.objective.eval()
     torch.manual_seed(5)
     out = plain.objective(plain, x1)
     out["loss"].backward()
@@ -191,6 +192,8 @@ def test_share_is_respected_and_validated(objective):
     prefix = known[known.any(1)]
     assert 0.3 < (prefix == (prefix.cumsum(1) == torch.arange(1, L + 1))).all(1).float().mean() < 0.75  # prefixes and holes
     assert model.objective.known_positions(torch.zeros(8, L, dtype=torch.long)).shape == (8, L)
+    model.eval()  # validation: the unconditional objective, comparable across shares
+    assert model.objective.known_positions(torch.zeros(8, L, dtype=torch.long)) is None
     for bad in (-0.1, 1.5):
         with pytest.raises(ValueError, match=r"condition_share must lie in \[0, 1\]"):
             FlowLM(backbone=TINY, vocab_size=V, objective={"name": objective, "init_args": {"condition_share": bad}})
