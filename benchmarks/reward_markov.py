@@ -164,7 +164,8 @@ def policy_gradient(args, add, base_path: Path, reward: dict, lam: float, n: int
         optimizer.step()
         if step % args.pg_every == 0 or step == args.pg_steps:
             samples = model.generate(n, L, seed=args.seed).tokens
-            add(f"policy gradient, {name}", f"{step * args.pg_samples} train evals", samples, 1, time.perf_counter() - start)
+            add(f"policy gradient, {name}, lr {args.pg_lr:g}", f"{step * args.pg_samples} train evals", samples, 1,
+                time.perf_counter() - start)
 
 
 def read_rows(path: Path) -> list:

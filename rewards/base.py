@@ -73,7 +73,8 @@ class Reward(Component):
         if not self.differentiable:
             raise RewardNotDifferentiableError(
                 f"{who} needs the gradient of the reward, and reward {self.registry_name!r} is not differentiable "
-                "(it reads decoded text); use a method that needs only reward values (best-of-N, particle resampling)"
+                "(it reads decoded text); use a method that needs only reward values (best-of-N, particle resampling, "
+                "the policy_gradient objective)"
             )
 
     def __repr__(self) -> str:
