@@ -4,13 +4,11 @@ with a two-step policy-gradient run: every method gets its rows, REINFORCE's bud
 import importlib.util
 from pathlib import Path
 
-import lightning as L
 import pytest
-import torch
 
 from flowzoo.checkpoints.pretrained import save_pretrained
-from flowzoo.data.markov import MarkovData
 from flowzoo.module import FlowLM
+from helpers import markov_trained
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = {"width": 32, "depth": 1, "heads": 2, "cond_dim": 16}
@@ -26,14 +24,7 @@ METHODS = {
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("study")
     for name, parts in METHODS.items():
-        torch.manual_seed(0)
-        parts = dict(parts)
-        backbone = {"name": "dit", "init_args": {**SMALL, "causal": parts.pop("causal", False)}}
-        model = FlowLM(backbone=backbone, **parts, vocab_size=DATA["num_states"], num_val_samples=0, warmup_steps=1)
-        trainer = L.Trainer(max_steps=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                            limit_val_batches=0, enable_model_summary=False)
-        trainer.fit(model, MarkovData(**DATA))
-        save_pretrained(model, root / name / "pretrained")
+        save_pretrained(markov_trained(parts, DATA, SMALL), root / name / "pretrained")
     return root
 
 
