@@ -12,14 +12,20 @@ sample and wall-clock. Methods, each a curve over its budget:
 * the 4-step flow map steered by the reward gradient through its lookahead (``guidance``, schedule ``tilt``:
   eta = lambda is the first-order tilted flow), a curve over eta;
 * the 4-step flow map with K particles resampled by exp(lambda (r(X_{t,1}) - r_prev)), K = 2 ... 16;
-* a reward-fine-tuned flow map, where ``--finetuned`` names one.
+* a reward-fine-tuned flow map, where ``--finetuned`` names one (its training reward evaluations, steps x samples
+  a step, read off its saved config, are in its budget);
+* with ``--policy-gradient``: KL-regularised REINFORCE (objective ``policy_gradient``, leave-one-out baseline, tilt
+  lambda, KL to the frozen base) of the AR model and of MDLM, fine-tuned here, a row every ``--pg-every`` steps with
+  the training reward evaluations so far as its budget: the policy-gradient baseline at equal reward evaluations.
 
     python benchmarks/reward_markov.py --models runs/study/markov     # writes benchmarks/results/reward_markov.{md,png}
+    python benchmarks/reward_markov.py --models runs/study/markov --append --policy-gradient   # adds the REINFORCE rows
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import time
 from pathlib import Path
 
@@ -29,6 +35,7 @@ import torch
 from flowzoo import registry
 from flowzoo.best_of_n import best_of_n
 from flowzoo.checkpoints import load_checkpoint
+from flowzoo.module import FlowLM
 from flowzoo.rewards import TiltedChain
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,7 +68,7 @@ def timed(fn):
     return out, time.perf_counter() - start
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="runs/study/markov", help="folder with {flow_map,mdlm,ar}/pretrained (benchmarks/study.py)")
     parser.add_argument("--finetuned", action="append", default=[], metavar="NAME=PATH", help="reward-fine-tuned flow maps to add")
@@ -71,8 +78,14 @@ def main() -> None:
     parser.add_argument("--output", default=str(ROOT / "benchmarks/results/reward_markov.md"))
     parser.add_argument("--quick", action="store_true", help="fewer budgets (a smoke run)")
     parser.add_argument("--append", action="store_true", help="keep the rows of the existing --output table and only "
-                        "add the --finetuned models (the same seed, W and lambda)")
-    args = parser.parse_args()
+                        "add the --finetuned models and --policy-gradient rows (the same seed, W and lambda)")
+    parser.add_argument("--policy-gradient", action="store_true", help="fine-tune AR and MDLM with KL-regularised REINFORCE")
+    parser.add_argument("--pg-steps", type=int, default=300, help="REINFORCE steps")
+    parser.add_argument("--pg-samples", type=int, default=64, help="samples (= reward evaluations) per REINFORCE step")
+    parser.add_argument("--pg-every", type=int, default=50, help="a row every this many steps")
+    parser.add_argument("--pg-lr", type=float, default=1e-4)
+    parser.add_argument("--pg-mdlm-steps", type=int, default=32, help="ancestral steps of MDLM's samples while fine-tuning")
+    args = parser.parse_args(argv)
     torch.manual_seed(args.seed)
     models = Path(args.models)
     base_map = load_checkpoint(models / "flow_map" / "pretrained")
@@ -105,11 +118,54 @@ def main() -> None:
     for item in args.finetuned:
         label, _, path = item.partition("=")
         model = load_checkpoint(path)
+        trained = training_evaluations(model)
         for steps in (1, 4):
             out, secs = timed(lambda: model.generate(n, L, sampler={"name": "flow_map", "init_args": {"steps": steps}}, seed=args.seed))
-            add(f"{label}", f"{steps} step{'s' if steps > 1 else ''}", out.tokens, 1, secs)
+            add(f"{label}", f"{steps} step{'s' if steps > 1 else ''}, {trained} train evals", out.tokens, 1, secs)
+    if args.policy_gradient:
+        for name, folder, sampler in [("AR", "ar", None), ("MDLM", "mdlm", {"name": "ancestral", "init_args": {"steps": args.pg_mdlm_steps}})]:
+            path = models / folder / "pretrained"
+            if not path.is_dir():
+                print(f"(no {path}: policy gradient of {name} skipped)")
+                continue
+            policy_gradient(args, add, path, {"name": "token_count", "init_args": {"tokens": W}}, lam, n, L, name, sampler)
 
     write(args, chain, W, base_reward, tilted, rows)
+
+
+def training_evaluations(model) -> int:
+    """Reward evaluations a ``reward``-fine-tuned model used in training: steps x (samples a step, + the batch with
+    ``intermediate``), from its saved config and training metadata."""
+    steps = int(((model.hub_metadata or {}).get("training") or {}).get("global_step", 0))
+    args = registry.spec(model.objective)["init_args"]
+    batch = int(((model.data_spec or {}).get("init_args") or {}).get("batch_size", 0))
+    return steps * (int(args.get("num_generated") or batch) + (batch if args.get("intermediate") else 0))
+
+
+def policy_gradient(args, add, base_path: Path, reward: dict, lam: float, n: int, L: int, name: str, sampler) -> None:
+    """KL-regularised REINFORCE of the model at ``base_path`` (objective ``policy_gradient``, tilt lambda, the base
+    frozen), Adam for ``--pg-steps`` steps of ``--pg-samples`` samples; every ``--pg-every`` steps a row of ``n``
+    samples of the policy with the training reward evaluations so far as its budget."""
+    base = load_checkpoint(base_path)
+    config = base.config()
+    config["objective"] = {"name": "policy_gradient", "init_args": {
+        "teacher": str(base_path), "reward": reward, "tilt": lam, "num_generated": args.pg_samples, "sampler": sampler}}
+    model = FlowLM.from_config(config)
+    model.data_spec = base.data_spec
+    model.prepare_objective()  # loads the frozen base and starts the policy as it
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.pg_lr)
+    batch = torch.zeros(args.pg_samples, L, dtype=torch.long)  # only its shape matters: the samples are the policy's
+    start = time.perf_counter()
+    for step in range(1, args.pg_steps + 1):
+        model.train()
+        out = model.objective(model, batch)
+        optimizer.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        optimizer.step()
+        if step % args.pg_every == 0 or step == args.pg_steps:
+            samples = model.generate(n, L, seed=args.seed).tokens
+            add(f"policy gradient, {name}, lr {args.pg_lr:g}", f"{step * args.pg_samples} train evals", samples, 1,
+                time.perf_counter() - start)
 
 
 def read_rows(path: Path) -> list:
@@ -177,7 +233,8 @@ def write(args, chain, W, base_reward, tilted, rows) -> None:
         "`way` = (reward − base) / (exact − base): 0 is the base model, 1 the tilted law. `kl proxy` = NLL under ρ_r minus "
         "ρ_r's entropy, per transition (≈0 for samples of ρ_r, < 0 collapse, > 0 off the law). Evaluations: reward "
         "evaluations per returned sample (steering: lookaheads and the final score, all particles). Seconds: wall-clock "
-        "for all the samples on the CPU it ran on (2 cores shared with other jobs, OMP_NUM_THREADS=1): rough.",
+        "for all the samples on the CPU it ran on (2 cores shared with other jobs, OMP_NUM_THREADS=1): rough. Fine-tuned "
+        "rows give their training reward evaluations in the budget (policy gradient: seconds of training so far).",
         "",
         "| method | budget | mean reward | way | kl proxy | NLL under ρ_r | valid | distinct | reward evals | seconds |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
@@ -185,10 +242,42 @@ def write(args, chain, W, base_reward, tilted, rows) -> None:
     for method, budget, r in rows:
         lines.append(f"| {method} | {budget} | {r['reward']:.3f} | {r['way']:+.2f} | {r['kl_proxy']:+.3f} | {r['nll_tilted']:.3f} "
                      f"| {100 * r['valid_transitions']:.1f}% | {100 * r['distinct']:.0f}% | {r['evaluations']:g} | {r['seconds']:.2f} |")
+    lines += evaluation_summary(rows)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text("\n".join(lines) + "\n")
     plot(rows, tilted, output.with_suffix(".png"))
     print(f"wrote {output} and {output.with_suffix('.png')}")
+
+
+def train_evals(budget: str) -> int | None:
+    """The training reward evaluations a budget names ("1 step, 3840 train evals"), or None."""
+    found = re.search(r"(\d+) train evals", budget)
+    return int(found.group(1)) if found else None
+
+
+def evaluation_summary(rows) -> list[str]:
+    """Lines comparing the training reward evaluations of reward fine-tuning (its 1-step rows) with the policy-gradient
+    baselines: how many evaluations each REINFORCE run needed to first reach the fine-tuned map's mean reward."""
+    tuned = [(m, b, r) for m, b, r in rows if train_evals(b) and not m.startswith("policy gradient") and b.startswith("1 step")]
+    curves: dict[str, list] = {}
+    for m, b, r in rows:
+        if m.startswith("policy gradient") and train_evals(b):
+            curves.setdefault(m, []).append((train_evals(b), r["reward"]))
+    if not tuned or not curves:
+        return []
+    lines = ["", "Reward evaluations in training (reward fine-tuning through the flow map against REINFORCE):", ""]
+    for method, budget, r in tuned:
+        mine = train_evals(budget)
+        for name, curve in curves.items():
+            reached = next((e for e, value in sorted(curve) if value >= r["reward"]), None)
+            last_e, last_r = max(curve)
+            if reached is None:
+                lines.append(f"* {method} reaches {r['reward']:.3f} with {mine} evaluations; {name} ends at {last_r:.3f} after "
+                             f"{last_e} (> {last_e / mine:.1f}x as many, and not there yet)")
+            else:
+                lines.append(f"* {method} reaches {r['reward']:.3f} with {mine} evaluations; {name} first reaches it after "
+                             f"{reached} ({reached / mine:.1f}x as many)")
+    return lines
 
 
 def plot(rows, tilted, path: Path) -> None:

@@ -1,4 +1,5 @@
-"""A frozen teacher that the student replaces every round (SDTT, DCD): the round counter and the hand-over."""
+"""Frozen teachers handed over by the model: :class:`FrozenTeacher` (distill, policy_gradient) and
+:class:`RoundTeacher`, which the student replaces every round (SDTT, DCD)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,48 @@ import torch
 from flowzoo.errors import CheckpointError
 
 
-class RoundTeacher:
+class FrozenTeacher:
+    """Mixin for an ``nn.Module`` objective that reads a frozen model (a teacher, a base model) named by ``teacher_path``.
+
+    The objective loads nothing: the model (:mod:`flowzoo.teachers`, before the first loss) loads the checkpoint,
+    checks it against the student (vocabulary, path), hands it over (:meth:`set_teacher`, kept out of the module tree:
+    never saved with the student, never moved by ``.to()``) and once copies it (``init_from_teacher``) or the
+    ``init_from`` model into the student; ``teacher_copied``, a buffer saved with the student, remembers that, so a
+    resumed or reloaded student is never overwritten.
+    """
+
+    needs_teacher = True  # flowzoo.teachers resolves it
+
+    def init_teacher(self, teacher: str, init_from_teacher: bool, init_from: str) -> None:
+        self.teacher_path, self.init_from_teacher, self.init_from = teacher, init_from_teacher, init_from
+        self.register_buffer("teacher_copied", torch.zeros((), dtype=torch.bool))
+        object.__setattr__(self, "_teacher", None)  # not a submodule: not saved, not moved by .to()
+
+    @property
+    def teacher_model(self):
+        """The teacher handed over by the model (flowzoo.teachers), or None before that."""
+        return self._teacher
+
+    def set_teacher(self, teacher) -> None:
+        """Use an already loaded model as the teacher (frozen, kept outside the module tree)."""
+        if teacher is self._teacher:
+            return
+        teacher.eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        object.__setattr__(self, "_teacher", teacher)
+
+    def teacher(self, model=None, device=None):
+        """The teacher (``model``, ``device``: unused, the model has already put it there)."""
+        if self._teacher is None:
+            raise CheckpointError(
+                f"the {self.registry_name} objective needs a teacher: set --model.objective.teacher=PATH (a .ckpt or "
+                "save_pretrained directory); FlowLM loads it before the first loss (model.attach_teacher() outside a Trainer)"
+            )
+        return self._teacher
+
+
+class RoundTeacher(FrozenTeacher):
     """Mixin for an ``nn.Module`` objective distilled in rounds from the checkpoint ``teacher_path`` names.
 
     The objective loads nothing: while it is training, the model (:mod:`flowzoo.teachers`, before each loss) loads the
@@ -32,35 +74,18 @@ class RoundTeacher:
             raise ValueError(f"round_steps must be at least 1, got {round_steps}")
         if rounds < 0:
             raise ValueError(f"rounds must be non-negative (0: no limit), got {rounds}")
-        self.teacher_path, self.round_steps, self.rounds = teacher, round_steps, rounds
+        self.round_steps, self.rounds = round_steps, rounds
         self.register_buffer("round", torch.zeros((), dtype=torch.long))
-        self.register_buffer("teacher_copied", torch.zeros((), dtype=torch.bool))
-        object.__setattr__(self, "_teacher", None)  # not a submodule: not saved, not moved by .to()
+        self.init_teacher(teacher, True, "")
         object.__setattr__(self, "_teacher_round", 0)  # the round whose teacher the held weights are
-
-    @property
-    def teacher_model(self):
-        """The teacher handed over by the model (flowzoo.teachers), or None before that."""
-        return self._teacher
 
     def set_teacher(self, teacher) -> None:
         """Use an already loaded model as the teacher (frozen, outside the module tree): the checkpoint's weights are
         round 0's teacher."""
         if teacher is self._teacher:
             return
-        teacher.eval()
-        for p in teacher.parameters():
-            p.requires_grad_(False)
-        object.__setattr__(self, "_teacher", teacher)
+        super().set_teacher(teacher)
         object.__setattr__(self, "_teacher_round", 0)
-
-    def teacher(self, model=None, device=None):
-        if self._teacher is None:
-            raise CheckpointError(
-                f"the {self.registry_name} objective needs a teacher: set --model.objective.teacher=PATH (a .ckpt or "
-                "save_pretrained directory); FlowLM loads it before the first training loss (model.attach_teacher() outside a Trainer)"
-            )
-        return self._teacher
 
     def round_at(self, step: int) -> int:
         r = step // self.round_steps

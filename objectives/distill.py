@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from flowzoo.errors import CheckpointError
+from flowzoo.objectives._teacher import FrozenTeacher
 from flowzoo.objectives.flow_map_config import FlowMapConfig
 from flowzoo.objectives._flowmap import (
     MIDPOINTS,
@@ -22,7 +22,7 @@ DIAGONAL_TARGETS = ("teacher", "data")
 
 
 @register("objective", "distill")
-class Distill(FlowMapObjective):
+class Distill(FrozenTeacher, FlowMapObjective):
     """Student flow map from a frozen teacher flow (``teacher``: a .ckpt or save_pretrained directory).
 
     Diagonal: CE(D^teacher_t(x_t) || delta_{t,t}(x_t)) (or the data). Off the diagonal, ``target``:
@@ -42,8 +42,6 @@ class Distill(FlowMapObjective):
     and the teacher read every state (x_t, x_s, the semigroup's X_{s,u}, the landing point X_{s,t}, the teacher's
     trajectory) with the known positions at their clean one-hot; the losses are averaged over the unknown ones.
     """
-
-    needs_teacher = True  # flowzoo.teachers resolves it
 
     def __init__(
         self,
@@ -71,43 +69,15 @@ class Distill(FlowMapObjective):
             raise ValueError(f"unknown midpoint {midpoint!r}; choices: {', '.join(MIDPOINTS)}")
         if teacher_gap < 0:
             raise ValueError(f"teacher_gap must be non-negative, got {teacher_gap}")
-        self.teacher_path, self.target, self.diagonal_target_kind = teacher, target, diagonal_target
-        self.init_from_teacher, self.teacher_gap, self.init_from = init_from_teacher, teacher_gap, init_from
+        self.target, self.diagonal_target_kind, self.teacher_gap = target, diagonal_target, teacher_gap
         self.midpoint, self.adaptive = midpoint, adaptive
-        # whether the student has been initialised from the teacher: saved with the weights
-        self.register_buffer("teacher_copied", torch.zeros((), dtype=torch.bool))
-        object.__setattr__(self, "_teacher", None)  # not a submodule: not saved, not moved by .to()
+        self.init_teacher(teacher, init_from_teacher, init_from)  # teacher_copied: saved with the weights
 
     def incompatibility(self, parts):
         found = super().incompatibility(parts)
         if found is None and self.target == "trajectory" and not parts["path"].mean_denoiser:
             return "path", "the trajectory target averages the teacher's D along its path, which needs the mean-denoiser (linear) path"
         return found
-
-    # --- the teacher -------------------------------------------------------------------
-    @property
-    def teacher_model(self):
-        """The teacher handed over by the model (flowzoo.teachers), or None before that."""
-        return self._teacher
-
-    def set_teacher(self, teacher) -> None:
-        """Use an already loaded model as the teacher (frozen, kept outside the module tree). The model resolves it
-        (``FlowLM.attach_teacher``: loads ``teacher``, checks it, initialises the student) and hands it over here."""
-        if teacher is self._teacher:
-            return
-        teacher.eval()
-        for p in teacher.parameters():
-            p.requires_grad_(False)
-        object.__setattr__(self, "_teacher", teacher)
-
-    def teacher(self, model=None, device=None):
-        """The teacher (``model``, ``device``: unused, the model has already put it there)."""
-        if self._teacher is None:
-            raise CheckpointError(
-                f"the {self.registry_name} objective needs a teacher: set --model.objective.teacher=PATH (a .ckpt or "
-                "save_pretrained directory); FlowLM loads it before the first loss (model.attach_teacher() outside a Trainer)"
-            )
-        return self._teacher
 
     # --- losses ------------------------------------------------------------------------
     def diagonal_target(self, model, xt, t, x1):

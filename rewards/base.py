@@ -42,6 +42,11 @@ class Reward(Component):
         self.vocab_size, self.vocabulary, self.decode = vocab_size, vocabulary, decode
         return self
 
+    def resolve(self, model) -> "Reward":
+        """Load what the reward reads (a judge, a classifier) as a model of ``model``'s class; the callers that bind
+        a reward to a model call it. Nothing to load for most rewards: returns ``self``."""
+        return self
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.vocab_size is None:
             raise FlowzooError(f"reward {self.registry_name!r} is not bound to a vocabulary; call reward.bind(vocab_size, ...) first")
@@ -68,7 +73,8 @@ class Reward(Component):
         if not self.differentiable:
             raise RewardNotDifferentiableError(
                 f"{who} needs the gradient of the reward, and reward {self.registry_name!r} is not differentiable "
-                "(it reads decoded text); use a method that needs only reward values (best-of-N, particle resampling)"
+                "(it reads decoded text); use a method that needs only reward values (best-of-N, particle resampling, "
+                "the policy_gradient objective)"
             )
 
     def __repr__(self) -> str:

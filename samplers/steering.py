@@ -97,6 +97,7 @@ class Steering:
             self.reward.bind(model.vocab_size)
         elif self.reward.vocab_size != model.vocab_size:
             raise ValueError(f"the reward is bound to {self.reward.vocab_size} tokens, the model has {model.vocab_size}")
+        self.reward.resolve(model)  # a judge's or classifier's network, loaded once
         self.evaluations = 0
 
     def eta(self, path, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -59,6 +59,23 @@ def tiny_model() -> FlowLM:
     return model
 
 
+def markov_trained(parts: dict, data: dict, width: dict, steps: int = 3) -> FlowLM:
+    """A model of ``parts`` (``causal``: a causal DiT) with a DiT of ``width``'s arguments, fitted for ``steps``
+    Lightning steps on the ``markov`` data of ``data`` (the benchmark-script tests' tiny checkpoints)."""
+    import lightning as L
+
+    from flowzoo.data.markov import MarkovData
+
+    torch.manual_seed(0)
+    parts = dict(parts)
+    backbone = {"name": "dit", "init_args": {**width, "causal": parts.pop("causal", False)}}
+    model = FlowLM(backbone=backbone, **parts, vocab_size=data["num_states"], num_val_samples=0, warmup_steps=1)
+    trainer = L.Trainer(max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        limit_val_batches=0, enable_model_summary=False)
+    trainer.fit(model, MarkovData(**data))
+    return model
+
+
 def populate_cache(cache: Path, repo_id: str, folder: Path, commit: str = COMMIT) -> Path:
     """Lay ``folder`` out as ``hf_hub_download`` leaves a download in the cache (the documented layout):
     ``models--org--name/blobs/<etag>``, ``snapshots/<commit>/<file>`` -> ``../../blobs/<etag>``,

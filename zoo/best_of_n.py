@@ -23,6 +23,7 @@ def best_of_n(model, reward, n: int, num_samples: int, length: int, sampler=None
     reward = registry.build("reward", reward)
     if reward.vocab_size is None:
         reward.bind(model.vocab_size)
+    reward.resolve(model)  # a judge's or classifier's network, loaded once
     total = num_samples * n
     size = batch_size or total
     draws, nfe = [], 0

@@ -1,5 +1,5 @@
 """The ``flowzoo`` command: LightningCLI (fit/validate/test/predict) plus ``sample``, ``list``, ``benchmark``,
-``publish``, ``judge`` and ``import``; ``flowzoo --help`` lists them all (:data:`COMMANDS`).
+``publish``, ``judge``, ``classifier`` and ``import``; ``flowzoo --help`` lists them all (:data:`COMMANDS`).
 
 Components are chosen by short registry names, ``--model.path=linear``; the names are
 expanded to class paths for jsonargparse before parsing, so ``--model.sampler.steps=64``
@@ -495,6 +495,16 @@ def judge_main(argv: Sequence[str]) -> None:
         lightning_main(args)
 
 
+def classifier_main(argv: Sequence[str]) -> None:
+    """``flowzoo classifier fit --config configs/classifier_shakespeare.yaml [fit flags]``: ``flowzoo fit`` of a
+    sequence classifier for the ``classifier`` reward (the arguments from flowzoo.classifier_fit)."""
+    from flowzoo.classifier_fit import classifier_command
+
+    args = classifier_command(argv)
+    if args is not None:
+        lightning_main(args)
+
+
 def list_main(argv: Sequence[str]) -> None:
     """``flowzoo list``: every registered component by kind, with the first line of its docstring."""
     if argv and argv[0] in ("-h", "--help"):
@@ -514,10 +524,11 @@ COMMANDS = {
     "benchmark": "sample quality, NFE, speed and memory of models and samplers into a table (--config FILE)",
     "publish": "upload a trained model to the Hugging Face Hub with its model card",
     "judge": "train an autoregressive judge for generative perplexity (judge fit --config FILE)",
+    "classifier": "train a sequence classifier for the classifier reward (classifier fit --config FILE)",
     "import": "convert a published MDLM / Duo / FLM checkpoint into a flowzoo model folder (import SOURCE --out DIR)",
 }
 _HANDLERS = {"sample": sample_main, "list": list_main, "benchmark": benchmark_main, "publish": publish_main, "judge": judge_main,
-             "import": import_main}
+             "classifier": classifier_main, "import": import_main}
 
 
 def usage() -> str:

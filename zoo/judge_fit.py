@@ -21,9 +21,9 @@ USAGE = (
 )
 
 
-def judge_fit_args(argv: Sequence[str]) -> list[str]:
-    """``flowzoo fit`` arguments for a judge: the config file(s), then the AR objective and sampler, a causal
-    backbone and a callback writing ``save_pretrained`` to ``<default_root_dir>/pretrained`` at the end of
+def preset_fit_args(argv: Sequence[str], flags: Sequence[str], command: str, example: str) -> list[str]:
+    """``flowzoo fit`` arguments of a preset command (``flowzoo COMMAND fit``): the config file(s), then the preset's
+    ``flags``, then a callback writing ``save_pretrained`` to ``<default_root_dir>/pretrained`` at the end of
     training, then the user's own flags (which override all of these)."""
     configs, rest, i = [], [], 0
     argv = list(argv)
@@ -35,16 +35,29 @@ def judge_fit_args(argv: Sequence[str]) -> list[str]:
         (configs if argv[i].startswith("--config=") else rest).append(argv[i])
         i += 1
     if not configs:
-        raise JudgeError(f"flowzoo judge fit needs --config (e.g. {JUDGE_CONFIGS['shakespeare']})")
-    return ["fit", *configs, *AR_FLAGS, f"--trainer.callbacks+={SAVE_CALLBACK}", *rest]
+        raise JudgeError(f"flowzoo {command} fit needs --config (e.g. {example})")
+    return ["fit", *configs, *flags, f"--trainer.callbacks+={SAVE_CALLBACK}", *rest]
+
+
+def preset_command(argv: Sequence[str], command: str, usage: str, build) -> list[str] | None:
+    """``flowzoo COMMAND ARGS`` -> the ``flowzoo`` arguments to run (``build(ARGS after fit)``), or None after
+    printing ``usage``."""
+    argv = list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage)
+        return None
+    if argv[0] != "fit":
+        raise JudgeError(f"unknown {command} command {argv[0]!r}; the {command} command is: flowzoo {command} fit --config FILE")
+    return build(argv[1:])
+
+
+def judge_fit_args(argv: Sequence[str]) -> list[str]:
+    """``flowzoo fit`` arguments for a judge: the config file(s), then the AR objective and sampler, a causal
+    backbone and a callback writing ``save_pretrained`` to ``<default_root_dir>/pretrained`` at the end of
+    training, then the user's own flags (which override all of these)."""
+    return preset_fit_args(argv, AR_FLAGS, "judge", JUDGE_CONFIGS["shakespeare"])
 
 
 def judge_command(argv: Sequence[str]) -> list[str] | None:
     """``flowzoo judge ARGS`` -> the ``flowzoo`` arguments to run (``fit ...``), or None after printing the usage."""
-    argv = list(argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        print(USAGE)
-        return None
-    if argv[0] != "fit":
-        raise JudgeError(f"unknown judge command {argv[0]!r}; the judge command is: flowzoo judge fit --config FILE")
-    return judge_fit_args(argv[1:])
+    return preset_command(argv, "judge", USAGE, judge_fit_args)

@@ -105,26 +105,40 @@ class FlowLM(L.LightningModule, FlowzooHubMixin):
         return self.head.denoise(self.logits(x, t, s))
 
     # --- training ------------------------------------------------------------------
-    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
-        check_tokens(batch, self.vocab_size, values=batch_idx == 0 or on_host(batch))  # no device sync per CUDA step
+    def training_step(self, batch: torch.Tensor | dict, batch_idx: int) -> torch.Tensor:
+        ids, labels = self.split_batch(batch)
+        check_tokens(ids, self.vocab_size, values=batch_idx == 0 or on_host(ids))  # no device sync per CUDA step
         self.prepare_objective()
-        out = self.objective(self, batch)
-        self.log_dict({f"train/{k}": v.detach() for k, v in out.items()}, prog_bar=True, batch_size=batch.shape[0])
+        out = self.objective(self, ids) if labels is None else self.objective(self, ids, labels)
+        self.log_dict({f"train/{k}": v.detach() for k, v in out.items()}, prog_bar=True, batch_size=ids.shape[0])
         return out["loss"]
 
-    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
-        check_tokens(batch, self.vocab_size)
+    def validation_step(self, batch: torch.Tensor | dict, batch_idx: int) -> None:
+        ids, labels = self.split_batch(batch)
+        check_tokens(ids, self.vocab_size)
         with torch.random.fork_rng(devices=[] if self.device.type == "cpu" else [self.device]):
             torch.manual_seed(batch_idx)  # the same noise and times every epoch: comparable validation losses
             self.prepare_objective()
-            out = self.objective(self, batch)
-        self.log_dict({f"val/{k}": v for k, v in out.items()}, prog_bar=True, batch_size=batch.shape[0], sync_dist=True)
+            out = self.objective(self, ids) if labels is None else self.objective(self, ids, labels)
+        self.log_dict({f"val/{k}": v for k, v in out.items()}, prog_bar=True, batch_size=ids.shape[0], sync_dist=True)
         if batch_idx == 0:
             # inside the epoch, not at its end: weight-averaging callbacks (EMA) have their weights in place here
             self._log_sample_metrics()
 
-    def test_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+    def test_step(self, batch: torch.Tensor | dict, batch_idx: int) -> None:
         self.validation_step(batch, batch_idx)
+
+    def split_batch(self, batch: torch.Tensor | dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Token ids (B, L) and class labels (B,) or None: a labelled data module's batches are dicts, which only an
+        objective that reads labels (``reads_labels``, e.g. ``classify``) accepts."""
+        if not isinstance(batch, dict):
+            return batch, None
+        if not getattr(self.objective, "reads_labels", False):
+            raise ValueError(
+                f"the data module yields labelled rows (token ids and a class), which the {self.objective.registry_name!r} "
+                "objective does not read; train a sequence classifier with --model.objective=classify (flowzoo classifier fit)"
+            )
+        return batch["input_ids"], batch["labels"]
 
     def _log_sample_metrics(self) -> None:
         """Draw ``num_val_samples`` with the model's sampler (seed 0) and log the data's sample metrics."""
@@ -243,6 +257,9 @@ class FlowLM(L.LightningModule, FlowzooHubMixin):
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is not None and isinstance(datamodule, registry.Component):
             self.data_spec = registry.spec(datamodule)
+        check_data = getattr(self.objective, "check_data", None)  # e.g. classify: its classes are the data's
+        if datamodule is not None and check_data is not None:
+            check_data(datamodule)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         from flowzoo.checkpoints.tokenizer import CHECKPOINT_KEY, model_tokenizer_json

@@ -72,7 +72,7 @@ def bound_reward(reward: str | dict, options: dict[str, Any] | None, model, data
             decode = data.decode
         except (FlowzooError, OSError):
             pass
-    return built.bind(model.vocab_size, vocabulary, decode)
+    return built.bind(model.vocab_size, vocabulary, decode).resolve(model)  # resolve: a judge's or classifier's network
 
 
 def encode_text(text: str, data=None, model=None) -> list[int]:

@@ -74,9 +74,22 @@ def attach_teacher(model, teacher=None) -> None:
 
 def prepare_objective(model) -> None:
     """What the objective needs from outside the model, before its loss: a no-op but for teacher-based objectives,
-    whose teacher is loaded on the first call (at the same point of the random stream as the loss's first draw)."""
+    whose teacher is loaded on the first call (at the same point of the random stream as the loss's first draw), and
+    reward-driven ones, whose reward is bound and its network loaded."""
     if needs_teacher(model.objective):
         attach_teacher(model)
+    prepare_reward(model)
+
+
+def prepare_reward(model) -> None:
+    """The reward of a reward-driven objective (``reward``, ``policy_gradient``): bound to the model's vocabulary and
+    its network (a judge's, a classifier's) loaded as a model of the model's class, once; the objective loads nothing."""
+    reward = getattr(model.objective, "reward", None)
+    if reward is None or not hasattr(reward, "resolve"):
+        return
+    if reward.vocab_size is None:
+        reward.bind(model.vocab_size)
+    reward.resolve(model)
 
 
 def copy_backbone(model, source) -> None:

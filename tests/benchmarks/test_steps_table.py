@@ -3,14 +3,10 @@
 import json
 import shlex
 
-import lightning as L
 import pytest
-import torch
 
 from flowzoo.checkpoints.pretrained import save_pretrained
-from flowzoo.data.markov import MarkovData
-from flowzoo.module import FlowLM
-from helpers import benchmark_script
+from helpers import benchmark_script, markov_trained
 
 SMALL = {"width": 32, "depth": 1, "heads": 2, "cond_dim": 16}
 DATA = {"num_states": 16, "num_train": 48, "num_val": 16, "seq_len": 8, "batch_size": 16}
@@ -31,14 +27,7 @@ def checkpoints(tmp_path_factory):
     root = tmp_path_factory.mktemp("steps")
     out = {}
     for name, parts in METHODS.items():
-        torch.manual_seed(0)
-        parts = dict(parts)
-        backbone = {"name": "dit", "init_args": {**SMALL, "causal": parts.pop("causal", False)}}
-        model = FlowLM(backbone=backbone, **parts, vocab_size=DATA["num_states"], num_val_samples=0, warmup_steps=1)
-        trainer = L.Trainer(max_steps=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                            limit_val_batches=0, enable_model_summary=False)
-        trainer.fit(model, MarkovData(**DATA))
-        save_pretrained(model, root / name)
+        save_pretrained(markov_trained(parts, DATA, SMALL), root / name)
         out[name] = root / name
     return out
 

@@ -29,9 +29,13 @@ def print_config(argv, capsys) -> dict:
 
 
 def command_for(config: Path) -> list[str]:
-    """``flowzoo judge fit`` for the judge configs (their own comments say so), else ``flowzoo fit``."""
+    """``flowzoo judge fit`` / ``flowzoo classifier fit`` for the judge and classifier configs (their own comments
+    say so), else ``flowzoo fit``."""
     text = config.read_text()
-    return ["judge", "fit"] if "flowzoo judge fit --config" in text else ["fit"]
+    for preset in ("judge", "classifier"):
+        if f"flowzoo {preset} fit --config" in text:
+            return [preset, "fit"]
+    return ["fit"]
 
 
 def _class_path(node) -> str:
@@ -88,6 +92,10 @@ def test_config_resolves_to_registered_compatible_components(config, capsys):
     if command[0] == "judge":  # the judge command adds the AR objective, sampler, path and a causal backbone
         assert (parts["objective"].registry_name, parts["sampler"].registry_name, parts["path"].registry_name) == ("ar", "ar", "autoregressive")
         assert resolved["model"]["backbone"]["init_args"]["causal"] is True
+        assert "flowzoo.checkpoints.callback.SavePretrained" in [c["class_path"] for c in resolved["trainer"]["callbacks"]]
+    if command[0] == "classifier":  # the classifier command adds the classify objective (the config's classes kept)
+        assert parts["objective"].registry_name == "classify" and resolved["model"]["num_val_samples"] == 0
+        assert parts["objective"].classes == resolved["data"]["init_args"]["classes"]
         assert "flowzoo.checkpoints.callback.SavePretrained" in [c["class_path"] for c in resolved["trainer"]["callbacks"]]
 
 

@@ -113,3 +113,22 @@ def test_tilt_for_a_target_mean_reward():
     assert tilted.lam > 0 and tilted.expected_reward() == pytest.approx(2 * base, rel=1e-6)
     with pytest.raises(ValueError, match="out of reach"):
         TiltedChain.for_mean_reward(chain.stationary, chain.transition, g, 32, 33.0)
+
+
+def test_every_gradient_method_refuses_a_value_only_reward_with_one_message_and_value_methods_take_it():
+    from flowzoo.samplers.euler import EulerSampler
+    from flowzoo.samplers.flow_map import FlowMapSampler
+
+    regex = {"name": "regex", "init_args": {"pattern": "a"}}
+    ending = "reward 'regex' is not differentiable (it reads decoded text); use a method that needs only reward values " \
+             "(best-of-N, particle resampling, the policy_gradient objective)"
+    refusing = [lambda: registry.build("objective", {"name": "reward", "init_args": {"reward": regex}}),
+                lambda: FlowMapSampler(steps=2, reward=regex, guidance=1.0),
+                lambda: EulerSampler(steps=2, reward=regex, guidance=1.0)]
+    for build in refusing:
+        with pytest.raises(RewardNotDifferentiableError) as refused:
+            build()
+        assert str(refused.value).endswith(ending) and "\n" not in str(refused.value)
+    # values only: REINFORCE never differentiates r, particles resample by its values
+    assert registry.build("objective", {"name": "policy_gradient", "init_args": {"reward": regex}}).reward.registry_name == "regex"
+    assert FlowMapSampler(steps=2, reward=regex, particles=2).steering.particles == 2

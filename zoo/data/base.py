@@ -25,8 +25,12 @@ class TokenDataModule(Component, L.LightningDataModule):
     """Fixed-length sequences of token ids as a ``datasets.Dataset`` with an ``input_ids`` column.
 
     Subclasses implement :meth:`build_splits` (returning train and validation datasets),
-    ``vocab_size``, :meth:`decode` and :meth:`evaluate_samples`.
+    ``vocab_size``, :meth:`decode` and :meth:`evaluate_samples`. A labelled data module (rows with a class) adds
+    its ``label`` column to ``columns``; its batches are then dicts {"input_ids": (B, L), "labels": (B,)}, which
+    only an objective that reads labels accepts (``classify``).
     """
+
+    columns: tuple[str, ...] = ("input_ids",)  # the dataset columns a batch carries
 
     def __init__(self, seq_len: int = 64, batch_size: int = 32, num_workers: int = 0, metric: str | None = None) -> None:
         super().__init__()
@@ -80,7 +84,7 @@ class TokenDataModule(Component, L.LightningDataModule):
             for name in ("train", "validation"):
                 if name not in splits or len(splits[name]) == 0:
                     raise DataError(f"{type(self).__name__}: the {name} split is empty; the corpus is too short for seq_len={self.seq_len}")
-            self._splits = {k: v.with_format("torch", columns=["input_ids"]) for k, v in splits.items()}
+            self._splits = {k: v.with_format("torch", columns=list(self.columns)) for k, v in splits.items()}
         return self._splits
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
@@ -90,7 +94,7 @@ class TokenDataModule(Component, L.LightningDataModule):
             shuffle=shuffle,
             num_workers=self.num_workers,
             drop_last=shuffle and len(self.splits[split]) >= self.batch_size,
-            collate_fn=_collate,
+            collate_fn=self.collate,
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -104,10 +108,16 @@ class TokenDataModule(Component, L.LightningDataModule):
             sampler.resume_at(*position, limit=getattr(self.trainer, "limit_train_batches", None))
         # the loader's own generator: creating its iterator must not draw from the global RNG (the objectives' noise)
         return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
-                          drop_last=drop_last, collate_fn=_collate, generator=torch.Generator().manual_seed(sampler.seed))
+                          drop_last=drop_last, collate_fn=self.collate, generator=torch.Generator().manual_seed(sampler.seed))
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("validation", shuffle=False)
+
+    def collate(self, rows: list[dict]):
+        """Token ids (B, L); with a ``label`` column, {"input_ids": (B, L), "labels": (B,)}."""
+        if "label" in self.columns:
+            return {"input_ids": _collate(rows), "labels": torch.stack([r["label"] for r in rows]).long()}
+        return _collate(rows)
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("validation", shuffle=False)
