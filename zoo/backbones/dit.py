@@ -110,9 +110,18 @@ class DiTBlock(nn.Module):
         return x
 
 
+MAIN_TIMES = ("target", "source")
+
+
 @register("backbone", "dit")
 class DiT(Backbone):
-    """DiT transformer: adaLN-zero on emb(t) + emb(t - s), rotary positions; bidirectional or causal."""
+    """DiT transformer: adaLN-zero on emb(t) + emb(t - s), rotary positions; bidirectional or causal.
+
+    ``main_time`` says which time of a map call (s, t) the main time embedder reads: ``target``, c = emb(t) +
+    emb_gap(t - s) (the default), or ``source``, c = emb(s) + emb_gap(t - s) (FLM's). On the diagonal s = t both
+    are emb(t) + emb_gap(0), so a flow is the same network either way; ``source`` lets a map copied from a flow
+    start as the flow's Euler step (:meth:`euler_step_init`).
+    """
 
     def __init__(
         self,
@@ -123,12 +132,16 @@ class DiT(Backbone):
         cond_dim: int = 128,
         dropout: float = 0.0,
         causal: bool = False,
+        main_time: str = "target",
     ) -> None:
         super().__init__()
+        if main_time not in MAIN_TIMES:
+            raise ValueError(f"unknown main_time {main_time!r}; choices: {', '.join(MAIN_TIMES)}")
+        self.main_time = main_time
         self.width, self.depth, self.heads = width, depth, heads
         self.cond_dim, self.causal = cond_dim, causal
         self.t_embed = TimeEmbedder(cond_dim)
-        # the gap embedder starts at zero, so a flow (s = t) initialises a flow map exactly
+        # the gap embedder starts at zero; a flow only ever reads it at t - s = 0, where training makes it a constant
         self.gap_embed = TimeEmbedder(cond_dim, zero_init=True)
         self.blocks = nn.ModuleList(DiTBlock(width, heads, mlp_ratio, cond_dim, dropout, causal) for _ in range(depth))
         self.final_norm = nn.LayerNorm(width, elementwise_affine=False)
@@ -157,8 +170,33 @@ class DiT(Backbone):
     def condition(self, batch: int, t: torch.Tensor | None, s: torch.Tensor | None, device) -> torch.Tensor:
         if t is None:  # AR: no time; the modulation reduces to its learned biases
             return torch.zeros(batch, self.cond_dim, device=device)
-        c = self.t_embed(t)
-        return c + self.gap_embed(t - (t if s is None else s))
+        s = t if s is None else s
+        return self.t_embed(s if self.main_time == "source" else t) + self.gap_embed(t - s)
+
+    def euler_step_refusal(self) -> str | None:
+        """Why :meth:`euler_step_init` cannot make this backbone start as its flow's Euler step, or None."""
+        if self.main_time != "source":
+            return ("the flow's Euler step reads the flow at the source time s, and this DiT's main time embedder reads the "
+                    "target time t: set --model.backbone.init_args.main_time=source")
+        return None
+
+    @torch.no_grad()
+    def euler_step_init(self) -> None:
+        """Make a copy of a flow read delta_{s,t}(x) = D_s(x) for every s <= t: the map X_{s,t} is then the flow's
+        Euler step x + (t - s) b_s(x) (FLM's student initialisation).
+
+        A flow is only ever called at s = t, so its gap embedder's output g0 = emb_gap(0) is a constant (not zero
+        once trained). Zeroing the gap embedder's output layer and adding g0 to the main embedder's output bias
+        gives c(s, t) = emb(s) + g0, the flow's own conditioning at s (``main_time="source"``).
+        """
+        refusal = self.euler_step_refusal()
+        if refusal:
+            raise ValueError(refusal)
+        out = self.gap_embed.mlp[-1]
+        g0 = self.gap_embed(torch.zeros(1, device=out.weight.device))[0]  # (cond_dim,)
+        out.weight.zero_()
+        out.bias.zero_()
+        self.t_embed.mlp[-1].bias.add_(g0.to(self.t_embed.mlp[-1].bias.dtype))
 
     def forward(self, x, t=None, s=None, cache=None, start=0):
         return self.unembed(self.hidden(x, t, s, cache, start)).float()  # (B, L, V_out)
