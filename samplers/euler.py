@@ -12,6 +12,9 @@ from flowzoo.samplers.steering import Steering
 from flowzoo.state import DenseState, EmbeddedSampling
 
 
+GRIDS = ("linspace", "uniform")
+
+
 @register("sampler", "euler")
 class EulerSampler(EmbeddedSampling, Sampler):
     """Euler ODE: x <- x + (t_{i+1} - t_i) b_{t_i}(x) from t = 0, then decode from D at the last time (steps = NFE).
@@ -20,6 +23,12 @@ class EulerSampler(EmbeddedSampling, Sampler):
     (a, b) = ((1-t')/(1-t), (t'-t)/(1-t)); ``fused`` (None: automatic, on CUDA) then carries x as its input
     embedding (B, L, D) with flowzoo.kernels (``flowzoo.state.EmbeddedState``).
 
+    ``grid`` says where the ``steps`` evaluations are, in the path's uniform time u: ``linspace`` (the default)
+    u_i = i t_max / (steps - 1), i = 0 .. steps - 1, so steps - 1 Euler steps reach t_max (0.999) and D is decoded
+    there; ``uniform`` (FLM's) u_i = i / steps, i = 0 .. steps - 1, steps Euler steps of 1/steps, the last landing
+    at t = 1, where the linear path's state is D_{t_{steps-1}}, which is decoded (so the same tokens as FLM's argmax
+    of x_1).
+
     Reward steering with a flow map's lookahead (``flowzoo.samplers.steering``, dense state; the model must be a
     flow map, whose prediction at (t, 1) is X_{t,1}): ``guidance`` adds eta_i grad_x r(X_{t_i,1}(x)) to every Euler
     step, ``particles`` K > 1 resamples by exp(``tilt`` (r(X_{t_i,1}) - r_prev)); one extra evaluation per step.
@@ -27,9 +36,12 @@ class EulerSampler(EmbeddedSampling, Sampler):
 
     def __init__(self, steps: int = 128, decode: str = "argmax", temperature: float = 1.0, fused: bool | None = None,
                  reward: dict | str | None = None, guidance: float | None = None, guidance_schedule: str = "constant",
-                 normalize: bool = False, particles: int = 1, tilt: float = 1.0) -> None:
+                 normalize: bool = False, particles: int = 1, tilt: float = 1.0, grid: str = "linspace") -> None:
         if steps < 1:
             raise ValueError(f"steps must be at least 1, got {steps}")
+        if grid not in GRIDS:
+            raise ValueError(f"unknown grid {grid!r}; choices: {', '.join(GRIDS)}")
+        self.grid = grid
         check_decode(decode, temperature)
         self.steps, self.decode, self.temperature = steps, decode, temperature
         self.set_fused(fused)
@@ -43,7 +55,11 @@ class EulerSampler(EmbeddedSampling, Sampler):
         return super().incompatibility(parts)
 
     def schedule(self, path, device=None) -> torch.Tensor:
-        """steps evaluations at 0 = t_0 < ... < t_{steps-1} = t_max; the last one is decoded, not integrated."""
+        """The path times of the evaluations, t_0 = 0 < t_1 < ... (``grid``); the last one is decoded, not integrated
+        (``linspace``: steps of them, the last at t_max, and one more point when steps = 1; ``uniform``: steps of them,
+        the last at u = (steps - 1) / steps)."""
+        if self.grid == "uniform":
+            return path.schedule(self.steps, end=1.0, device=device)[: self.steps]
         return path.schedule(max(self.steps - 1, 1), end=getattr(path, "t_max", 1.0), device=device)
 
     @torch.no_grad()
