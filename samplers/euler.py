@@ -9,7 +9,7 @@ from flowzoo.prompt import held
 from flowzoo.registry import register
 from flowzoo.samplers.base import SampleOutput, Sampler, check_decode
 from flowzoo.samplers.steering import Steering
-from flowzoo.state import DenseState, EmbeddedSampling
+from flowzoo.state import DenseState, EmbeddedSampling, self_conditioned
 
 
 GRIDS = ("linspace", "uniform")
@@ -29,10 +29,14 @@ class EulerSampler(EmbeddedSampling, Sampler):
     at t = 1, where the linear path's state is D_{t_{steps-1}}, which is decoded (so the same tokens as FLM's argmax
     of x_1).
 
+    A self-conditioning backbone reads the previous evaluation's D (none at the first): D_{t_i}(x | D_{t_{i-1}}).
+
     Reward steering with a flow map's lookahead (``flowzoo.samplers.steering``, dense state; the model must be a
     flow map, whose prediction at (t, 1) is X_{t,1}): ``guidance`` adds eta_i grad_x r(X_{t_i,1}(x)) to every Euler
     step, ``particles`` K > 1 resamples by exp(``tilt`` (r(X_{t_i,1}) - r_prev)); one extra evaluation per step.
     """
+
+    passes_self_condition = True  # a self-conditioning backbone gets the last D (dense state)
 
     def __init__(self, steps: int = 128, decode: str = "argmax", temperature: float = 1.0, fused: bool | None = None,
                  reward: dict | str | None = None, guidance: float | None = None, guidance_schedule: str = "constant",
@@ -73,6 +77,7 @@ class EulerSampler(EmbeddedSampling, Sampler):
         x = state.prior(num_samples, length, generator)
         times = self.schedule(model.path, device=model.device)
         nfe, previous = self.steps, torch.zeros(num_samples, device=model.device)
+        conditioned, denoised = self_conditioned(model), None
         for i in progress(range(self.steps), desc="euler"):
             t = times[i].expand(num_samples)
             look = None
@@ -81,8 +86,11 @@ class EulerSampler(EmbeddedSampling, Sampler):
                 if steer.particles > 1:
                     index = steer.resample(steer.tilt * (look.reward - previous), generator)
                     x, previous = x[index], look.reward[index]
+                    if conditioned and denoised is not None:
+                        denoised = denoised[index]
                     look.grad = None if look.grad is None else look.grad[index]
-            denoised = state.predict(x, t)  # D_t(x): (B, L, V), or the hidden state (B, L, D) whose head gives it
+            # D_t(x): (B, L, V), or the hidden state (B, L, D) whose head gives it; self-conditioned on the last D
+            denoised = state.predict(x, t, self_cond=denoised) if conditioned else state.predict(x, t)
             if i + 1 < self.steps:
                 t_next = times[i + 1].expand(num_samples)
                 x = state.euler_step(x, denoised, t, t_next)

@@ -121,6 +121,9 @@ class DiT(Backbone):
     emb_gap(t - s) (the default), or ``source``, c = emb(s) + emb_gap(t - s) (FLM's). On the diagonal s = t both
     are emb(t) + emb_gap(0), so a flow is the same network either way; ``source`` lets a map copied from a flow
     start as the flow's Euler step (:meth:`euler_step_init`).
+
+    ``self_condition`` (CDCD, Plaid): the trunk also reads a previous prediction D^ (B, L, V_out) of the clean
+    tokens, h_0 = x W_in^T + D^ W_sc^T with W_sc zero-initialised; no D^ (``self_cond=None``) is D^ = 0.
     """
 
     def __init__(
@@ -133,11 +136,12 @@ class DiT(Backbone):
         dropout: float = 0.0,
         causal: bool = False,
         main_time: str = "target",
+        self_condition: bool = False,
     ) -> None:
         super().__init__()
         if main_time not in MAIN_TIMES:
             raise ValueError(f"unknown main_time {main_time!r}; choices: {', '.join(MAIN_TIMES)}")
-        self.main_time = main_time
+        self.main_time, self.self_condition = main_time, bool(self_condition)
         self.width, self.depth, self.heads = width, depth, heads
         self.cond_dim, self.causal = cond_dim, causal
         self.t_embed = TimeEmbedder(cond_dim)
@@ -157,6 +161,9 @@ class DiT(Backbone):
         self.unembed = nn.Linear(self.width, out_dim)
         nn.init.zeros_(self.unembed.weight)
         nn.init.zeros_(self.unembed.bias)
+        if self.self_condition:  # W_sc: the previous prediction's embedding, zero at the start
+            self.self_embed = nn.Linear(out_dim, self.width, bias=False)
+            nn.init.zeros_(self.self_embed.weight)
         return self
 
     def embed_input(self, x: torch.Tensor) -> torch.Tensor:
@@ -198,16 +205,19 @@ class DiT(Backbone):
         out.bias.zero_()
         self.t_embed.mlp[-1].bias.add_(g0.to(self.t_embed.mlp[-1].bias.dtype))
 
-    def forward(self, x, t=None, s=None, cache=None, start=0):
-        return self.unembed(self.hidden(x, t, s, cache, start)).float()  # (B, L, V_out)
+    def forward(self, x, t=None, s=None, cache=None, start=0, *, self_cond=None):
+        return self.unembed(self.hidden(x, t, s, cache, start, self_cond=self_cond)).float()  # (B, L, V_out)
 
-    def hidden(self, x, t=None, s=None, cache=None, start=0, *, embedded: bool = False) -> torch.Tensor:
+    def hidden(self, x, t=None, s=None, cache=None, start=0, *, embedded: bool = False, self_cond=None) -> torch.Tensor:
         """Final hidden state h (B, L, width) after the final adaLN modulation: logits = unembed(h).
 
         ``x`` as in :meth:`forward`, or with ``embedded=True`` an input embedding e = x W_in^T (B, L, width)
-        computed elsewhere (the fused kernels embed a noisy state without building it).
+        computed elsewhere (the fused kernels embed a noisy state without building it). ``self_cond``: the previous
+        prediction D^ (B, L, V_out) of a ``self_condition`` backbone, added to the trunk's input as D^ W_sc^T.
         """
         h = self._trunk_input(x, embedded)  # (B, L, width)
+        if self_cond is not None:
+            h = h + self.self_conditioning(self_cond, h)
         c = F.silu(self.condition(h.shape[0], t, s, h.device))
         for i, block in enumerate(self.blocks):
             h = block(h, c, None if cache is None else cache[i], start)
@@ -227,6 +237,16 @@ class DiT(Backbone):
             h, h_dot = jvp_segment(lambda x, cc, block=block: block(x, cc, None, 0), (h, c), (h_dot, c_dot),
                                    tuple(block.parameters()), checkpoint)
         return jvp_segment(self._final, (h, c), (h_dot, c_dot), tuple(self.final_ada.parameters()), checkpoint)
+
+    def self_conditioning(self, previous: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """D^ W_sc^T (B, L, width) for the previous prediction D^ (B, L, V_out): the one place self-conditioning
+        enters the network."""
+        if not self.self_condition:
+            raise ValueError("this DiT was built without self-conditioning: set --model.backbone.init_args.self_condition=true")
+        if previous.shape != (*h.shape[:2], self.out_dim):
+            raise ValueError(f"the self-conditioning prediction must have shape {(*h.shape[:2], self.out_dim)}, got {tuple(previous.shape)}")
+        weight = self.self_embed.weight
+        return self.self_embed(previous.to(weight.dtype) if not torch.is_autocast_enabled() else previous)
 
     def _trunk_input(self, x, embedded: bool) -> torch.Tensor:
         if self.in_dim is None:

@@ -1,4 +1,5 @@
-"""The Euler sampler's time grid: ``linspace`` (flowzoo's, to t_max) and ``uniform`` (FLM's, u = i / n)."""
+"""The Euler sampler's options: its time grid (``linspace``, flowzoo's, to t_max; ``uniform``, FLM's, u = i / n) and
+self-conditioning (each evaluation reads the last one's D)."""
 
 import pytest
 import torch
@@ -48,3 +49,33 @@ def test_uniform_grid_is_uniform_in_the_paths_uniform_time():
 def test_an_unknown_grid_lists_the_choices():
     with pytest.raises(ValueError, match="unknown grid 'log'; choices: linspace, uniform"):
         FlowLM(backbone=TINY, sampler={"name": "euler", "init_args": {"grid": "log"}}, vocab_size=7)
+
+
+def test_a_self_conditioning_backbone_reads_the_previous_evaluations_prediction():
+    torch.manual_seed(0)
+    backbone = {"name": "dit", "init_args": {**TINY["init_args"], "self_condition": True}}
+    model = FlowLM(backbone=backbone, sampler={"name": "euler", "init_args": {"steps": 4}}, vocab_size=7)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    given, made, logits = [], [], model.logits
+
+    def recording(x, t, s=None, self_cond=None):
+        given.append(self_cond)
+        out = logits(x, t, s, self_cond=self_cond)
+        made.append(model.head.denoise(out))
+        return out
+
+    model.logits = recording
+    model.generate(3, 5, seed=0)
+    assert given[0] is None and len(given) == 4
+    for i in range(1, 4):
+        torch.testing.assert_close(given[i], made[i - 1])  # D_{t_i}(x | D_{t_{i-1}})
+    x, t = torch.randn(3, 5, 7), torch.full((3,), 0.5)
+    assert (logits(x, t, self_cond=made[0]) - logits(x, t)).abs().max() > 1e-3  # the input is read
+
+
+def test_self_conditioning_sampling_runs_on_the_dense_state():
+    backbone = {"name": "dit", "init_args": {**TINY["init_args"], "self_condition": True}}
+    with pytest.raises(Exception, match="self-conditioning .* runs on the dense state"):
+        FlowLM(backbone=backbone, sampler={"name": "euler", "init_args": {"fused": True}}, vocab_size=7)
