@@ -153,6 +153,7 @@ TINY_TRAIN = [
     "--trainer.precision=32-true",
 ]
 TINY_DATA = {"markov": ["--data.init_args.num_train=256", "--data.init_args.num_val=64", "--data.init_args.batch_size=16"], "shakespeare": ["--data.init_args.batch_size=8"]}
+TINY_DATA["mirror"] = TINY_DATA["markov"]  # benchmarks/learning_curves.py
 
 
 def run(cmd: list[str], threads: int) -> None:

@@ -18,6 +18,7 @@ from flowzoo.objectives.psd import semigroup_target, semigroup_term
 from flowzoo.registry import register
 
 TARGETS = ("semigroup", "lagrangian", "trajectory")
+STUDENT_INITS = ("copy", "euler_step")
 DIAGONAL_TARGETS = ("teacher", "data")
 
 
@@ -37,6 +38,9 @@ class Distill(FrozenTeacher, FlowMapObjective):
     ``init_from_teacher`` has the model copy the teacher's backbone into the student once (a buffer here remembers
     it, so a resumed or reloaded student is never overwritten), or, given ``init_from`` (a checkpoint of a model on
     the same path, e.g. an already distilled student), that model's backbone: fine-tuning with another objective.
+    ``student_init`` says what the copied student computes at step 0: ``copy`` (every weight as the teacher's: the
+    teacher read with its gap embedding, about D_t(x_s)) or ``euler_step`` (FLM: delta_{s,t}(x_s) = D_s(x_s), so
+    X_{s,t} is the teacher's Euler step from s to t; the backbone's ``euler_step_init``).
 
     ``condition_share``: training for prompts (:class:`~flowzoo.objectives._flowmap.FlowMapObjective`): the student
     and the teacher read every state (x_t, x_s, the semigroup's X_{s,u}, the landing point X_{s,t}, the teacher's
@@ -56,8 +60,17 @@ class Distill(FrozenTeacher, FlowMapObjective):
         teacher_steps: int = 16,
         init_from: str = "",
         condition_share: float = 0.0,
+        student_init: str = "copy",
     ) -> None:
         super().__init__(flow_map, condition_share)
+        if student_init not in STUDENT_INITS:
+            raise ValueError(f"unknown student_init {student_init!r}; choices: {', '.join(STUDENT_INITS)}")
+        if student_init == "euler_step" and (init_from or not init_from_teacher):
+            raise ValueError(
+                "student_init='euler_step' starts the student as the teacher's Euler step, so it needs init_from_teacher=true "
+                "and no init_from (a model given there is already a map: it starts as that model)"
+            )
+        self.student_init = student_init
         if teacher_steps < 1:
             raise ValueError(f"teacher_steps must be at least 1, got {teacher_steps}")
         self.teacher_steps = teacher_steps
@@ -75,6 +88,10 @@ class Distill(FrozenTeacher, FlowMapObjective):
 
     def incompatibility(self, parts):
         found = super().incompatibility(parts)
+        if found is None and self.student_init == "euler_step":
+            refusal = getattr(parts.get("backbone"), "euler_step_refusal", lambda: "it cannot start a map as its flow's Euler step")()
+            if refusal:
+                return "backbone", f"student_init='euler_step': {refusal}"
         if found is None and self.target == "trajectory" and not parts["path"].mean_denoiser:
             return "path", "the trajectory target averages the teacher's D along its path, which needs the mean-denoiser (linear) path"
         return found

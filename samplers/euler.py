@@ -9,7 +9,10 @@ from flowzoo.prompt import held
 from flowzoo.registry import register
 from flowzoo.samplers.base import SampleOutput, Sampler, check_decode
 from flowzoo.samplers.steering import Steering
-from flowzoo.state import DenseState, EmbeddedSampling
+from flowzoo.state import DenseState, EmbeddedSampling, self_conditioned
+
+
+GRIDS = ("linspace", "uniform")
 
 
 @register("sampler", "euler")
@@ -20,16 +23,29 @@ class EulerSampler(EmbeddedSampling, Sampler):
     (a, b) = ((1-t')/(1-t), (t'-t)/(1-t)); ``fused`` (None: automatic, on CUDA) then carries x as its input
     embedding (B, L, D) with flowzoo.kernels (``flowzoo.state.EmbeddedState``).
 
+    ``grid`` says where the ``steps`` evaluations are, in the path's uniform time u: ``linspace`` (the default)
+    u_i = i t_max / (steps - 1), i = 0 .. steps - 1, so steps - 1 Euler steps reach t_max (0.999) and D is decoded
+    there; ``uniform`` (FLM's) u_i = i / steps, i = 0 .. steps - 1, steps Euler steps of 1/steps, the last landing
+    at t = 1, where the linear path's state is D_{t_{steps-1}}, which is decoded (so the same tokens as FLM's argmax
+    of x_1).
+
+    A self-conditioning backbone reads the previous evaluation's D (none at the first): D_{t_i}(x | D_{t_{i-1}}).
+
     Reward steering with a flow map's lookahead (``flowzoo.samplers.steering``, dense state; the model must be a
     flow map, whose prediction at (t, 1) is X_{t,1}): ``guidance`` adds eta_i grad_x r(X_{t_i,1}(x)) to every Euler
     step, ``particles`` K > 1 resamples by exp(``tilt`` (r(X_{t_i,1}) - r_prev)); one extra evaluation per step.
     """
 
+    passes_self_condition = True  # a self-conditioning backbone gets the last D (dense state)
+
     def __init__(self, steps: int = 128, decode: str = "argmax", temperature: float = 1.0, fused: bool | None = None,
                  reward: dict | str | None = None, guidance: float | None = None, guidance_schedule: str = "constant",
-                 normalize: bool = False, particles: int = 1, tilt: float = 1.0) -> None:
+                 normalize: bool = False, particles: int = 1, tilt: float = 1.0, grid: str = "linspace") -> None:
         if steps < 1:
             raise ValueError(f"steps must be at least 1, got {steps}")
+        if grid not in GRIDS:
+            raise ValueError(f"unknown grid {grid!r}; choices: {', '.join(GRIDS)}")
+        self.grid = grid
         check_decode(decode, temperature)
         self.steps, self.decode, self.temperature = steps, decode, temperature
         self.set_fused(fused)
@@ -43,7 +59,11 @@ class EulerSampler(EmbeddedSampling, Sampler):
         return super().incompatibility(parts)
 
     def schedule(self, path, device=None) -> torch.Tensor:
-        """steps evaluations at 0 = t_0 < ... < t_{steps-1} = t_max; the last one is decoded, not integrated."""
+        """The path times of the evaluations, t_0 = 0 < t_1 < ... (``grid``); the last one is decoded, not integrated
+        (``linspace``: steps of them, the last at t_max, and one more point when steps = 1; ``uniform``: steps of them,
+        the last at u = (steps - 1) / steps)."""
+        if self.grid == "uniform":
+            return path.schedule(self.steps, end=1.0, device=device)[: self.steps]
         return path.schedule(max(self.steps - 1, 1), end=getattr(path, "t_max", 1.0), device=device)
 
     @torch.no_grad()
@@ -57,6 +77,7 @@ class EulerSampler(EmbeddedSampling, Sampler):
         x = state.prior(num_samples, length, generator)
         times = self.schedule(model.path, device=model.device)
         nfe, previous = self.steps, torch.zeros(num_samples, device=model.device)
+        conditioned, denoised = self_conditioned(model), None
         for i in progress(range(self.steps), desc="euler"):
             t = times[i].expand(num_samples)
             look = None
@@ -65,8 +86,11 @@ class EulerSampler(EmbeddedSampling, Sampler):
                 if steer.particles > 1:
                     index = steer.resample(steer.tilt * (look.reward - previous), generator)
                     x, previous = x[index], look.reward[index]
+                    if conditioned and denoised is not None:
+                        denoised = denoised[index]
                     look.grad = None if look.grad is None else look.grad[index]
-            denoised = state.predict(x, t)  # D_t(x): (B, L, V), or the hidden state (B, L, D) whose head gives it
+            # D_t(x): (B, L, V), or the hidden state (B, L, D) whose head gives it; self-conditioned on the last D
+            denoised = state.predict(x, t, self_cond=denoised) if conditioned else state.predict(x, t)
             if i + 1 < self.steps:
                 t_next = times[i + 1].expand(num_samples)
                 x = state.euler_step(x, denoised, t, t_next)

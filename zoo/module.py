@@ -88,20 +88,25 @@ class FlowLM(L.LightningModule, FlowzooHubMixin):
 
     # --- the network ---------------------------------------------------------------
     @reproducible_logits  # the kernels (flowzoo.state) compute exactly this from the trunk's hidden state
-    def logits(self, x: torch.Tensor, t: torch.Tensor | None, s: torch.Tensor | None = None) -> torch.Tensor:
-        """Backbone logits (B, L, V) for state x at path time t (and source time s for flow maps)."""
+    def logits(self, x: torch.Tensor, t: torch.Tensor | None, s: torch.Tensor | None = None, self_cond: torch.Tensor | None = None) -> torch.Tensor:
+        """Backbone logits (B, L, V) for state x at path time t (and source time s for flow maps); ``self_cond``: the
+        previous prediction D^ (B, L, V) a self-conditioning backbone also reads (None: none)."""
         check_times(t, s, batch=x.shape[0] if x.dim() else None, values=on_host(x))
         if not x.is_floating_point():  # token ids (B, L), [MASK]/BOS included
             check_tokens(x, self.vocab_size + self.path.extra_tokens, values=on_host(x))
         nt = None if t is None else self.path.network_time(t)
         ns = None if s is None else self.path.network_time(s)
+        if self_cond is not None:
+            return self.backbone(x, nt, ns, self_cond=self_cond)
         return self.backbone(x, nt, ns)
 
-    def denoise(self, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor | None = None) -> torch.Tensor:
-        """D_t(x) (s None) or the mean denoiser delta_{s,t}(x): (B, L, V)."""
+    def denoise(self, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor | None = None, self_cond: torch.Tensor | None = None) -> torch.Tensor:
+        """D_t(x) (s None) or the mean denoiser delta_{s,t}(x): (B, L, V); ``self_cond`` as in :meth:`logits`."""
         if x.dim() == 3:
             check_state(x, self.vocab_size + self.path.extra_tokens)
         check_times(t, s, batch=x.shape[0])
+        if self_cond is not None:
+            return self.head.denoise(self.logits(x, t, s, self_cond=self_cond))
         return self.head.denoise(self.logits(x, t, s))
 
     # --- training ------------------------------------------------------------------

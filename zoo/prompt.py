@@ -194,10 +194,10 @@ class HeldState:
         """x with the known positions at their clean point: onehot(x) (B, L, V), or W_in[:, x] (B, L, D)."""
         return self.known.hold(x)
 
-    def predict(self, x, t, s=None):
+    def predict(self, x, t, s=None, self_cond=None):
         if self.prompt.hold == "clean":
             x = self.hold(x)
-        return self.state.predict(x, t, s)
+        return self.state.predict(x, t, s) if self_cond is None else self.state.predict(x, t, s, self_cond=self_cond)
 
     def in_state(self, prediction):
         return self.hold(self.state.in_state(prediction))

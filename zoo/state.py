@@ -68,6 +68,7 @@ __all__ = [
     "noisy_state_embedding",
     "prior_embedding",
     "new_state",
+    "self_conditioned",
 ]
 
 DECODES = ("argmax", "sample")
@@ -95,6 +96,7 @@ class FusedSwitch:
 
     fused: bool | None = False  # components that never set the switch keep the dense state
     needs_linear_path: bool = False
+    passes_self_condition: bool = False  # hands a self-conditioning backbone its previous prediction (dense state only)
 
     def fused_refusal(self, parts) -> tuple[str, str] | None:
         """(kind, reason) when the kernels cannot compute this component with ``parts``; None when they can."""
@@ -107,6 +109,8 @@ class FusedSwitch:
                 return "backbone", "the kernels need the trunk's final hidden state (a backbone with hidden(), e.g. dit)"
             if backbone.in_dim is not None and not (hasattr(backbone, "embed") and hasattr(backbone, "unembed")):
                 return "backbone", "the kernels need the backbone's embed / unembed linear projections (dit)"
+            if self.passes_self_condition and getattr(backbone, "self_condition", False):
+                return "backbone", "self-conditioning (the previous prediction as an input) runs on the dense state"
         if not isinstance(parts.get("head"), CategoricalHead):
             return "head", "the kernels compute the categorical head's cross-entropy (--model.head=categorical)"
         if self.needs_linear_path and not isinstance(parts.get("path"), LinearPath):
@@ -160,6 +164,11 @@ class EmbeddedSampling(FusedSwitch):
     def state(self, model) -> "DenseState | EmbeddedState":
         """The state this call carries (the seam): embedded when :meth:`use_fused`, dense otherwise."""
         return new_state(model, self.use_fused(model))
+
+
+def self_conditioned(model) -> bool:
+    """Whether ``model``'s backbone reads a previous prediction (``self_condition``, CDCD / Plaid)."""
+    return bool(getattr(getattr(model, "backbone", None), "self_condition", False))
 
 
 def reproducible_logits(logits):
@@ -326,8 +335,11 @@ class DenseState:
         m = self.model
         return m.path.sample_prior(num_samples, length, m.vocab_size, generator=generator, device=m.device)
 
-    def predict(self, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor | None = None) -> torch.Tensor:
-        """The head's prediction (B, L, V): D_t(x) (``model.denoise``) when s is None, else delta_{s,t}(x)."""
+    def predict(self, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor | None = None, self_cond: torch.Tensor | None = None) -> torch.Tensor:
+        """The head's prediction (B, L, V): D_t(x) (``model.denoise``) when s is None, else delta_{s,t}(x);
+        ``self_cond``: the previous prediction (B, L, V) a self-conditioning backbone reads."""
+        if self_cond is not None:
+            return self.model.denoise(x, t, s, self_cond=self_cond)
         if s is None:
             return self.model.denoise(x, t)
         return self.model.head.denoise(self.model.logits(x, t, s))
@@ -370,10 +382,12 @@ class DenseState:
         """The state tensor behind ``x`` (here: ``x``)."""
         return x
 
-    def head_loss(self, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor, target, keep_logits: bool = False) -> LossTerm:
+    def head_loss(self, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor, target, keep_logits: bool = False,
+                  self_cond: torch.Tensor | None = None) -> LossTerm:
         """loss_head(prediction at (s, t) of x, target) per token (B, L): the head's CE (or MSE), computed now.
-        ``keep_logits``: the term keeps the (B, L, V) logits (else they are freed as soon as autograd allows)."""
-        logits = self.model.logits(x, t, s)
+        ``keep_logits``: the term keeps the (B, L, V) logits (else they are freed as soon as autograd allows);
+        ``self_cond``: the previous prediction (B, L, V) a self-conditioning backbone reads."""
+        logits = self.model.logits(x, t, s) if self_cond is None else self.model.logits(x, t, s, self_cond=self_cond)
         return LossTerm(self.model.head.loss(logits, target), logits if keep_logits else None)
 
     def mixture(self, a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -440,8 +454,11 @@ class EmbeddedState:
         self.ids, e = prior_embedding(self.model, num_samples, length, generator)
         return e
 
-    def predict(self, e: torch.Tensor, t: torch.Tensor, s: torch.Tensor | None = None) -> torch.Tensor:
-        """The hidden state h (B, L, D) whose head gives D_t (s None: at (t, t)) or delta_{s,t}."""
+    def predict(self, e: torch.Tensor, t: torch.Tensor, s: torch.Tensor | None = None, self_cond=None) -> torch.Tensor:
+        """The hidden state h (B, L, D) whose head gives D_t (s None: at (t, t)) or delta_{s,t}. Self-conditioning
+        runs on the dense state (``FusedSwitch.fused_refusal``): ``self_cond`` is refused."""
+        if self_cond is not None:
+            raise ValueError("self-conditioning runs on the dense state (fused=false)")
         return hidden(self.model, self.value(e), t, t if s is None else s, embedded=True)
 
     def in_state(self, h: torch.Tensor) -> torch.Tensor:
@@ -496,12 +513,14 @@ class EmbeddedState:
         for work in deferred:
             work()
 
-    def head_loss(self, x, t: torch.Tensor, s: torch.Tensor, target, keep_logits: bool = False) -> LossTerm:
+    def head_loss(self, x, t: torch.Tensor, s: torch.Tensor, target, keep_logits: bool = False, self_cond=None) -> LossTerm:
         """The categorical head's CE (against ids or a :class:`TeacherTarget`) of the hidden state at (s, t) of x, as
         a kernels part; its value comes at :meth:`resolve`. On rows not yet embedded the trunk runs once they are.
-        There are no logits to keep (``keep_logits`` is refused)."""
+        There are no logits to keep (``keep_logits`` is refused), and self-conditioning runs on the dense state."""
         if keep_logits:
             raise ValueError("the embedded state never forms the (B, L, V) logits")
+        if self_cond is not None:
+            raise ValueError("self-conditioning runs on the dense state (fused=false)")
         term = LossTerm()
 
         def add():

@@ -54,7 +54,9 @@ def load_teacher(model):
 def attach_teacher(model, teacher=None) -> None:
     """Give ``model.objective`` its teacher: ``teacher``, the one already handed over, or the one its config names
     (loaded now). Checked against the student, moved to its device; then, once, the student's backbone is
-    initialised from the teacher (``init_from_teacher``) or from the ``init_from`` model."""
+    initialised from the teacher (``init_from_teacher``) or from the ``init_from`` model; with the objective's
+    ``student_init="euler_step"`` the copy is then made to read delta_{s,t}(x) = D_s(x) (``backbone.euler_step_init``),
+    so the student starts as the teacher's Euler step."""
     objective = model.objective
     if teacher is None:
         teacher = objective.teacher_model or load_teacher(model)
@@ -69,6 +71,8 @@ def attach_teacher(model, teacher=None) -> None:
             source = load_model(objective.init_from, model)
             check_same_space(source, model, "init_from model")
         copy_backbone(model, source)
+        if getattr(objective, "student_init", "copy") == "euler_step":
+            model.backbone.euler_step_init()
         objective.teacher_copied.fill_(True)
 
 

@@ -278,4 +278,5 @@ def test_fit_with_fused_from_the_command_line(tmp_path, monkeypatch):
     assert code == 0
     assert len(calls) >= 3  # every training step embedded x_t with the kernel
     ckpt = torch.load(sorted(root.rglob("*.ckpt"))[-1], map_location="cpu", weights_only=False)
-    assert ckpt["flowzoo"]["objective"] == {"name": "flow_matching", "init_args": {"time_sampling": "uniform", "fused": True, "condition_share": 0.0}}
+    assert ckpt["flowzoo"]["objective"] == {"name": "flow_matching", "init_args": {"time_sampling": "uniform", "fused": True, "condition_share": 0.0,
+                                                                  "loss_weighting": "none", "self_condition_share": 0.5}}

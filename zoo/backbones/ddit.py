@@ -242,6 +242,24 @@ class DDiT(Backbone):
             return []
         return [k for k in keys if k.startswith("sigma_map_prime.")]
 
+    def euler_step_refusal(self) -> str | None:
+        """Why :meth:`euler_step_init` cannot make this backbone start as its flow's Euler step, or None."""
+        if self.source_time != "embedder":
+            return ("the flow's Euler step reads the flow at the source time s alone, which this DDiT can express only with "
+                    "FLM's second time embedder: set --model.backbone.init_args.source_time=embedder")
+        return None
+
+    @torch.no_grad()
+    def euler_step_init(self) -> None:
+        """Make a copy of a flow read delta_{s,t}(x) = D_s(x): zero the second embedder's output layer (FLM's
+        student initialisation), so c = silu(emb(s) + 0), the flow's conditioning at s, and X_{s,t} is the flow's
+        Euler step."""
+        refusal = self.euler_step_refusal()
+        if refusal:
+            raise ValueError(refusal)
+        self.sigma_map_prime.mlp[-1].weight.zero_()
+        self.sigma_map_prime.mlp[-1].bias.zero_()
+
     def loss_weight(self, t: torch.Tensor) -> torch.Tensor:
         """FLM's learnable loss weight w(t) (B,)."""
         if self.learnable_loss_weighting is None:

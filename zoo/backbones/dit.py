@@ -110,9 +110,21 @@ class DiTBlock(nn.Module):
         return x
 
 
+MAIN_TIMES = ("target", "source")
+
+
 @register("backbone", "dit")
 class DiT(Backbone):
-    """DiT transformer: adaLN-zero on emb(t) + emb(t - s), rotary positions; bidirectional or causal."""
+    """DiT transformer: adaLN-zero on emb(t) + emb(t - s), rotary positions; bidirectional or causal.
+
+    ``main_time`` says which time of a map call (s, t) the main time embedder reads: ``target``, c = emb(t) +
+    emb_gap(t - s) (the default), or ``source``, c = emb(s) + emb_gap(t - s) (FLM's). On the diagonal s = t both
+    are emb(t) + emb_gap(0), so a flow is the same network either way; ``source`` lets a map copied from a flow
+    start as the flow's Euler step (:meth:`euler_step_init`).
+
+    ``self_condition`` (CDCD, Plaid): the trunk also reads a previous prediction D^ (B, L, V_out) of the clean
+    tokens, h_0 = x W_in^T + D^ W_sc^T with W_sc zero-initialised; no D^ (``self_cond=None``) is D^ = 0.
+    """
 
     def __init__(
         self,
@@ -123,12 +135,17 @@ class DiT(Backbone):
         cond_dim: int = 128,
         dropout: float = 0.0,
         causal: bool = False,
+        main_time: str = "target",
+        self_condition: bool = False,
     ) -> None:
         super().__init__()
+        if main_time not in MAIN_TIMES:
+            raise ValueError(f"unknown main_time {main_time!r}; choices: {', '.join(MAIN_TIMES)}")
+        self.main_time, self.self_condition = main_time, bool(self_condition)
         self.width, self.depth, self.heads = width, depth, heads
         self.cond_dim, self.causal = cond_dim, causal
         self.t_embed = TimeEmbedder(cond_dim)
-        # the gap embedder starts at zero, so a flow (s = t) initialises a flow map exactly
+        # the gap embedder starts at zero; a flow only ever reads it at t - s = 0, where training makes it a constant
         self.gap_embed = TimeEmbedder(cond_dim, zero_init=True)
         self.blocks = nn.ModuleList(DiTBlock(width, heads, mlp_ratio, cond_dim, dropout, causal) for _ in range(depth))
         self.final_norm = nn.LayerNorm(width, elementwise_affine=False)
@@ -144,6 +161,9 @@ class DiT(Backbone):
         self.unembed = nn.Linear(self.width, out_dim)
         nn.init.zeros_(self.unembed.weight)
         nn.init.zeros_(self.unembed.bias)
+        if self.self_condition:  # W_sc: the previous prediction's embedding, zero at the start
+            self.self_embed = nn.Linear(out_dim, self.width, bias=False)
+            nn.init.zeros_(self.self_embed.weight)
         return self
 
     def embed_input(self, x: torch.Tensor) -> torch.Tensor:
@@ -157,19 +177,47 @@ class DiT(Backbone):
     def condition(self, batch: int, t: torch.Tensor | None, s: torch.Tensor | None, device) -> torch.Tensor:
         if t is None:  # AR: no time; the modulation reduces to its learned biases
             return torch.zeros(batch, self.cond_dim, device=device)
-        c = self.t_embed(t)
-        return c + self.gap_embed(t - (t if s is None else s))
+        s = t if s is None else s
+        return self.t_embed(s if self.main_time == "source" else t) + self.gap_embed(t - s)
 
-    def forward(self, x, t=None, s=None, cache=None, start=0):
-        return self.unembed(self.hidden(x, t, s, cache, start)).float()  # (B, L, V_out)
+    def euler_step_refusal(self) -> str | None:
+        """Why :meth:`euler_step_init` cannot make this backbone start as its flow's Euler step, or None."""
+        if self.main_time != "source":
+            return ("the flow's Euler step reads the flow at the source time s, and this DiT's main time embedder reads the "
+                    "target time t: set --model.backbone.init_args.main_time=source")
+        return None
 
-    def hidden(self, x, t=None, s=None, cache=None, start=0, *, embedded: bool = False) -> torch.Tensor:
+    @torch.no_grad()
+    def euler_step_init(self) -> None:
+        """Make a copy of a flow read delta_{s,t}(x) = D_s(x) for every s <= t: the map X_{s,t} is then the flow's
+        Euler step x + (t - s) b_s(x) (FLM's student initialisation).
+
+        A flow is only ever called at s = t, so its gap embedder's output g0 = emb_gap(0) is a constant (not zero
+        once trained). Zeroing the gap embedder's output layer and adding g0 to the main embedder's output bias
+        gives c(s, t) = emb(s) + g0, the flow's own conditioning at s (``main_time="source"``).
+        """
+        refusal = self.euler_step_refusal()
+        if refusal:
+            raise ValueError(refusal)
+        out = self.gap_embed.mlp[-1]
+        g0 = self.gap_embed(torch.zeros(1, device=out.weight.device))[0]  # (cond_dim,)
+        out.weight.zero_()
+        out.bias.zero_()
+        self.t_embed.mlp[-1].bias.add_(g0.to(self.t_embed.mlp[-1].bias.dtype))
+
+    def forward(self, x, t=None, s=None, cache=None, start=0, *, self_cond=None):
+        return self.unembed(self.hidden(x, t, s, cache, start, self_cond=self_cond)).float()  # (B, L, V_out)
+
+    def hidden(self, x, t=None, s=None, cache=None, start=0, *, embedded: bool = False, self_cond=None) -> torch.Tensor:
         """Final hidden state h (B, L, width) after the final adaLN modulation: logits = unembed(h).
 
         ``x`` as in :meth:`forward`, or with ``embedded=True`` an input embedding e = x W_in^T (B, L, width)
-        computed elsewhere (the fused kernels embed a noisy state without building it).
+        computed elsewhere (the fused kernels embed a noisy state without building it). ``self_cond``: the previous
+        prediction D^ (B, L, V_out) of a ``self_condition`` backbone, added to the trunk's input as D^ W_sc^T.
         """
         h = self._trunk_input(x, embedded)  # (B, L, width)
+        if self_cond is not None:
+            h = h + self.self_conditioning(self_cond, h)
         c = F.silu(self.condition(h.shape[0], t, s, h.device))
         for i, block in enumerate(self.blocks):
             h = block(h, c, None if cache is None else cache[i], start)
@@ -189,6 +237,16 @@ class DiT(Backbone):
             h, h_dot = jvp_segment(lambda x, cc, block=block: block(x, cc, None, 0), (h, c), (h_dot, c_dot),
                                    tuple(block.parameters()), checkpoint)
         return jvp_segment(self._final, (h, c), (h_dot, c_dot), tuple(self.final_ada.parameters()), checkpoint)
+
+    def self_conditioning(self, previous: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """D^ W_sc^T (B, L, width) for the previous prediction D^ (B, L, V_out): the one place self-conditioning
+        enters the network."""
+        if not self.self_condition:
+            raise ValueError("this DiT was built without self-conditioning: set --model.backbone.init_args.self_condition=true")
+        if previous.shape != (*h.shape[:2], self.out_dim):
+            raise ValueError(f"the self-conditioning prediction must have shape {(*h.shape[:2], self.out_dim)}, got {tuple(previous.shape)}")
+        weight = self.self_embed.weight
+        return self.self_embed(previous.to(weight.dtype) if not torch.is_autocast_enabled() else previous)
 
     def _trunk_input(self, x, embedded: bool) -> torch.Tensor:
         if self.in_dim is None:

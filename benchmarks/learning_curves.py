@@ -1,0 +1,399 @@
+"""Learning curves at equal training compute: flow, flow map, MDLM and AR with the same backbone, against FLOPs.
+
+For one data set (``shakespeare``, ``markov`` or ``mirror``), with the shared settings of
+``benchmarks/study/<data>.yaml`` and each method's flags from ``benchmarks/study.py``:
+
+1. trains flow, MDLM and AR for ``--budget`` steps, saving a checkpoint every ``--every`` steps (Lightning's
+   ``ModelCheckpoint(every_n_train_steps=K, save_top_k=-1)``; the EMA weights, as every flowzoo checkpoint);
+2. distils a flow map (``distill``, the study's recipe) for ``--distill-steps`` from each chosen flow checkpoint
+   (``--distill-at``, default every one);
+3. samples every checkpoint (flow: Euler ``--flow-steps``; flow map: ``--map-steps``; MDLM: ancestral
+   ``--mdlm-steps``; AR) and scores the samples as ``flowzoo benchmark`` does: GenPPL under the judge and unigram
+   entropy on text; valid transitions / NLL on markov; pair match / valid sequences / NLL on mirror;
+4. writes ``curves.md`` (a table), ``curves.json`` and ``curves.png`` (each metric against training FLOPs) into
+   ``--output``.
+
+Training compute is estimated, not measured:
+
+    training       C(k) = 6 * N * B * L * k                   (N parameters, B * L tokens a step, k steps; the
+                                                               factor is 8 with self-conditioning's extra forward)
+    distillation   C = C_flow(k) + (6 * N_student + 2 * N_teacher) * B * L * d    (d steps, one teacher forward per
+                                                               token; the student's own no-grad target passes are
+                                                               not counted)
+
+Every step is cached: a model whose last checkpoint exists is not retrained (an interrupted run resumes from its
+``last.ckpt``), a checkpoint already scored (``<runs>/<data>/scores/*.json``) is not sampled again.
+
+    python benchmarks/learning_curves.py --data markov --tiny --runs /tmp/curves --output /tmp/curves/out   # seconds
+    python benchmarks/learning_curves.py --data shakespeare --budget 15000 --every 1500 --distill-steps 500 \\
+        --judge runs/study/shakespeare/judge/pretrained --runs runs/curves --output docs/benchmark/curves/shakespeare
+    python benchmarks/learning_curves.py ... --train-flag flow:--model.objective.init_args.loss_weighting=learned  # an ablation
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("flowzoo_study", ROOT / "benchmarks" / "study.py")
+study = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(study)
+
+DATA = ("shakespeare", "markov", "mirror")
+TRAINED = ("flow", "mdlm", "ar")  # trained from scratch with checkpoints along the way
+METHODS = (*TRAINED, "flow_map")  # flow_map: distilled from flow checkpoints
+FLAG_TARGETS = (*METHODS, "all")
+SAMPLER = {"flow": "euler", "flow_map": "flow_map", "mdlm": "ancestral", "ar": "ar"}
+LABEL = {"flow": "flow", "flow_map": "flow map", "mdlm": "MDLM", "ar": "AR"}
+METRICS = {  # per data set: (metric, higher is better); entropy: closer to the data's
+    "shakespeare": [("gen_ppl", False), ("entropy", None)],
+    "markov": [("valid_transitions", True), ("nll", False), ("entropy", None)],
+    "mirror": [("valid_sequences", True), ("pair_match", True), ("nll", False), ("entropy", None)],
+}
+STEP_FILE = re.compile(r"step=(\d+)\.ckpt$")
+
+
+# --- compute ---------------------------------------------------------------------------------------
+
+
+def training_flops(parameters: int, tokens_per_step: int, steps: int, self_condition: bool = False) -> float:
+    """6 N T k: forward (2 N) and backward (4 N) per token; 8 N T k with self-conditioning's no-grad first pass."""
+    return (8.0 if self_condition else 6.0) * parameters * tokens_per_step * steps
+
+
+def distillation_flops(student: int, teacher: int, tokens_per_step: int, steps: int) -> float:
+    """(6 N_student + 2 N_teacher) T d: the student's training and one teacher forward per token."""
+    return (6.0 * student + 2.0 * teacher) * tokens_per_step * steps
+
+
+# --- training --------------------------------------------------------------------------------------
+
+
+def step_checkpoints(run: Path) -> dict[int, Path]:
+    """{step: path} of the ``step=K.ckpt`` files of the newest run under ``run`` (``run/checkpoints``)."""
+    folder = run / "checkpoints"
+    found = {}
+    for path in folder.glob("step=*.ckpt") if folder.is_dir() else []:
+        match = STEP_FILE.search(path.name)
+        if match:
+            found[int(match.group(1))] = path.resolve()
+    return dict(sorted(found.items()))
+
+
+def fit_config(data: str, steps: int, every: int, out: Path) -> Path:
+    """The study's shared settings with ``steps`` steps and a checkpoint every ``every`` steps, written to ``out``."""
+    config = yaml.safe_load((ROOT / "benchmarks" / "study" / f"{data}.yaml").read_text())
+    trainer = config["trainer"]
+    trainer["max_steps"] = steps
+    trainer["val_check_interval"] = min(int(trainer.get("val_check_interval", every)), every, steps)
+    trainer["callbacks"] = [c for c in trainer.get("callbacks", []) if "ModelCheckpoint" not in c["class_path"]] + [{
+        "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+        "init_args": {"filename": "{step}", "every_n_train_steps": every, "save_top_k": -1, "save_last": True},
+    }]
+    config["model"]["num_val_samples"] = 0  # the samples are scored after training, every checkpoint alike
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "fit.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def train(method: str, out: Path, steps: int, every: int, args, teacher: Path | None = None) -> dict[int, Path]:
+    """Train ``method`` into ``out`` (unless its step-``steps`` checkpoint exists; an interrupted run resumes from its
+    last.ckpt); returns its checkpoints by step."""
+    found = step_checkpoints(out)
+    if steps in found:
+        print(f"= {out.name}: trained ({len(found)} checkpoints), not retrained", flush=True)
+        return found
+    config = fit_config(args.data, steps, every, out)
+    flags = [f.format(teacher=teacher, distill_steps=steps) for f in study.FLAGS[method]]
+    extra = (study.TINY_TRAIN + study.TINY_DATA[args.data]) if args.tiny else []
+    extra += args.data_flags + [flag for target, flag in args.train_flags if target in (method, "all")]
+    resume = ["--ckpt_path", "last"] if (out / "checkpoints" / "last.ckpt").is_file() else []
+    study.run(study.flowzoo("fit", "--config", str(config), *flags, f"--trainer.default_root_dir={out}", *extra, *resume), args.threads)
+    found = step_checkpoints(out)
+    if steps not in found:
+        raise SystemExit(f"{out}: training ended without its step-{steps} checkpoint (found steps {sorted(found)})")
+    return found
+
+
+def train_judge(runs: Path, args) -> Path:
+    """The GenPPL judge: ``--judge``, or one trained with ``configs/judge_<data>.yaml`` (and ``--data-flag``)."""
+    if args.judge:
+        return Path(args.judge)
+    out = runs / "judge"
+    if (out / "pretrained" / "config.json").is_file():
+        return out / "pretrained"
+    extra = (study.TINY_TRAIN + study.TINY_DATA[args.data] + ["--trainer.max_steps=4"]) if args.tiny else []
+    if args.judge_steps and not args.tiny:
+        extra = [f"--trainer.max_steps={args.judge_steps}", "--trainer.precision=bf16-mixed"]
+    study.run(study.flowzoo("judge", "fit", "--config", str(ROOT / "configs" / f"judge_{args.data}.yaml"),
+                            f"--trainer.default_root_dir={out}", *args.data_flags, *extra), args.threads)
+    return out / "pretrained"
+
+
+# --- measuring ------------------------------------------------------------------------------------
+
+
+def sampler_entries(method: str, args) -> list[dict[str, Any]]:
+    """The samplers a checkpoint of ``method`` is scored with."""
+    if method == "ar":
+        return [{"name": "ar"}]
+    steps = {"flow": args.flow_steps, "flow_map": args.map_steps, "mdlm": args.mdlm_steps}[method]
+    init_args = {"grid": args.euler_grid} if method == "flow" else {}
+    return [{"name": SAMPLER[method], "steps": list(steps), "init_args": init_args}]
+
+
+def cached(cache: Path, compute) -> Any:
+    """``compute()``, written to ``cache`` as JSON; read from there when it exists."""
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    found = compute()
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(found, indent=2, default=str) + "\n")
+    return found
+
+
+def score(entry: dict[str, Any], cache: Path, args, judge: Path | None) -> dict[str, Any]:
+    """``flowzoo benchmark``'s rows of one checkpoint with its samplers, cached in ``cache``."""
+    from flowzoo.benchmark import load_config, run
+
+    def compute():
+        config = load_config(None, name=entry["name"], models=[entry], num_samples=args.num_samples, batch_size=args.batch_size,
+                             seed=args.seed, device=args.device, threads=args.threads, judge=str(judge) if judge else None,
+                             warmup=1, repeats=1, val_batches=args.val_batches, reference=False)
+        results = run(config)
+        return {"rows": results["rows"], "validation": results["models"][entry["name"]]["validation"]}
+
+    return cached(cache, compute)
+
+
+def model_facts(checkpoint: Path) -> dict[str, Any]:
+    """The parameter count and the config (components, data) of a checkpoint."""
+    from flowzoo.checkpoints import load_checkpoint
+
+    model = load_checkpoint(str(checkpoint))
+    return {"parameters": sum(p.numel() for p in model.parameters()), "config": model.config()}
+
+
+def reference_metrics(checkpoint: Path, cache: Path, args, judge: Path | None) -> dict[str, Any]:
+    """The metrics of ``--num-samples`` real validation sequences of the checkpoint's data, scored as the samples are."""
+    import torch
+
+    from flowzoo.benchmark import score as score_tokens
+    from flowzoo.judges import load_judge
+    from flowzoo.sampling import data_from_spec
+
+    def compute():
+        data = data_from_spec(model_facts(checkpoint)["config"]["data"])
+        rows = data.splits["validation"]
+        real = torch.stack([rows[i]["input_ids"] for i in range(min(args.num_samples, len(rows)))])
+        scorer = load_judge(str(judge), device=args.device) if judge else None
+        return score_tokens(real[:, : data.seq_len], data, scorer)
+
+    return cached(cache, compute)
+
+
+def tokens_per_step(config: dict[str, Any]) -> int:
+    """B * L of the training run whose model config (``FlowLM.config()``) this is."""
+    data = (config.get("data") or {}).get("init_args") or {}
+    if "batch_size" not in data or "seq_len" not in data:
+        raise SystemExit(f"the checkpoint records no data batch size and length: {config.get('data')}")
+    return int(data["batch_size"]) * int(data["seq_len"])
+
+
+def self_conditioned(config: dict[str, Any]) -> bool:
+    return bool(((config.get("backbone") or {}).get("init_args") or {}).get("self_condition", False))
+
+
+def points(method: str, step: int, scored: dict[str, Any], flops: float, parameters: int, distill: int | None = None) -> list[dict[str, Any]]:
+    """One point per sampler row of a scored checkpoint."""
+    out = []
+    for row in scored["rows"]:
+        series = LABEL[method] if method == "ar" else f"{LABEL[method]}, {row['sampler_label']} {row.get('steps')}"
+        out.append({"series": series, "method": method, "train_step": step, "distill_steps": distill, "nfe": row["nfe"],
+                    "flops": flops, "parameters": parameters, "metrics": row["metrics"],
+                    "validation": scored.get("validation"), "example": row.get("example")})
+    return out
+
+
+# --- output ----------------------------------------------------------------------------------------
+
+
+def fmt(value: Any, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}" if abs(value) < 1e4 else f"{value:.3e}"
+    return str(value)
+
+
+def table(results: dict[str, Any]) -> str:
+    """Markdown: the command, the FLOPs formula, then one row per (series, checkpoint) and the data's row."""
+    metrics = [m for m, _ in METRICS[results["data"]]]
+    lines = ["```", results["command"], "```", "",
+             "Training FLOPs estimated as 6·N·B·L·k (N parameters, B·L tokens a step, k steps; 8·N·B·L·k with "
+             "self-conditioning); a flow map adds its distillation, (6·N_student + 2·N_teacher)·B·L·d, to its teacher "
+             f"checkpoint's. {results['num_samples']} samples per row, seed {results['seed']}; judge: {results['judge'] or '-'}.", "",
+             "| series | train step | distill steps | training FLOPs | NFE | " + " | ".join(metrics) + " |",
+             "|---|---:|---:|---:|---:|" + "---:|" * len(metrics)]
+    for p in sorted(results["points"], key=lambda p: (p["series"], p["flops"])):
+        cells = [p["series"], str(p["train_step"]), fmt(p["distill_steps"]), f"{p['flops']:.3e}", fmt(p["nfe"])]
+        lines.append("| " + " | ".join(cells + [fmt(p["metrics"].get(m)) for m in metrics]) + " |")
+    if results.get("reference"):
+        lines.append("| data (validation) | | | | | " + " | ".join(fmt(results["reference"].get(m)) for m in metrics) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict[str, Any], path: Path) -> Path:
+    """Each metric against training FLOPs (log scale), one line per series; the data's value dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = METRICS[results["data"]]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 4.2), squeeze=False)
+    series: dict[str, list[dict]] = {}
+    for p in results["points"]:
+        series.setdefault(p["series"], []).append(p)
+    for ax, (metric, higher) in zip(axes[0], metrics):
+        for name, group in sorted(series.items()):
+            group = sorted(group, key=lambda p: p["flops"])
+            ys = [p["metrics"].get(metric) for p in group]
+            ax.plot([p["flops"] for p in group], [float("nan") if y is None else y for y in ys], marker="o", label=name)
+        value = (results.get("reference") or {}).get(metric)
+        if value is not None:
+            ax.axhline(value, color="gray", linestyle="--", linewidth=1, label="data")
+        ax.set_xscale("log")
+        if metric == "gen_ppl":
+            ax.set_yscale("log")
+        ax.set_xlabel("training FLOPs (estimated)")
+        ax.set_ylabel(f"{metric} ({'closer to data' if higher is None else 'higher' if higher else 'lower'} is better)")
+        ax.grid(True, alpha=0.3)
+    axes[0][-1].legend(fontsize=7, loc="best")
+    fig.suptitle(f"learning curves on {results['data']} ({results['device']})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# --- main ------------------------------------------------------------------------------------------
+
+
+def parse(argv: list[str] | None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", choices=DATA, default="shakespeare")
+    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
+    parser.add_argument("--budget", type=int, default=15000, help="training steps of flow, MDLM and AR")
+    parser.add_argument("--every", type=int, default=1500, help="a checkpoint every this many steps")
+    parser.add_argument("--distill-steps", type=int, default=500, help="training steps of each flow map")
+    parser.add_argument("--distill-at", help="comma-separated flow checkpoint steps to distil from (default: every one)")
+    parser.add_argument("--flow-steps", type=int, nargs="+", default=[128], help="Euler steps of the flow")
+    parser.add_argument("--euler-grid", choices=("linspace", "uniform"), default="linspace", help="the Euler sampler's time grid")
+    parser.add_argument("--map-steps", type=int, nargs="+", default=[1, 4], help="flow-map steps")
+    parser.add_argument("--mdlm-steps", type=int, nargs="+", default=[8, 128], help="MDLM ancestral steps")
+    parser.add_argument("--num-samples", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=64, help="sampling batch size")
+    parser.add_argument("--val-batches", type=int, default=2, help="validation batches of each checkpoint's objective (0: none)")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed")
+    parser.add_argument("--judge", help="GenPPL judge (flowzoo AR checkpoint or transformers name); default on text: train one")
+    parser.add_argument("--judge-steps", type=int, help="training steps of a judge trained here (default: its config's)")
+    parser.add_argument("--train-flag", action="append", default=[], metavar="METHOD:FLAG",
+                        help=f"one more `flowzoo fit` flag for METHOD ({', '.join(FLAG_TARGETS)}); repeatable")
+    parser.add_argument("--data-flag", action="append", default=[], metavar="FLAG",
+                        help="a data flag for every model and the judge, e.g. --data-flag=--data.init_args.tokenizer=bpe")
+    parser.add_argument("--runs", default="runs/curves", help="where the models, checkpoints and scores go")
+    parser.add_argument("--output", help="folder for curves.{md,json,png} (default: <runs>/<data>)")
+    parser.add_argument("--device", default="cpu", help="sampling device: cpu, cuda or auto")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--tiny", action="store_true", help="tiny models, a few steps, a small grid: an end-to-end check in seconds")
+    args = parser.parse_args(argv)
+    args.methods = [m for m in args.methods.split(",") if m]
+    unknown = sorted(set(args.methods) - set(METHODS))
+    if unknown:
+        parser.error(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
+    args.train_flags = [tuple(item.split(":", 1)) for item in args.train_flag]
+    bad = [i for i, p in zip(args.train_flag, args.train_flags) if len(p) != 2 or p[0] not in FLAG_TARGETS or not p[1].startswith("--")]
+    if bad:
+        parser.error(f"--train-flag expects METHOD:--flag with METHOD one of {', '.join(FLAG_TARGETS)}, got {bad}")
+    args.data_flags = args.data_flag
+    if any(not f.startswith("--data.") for f in args.data_flags):
+        parser.error(f"--data-flag expects --data.… flags, got {args.data_flags}")
+    if args.tiny:
+        args.budget, args.every, args.distill_steps = 4, 2, 2
+        args.flow_steps, args.map_steps, args.mdlm_steps = [4], [1, 2], [2, 4]
+        args.num_samples, args.batch_size, args.val_batches = 8, 4, 1
+    if args.budget < 1 or args.every < 1 or args.distill_steps < 1 or args.every > args.budget:
+        parser.error("--budget, --every and --distill-steps must be positive, --every at most --budget")
+    args.distill_at = None if not args.distill_at else sorted({int(v) for v in args.distill_at.split(",")})
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse(argv)
+    runs = (ROOT / args.runs).resolve() / args.data
+    output = Path(args.output).resolve() if args.output else runs
+    output.mkdir(parents=True, exist_ok=True)
+    judge = train_judge(runs, args) if args.data == "shakespeare" else (Path(args.judge) if args.judge else None)
+
+    trained = {}  # method -> {step: checkpoint}
+    for method in TRAINED:
+        if method in args.methods or (method == "flow" and "flow_map" in args.methods):
+            trained[method] = train(method, runs / method, args.budget, args.every, args)
+    maps = {}  # teacher step -> {step: checkpoint}
+    if "flow_map" in args.methods:
+        chosen = args.distill_at or list(trained["flow"])
+        missing = sorted(set(chosen) - set(trained["flow"]))
+        if missing:
+            raise SystemExit(f"--distill-at {missing}: no flow checkpoint at those steps (there are {sorted(trained['flow'])})")
+        for k in chosen:
+            maps[k] = train("flow_map", runs / f"flow_map_from_{k}", args.distill_steps, args.distill_steps, args, teacher=trained["flow"][k])
+
+    tag = f"n{args.num_samples}_seed{args.seed}" + ("" if args.euler_grid == "linspace" else f"_{args.euler_grid}")
+    scores, flow_flops, results_points = runs / "scores" / tag, {}, []
+    for method, found in trained.items():
+        for step, ckpt in found.items():
+            facts = model_facts(ckpt)
+            flops = training_flops(facts["parameters"], tokens_per_step(facts["config"]), step, self_conditioned(facts["config"]))
+            if method == "flow":
+                flow_flops[step] = (flops, facts["parameters"])
+            if method in args.methods:
+                name = f"{method}@{step}"
+                entry = {"name": name, "checkpoint": str(ckpt), "samplers": sampler_entries(method, args)}
+                results_points += points(method, step, score(entry, scores / f"{name}.json", args, judge), flops, facts["parameters"])
+    for k, found in maps.items():
+        d = max(found)
+        name, facts = f"flow_map@{k}+{d}", model_facts(found[d])
+        entry = {"name": name, "checkpoint": str(found[d]), "samplers": sampler_entries("flow_map", args)}
+        teacher_flops, teacher_parameters = flow_flops[k]
+        flops = teacher_flops + distillation_flops(facts["parameters"], teacher_parameters, tokens_per_step(facts["config"]), d)
+        results_points += points("flow_map", k, score(entry, scores / f"{name}.json", args, judge), flops, facts["parameters"], distill=d)
+    first = next(iter(next(iter(trained.values())).values()))
+    reference = reference_metrics(first, scores / "data.json", args, judge)
+
+    from flowzoo.devices import resolve_device
+
+    results = {"command": "python benchmarks/learning_curves.py " + " ".join(argv), "data": args.data, "judge": str(judge) if judge else None,
+               "num_samples": args.num_samples, "seed": args.seed, "device": str(resolve_device(args.device, "--device")),
+               "reference": reference, "points": results_points}
+    (output / "curves.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    (output / "curves.md").write_text(table(results))
+    plot(results, output / "curves.png")
+    print((output / "curves.md").read_text())
+    print(f"wrote {output / 'curves.md'}, curves.json and curves.png")
+    return results
+
+
+if __name__ == "__main__":
+    main()

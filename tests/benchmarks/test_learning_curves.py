@@ -1,0 +1,93 @@
+"""benchmarks/learning_curves.py: the FLOPs estimate, the checkpoint schedule it asks Lightning for, its table and
+plot, its refusals, and (slow) a --tiny run end to end on the mirror language."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("learning_curves", ROOT / "benchmarks" / "learning_curves.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+curves = _script()
+
+
+def test_flops_are_six_n_t_k_and_distillation_adds_the_teachers_forward():
+    assert curves.training_flops(1000, 64 * 32, 10) == 6 * 1000 * 2048 * 10
+    assert curves.training_flops(1000, 2048, 10, self_condition=True) == 8 * 1000 * 2048 * 10
+    assert curves.distillation_flops(1000, 3000, 2048, 5) == (6 * 1000 + 2 * 3000) * 2048 * 5
+    assert curves.tokens_per_step({"data": {"name": "mirror", "init_args": {"batch_size": 64, "seq_len": 32}}}) == 2048
+    with pytest.raises(SystemExit, match="no data batch size"):
+        curves.tokens_per_step({"data": None})
+
+
+def test_fit_config_checkpoints_every_k_steps_and_keeps_every_one(tmp_path):
+    path = curves.fit_config("mirror", 3000, 500, tmp_path)
+    config = yaml.safe_load(path.read_text())
+    assert config["trainer"]["max_steps"] == 3000 and config["trainer"]["val_check_interval"] == 500
+    kinds = [c["class_path"] for c in config["trainer"]["callbacks"]]
+    assert kinds == ["flowzoo.callbacks.EMA", "lightning.pytorch.callbacks.ModelCheckpoint"]  # the study's EMA kept
+    checkpoint = config["trainer"]["callbacks"][1]["init_args"]
+    assert checkpoint["every_n_train_steps"] == 500 and checkpoint["save_top_k"] == -1 and checkpoint["filename"] == "{step}"
+    assert config["model"]["num_val_samples"] == 0 and config["data"]["class_path"] == "flowzoo.data.mirror.MirrorData"
+
+
+def test_step_checkpoints_are_read_by_step(tmp_path):
+    folder = tmp_path / "run" / "checkpoints"
+    folder.mkdir(parents=True)
+    for name in ("step=1000.ckpt", "step=500.ckpt", "last.ckpt", "step=x.ckpt"):
+        (folder / name).write_text("")
+    assert list(curves.step_checkpoints(tmp_path / "run")) == [500, 1000]
+    assert curves.step_checkpoints(tmp_path / "missing") == {}
+
+
+def test_bad_options_are_refused_in_one_line(capsys):
+    for argv, message in ((["--methods", "flow,sedd"], "unknown methods ['sedd']"),
+                          (["--train-flag", "judge:--model.lr=1"], "--train-flag expects METHOD:--flag"),
+                          (["--data-flag=--model.lr=1"], "--data-flag expects --data"),
+                          (["--every", "10", "--budget", "5"], "--every at most --budget")):
+        with pytest.raises(SystemExit):
+            curves.parse(argv)
+        assert message in capsys.readouterr().err
+
+
+def results():
+    point = {"method": "flow", "train_step": 500, "distill_steps": None, "nfe": 128, "parameters": 10, "validation": None, "example": ""}
+    return {"command": "python benchmarks/learning_curves.py --data mirror", "data": "mirror", "judge": None, "num_samples": 8, "seed": 0,
+            "device": "cpu", "reference": {"valid_sequences": 1.0, "pair_match": 1.0, "nll": 0.4, "entropy": 2.4},
+            "points": [{**point, "series": "flow, euler 128", "flops": 2e9, "metrics": {"valid_sequences": 0.5, "pair_match": 0.9, "nll": 3.0, "entropy": 2.3}},
+                       {**point, "series": "flow, euler 128", "flops": 1e9, "train_step": 250,
+                        "metrics": {"valid_sequences": 0.25, "pair_match": 0.8, "nll": 4.0, "entropy": 2.2}}]}
+
+
+def test_table_orders_each_series_by_flops_and_states_the_formula(tmp_path):
+    text = curves.table(results())
+    assert "6·N·B·L·k" in text and "(6·N_student + 2·N_teacher)·B·L·d" in text
+    rows = [line for line in text.splitlines() if line.startswith("| flow")]
+    assert [r.split("|")[2].strip() for r in rows] == ["250", "500"]
+    assert "| data (validation) |" in text
+    assert curves.plot(results(), tmp_path / "c.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_tiny_run_end_to_end(tmp_path):
+    """Trains flow, MDLM, AR (4 steps, a checkpoint every 2), distils a map from each flow checkpoint, scores them."""
+    out = curves.main(["--data", "mirror", "--tiny", "--runs", str(tmp_path / "runs"), "--output", str(tmp_path / "out")])
+    series = {(p["series"], p["train_step"]) for p in out["points"]}
+    assert {("flow, euler 4", 2), ("flow, euler 4", 4), ("AR", 4), ("MDLM, ancestral 2", 2), ("flow map, flow_map 1", 2),
+            ("flow map, flow_map 2", 4)} <= series
+    flow = {p["train_step"]: p["flops"] for p in out["points"] if p["series"] == "flow, euler 4"}
+    maps = {p["train_step"]: p["flops"] for p in out["points"] if p["series"] == "flow map, flow_map 1"}
+    assert flow[4] == pytest.approx(2 * flow[2]) and maps[2] > flow[2] and maps[4] - flow[4] == pytest.approx(maps[2] - flow[2])
+    assert out["reference"]["valid_sequences"] == 1.0
+    assert json.loads((tmp_path / "out" / "curves.json").read_text())["points"] == json.loads(json.dumps(out["points"], default=str))
+    assert (tmp_path / "out" / "curves.png").stat().st_size > 0

@@ -1,0 +1,81 @@
+"""The Euler sampler's options: its time grid (``linspace``, flowzoo's, to t_max; ``uniform``, FLM's, u = i / n) and
+self-conditioning (each evaluation reads the last one's D)."""
+
+import pytest
+import torch
+
+from flowzoo.module import FlowLM
+
+TINY = {"name": "dit", "init_args": {"width": 16, "depth": 1, "heads": 2, "cond_dim": 16}}
+
+
+def visited_times(path: dict, steps: int, grid: str | None) -> list[float]:
+    """The path times at which a sample of ``steps`` Euler steps evaluates the network."""
+    args = {"steps": steps} if grid is None else {"steps": steps, "grid": grid}
+    model = FlowLM(backbone=TINY, path=path, sampler={"name": "euler", "init_args": args}, vocab_size=7)
+    seen, logits = [], model.logits
+
+    def recording(x, t, s=None):
+        seen.append(float(t[0]))
+        return logits(x, t, s)
+
+    model.logits = recording
+    out = model.generate(2, 3, seed=0)
+    assert out.nfe == steps == len(seen)
+    return seen
+
+
+@pytest.mark.parametrize("steps", [1, 2, 4, 7])
+def test_linspace_is_the_default_and_ends_at_t_max(steps):
+    want = torch.linspace(0.0, 0.999, max(steps - 1, 1) + 1)[:steps].tolist()
+    assert visited_times("linear", steps, None) == pytest.approx(want)
+    assert visited_times("linear", steps, "linspace") == pytest.approx(want)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 4, 7])
+def test_uniform_grid_visits_i_over_n(steps):
+    assert visited_times("linear", steps, "uniform") == pytest.approx([i / steps for i in range(steps)])
+
+
+def test_uniform_grid_is_uniform_in_the_paths_uniform_time():
+    """On the tau path the grid is u = i / n mapped to path time, as every other schedule of the path."""
+    path = {"name": "linear", "init_args": {"time": "tau"}}
+    model = FlowLM(backbone=TINY, path=path, vocab_size=7)
+    want = model.path.time_from_uniform(torch.arange(4) / 4.0).tolist()
+    assert visited_times(path, 4, "uniform") == pytest.approx(want)
+    assert visited_times(path, 4, "uniform") != pytest.approx(visited_times(path, 4, "linspace"))
+
+
+def test_an_unknown_grid_lists_the_choices():
+    with pytest.raises(ValueError, match="unknown grid 'log'; choices: linspace, uniform"):
+        FlowLM(backbone=TINY, sampler={"name": "euler", "init_args": {"grid": "log"}}, vocab_size=7)
+
+
+def test_a_self_conditioning_backbone_reads_the_previous_evaluations_prediction():
+    torch.manual_seed(0)
+    backbone = {"name": "dit", "init_args": {**TINY["init_args"], "self_condition": True}}
+    model = FlowLM(backbone=backbone, sampler={"name": "euler", "init_args": {"steps": 4}}, vocab_size=7)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    given, made, logits = [], [], model.logits
+
+    def recording(x, t, s=None, self_cond=None):
+        given.append(self_cond)
+        out = logits(x, t, s, self_cond=self_cond)
+        made.append(model.head.denoise(out))
+        return out
+
+    model.logits = recording
+    model.generate(3, 5, seed=0)
+    assert given[0] is None and len(given) == 4
+    for i in range(1, 4):
+        torch.testing.assert_close(given[i], made[i - 1])  # D_{t_i}(x | D_{t_{i-1}})
+    x, t = torch.randn(3, 5, 7), torch.full((3,), 0.5)
+    assert (logits(x, t, self_cond=made[0]) - logits(x, t)).abs().max() > 1e-3  # the input is read
+
+
+def test_self_conditioning_sampling_runs_on_the_dense_state():
+    backbone = {"name": "dit", "init_args": {**TINY["init_args"], "self_condition": True}}
+    with pytest.raises(Exception, match="self-conditioning .* runs on the dense state"):
+        FlowLM(backbone=backbone, sampler={"name": "euler", "init_args": {"fused": True}}, vocab_size=7)
