@@ -160,19 +160,24 @@ def place_checkpoints(trainer) -> None:
             callback.save_last = True
 
 
-def check_ckpt_path(argv: Sequence[str]) -> None:
-    """Refuse ``--ckpt_path`` naming a missing local file before any model or data is built."""
-    argv = list(argv)
+def ckpt_path_arg(argv: Sequence[str]) -> str | None:
+    """The value of the last ``--ckpt_path=X`` (or ``--ckpt_path X``) in ``argv``, else None."""
+    argv, found = list(argv), None
     for i, arg in enumerate(argv):
         key, sep, value = arg.partition("=")
-        if key != "--ckpt_path":
-            continue
-        if not sep:
-            value = argv[i + 1] if i + 1 < len(argv) else ""
-        if value in ("", "null", "None", "best", "last", "hpc", "registry") or "://" in value:
-            continue  # Lightning's own choices and remote paths
-        if not Path(value).expanduser().is_file():
-            raise CheckpointError(f"checkpoint {value} does not exist (--ckpt_path)")
+        if key == "--ckpt_path":
+            found = value if sep else (argv[i + 1] if i + 1 < len(argv) else "")
+    return found
+
+
+def check_ckpt_path(argv: Sequence[str]) -> None:
+    """Refuse ``--ckpt_path`` naming a missing local file before any model or data is built."""
+    from flowzoo.ckpt_path import local_file
+
+    value = ckpt_path_arg(argv)
+    file = local_file(value)  # None for Lightning's own choices and remote paths
+    if file is not None and not file.is_file():
+        raise CheckpointError(f"checkpoint {value} does not exist (--ckpt_path)")
 
 
 def cpu_has_bf16() -> bool:
@@ -218,13 +223,40 @@ class FlowzooCLI(_LightningCLI):
         parser.set_defaults(defaults)
 
     def parse_arguments(self, parser, args) -> None:
+        """Parse, with a ``--ckpt_path`` file read first (a bad file is refused here, in one line, before Lightning
+        reads it); for validate/test its model is the default the command line's ``--model.*`` settings apply over."""
         from flowzoo import ckpt_path
 
+        argv = list(sys.argv[1:] if args is None else args)
+        self.ckpt_file = self.ckpt_model = None
+        self.read_ckpt_path(next((a for a in argv if a in LIGHTNING_COMMANDS), None), ckpt_path.local_file(ckpt_path_arg(argv)))
         super().parse_arguments(parser, args)
-        # before Lightning reads --ckpt_path's hyperparameters (a bad file is refused here, in one line)
         subcommand = self.config.get("subcommand")
-        self.ckpt_file = ckpt_path.local_file(self.config[subcommand].get("ckpt_path")) if subcommand else None
-        self.ckpt_model = ckpt_path.read(self.ckpt_file) if self.ckpt_file else None
+        named = ckpt_path.local_file(self.config[subcommand].get("ckpt_path")) if subcommand else None
+        if named != self.ckpt_file and self.read_ckpt_path(subcommand, named):  # named by a --config file
+            super().parse_arguments(parser, args)
+        if subcommand in ckpt_path.EVALUATION_COMMANDS and self.ckpt_model is not None:
+            ckpt_path.refuse_conflicts(self.config[subcommand]["model"], self.ckpt_model, self.ckpt_file)
+
+    def read_ckpt_path(self, subcommand: str | None, file: Path | None) -> bool:
+        """Read ``file`` (the checkpoint of ``--ckpt_path``); for validate/test make its model the parser's default.
+        True when the defaults changed (a parse before this one must be repeated)."""
+        from flowzoo import ckpt_path
+
+        self.ckpt_file, self.ckpt_model = file, ckpt_path.read(file) if file is not None else None
+        if subcommand not in ckpt_path.EVALUATION_COMMANDS or self.ckpt_model is None:
+            return False
+        self._subcommand_parsers[subcommand].set_defaults(ckpt_path.model_defaults(self.ckpt_model))
+        return True
+
+    def _parse_ckpt_path(self) -> None:
+        """Lightning's own reading of ``--ckpt_path`` (its hyperparameters over the whole parsed config, flags
+        included) only for fit: validate/test already parsed over the checkpoint's model (:meth:`parse_arguments`)."""
+        from flowzoo import ckpt_path
+
+        if self.config.get("subcommand") in ckpt_path.EVALUATION_COMMANDS and self.ckpt_model is not None:
+            return
+        super()._parse_ckpt_path()
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -247,11 +279,12 @@ class FlowzooCLI(_LightningCLI):
             ckpt_path.check_resumable(self.model, self.ckpt_model, self.ckpt_file)
             self.ckpt_model = None  # Lightning restores the run from the file; no second copy kept
 
-    def before_validate(self) -> None:  # the checkpoint's own model: no architecture flags needed
+    def before_validate(self) -> None:  # built over the checkpoint's own model: no architecture flags needed
         from flowzoo import ckpt_path
 
         if self.ckpt_model is not None:
-            self.model = ckpt_path.evaluation_model(self.model, self.ckpt_model, self.datamodule, self.ckpt_file)
+            self.model = ckpt_path.evaluation_model(self.model, self.ckpt_model, self.ckpt_file)
+            self.ckpt_model = None  # Lightning loads the file's weights into the model; no second copy kept
 
     before_test = before_predict = before_validate
 
@@ -311,7 +344,9 @@ def quiet_lightning() -> None:
                     r"You're resuming from a checkpoint that ended before the epoch ended",
                     # validate/test with a checkpoint of `fit`: its run callbacks (flowzoo.callbacks) only matter to fit
                     r"Be aware that when using `ckpt_path`, callbacks used to create the checkpoint need to be provided"
-                    r".*\['(ResumeState|EndOfRun)'(, '(ResumeState|EndOfRun)')?\]"):
+                    r".*\['(ResumeState|EndOfRun)'(, '(ResumeState|EndOfRun)')?\]",
+                    # every run has its own folder (flowzoo.runs): a checkpoint of another run was written elsewhere
+                    r"The dirpath has changed from .* therefore `best_model_score`"):
         warnings.filterwarnings("ignore", message=message)
 
 
