@@ -3,7 +3,8 @@ touches it, so a bad file is one line (as ``flowzoo sample`` gives), never a tra
 
 - :func:`read` refuses what ``load_checkpoint`` refuses (not a torch file, truncated, a pickle of objects, not a
   flowzoo checkpoint, config and weights that disagree, non-finite weights) and non-finite optimizer or EMA state;
-- :func:`check_resumable`: ``fit`` resumes into the model the command line built, so its architecture must match;
+- :func:`check_resumable`: ``fit`` resumes into the model the command line built, so its architecture must match
+  (the checkpoint's settings, ``lr``, ``warmup_steps``, ``num_val_samples``, ..., are the defaults under its flags);
 - :func:`model_defaults` / :func:`refuse_conflicts`: ``validate``/``test`` evaluate the checkpoint's own model. Its
   config is the default under the command line, so no architecture flags are needed; settings that leave the weights'
   meaning alone (the sampler and its options, ``num_val_samples``, the optimizer's settings) apply over it, and a
@@ -59,15 +60,15 @@ def check_resumable(model, saved, path: Path) -> None:
         )
 
 
-def model_defaults(saved) -> dict[str, Any]:
-    """The checkpoint's model as parser defaults (``model.<kind>`` class path and arguments, ``model.lr``, ...,
-    ``model.num_val_samples``): command-line flags and ``--config`` files then apply over it."""
-    defaults: dict[str, Any] = {}
-    for kind in (*WEIGHT_COMPONENTS, "sampler"):
+def model_defaults(saved, components: bool = True) -> dict[str, Any]:
+    """The checkpoint's model as parser defaults: its settings (``model.lr``, ..., ``model.num_val_samples``) and,
+    with ``components``, each ``model.<kind>`` (class path and arguments). Command-line flags and ``--config`` files
+    then apply over it (where Lightning's own reading of ``--ckpt_path`` would put the checkpoint's settings over them)."""
+    defaults: dict[str, Any] = {f"model.{key}": value for key, value in saved.config()["optim"].items()}
+    defaults["model.num_val_samples"] = saved.num_val_samples
+    for kind in (*WEIGHT_COMPONENTS, "sampler") if components else ():
         component = getattr(saved, kind)
         defaults[f"model.{kind}"] = {"class_path": registry.class_path(type(component)), "init_args": registry.spec(component)["init_args"]}
-    defaults.update({f"model.{key}": value for key, value in saved.config()["optim"].items()})
-    defaults["model.num_val_samples"] = saved.num_val_samples
     return defaults
 
 

@@ -239,24 +239,24 @@ class FlowzooCLI(_LightningCLI):
             ckpt_path.refuse_conflicts(self.config[subcommand]["model"], self.ckpt_model, self.ckpt_file)
 
     def read_ckpt_path(self, subcommand: str | None, file: Path | None) -> bool:
-        """Read ``file`` (the checkpoint of ``--ckpt_path``); for validate/test make its model the parser's default.
-        True when the defaults changed (a parse before this one must be repeated)."""
+        """Read ``file`` (the checkpoint of ``--ckpt_path``) and make its model the parser's default: for validate/test
+        the whole model, for fit its settings (lr, warmup, num_val_samples, ...; the architecture is the command
+        line's and must match). True when the defaults changed (a parse before this one must be repeated)."""
         from flowzoo import ckpt_path
 
         self.ckpt_file, self.ckpt_model = file, ckpt_path.read(file) if file is not None else None
-        if subcommand not in ckpt_path.EVALUATION_COMMANDS or self.ckpt_model is None:
+        if subcommand not in self._subcommand_parsers or self.ckpt_model is None:
             return False
-        self._subcommand_parsers[subcommand].set_defaults(ckpt_path.model_defaults(self.ckpt_model))
+        defaults = ckpt_path.model_defaults(self.ckpt_model, components=subcommand in ckpt_path.EVALUATION_COMMANDS)
+        self._subcommand_parsers[subcommand].set_defaults(defaults)
         return True
 
     def _parse_ckpt_path(self) -> None:
-        """Lightning's own reading of ``--ckpt_path`` (its hyperparameters over the whole parsed config, flags
-        included) only for fit: validate/test already parsed over the checkpoint's model (:meth:`parse_arguments`)."""
-        from flowzoo import ckpt_path
-
-        if self.config.get("subcommand") in ckpt_path.EVALUATION_COMMANDS and self.ckpt_model is not None:
-            return
-        super()._parse_ckpt_path()
+        """Lightning's own reading of ``--ckpt_path`` puts the checkpoint's hyperparameters over the whole parsed
+        config, so a flag such as ``--model.num_val_samples`` was silently replaced; here they are the defaults under
+        the command line instead (:meth:`read_ckpt_path`), so Lightning's reading is skipped."""
+        if self.ckpt_model is None:
+            super()._parse_ckpt_path()
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config

@@ -1,6 +1,8 @@
-"""``flowzoo validate|test --ckpt_path`` with ``--model.*`` flags (issue 24): the model is the checkpoint's, settings that
-do not change the weights (the sampler and its options, ``num_val_samples``) apply over it, and a flag that contradicts
-the checkpoint's architecture, path, head or objective is refused in one line naming both values."""
+"""``--ckpt_path`` with ``--model.*`` flags (issue 24). validate/test: the model is the checkpoint's, settings that do
+not change the weights (the sampler and its options, ``num_val_samples``) apply over it, and a flag that contradicts
+the checkpoint's architecture, path, head or objective is refused in one line naming both values. fit: the
+checkpoint's settings (warm-up, ``num_val_samples``, ...) are the defaults and a flag given on the command line wins
+(Lightning's own reading of the checkpoint silently put them over the flags)."""
 
 import pytest
 
@@ -16,9 +18,10 @@ QUIET = ["--trainer.enable_progress_bar=false", "--trainer.logger=false", "--tra
 
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory):
-    """A 1-step ``flowzoo fit`` checkpoint: euler sampler with 2 steps, 4 validation samples."""
+    """A 1-step ``flowzoo fit`` checkpoint: euler sampler with 2 steps, 4 validation samples, 5 warm-up steps."""
     root = tmp_path_factory.mktemp("fitted")
-    args = ["fit", *ARCH, *DATA, *QUIET, "--model.sampler.steps=2", "--model.num_val_samples=4", "--trainer.max_steps=1",
+    args = ["fit", *ARCH, *DATA, *QUIET, "--model.sampler.steps=2", "--model.num_val_samples=4", "--model.warmup_steps=5",
+            "--trainer.max_steps=1",
             f"--trainer.default_root_dir={root}"]  # fmt: skip
     assert main(args) == 0
     return root / "checkpoints" / "last.ckpt"
@@ -116,3 +119,26 @@ def test_a_config_file_that_contradicts_the_checkpoint_is_refused(fitted, tmp_pa
                                                 "sampler": {"class_path": euler, "init_args": {"steps": 3}}}}))
     assert main(["validate", f"--config={config}", *DATA, *QUIET, f"--ckpt_path={fitted}"]) == 2
     assert "--model.backbone.depth=2 conflicts with checkpoint" in one_error_line(capsys.readouterr().err)
+
+
+@pytest.fixture
+def resumed(monkeypatch):
+    """``(num_val_samples, warmup_steps)`` of the model each fit trains."""
+    seen = []
+    real = FlowLM.on_fit_start
+
+    def record(self):
+        seen.append((self.num_val_samples, self.warmup_steps))
+        return real(self)
+
+    monkeypatch.setattr(FlowLM, "on_fit_start", record)
+    return seen
+
+
+def test_fit_resumes_with_the_checkpoint_s_settings_and_the_command_line_s_flags(fitted, resumed, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    common = ["fit", *ARCH, *DATA, *QUIET, "--trainer.max_steps=2", f"--trainer.default_root_dir={tmp_path / 'runs'}"]
+    assert main([*common, f"--ckpt_path={fitted}"]) == 0
+    assert resumed[-1] == (4, 5)  # the run's own settings, not the CLI defaults (64, 100)
+    assert main([*common, "--model.num_val_samples=3", "--model.warmup_steps=7", f"--ckpt_path={fitted}"]) == 0
+    assert resumed[-1] == (3, 7)  # the flags given (were silently replaced by the checkpoint's 4 and 5)
