@@ -31,13 +31,25 @@ def local_file(ckpt_path) -> Path | None:
     return Path(str(ckpt_path)).expanduser()
 
 
+def check_file(path: Path, shown: str | None = None) -> None:
+    """Refuse a ``--ckpt_path`` that is not a file: missing, or a folder (a ``save_pretrained`` one holds no
+    optimizer or run state for Lightning)."""
+    shown = shown if shown is not None else str(path)
+    if path.is_dir():
+        raise CheckpointError(
+            f"checkpoint {shown} is a folder; --ckpt_path takes a Lightning .ckpt file, e.g. runs/<name>/checkpoints/last.ckpt "
+            "(a save_pretrained folder is read by flowzoo sample --checkpoint and flowzoo benchmark)"
+        )
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {shown} does not exist (--ckpt_path)")
+
+
 def read(path: Path):
     """The model a ``--ckpt_path`` file holds (weights loaded, ``num_val_samples`` the run's), refused in one line if unusable."""
     from flowzoo.checkpoints.pretrained import build_model, check_finite, load_state, read_checkpoint, training_tensors
     from flowzoo.module import FlowLM
 
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist (--ckpt_path)")
+    check_file(path)
     ckpt = read_checkpoint(path)
     model = build_model(ckpt["flowzoo"], FlowLM)
     load_state(model, ckpt["state_dict"], str(path))

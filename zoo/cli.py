@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from flowzoo import registry
-from flowzoo.errors import CheckpointError, FlowzooError, SamplingWarning
+from flowzoo.errors import FlowzooError, SamplingWarning
 from flowzoo.outputs import check_output_dir, check_output_file
 
 # command-line keys whose value is a registered component name
@@ -171,13 +171,13 @@ def ckpt_path_arg(argv: Sequence[str]) -> str | None:
 
 
 def check_ckpt_path(argv: Sequence[str]) -> None:
-    """Refuse ``--ckpt_path`` naming a missing local file before any model or data is built."""
-    from flowzoo.ckpt_path import local_file
+    """Refuse ``--ckpt_path`` naming a missing local file (or a folder) before any model or data is built."""
+    from flowzoo.ckpt_path import check_file, local_file
 
     value = ckpt_path_arg(argv)
     file = local_file(value)  # None for Lightning's own choices and remote paths
-    if file is not None and not file.is_file():
-        raise CheckpointError(f"checkpoint {value} does not exist (--ckpt_path)")
+    if file is not None:
+        check_file(file, value)
 
 
 def cpu_has_bf16() -> bool:
@@ -414,15 +414,16 @@ def sample_main(argv: Sequence[str]) -> None:
     parser.add_argument("--num-samples", type=int, default=8)
     parser.add_argument("--length", type=int, help="tokens per sample (default: the training length)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--show", type=int, default=8, help="how many samples to print")
+    parser.add_argument("--show", type=int, default=8, help="how many samples to print (0: none)")
     parser.add_argument("--output", help="write all samples, one per line, to this file")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, mps or auto")
     parser.add_argument("--prompt", help="complete this text (a prefix); generated spans are shown as {{...}}")
     parser.add_argument("--infill", help='fill the holes of this text, each marked "[...]", e.g. "To be, or [...] to be"')
-    parser.add_argument("--hole-length", type=int, default=8, help="generated tokens per [...] hole of --infill (default 8)")
-    parser.add_argument("--hold", choices=("clean", "path"), default="clean",
-                        help="flow / flow-map samplers: known positions at their clean one-hot (default) or on the path x_t")
+    parser.add_argument("--hole-length", type=int, help="generated tokens per [...] hole of --infill (default 8)")
+    parser.add_argument("--hold", choices=("clean", "path"),
+                        help="with --prompt or --infill, flow / flow-map samplers: known positions at their clean one-hot (default) or on the path x_t")
     args = parser.parse_args(argv)
+    refuse_ignored_sample_flags(args)
     if args.output:
         check_output_file(args.output, "--output")
 
@@ -438,7 +439,7 @@ def sample_main(argv: Sequence[str]) -> None:
         warnings.simplefilter("always", SamplingWarning)
         result = sample_from_checkpoint(args.checkpoint, args.sampler, overrides, args.num_samples, args.length, args.seed, device=device,
                                         reward=args.reward, reward_options=parse_options(args.reward_option),
-                                        prompt=args.prompt, infill=args.infill, hole_length=args.hole_length, hold=args.hold)
+                                        prompt=args.prompt, infill=args.infill, hole_length=args.hole_length or 8, hold=args.hold or "clean")
     for warning in caught:
         if issubclass(warning.category, SamplingWarning):
             print(f"flowzoo: warning: {warning.message}", file=sys.stderr)
@@ -452,6 +453,17 @@ def sample_main(argv: Sequence[str]) -> None:
 
         write_samples(args.output, result["texts"])  # exactly one sample per line: newlines inside written as \n
     print(json.dumps({k: v for k, v in result.items() if k != "texts"}, indent=2))
+
+
+def refuse_ignored_sample_flags(args: argparse.Namespace) -> None:
+    """``flowzoo sample`` flags that would have no effect are refused, not ignored: ``--hole-length`` without
+    ``--infill``, ``--hold`` without a prompt or holes, a negative ``--show``."""
+    if args.hole_length is not None and not args.infill:
+        raise FlowzooError("--hole-length sets the length of --infill's [...] holes; add --infill TEXT or drop it")
+    if args.hold is not None and not (args.prompt or args.infill):
+        raise FlowzooError("--hold says where a prompt's known positions are held; add --prompt or --infill, or drop it")
+    if args.show < 0:
+        raise FlowzooError(f"--show is how many samples to print, 0 or more; got {args.show}")
 
 
 def publish_main(argv: Sequence[str]) -> None:

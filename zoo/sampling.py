@@ -39,6 +39,8 @@ def sampler_spec(model, sampler: str | None = None, overrides: dict[str, Any] | 
             f"sampler {spec['name']!r} has no option {', '.join(option_prefix + k for k in refused)}; "
             f"its options: {', '.join(accepted) or 'none'}"
         )
+    for key, value in registry.not_numbers(registry.get("sampler", spec["name"]), overrides or {})[:1]:
+        raise ValueError(f"sampler {spec['name']!r}: {option_prefix}{key} must be a number, got {value!r}")
     spec["init_args"] = {k: v for k, v in spec["init_args"].items() if k in accepted}
     refuse_ignored_options(spec, overrides or {}, option_prefix)
     return spec
