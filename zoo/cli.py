@@ -262,8 +262,9 @@ class FlowzooCLI(_LightningCLI):
         config = self.config[self.subcommand] if self.subcommand else self.config
         trainer = config["trainer"]
         trainer["precision"] = cpu_precision(trainer.get("precision"), trainer.get("accelerator"))
-        if self.subcommand == "fit":
+        if self.subcommand == "fit" or trainer.get("logger") is not False:  # validate/test write only their logs there
             check_output_dir(trainer.get("default_root_dir") or os.getcwd(), "--trainer.default_root_dir")
+        if self.subcommand == "fit":
             prepare_run(trainer, config.get("ckpt_path"))
 
     def before_fit(self) -> None:
@@ -285,6 +286,9 @@ class FlowzooCLI(_LightningCLI):
         if self.ckpt_model is not None:
             self.model = ckpt_path.evaluation_model(self.model, self.ckpt_model, self.ckpt_file)
             self.ckpt_model = None  # Lightning loads the file's weights into the model; no second copy kept
+        elif self.config[self.subcommand].get("ckpt_path") in (None, "", "null", "None"):
+            print(f"flowzoo: warning: {self.subcommand} without --ckpt_path evaluates a freshly initialised model; "
+                  "pass --ckpt_path runs/<name>/checkpoints/last.ckpt to evaluate a trained one", file=sys.stderr)
 
     before_test = before_predict = before_validate
 

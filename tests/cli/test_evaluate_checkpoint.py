@@ -142,3 +142,9 @@ def test_fit_resumes_with_the_checkpoint_s_settings_and_the_command_line_s_flags
     assert resumed[-1] == (4, 5)  # the run's own settings, not the CLI defaults (64, 100)
     assert main([*common, "--model.num_val_samples=3", "--model.warmup_steps=7", f"--ckpt_path={fitted}"]) == 0
     assert resumed[-1] == (3, 7)  # the flags given (were silently replaced by the checkpoint's 4 and 5)
+
+
+def test_validate_without_a_checkpoint_warns_that_the_model_is_untrained(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["validate", *ARCH, *DATA, *QUIET, "--model.num_val_samples=0"]) == 0
+    assert "flowzoo: warning: validate without --ckpt_path evaluates a freshly initialised model" in capsys.readouterr().err

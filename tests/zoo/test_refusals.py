@@ -338,6 +338,31 @@ def test_a_misspelled_option_is_one_line_with_the_nearest_names(tmp_path, monkey
     assert "usage:" not in err and len(err.strip().splitlines()) == 1, err
 
 
+@pytest.mark.parametrize(
+    "arg,match",
+    [
+        ("--model.sampler.steps=abc", "--model.sampler.steps: expected int, got 'abc'"),  # was '--model.sampler: Parser key "steps":'
+        ("--data.seq_len=abc", "--data.seq_len: expected int, got 'abc'"),
+        ("--model.lr=abc", "--model.lr: expected float, got 'abc'"),
+        ("--config=nope.yaml", "--config: File does not exist: '"),  # was '--config: invalid value'
+    ],
+)
+def test_an_option_value_that_does_not_parse_is_one_line_naming_it(tmp_path, monkeypatch, capsys, arg, match):
+    monkeypatch.chdir(tmp_path)
+    assert main(["fit", *ARCH, arg]) == 2
+    assert match in one_error_line(capsys.readouterr().err)
+
+
+def test_validate_refuses_a_root_dir_that_is_a_file(fitted, tmp_path, monkeypatch, capsys):
+    """validate/test write their logs under default_root_dir: a file there was a NotADirectoryError traceback."""
+    monkeypatch.chdir(tmp_path)
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    run = [a for a in RUN if a != "--trainer.logger=false"]
+    assert main(["validate", *run, f"--trainer.default_root_dir={blocker / 'logs'}", f"--ckpt_path={fitted}"]) == 2
+    assert f"{blocker} is a file" in one_error_line(capsys.readouterr().err)
+
+
 # --- config.json values of the wrong type -------------------------------------------------------------
 @pytest.mark.parametrize(
     "edit,match",
