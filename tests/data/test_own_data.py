@@ -311,7 +311,8 @@ def test_benchmark_table_shows_a_data_metric_and_not_applicable():
     assert "| n/a |" in table
 
 
-def test_fit_without_files_is_one_line(capsys):
+def test_fit_without_files_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # the refused fit may have made its run folder: not in the checkout
     assert main(["fit", "--data=text", "--trainer.max_steps=1"]) == 2
     err = capsys.readouterr().err
     assert "--data.files=" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
