@@ -29,7 +29,7 @@ FAMILY = {
     "ar": "autoregressive",
 }
 # entries of hub_metadata["metrics"] that describe the measurement rather than score the model
-MEASUREMENT_KEYS = ("sampler", "nfe", "num_samples", "seed", "benchmark")
+MEASUREMENT_KEYS = ("sampler", "nfe", "num_samples", "seed", "benchmark", "note")
 # init_args keys of a data module that name a Hub data set
 DATASET_KEYS = ("dataset", "dataset_id", "dataset_name", "hf_dataset", "path")
 # ``datasets`` builder names (``load_dataset("json", data_files=...)``): they read local files, not a Hub data set
@@ -143,13 +143,17 @@ def body(config: dict[str, Any], model_name: str, files: list[str]) -> str:
         + (f", epochs: {training['epoch']}" if "epoch" in training else ""),
     ]
     scores = {k: v for k, v in metrics.items() if k not in MEASUREMENT_KEYS}
-    if scores:
-        parts += ["## Benchmark", _table([(k, str(_number(v))) for k, v in sorted(scores.items())], ("figure", "value"))]
+    if scores or metrics.get("note"):
+        parts.append("## Benchmark")
+        if scores:
+            parts.append(_table([(k, str(_number(v))) for k, v in sorted(scores.items())], ("figure", "value")))
         how = [f"{metrics['num_samples']} samples" if "num_samples" in metrics else "", f"seed {metrics['seed']}" if "seed" in metrics else "",
                f"sampler `{metrics['sampler']}`" if "sampler" in metrics else "", f"NFE {metrics['nfe']}" if "nfe" in metrics else "",
                str(metrics["benchmark"]) if "benchmark" in metrics else ""]
         if any(how):
             parts.append("Measured with " + ", ".join(h for h in how if h) + ".")
+        if metrics.get("note"):
+            parts.append(f"Note: {metrics['note']}.")
     parts += ["## Files", "\n".join(f"- `{f}`" for f in sorted(files))]
     return "\n\n".join(parts) + "\n"
 

@@ -56,24 +56,14 @@ def check_version(config: dict[str, Any]) -> None:
         )
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def _check_numbers(args: Any, signature_of, where: str) -> None:
     """Each argument whose parameter defaults to a number must be a number ("48" is refused, not compared)."""
-    import inspect
+    from flowzoo import registry
 
     if not isinstance(args, dict):
         raise CheckpointError(f"the checkpoint config's {where} arguments must be a JSON object, got {args!r}")
-    try:
-        params = inspect.signature(signature_of).parameters
-    except (TypeError, ValueError):
-        return
-    for key, value in args.items():
-        default = params[key].default if key in params else None
-        if _is_number(default) and value is not None and not _is_number(value):
-            raise CheckpointError(f"the checkpoint config is invalid: {where}: {key} must be a number, got {value!r}")
+    for key, value in registry.not_numbers(signature_of, args)[:1]:
+        raise CheckpointError(f"the checkpoint config is invalid: {where}: {key} must be a number, got {value!r}")
 
 
 def check_config_types(config: dict[str, Any], model_class) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -11,18 +12,31 @@ from flowzoo.errors import CheckpointError
 
 
 def measure(model, num_samples: int, seed: int = 0) -> dict[str, Any]:
-    """Benchmark figures of the model's own sampler: its data module's sample metrics, NFE, sample count."""
-    from flowzoo import registry
-    from flowzoo.sampling import data_from_spec
+    """Benchmark figures of the model's own sampler: its data module's sample metrics, NFE, sample count.
 
-    data = data_from_spec(model.data_spec)
-    if data is None or num_samples <= 0:
+    The data module's figures need its files (a corpus's word list, a tokenizer trained from them); where they have
+    moved or are gone, the samples are decoded with the model's own tokenizer, only the figures that need no corpus
+    (the data's ``metric`` of the texts) are measured, and ``note`` says what was skipped and why.
+    """
+    from flowzoo import registry
+    from flowzoo.sampling import decode_and_score, training_data, training_length
+
+    if num_samples <= 0 or not model.data_spec:
         return {}
-    out = model.generate(num_samples, data.seq_len, seed=seed)
-    figures = {k: float(v) for k, v in data.sample_metrics(out.tokens).items() if v is not None}  # None: not applicable
+    data, unavailable = training_data(model)
+    length = training_length(model, data)
+    if length is None:
+        return {"note": f"no figures measured: the model does not record its data's sequence length ({unavailable})"}
+    out = model.generate(num_samples, length, seed=seed)
+    _, metrics, unavailable = decode_and_score(model, data, out.tokens.cpu(), unavailable=unavailable)
+    figures = {k: float(v) for k, v in (metrics or {}).items() if v is not None}  # None: not applicable
     spec = registry.spec(model.sampler)
     args = ", ".join(f"{k}={v}" for k, v in sorted(spec["init_args"].items()))
-    return {**figures, "nfe": int(out.nfe), "num_samples": num_samples, "seed": seed, "sampler": f"{spec['name']}({args})"}
+    figures.update({"nfe": int(out.nfe), "num_samples": num_samples, "seed": seed, "sampler": f"{spec['name']}({args})"})
+    if unavailable is not None:
+        kept = "only the data's own metric was measured" if metrics else "they were skipped"
+        figures["note"] = f"the data's sample figures need the training data, which is not available here ({unavailable}): {kept}"
+    return figures
 
 
 def benchmark_figures(results: dict[str, Any], checkpoint: str, model_name: str | None = None) -> dict[str, Any]:
@@ -75,6 +89,7 @@ def prepare(checkpoint: str, eval_samples: int = 0, metrics_file: str | None = N
     model = load_checkpoint(checkpoint)
     figures = dict((model.hub_metadata or {}).get("metrics") or {})
     if eval_samples > 0:
+        figures.pop("note", None)  # a note of an earlier measurement is replaced by this one's (or none)
         figures.update(measure(model, eval_samples, seed))
     if metrics_file:
         figures.update(read_metrics(metrics_file, checkpoint, benchmark_model))
@@ -98,6 +113,9 @@ def publish(
 ) -> dict[str, Any]:
     """Push the model to ``repo_id`` (or, with ``output_dir``, only write the folder that would be uploaded)."""
     model = prepare(checkpoint, eval_samples, metrics_file, benchmark_model=benchmark_model)
+    note = ((model.hub_metadata or {}).get("metrics") or {}).get("note")
+    if note:
+        print(f"flowzoo: note: {note}", file=sys.stderr)
     if output_dir is not None:
         model.save_pretrained(output_dir, model_card_kwargs={"model_name": repo_id})
         return {"repo_id": repo_id, "saved": str(output_dir), "files": sorted(os.listdir(output_dir)), "uploaded": False}

@@ -130,6 +130,10 @@ def sampler_grid(entries: list[Any] | None) -> list[dict[str, Any] | None]:
         for value in steps if isinstance(steps, list) else [steps]:
             args = dict(entry.get("init_args") or {})
             if value is not None:
+                args["steps"] = value
+            for key, wrong in registry.not_numbers(cls, args)[:1]:  # refused here, not as a comparison error mid-run
+                raise BenchmarkConfigError(f"sampler {entry['name']!r}: {key} must be a number, got {wrong!r}")
+            if value is not None:
                 args["steps"] = int(value)
             # an option the sampler would ignore (temperature under argmax, steps beside times) is refused, not run
             changed = {k: v for k, v in args.items() if k not in defaults or defaults[k] != v or (k == "steps" and value is not None)}

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from flowzoo import registry
-from flowzoo.errors import CheckpointError, FlowzooError, SamplingWarning
+from flowzoo.errors import FlowzooError, SamplingWarning
 from flowzoo.outputs import check_output_dir, check_output_file
 
 # command-line keys whose value is a registered component name
@@ -160,19 +160,24 @@ def place_checkpoints(trainer) -> None:
             callback.save_last = True
 
 
-def check_ckpt_path(argv: Sequence[str]) -> None:
-    """Refuse ``--ckpt_path`` naming a missing local file before any model or data is built."""
-    argv = list(argv)
+def ckpt_path_arg(argv: Sequence[str]) -> str | None:
+    """The value of the last ``--ckpt_path=X`` (or ``--ckpt_path X``) in ``argv``, else None."""
+    argv, found = list(argv), None
     for i, arg in enumerate(argv):
         key, sep, value = arg.partition("=")
-        if key != "--ckpt_path":
-            continue
-        if not sep:
-            value = argv[i + 1] if i + 1 < len(argv) else ""
-        if value in ("", "null", "None", "best", "last", "hpc", "registry") or "://" in value:
-            continue  # Lightning's own choices and remote paths
-        if not Path(value).expanduser().is_file():
-            raise CheckpointError(f"checkpoint {value} does not exist (--ckpt_path)")
+        if key == "--ckpt_path":
+            found = value if sep else (argv[i + 1] if i + 1 < len(argv) else "")
+    return found
+
+
+def check_ckpt_path(argv: Sequence[str]) -> None:
+    """Refuse ``--ckpt_path`` naming a missing local file (or a folder) before any model or data is built."""
+    from flowzoo.ckpt_path import check_file, local_file
+
+    value = ckpt_path_arg(argv)
+    file = local_file(value)  # None for Lightning's own choices and remote paths
+    if file is not None:
+        check_file(file, value)
 
 
 def cpu_has_bf16() -> bool:
@@ -218,20 +223,48 @@ class FlowzooCLI(_LightningCLI):
         parser.set_defaults(defaults)
 
     def parse_arguments(self, parser, args) -> None:
+        """Parse, with a ``--ckpt_path`` file read first (a bad file is refused here, in one line, before Lightning
+        reads it); for validate/test its model is the default the command line's ``--model.*`` settings apply over."""
         from flowzoo import ckpt_path
 
+        argv = list(sys.argv[1:] if args is None else args)
+        self.ckpt_file = self.ckpt_model = None
+        self.read_ckpt_path(next((a for a in argv if a in LIGHTNING_COMMANDS), None), ckpt_path.local_file(ckpt_path_arg(argv)))
         super().parse_arguments(parser, args)
-        # before Lightning reads --ckpt_path's hyperparameters (a bad file is refused here, in one line)
         subcommand = self.config.get("subcommand")
-        self.ckpt_file = ckpt_path.local_file(self.config[subcommand].get("ckpt_path")) if subcommand else None
-        self.ckpt_model = ckpt_path.read(self.ckpt_file) if self.ckpt_file else None
+        named = ckpt_path.local_file(self.config[subcommand].get("ckpt_path")) if subcommand else None
+        if named != self.ckpt_file and self.read_ckpt_path(subcommand, named):  # named by a --config file
+            super().parse_arguments(parser, args)
+        if subcommand in ckpt_path.EVALUATION_COMMANDS and self.ckpt_model is not None:
+            ckpt_path.refuse_conflicts(self.config[subcommand]["model"], self.ckpt_model, self.ckpt_file)
+
+    def read_ckpt_path(self, subcommand: str | None, file: Path | None) -> bool:
+        """Read ``file`` (the checkpoint of ``--ckpt_path``) and make its model the parser's default: for validate/test
+        the whole model, for fit its settings (lr, warmup, num_val_samples, ...; the architecture is the command
+        line's and must match). True when the defaults changed (a parse before this one must be repeated)."""
+        from flowzoo import ckpt_path
+
+        self.ckpt_file, self.ckpt_model = file, ckpt_path.read(file) if file is not None else None
+        if subcommand not in self._subcommand_parsers or self.ckpt_model is None:
+            return False
+        defaults = ckpt_path.model_defaults(self.ckpt_model, components=subcommand in ckpt_path.EVALUATION_COMMANDS)
+        self._subcommand_parsers[subcommand].set_defaults(defaults)
+        return True
+
+    def _parse_ckpt_path(self) -> None:
+        """Lightning's own reading of ``--ckpt_path`` puts the checkpoint's hyperparameters over the whole parsed
+        config, so a flag such as ``--model.num_val_samples`` was silently replaced; here they are the defaults under
+        the command line instead (:meth:`read_ckpt_path`), so Lightning's reading is skipped."""
+        if self.ckpt_model is None:
+            super()._parse_ckpt_path()
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         trainer = config["trainer"]
         trainer["precision"] = cpu_precision(trainer.get("precision"), trainer.get("accelerator"))
-        if self.subcommand == "fit":
+        if self.subcommand == "fit" or trainer.get("logger") is not False:  # validate/test write only their logs there
             check_output_dir(trainer.get("default_root_dir") or os.getcwd(), "--trainer.default_root_dir")
+        if self.subcommand == "fit":
             prepare_run(trainer, config.get("ckpt_path"))
 
     def before_fit(self) -> None:
@@ -247,11 +280,15 @@ class FlowzooCLI(_LightningCLI):
             ckpt_path.check_resumable(self.model, self.ckpt_model, self.ckpt_file)
             self.ckpt_model = None  # Lightning restores the run from the file; no second copy kept
 
-    def before_validate(self) -> None:  # the checkpoint's own model: no architecture flags needed
+    def before_validate(self) -> None:  # built over the checkpoint's own model: no architecture flags needed
         from flowzoo import ckpt_path
 
         if self.ckpt_model is not None:
-            self.model = ckpt_path.evaluation_model(self.model, self.ckpt_model, self.datamodule, self.ckpt_file)
+            self.model = ckpt_path.evaluation_model(self.model, self.ckpt_model, self.ckpt_file)
+            self.ckpt_model = None  # Lightning loads the file's weights into the model; no second copy kept
+        elif self.config[self.subcommand].get("ckpt_path") in (None, "", "null", "None"):
+            print(f"flowzoo: warning: {self.subcommand} without --ckpt_path evaluates a freshly initialised model; "
+                  "pass --ckpt_path runs/<name>/checkpoints/last.ckpt to evaluate a trained one", file=sys.stderr)
 
     before_test = before_predict = before_validate
 
@@ -311,7 +348,9 @@ def quiet_lightning() -> None:
                     r"You're resuming from a checkpoint that ended before the epoch ended",
                     # validate/test with a checkpoint of `fit`: its run callbacks (flowzoo.callbacks) only matter to fit
                     r"Be aware that when using `ckpt_path`, callbacks used to create the checkpoint need to be provided"
-                    r".*\['(ResumeState|EndOfRun)'(, '(ResumeState|EndOfRun)')?\]"):
+                    r".*\['(ResumeState|EndOfRun)'(, '(ResumeState|EndOfRun)')?\]",
+                    # every run has its own folder (flowzoo.runs): a checkpoint of another run was written elsewhere
+                    r"The dirpath has changed from .* therefore `best_model_score`"):
         warnings.filterwarnings("ignore", message=message)
 
 
@@ -379,15 +418,16 @@ def sample_main(argv: Sequence[str]) -> None:
     parser.add_argument("--num-samples", type=int, default=8)
     parser.add_argument("--length", type=int, help="tokens per sample (default: the training length)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--show", type=int, default=8, help="how many samples to print")
+    parser.add_argument("--show", type=int, default=8, help="how many samples to print (0: none)")
     parser.add_argument("--output", help="write all samples, one per line, to this file")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, mps or auto")
     parser.add_argument("--prompt", help="complete this text (a prefix); generated spans are shown as {{...}}")
     parser.add_argument("--infill", help='fill the holes of this text, each marked "[...]", e.g. "To be, or [...] to be"')
-    parser.add_argument("--hole-length", type=int, default=8, help="generated tokens per [...] hole of --infill (default 8)")
-    parser.add_argument("--hold", choices=("clean", "path"), default="clean",
-                        help="flow / flow-map samplers: known positions at their clean one-hot (default) or on the path x_t")
+    parser.add_argument("--hole-length", type=int, help="generated tokens per [...] hole of --infill (default 8)")
+    parser.add_argument("--hold", choices=("clean", "path"),
+                        help="with --prompt or --infill, flow / flow-map samplers: known positions at their clean one-hot (default) or on the path x_t")
     args = parser.parse_args(argv)
+    refuse_ignored_sample_flags(args)
     if args.output:
         check_output_file(args.output, "--output")
 
@@ -403,7 +443,7 @@ def sample_main(argv: Sequence[str]) -> None:
         warnings.simplefilter("always", SamplingWarning)
         result = sample_from_checkpoint(args.checkpoint, args.sampler, overrides, args.num_samples, args.length, args.seed, device=device,
                                         reward=args.reward, reward_options=parse_options(args.reward_option),
-                                        prompt=args.prompt, infill=args.infill, hole_length=args.hole_length, hold=args.hold)
+                                        prompt=args.prompt, infill=args.infill, hole_length=args.hole_length or 8, hold=args.hold or "clean")
     for warning in caught:
         if issubclass(warning.category, SamplingWarning):
             print(f"flowzoo: warning: {warning.message}", file=sys.stderr)
@@ -417,6 +457,17 @@ def sample_main(argv: Sequence[str]) -> None:
 
         write_samples(args.output, result["texts"])  # exactly one sample per line: newlines inside written as \n
     print(json.dumps({k: v for k, v in result.items() if k != "texts"}, indent=2))
+
+
+def refuse_ignored_sample_flags(args: argparse.Namespace) -> None:
+    """``flowzoo sample`` flags that would have no effect are refused, not ignored: ``--hole-length`` without
+    ``--infill``, ``--hold`` without a prompt or holes, a negative ``--show``."""
+    if args.hole_length is not None and not args.infill:
+        raise FlowzooError("--hole-length sets the length of --infill's [...] holes; add --infill TEXT or drop it")
+    if args.hold is not None and not (args.prompt or args.infill):
+        raise FlowzooError("--hold says where a prompt's known positions are held; add --prompt or --infill, or drop it")
+    if args.show < 0:
+        raise FlowzooError(f"--show is how many samples to print, 0 or more; got {args.show}")
 
 
 def publish_main(argv: Sequence[str]) -> None:

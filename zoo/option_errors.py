@@ -80,6 +80,22 @@ def one_line(message: str, command: str = "fit") -> str:
                 hint = f"; did you mean {' or '.join(near)}?" if near else ""
                 return (f"--{key}.{name}: {kind} {cls.registry_name!r} has no option {name!r}{hint} "
                         f"(its options: {', '.join(options) or 'none'})")
-        return f"--{key}: {detail.strip()}"
-    lines = [line.strip() for line in message.strip().splitlines()[1:] if line.strip()]
-    return f"--{key}: {lines[0] if lines else 'invalid value'}"
+        inner = re.match(r'Parser key "([^"]+)":\s*(.*)', detail.strip())
+        if inner:  # a value of the component's own argument: --model.sampler.steps=abc
+            nested = inner.group(2).strip() or _next_line(message, refused.end())
+            return f"--{key}.{inner.group(1)}: {_readable(nested)}"
+        return f"--{key}: {_readable(detail.strip())}"
+    first = message.strip().splitlines()[0][len(f'Parser key "{key}":'):].strip()  # --config: File does not exist: 'x'
+    lines = [first] if first else [line.strip() for line in message.strip().splitlines()[1:] if line.strip()]
+    return f"--{key}: {_readable(lines[0]) if lines else 'invalid value'}"
+
+
+def _next_line(message: str, start: int) -> str:
+    rest = [line.strip() for line in message[start:].splitlines() if line.strip()]
+    return rest[0] if rest else "invalid value"
+
+
+def _readable(detail: str) -> str:
+    """jsonargparse's ``Expected a <class 'int'>. Got value: abc`` as ``expected int, got 'abc'``."""
+    found = re.match(r"Expected a <class '([\w.]+)'>\. Got value: (.*)", detail)
+    return f"expected {found.group(1)}, got {found.group(2)!r}" if found else detail

@@ -176,6 +176,21 @@ def check_compatible(parts: dict[str, Component]) -> None:
             )
 
 
+def not_numbers(signature_of: Callable, args: dict[str, Any]) -> list[tuple[str, Any]]:
+    """``(name, value)`` of each argument whose parameter defaults to a number but whose value is not one ("48", [2]):
+    refused by the callers in one line instead of reaching the constructor as a comparison error."""
+    try:
+        params = inspect.signature(signature_of).parameters
+    except (TypeError, ValueError):
+        return []
+    return [(key, value) for key, value in args.items()
+            if key in params and _is_number(params[key].default) and value is not None and not _is_number(value)]
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def describe() -> str:
     """Every kind with its names and one-line docs (what ``flowzoo list`` prints)."""
     load_all()

@@ -39,6 +39,8 @@ def sampler_spec(model, sampler: str | None = None, overrides: dict[str, Any] | 
             f"sampler {spec['name']!r} has no option {', '.join(option_prefix + k for k in refused)}; "
             f"its options: {', '.join(accepted) or 'none'}"
         )
+    for key, value in registry.not_numbers(registry.get("sampler", spec["name"]), overrides or {})[:1]:
+        raise ValueError(f"sampler {spec['name']!r}: {option_prefix}{key} must be a number, got {value!r}")
     spec["init_args"] = {k: v for k, v in spec["init_args"].items() if k in accepted}
     refuse_ignored_options(spec, overrides or {}, option_prefix)
     return spec
@@ -115,6 +117,59 @@ def show_completion(decode, tokens: torch.Tensor, known: torch.Tensor) -> str:
     return "".join(spans) if plain == whole else " ".join(spans)
 
 
+def training_data(model) -> tuple[Any, BaseException | None]:
+    """The data module ``model`` was trained on (None if unrecorded) and why it could not be built (None if it was)."""
+    try:
+        return data_from_spec(model.data_spec), None
+    except (FlowzooError, TypeError, OSError) as err:  # e.g. a data module this flowzoo does not know
+        return None, err
+
+
+def training_length(model, data=None) -> int | None:
+    """The sequence length ``model`` was trained on: its data module's, else the one its data spec records."""
+    if data is not None:
+        return data.seq_len
+    return ((model.data_spec or {}).get("init_args") or {}).get("seq_len")
+
+
+def decode_and_score(model, data, tokens: torch.Tensor, known: torch.Tensor | None = None, unavailable: BaseException | None = None):
+    """``(texts, metrics, unavailable)`` of samples ``tokens`` (B, L) on the host.
+
+    With the training data here: its decoder and ``sample_metrics`` (for completions, ``known`` (B, L) marking the
+    prompt's positions: ``evaluate_completions``). Where it is not (files moved or deleted, a machine that only pulled
+    the model): the checkpoint's own tokenizer (token ids where it has none) and only the figures that need no corpus,
+    the data's ``metric`` of the decoded texts; ``unavailable`` then says why (else it is passed through).
+    """
+    texts, metrics = None, None
+    if data is not None:
+        try:
+            if data.vocab_size != model.vocab_size:
+                raise DataError(f"its tokenizer now has {data.vocab_size} ids, the model {model.vocab_size}: the files changed")
+            if known is None:
+                texts = data.decode(tokens)
+                metrics = data.sample_metrics(tokens)
+            else:
+                texts = [show_completion(data.decode, row, mask) for row, mask in zip(tokens, known)]
+                metrics = data.evaluate_completions(tokens, known) if hasattr(data, "evaluate_completions") else None
+        except (FlowzooError, OSError) as err:
+            texts, metrics, unavailable = None, None, err
+    if texts is None:
+        tokenizer = getattr(model, "tokenizer", None)  # the checkpoint's own (tokenizer.json, or a Lightning checkpoint's copy)
+        rows = tokens.tolist()
+        if tokenizer is None:
+            texts = [" ".join(map(str, row)) for row in rows]
+        else:
+            from flowzoo.data.text import decode_rows
+
+            texts = decode_rows(tokenizer, rows)  # as the data module decodes: EOS written as its token
+            if data is not None and data.metric:
+                try:  # a metric of decoded text needs no corpus
+                    metrics = data.text_metrics(texts) or None
+                except (FlowzooError, OSError) as err:
+                    unavailable = err
+    return texts, metrics, unavailable
+
+
 def sample_from_checkpoint(
     checkpoint: str,
     sampler: str | None = None,
@@ -141,12 +196,7 @@ def sample_from_checkpoint(
     """
     device = resolve_device(device, "device")
     model = load_checkpoint(checkpoint).to(device)
-    try:
-        data = data_from_spec(model.data_spec)
-    except (FlowzooError, TypeError, OSError) as err:  # e.g. a data module this flowzoo does not know
-        data, unavailable = None, err
-    else:
-        unavailable = None
+    data, unavailable = training_data(model)
     scorer = None if reward is None else bound_reward(reward, reward_options, model, data)
     overrides = dict(overrides or {})
     if any(k in overrides for k in STEERING_OPTIONS):
@@ -156,12 +206,12 @@ def sample_from_checkpoint(
     chosen = model.sampler
     if sampler is not None or overrides:
         chosen = registry.build("sampler", sampler_spec(model, sampler, overrides, option_prefix="--"))
+    trained = training_length(model, data)
     if length is None:
-        length = data.seq_len if data is not None else ((model.data_spec or {}).get("init_args") or {}).get("seq_len")
+        length = trained
         if length is None:
             raise DataError("the checkpoint does not record its data's sequence length; pass --length")
     else:
-        trained = data.seq_len if data is not None else ((model.data_spec or {}).get("init_args") or {}).get("seq_len")
         if trained and length > trained:
             warnings.warn(
                 f"--length {length} is {length / trained:.3g}x the training length {trained}: the model never saw positions "
@@ -176,34 +226,9 @@ def sample_from_checkpoint(
         torch.cuda.synchronize(device)
     elapsed = time.perf_counter() - start
     tokens = out.tokens.cpu()  # decoding and the data's metrics work on the host
-    texts, metrics = None, None
-    if data is not None:
-        try:  # the training data decodes and scores; it may need its corpus (absent on a machine that only pulled the model)
-            if data.vocab_size != model.vocab_size:
-                raise DataError(f"its tokenizer now has {data.vocab_size} ids, the model {model.vocab_size}: the files changed")
-            if given is None:
-                texts = data.decode(tokens)
-                metrics = rounded(data.sample_metrics(tokens))
-            else:
-                known = given.mask.cpu().expand_as(tokens)
-                texts = [show_completion(data.decode, row, mask) for row, mask in zip(tokens, known)]
-                metrics = rounded(data.evaluate_completions(tokens, known)) if hasattr(data, "evaluate_completions") else None
-        except (FlowzooError, OSError) as err:
-            texts, unavailable = None, err
-    if texts is None:
-        tokenizer = getattr(model, "tokenizer", None)  # the checkpoint's own (tokenizer.json, or a Lightning checkpoint's copy)
-        rows = tokens.tolist()
-        if tokenizer is None:
-            texts = [" ".join(map(str, row)) for row in rows]
-        else:
-            from flowzoo.data.text import decode_rows
-
-            texts = decode_rows(tokenizer, rows)  # as the data module decodes: EOS written as its token
-            if data is not None and data.metric:
-                try:  # a metric of decoded text needs no corpus
-                    metrics = rounded(data.text_metrics(texts)) or None
-                except (FlowzooError, OSError) as err:
-                    unavailable = err
+    known = None if given is None else given.mask.cpu().expand_as(tokens)
+    texts, metrics, unavailable = decode_and_score(model, data, tokens, known, unavailable)
+    metrics = None if metrics is None else rounded(metrics)
     result: dict[str, Any] = {"sampler": registry.spec(chosen), "nfe": out.nfe, "seconds": round(elapsed, 3), "device": str(device), "texts": texts}
     if scorer is not None:
         metrics = {**(metrics or {}), "reward": round(float(scorer(tokens).float().mean()), 4)}

@@ -213,7 +213,7 @@ def test_escape_line_keeps_one_sample_per_line():
 # --- end to end: fit, move the files, sample ----------------------------------------------------------------
 
 
-def test_fit_on_own_text_then_sample_after_the_files_move(tmp_path, lines_file, metric_module, capsys):
+def test_fit_on_own_text_then_sample_and_publish_after_the_files_move(tmp_path, lines_file, metric_module, capsys):
     root = tmp_path / "run"
     args = ["fit", "--data=text", f"--data.files=[{lines_file}]", "--data.documents=line", "--data.packing=document",
             "--data.seq_len=48", "--data.batch_size=8", f"--data.cache_dir={tmp_path / 'cache'}",
@@ -239,6 +239,20 @@ def test_fit_on_own_text_then_sample_after_the_files_move(tmp_path, lines_file, 
     assert read_samples(tmp_path / "after.txt") == read_samples(tmp_path / "before.txt")  # decoded as before, not raw ids
     assert after["metrics"]["mean_chars"] == before["metrics"]["mean_chars"]  # a text metric needs no corpus
     assert "word_validity" not in after["metrics"] and "not available" in after["note"]
+
+    # publish with the default --eval-samples 64: the card's figures that need no corpus, the rest skipped with a note
+    out = tmp_path / "to_upload"
+    assert main(["publish", "--checkpoint", str(ckpt), "--repo-id", "me/own-text", "--output-dir", str(out)]) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("flowzoo: note:")]
+    assert len(notes) == 1 and "not available" in notes[0] and str(lines_file) in notes[0], notes
+    figures = json.loads((out / "config.json").read_text())["metrics"]
+    assert figures["num_samples"] == 64 and figures["nfe"] == 2 and "mean_chars" in figures
+    assert "word_validity" not in figures and "not available" in figures["note"]
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(out / "README.md")
+    assert {r.metric_type for r in card.data.eval_results} == {"mean_chars"}
+    assert "Note: the data's sample figures need the training data" in card.text
 
     # save_pretrained of the loaded checkpoint carries the tokenizer too
     model.save_pretrained(tmp_path / "pretrained")
@@ -297,7 +311,8 @@ def test_benchmark_table_shows_a_data_metric_and_not_applicable():
     assert "| n/a |" in table
 
 
-def test_fit_without_files_is_one_line(capsys):
+def test_fit_without_files_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # the refused fit may have made its run folder: not in the checkout
     assert main(["fit", "--data=text", "--trainer.max_steps=1"]) == 2
     err = capsys.readouterr().err
     assert "--data.files=" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

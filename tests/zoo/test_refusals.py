@@ -110,6 +110,7 @@ class _Anything:  # a pickled object that is not weights
         ("pickled", "refused checkpoint"),
         ("not-flowzoo", "is not a flowzoo Lightning checkpoint"),
         ("wrong-architecture", "does not match the model"),
+        ("folder", "is a folder; --ckpt_path takes a Lightning .ckpt file"),  # said "does not exist"
     ],
 )
 @pytest.mark.parametrize("command", ["fit", "validate"])
@@ -125,11 +126,14 @@ def test_ckpt_path_refuses_unusable_checkpoints_in_one_line(fitted, tmp_path, mo
         torch.save({"flowzoo": {}, "state_dict": {}, "callbacks": _Anything()}, target)  # unpickling builds an object
     elif what == "not-flowzoo":
         torch.save({"state_dict": {}}, target)
+    elif what == "folder":  # a save_pretrained folder
+        target = tmp_path / "pretrained"
+        target.mkdir()
     else:
         target = fitted
         arch = [a.replace("width=32", "width=48") for a in ARCH]
-    if command == "validate" and what == "wrong-architecture":
-        pytest.skip("validate rebuilds the model from the checkpoint: no architecture to mismatch")
+    if command == "validate" and what == "wrong-architecture":  # validate builds over the checkpoint's model: the flag conflicts
+        match = "--model.backbone.width=48 conflicts with checkpoint"
     assert main([command, *arch, *RUN, "--trainer.max_steps=2", f"--ckpt_path={target}"]) == 2
     assert match in one_error_line(capsys.readouterr().err)
 
@@ -259,8 +263,13 @@ def test_benchmark_rows_that_differ_only_in_sampler_options_have_distinct_labels
         (["--temperature", "0.5"], "--temperature has no effect with argmax decoding"),
         (["--option", "temperature=0.5"], "--temperature has no effect with argmax decoding"),
         (["--sampler", "flow_map", "--option", "times=[0,0.5,1]", "--steps", "4"], "--steps has no effect when times"),
+        (["--hole-length", "4"], "--hole-length sets the length of --infill's [...] holes"),
+        (["--hold", "path"], "--hold says where a prompt's known positions are held"),
+        (["--show", "-1"], "--show is how many samples to print, 0 or more; got -1"),
+        (["--option", "steps=abc"], "sampler 'euler': --steps must be a number, got 'abc'"),  # was a TypeError traceback
     ],
-    ids=["temperature", "temperature-option", "steps-with-times"],
+    ids=["temperature", "temperature-option", "steps-with-times", "hole-length-without-infill", "hold-without-prompt",
+         "negative-show", "option-not-a-number"],
 )
 def test_sample_refuses_flags_that_would_be_ignored(saved, capsys, extra, match):
     assert main(["sample", "--model", str(saved), "--num-samples", "2", *extra]) == 2
@@ -329,6 +338,31 @@ def test_a_misspelled_option_is_one_line_with_the_nearest_names(tmp_path, monkey
     assert "usage:" not in err and len(err.strip().splitlines()) == 1, err
 
 
+@pytest.mark.parametrize(
+    "arg,match",
+    [
+        ("--model.sampler.steps=abc", "--model.sampler.steps: expected int, got 'abc'"),  # was '--model.sampler: Parser key "steps":'
+        ("--data.seq_len=abc", "--data.seq_len: expected int, got 'abc'"),
+        ("--model.lr=abc", "--model.lr: expected float, got 'abc'"),
+        ("--config=nope.yaml", "--config: File does not exist: '"),  # was '--config: invalid value'
+    ],
+)
+def test_an_option_value_that_does_not_parse_is_one_line_naming_it(tmp_path, monkeypatch, capsys, arg, match):
+    monkeypatch.chdir(tmp_path)
+    assert main(["fit", *ARCH, arg]) == 2
+    assert match in one_error_line(capsys.readouterr().err)
+
+
+def test_validate_refuses_a_root_dir_that_is_a_file(fitted, tmp_path, monkeypatch, capsys):
+    """validate/test write their logs under default_root_dir: a file there was a NotADirectoryError traceback."""
+    monkeypatch.chdir(tmp_path)
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    run = [a for a in RUN if a != "--trainer.logger=false"]
+    assert main(["validate", *run, f"--trainer.default_root_dir={blocker / 'logs'}", f"--ckpt_path={fitted}"]) == 2
+    assert f"{blocker} is a file" in one_error_line(capsys.readouterr().err)
+
+
 # --- config.json values of the wrong type -------------------------------------------------------------
 @pytest.mark.parametrize(
     "edit,match",
@@ -365,6 +399,22 @@ def test_benchmark_refuses_sampler_options_that_would_be_ignored(entry, match):
     with pytest.raises(ValueError, match=match):
         sampler_grid([entry])
     assert sampler_grid([{**entry, "init_args": {**entry["init_args"], "decode": "sample"}}]) if "temperature" in entry["init_args"] else True
+
+
+@pytest.mark.parametrize(
+    "entry,match",
+    [
+        ({"name": "euler", "steps": "abc"}, "sampler 'euler': steps must be a number, got 'abc'"),  # said: invalid literal for int()
+        ({"name": "euler", "steps": 1, "init_args": {"decode": "sample", "temperature": "hot"}},
+         "sampler 'euler': temperature must be a number, got 'hot'"),  # was a TypeError traceback mid-run
+    ],
+    ids=["steps", "temperature"],
+)
+def test_benchmark_refuses_sampler_options_that_are_not_numbers(entry, match):
+    from flowzoo.benchmark import sampler_grid
+
+    with pytest.raises(ValueError, match=match):
+        sampler_grid([entry])
 
 
 def test_outputs_without_write_permission_are_refused(tmp_path, monkeypatch):
