@@ -1,0 +1,79 @@
+"""Merge the ``results.json`` of several ``flowzoo benchmark`` runs over disjoint models into one table.
+
+A long benchmark can be run in parts (for example the undistilled models while the distilled ones still train, or
+on two machines) and put together afterwards: the rows keep their measured figures, the models are listed once,
+the ``data (validation)`` reference row goes last, and the headline is recomputed over all rows with the
+``headline`` of ``--config`` (the full benchmark config). Every part must use the same samples, length, seed and
+device, or the merge is refused: the rows would not be comparable.
+
+    python benchmarks/merge_results.py --config benchmarks/study_markov.yaml \
+        --part runs/bench/markov_a --part runs/bench/markov_b --output docs/benchmark/markov
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from flowzoo.benchmark import headline, load_config, write
+from flowzoo.errors import FlowzooError
+
+SAME = ("num_samples", "batch_size", "seed", "device", "warmup")
+
+
+def merge(parts: list[dict], config: dict) -> dict:
+    """One results dict from ``parts`` (results dicts, each complete); ``config`` gives the name and headline."""
+    if not parts:
+        raise ValueError("nothing to merge: give at least one --part")
+    for key in SAME:
+        values = {json.dumps(p["config"].get(key)) for p in parts}
+        if len(values) > 1:
+            raise ValueError(f"the parts differ in {key!r} ({', '.join(sorted(values))}): their rows are not comparable")
+    if len({p["length"] for p in parts}) > 1:
+        raise ValueError(f"the parts differ in sequence length ({sorted({p['length'] for p in parts})})")
+    unfinished = [p["name"] for p in parts if not p.get("complete")]
+    if unfinished:
+        raise ValueError(f"a part did not finish ({unfinished}): merge complete runs only")
+    models, rows, data_rows = {}, [], []
+    for part in parts:
+        for name, model in part["models"].items():
+            if name in models:
+                raise ValueError(f"model {name!r} is in more than one part")
+            models[name] = model
+        for row in part["rows"]:
+            (data_rows if row["sampler_name"] == "data" else rows).append(row)
+    order = {m.get("name"): i for i, m in enumerate(config.get("models", []))}
+    rows.sort(key=lambda r: order.get(r["model"], len(order)))  # stable: each model's rows keep their order
+    merged_config = {**parts[0]["config"], "name": config.get("name", parts[0]["name"]), "headline": config.get("headline")}
+    merged_config["models"] = [m for part in parts for m in part["config"]["models"]]
+    results = {
+        "name": merged_config["name"], "config": merged_config, "environment": parts[0]["environment"],
+        "judge": parts[0]["judge"], "length": parts[0]["length"], "models": models, "rows": rows + data_rows[:1],
+        "conditional_rows": [r for p in parts for r in p.get("conditional_rows") or []], "complete": True,
+        "parts": [{"name": p["name"], "environment": p["environment"]} for p in parts],
+    }
+    results["headline"] = headline(results, merged_config)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", required=True, help="the full benchmark YAML (its name, models' order and headline)")
+    parser.add_argument("--part", action="append", required=True, help="a benchmark output folder holding results.json (repeatable)")
+    parser.add_argument("--output", required=True, help="where results.{json,md,png} of the merge go")
+    args = parser.parse_args(argv)
+    try:
+        parts = [json.loads((Path(p) / "results.json").read_text()) for p in args.part]
+        config = load_config(args.config)
+        paths = write(merge(parts, config), args.output)
+    except (OSError, ValueError, FlowzooError) as err:
+        print(f"merge_results: {err}", file=sys.stderr)
+        return 2
+    print(" ".join(str(p) for p in paths.values()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
