@@ -242,7 +242,9 @@ def table(results: dict[str, Any]) -> str:
     lines = ["```", results["command"], "```", "",
              "Training FLOPs estimated as 6·N·B·L·k (N parameters, B·L tokens a step, k steps; 8·N·B·L·k with "
              "self-conditioning); a flow map adds its distillation, (6·N_student + 2·N_teacher)·B·L·d, to its teacher "
-             f"checkpoint's. {results['num_samples']} samples per row, seed {results['seed']}; judge: {results['judge'] or '-'}.", "",
+             f"checkpoint's. {results['num_samples']} samples per row, seed {results['seed']}; judge: {results['judge'] or '-'}.",
+             "Conventions (docs/benchmark.md): `flowzoo benchmark`'s defaults, GenPPL `judge_text: decode`, `judge_eos: all`; MDLM's "
+             "`ancestral` stops at MDLM time τ = the path's eps (1e-3), not MDLM's code's 1e-5.", "",
              "| series | train step | distill steps | training FLOPs | NFE | " + " | ".join(metrics) + " |",
              "|---|---:|---:|---:|---:|" + "---:|" * len(metrics)]
     for p in sorted(results["points"], key=lambda p: (p["series"], p["flops"])):

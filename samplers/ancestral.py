@@ -30,20 +30,37 @@ class AncestralSampler(Sampler):
     """T steps t_0 = 0 < ... < t_T: a [MASK] at t_i becomes token v w.p. ((a_j - a_i)/(1 - a_i)) p_theta(v | x),
     stays masked w.p. (1 - a_j)/(1 - a_i) (a = alpha, j = i + 1); unmasked tokens are kept (SUBS).
 
-    ``mode="ancestral"`` is MDLM: times end at t_max = 1 - eps, then ``noise_removal`` fills any remaining
-    mask with argmax p_theta (``noise_removal=False``: a draw from p_theta). ``mode="counted"`` unmasks exactly round(L t_j) - round(L t_i) uniformly chosen
+    ``mode="ancestral"`` is MDLM: times t_i = i (1 - eps_end) / T end at MDLM time 1 - t_T = eps_end, then
+    ``noise_removal`` fills any remaining mask with argmax p_theta (``noise_removal=False``: a draw from p_theta).
+    ``end_eps`` is eps_end: None (the default, every committed table's) = the path's training eps (1e-3 by default,
+    t_T = path.t_max); MDLM's and Duo's code sample to 1e-5 (``end_eps=1e-5``), which leaves fewer masks to the
+    argmax fill. ``mode="counted"`` unmasks exactly round(L t_j) - round(L t_i) uniformly chosen
     masked positions per step, each drawn from p_theta, ending at t = 1 (T = L: one token per step).
     The network is skipped while no token changed (``cache``), valid without time conditioning.
     """
 
-    def __init__(self, steps: int = 128, mode: str = "ancestral", noise_removal: bool = True, cache: bool = True, temperature: float = 1.0) -> None:
+    def __init__(self, steps: int = 128, mode: str = "ancestral", noise_removal: bool = True, cache: bool = True, temperature: float = 1.0,
+                 end_eps: float | None = None) -> None:
         if steps < 1:
             raise ValueError(f"steps must be at least 1, got {steps}")
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; choices: {', '.join(MODES)}")
         if temperature <= 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
+        if end_eps is not None:
+            if mode == "counted":
+                raise ValueError("end_eps sets where mode=ancestral stops; mode=counted always ends at t = 1 (leave end_eps unset)")
+            if not 0.0 <= end_eps < 1.0:
+                raise ValueError(f"end_eps must lie in [0, 1), got {end_eps}")
         self.steps, self.mode, self.noise_removal, self.cache, self.temperature = steps, mode, noise_removal, cache, temperature
+        self.end_eps = end_eps
+
+    def end_time(self, path) -> float:
+        """The last time t_T of the schedule (flowzoo time, 1 = data): 1 for ``counted``; 1 - end_eps, or the path's
+        t_max = 1 - eps when ``end_eps`` is None, for ``ancestral``."""
+        if self.mode == "counted":
+            return 1.0
+        return path.t_max if self.end_eps is None else 1.0 - self.end_eps
 
     def incompatibility(self, parts):
         if not isinstance(parts["path"], MaskedPath):
@@ -65,8 +82,7 @@ class AncestralSampler(Sampler):
         x = path.sample_prior(num_samples, length, V, device=model.device)
         if prompt is not None:
             x = prompt.apply(x)
-        end = 1.0 if self.mode == "counted" else path.t_max
-        times = path.schedule(self.steps, end=end, device=model.device).double()
+        times = path.schedule(self.steps, end=self.end_time(path), device=model.device).double()
         reuse = self.cache and not path.time_conditioning
         p_x0, nfe = None, 0
         for i in progress(range(self.steps), desc="ancestral"):
@@ -86,7 +102,7 @@ class AncestralSampler(Sampler):
                 p_x0 = None
             x = x_next
             yield x, nfe
-        if (x == V).any():  # only after mode="ancestral", which stops at t_max < 1
+        if (x == V).any():  # only after mode="ancestral", which stops at 1 - end_eps < 1
             if p_x0 is None:
                 p_x0, nfe = self._p_x0(model, x, times[-1].expand(num_samples).float()), nfe + 1
             fill = p_x0.argmax(-1) if self.noise_removal else sample_categorical(p_x0, generator)

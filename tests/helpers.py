@@ -20,6 +20,26 @@ def benchmark_script(name: str):
     return module
 
 
+# --- a tiny transformers judge (the GenPPL tests) --------------------------------------------------------------
+def tiny_gpt2_judge(directory, texts, context: int):
+    """A random 2-layer GPT-2 with a byte-level BPE trained on ``texts`` (EOS ``<|endoftext|>``), saved as a
+    transformers directory of ``context`` positions."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(list(texts) * 3, trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
+    fast.save_pretrained(directory)
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=tok.get_vocab_size(), n_positions=context, n_layer=2, n_embd=32, n_head=2)
+    GPT2LMHeadModel(config).eval().save_pretrained(directory)
+    return directory
+
+
 # --- small flow-map models (the flow-map tests) ----------------------------------------------------
 V, L, B = 11, 6, 4
 TINY = {"name": "dit", "init_args": {"width": 32, "depth": 2, "heads": 2, "cond_dim": 16}}

@@ -38,6 +38,7 @@ import yaml
 import flowzoo
 from flowzoo import registry
 from flowzoo.errors import FlowzooError
+from flowzoo.judges import EOS_CONVENTIONS
 from flowzoo.metrics import CompletionPerplexity, GenerativePerplexity, MarkovQuality, UnigramEntropy, ValidationLoss
 from flowzoo.progress import progress
 from flowzoo.sampling import refuse_ignored_options
@@ -55,6 +56,8 @@ DEFAULTS: dict[str, Any] = {
     "repeats": 3,
     "judge": None,  # a transformers name/path (gpt2-large) or a flowzoo AR checkpoint
     "judge_batch_size": 16,
+    "judge_text": "decode",  # decode: the data module's text (as the examples show); raw: every id, special tokens as strings (MDLM/Duo)
+    "judge_eos": "all",  # all: every judge token scored; first: EOS after the first not scored (MDLM/Duo); truncate: cut at the first EOS
     "val_batches": 4,
     "reference": True,  # a row scoring real validation sequences with the same metrics
     "plot_metrics": None,
@@ -78,6 +81,7 @@ METRICS = {
     "distinct": True,
 }
 HIDDEN = ("entropy_rate",)  # constant figures of the data, not of the samples
+JUDGE_TEXTS = ("decode", "raw")
 
 LIKELIHOOD_OBJECTIVES = ("ar", "mdlm")  # objectives whose loss is an NLL or a NELBO (exp = perplexity bound)
 
@@ -107,6 +111,10 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> dict[str, A
     for key in ("num_samples", "batch_size", "repeats"):
         if int(config[key]) < 1:
             raise BenchmarkConfigError(f"{key} must be at least 1, got {config[key]}")
+    if config["judge_text"] not in JUDGE_TEXTS:
+        raise BenchmarkConfigError(f"unknown judge_text {config['judge_text']!r}; choices: {', '.join(JUDGE_TEXTS)}")
+    if config["judge_eos"] not in EOS_CONVENTIONS:
+        raise BenchmarkConfigError(f"unknown judge_eos {config['judge_eos']!r}; choices: {', '.join(EOS_CONVENTIONS)}")
     for entry in config["models"]:
         if not isinstance(entry, dict) or "checkpoint" not in entry:
             raise BenchmarkConfigError(f"each model needs a 'checkpoint' (and optionally 'name', 'samplers'): got {entry!r}")
@@ -195,7 +203,12 @@ class TokenizerText:
         return cls(tokenizer) if tokenizer is not None else None
 
     def decode(self, tokens: torch.Tensor) -> list[str]:
+        """Special tokens dropped (``tokenizers``' default)."""
         return self.tokenizer.decode_batch(tokens.tolist())
+
+    def decode_raw(self, tokens: torch.Tensor) -> list[str]:
+        """Special tokens written as their strings (``[CLS]``, ``[SEP]``), as MDLM / Duo decode their samples."""
+        return self.tokenizer.decode_batch(tokens.tolist(), skip_special_tokens=False)
 
     def evaluate_samples(self, tokens: torch.Tensor) -> dict[str, float]:
         return {}
@@ -204,25 +217,34 @@ class TokenizerText:
         return {}
 
 
-def quality_metrics(data, judge) -> dict[str, Any]:
+def quality_metrics(data, judge, judge_eos: str = "all") -> dict[str, Any]:
     metrics: dict[str, Any] = {"entropy": UnigramEntropy()}
     if getattr(data, "chain", None) is not None:
         metrics["markov"] = MarkovQuality(data.chain)
     if judge is not None:
-        metrics["gen_ppl"] = GenerativePerplexity(judge)
+        metrics["gen_ppl"] = GenerativePerplexity(judge, eos=judge_eos)
     return metrics
 
 
-def score(tokens: torch.Tensor, data, judge) -> dict[str, float]:
-    """Every quality figure of samples (N, L), in float."""
-    metrics = quality_metrics(data, judge)
+def judge_texts(tokens: torch.Tensor, data, judge_text: str = "decode") -> list[str]:
+    """The text of samples (N, L) that the judge reads: the data module's ``decode`` (``decode``: special tokens as the
+    data writes them, e.g. dropped on Hub corpora) or ``decode_raw`` (``raw``: every id, special tokens as strings)."""
+    if judge_text not in JUDGE_TEXTS:
+        raise BenchmarkConfigError(f"unknown judge_text {judge_text!r}; choices: {', '.join(JUDGE_TEXTS)}")
+    return data.decode_raw(tokens) if judge_text == "raw" else data.decode(tokens)
+
+
+def score(tokens: torch.Tensor, data, judge, judge_text: str = "decode", judge_eos: str = "all") -> dict[str, float]:
+    """Every quality figure of samples (N, L), in float; ``judge_text`` / ``judge_eos``: the GenPPL conventions
+    (:func:`judge_texts`, :mod:`flowzoo.judges`)."""
+    metrics = quality_metrics(data, judge, judge_eos)
     out: dict[str, float] = {}
     metrics["entropy"].update(tokens)
     out["entropy"] = float(metrics["entropy"].compute())
     if "markov" in metrics:
         metrics["markov"].update(tokens)
         out.update({k: float(v) for k, v in metrics["markov"].compute().items()})
-    texts = data.decode(tokens) if data is not None else None
+    texts = judge_texts(tokens, data, judge_text) if data is not None else None
     if "gen_ppl" in metrics and texts is not None:  # a model with neither data nor tokenizer has no text to judge
         metrics["gen_ppl"].update(texts)
         out["gen_ppl"] = float(metrics["gen_ppl"].compute())
@@ -264,7 +286,8 @@ def prompt_set(config: dict[str, Any], data, model, length: int) -> torch.Tensor
     return torch.tensor([ids[i % len(ids)] for i in range(N)], dtype=torch.long)
 
 
-def completion_scores(tokens: torch.Tensor, known: torch.Tensor, data, judge=None) -> dict[str, float]:
+def completion_scores(tokens: torch.Tensor, known: torch.Tensor, data, judge=None, judge_text: str = "decode",
+                      judge_eos: str = "all") -> dict[str, float]:
     """Figures of completions (N, L) of prefix prompts (``known`` (N, L), one prompt length): the data's
     conditional ones (``evaluate_completions``: exact on markov) or, on text, its sample figures (word
     validity) of the generated part; with a judge ``gen_ppl`` of prompt + completion scored on the completion
@@ -278,8 +301,8 @@ def completion_scores(tokens: torch.Tensor, known: torch.Tensor, data, judge=Non
         out.update({k: float(v) for k, v in data.evaluate_samples(generated).items()})
     if judge is not None and data is not None:
         K = int(known[0].sum())
-        ppl = CompletionPerplexity(judge)
-        ppl.update(data.decode(tokens[:, :K]), data.decode(tokens))
+        ppl = CompletionPerplexity(judge, eos=judge_eos)
+        ppl.update(judge_texts(tokens[:, :K], data, judge_text), judge_texts(tokens, data, judge_text))
         out["gen_ppl"] = float(ppl.compute())
     entropy = UnigramEntropy()
     entropy.update(generated)
@@ -313,7 +336,7 @@ def run_conditional_row(model, sampler: dict | None, data, prompts: torch.Tensor
         "steps": getattr(chosen, "steps", None),
         "nfe": nfe,
         "prompt_len": prompts.shape[1],
-        "metrics": completion_scores(samples, known, data, judge),
+        "metrics": completion_scores(samples, known, data, judge, config["judge_text"], config["judge_eos"]),
         "example": data.decode(samples[:1])[0] if data is not None else None,
     }
 
@@ -376,7 +399,7 @@ def run_row(model, sampler: dict | None, data, judge, config: dict[str, Any], le
         "sampler_label": sampler_label(registry.spec(chosen)),
         "steps": getattr(chosen, "steps", None),
         "nfe": nfe,
-        "metrics": score(samples, data, judge),
+        "metrics": score(samples, data, judge, config["judge_text"], config["judge_eos"]),
         "seconds_per_batch": median,
         "seconds_timed": seconds,
         "tokens_per_second": batch_size * length / median,
@@ -462,7 +485,7 @@ def run(config: dict[str, Any], output: str | Path | None = None) -> dict[str, A
     if config["reference"] and reference_data is not None:
         real = torch.stack([reference_data.splits["validation"][i]["input_ids"] for i in range(min(int(config["num_samples"]), len(reference_data.splits["validation"])))])
         rows.append({"model": "data (validation)", "sampler": None, "sampler_name": "data", "sampler_label": "data", "steps": None, "nfe": 0,
-                     "metrics": score(real[:, : int(length)], reference_data, judge), "seconds_per_batch": None,
+                     "metrics": score(real[:, : int(length)], reference_data, judge, config["judge_text"], config["judge_eos"]), "seconds_per_batch": None,
                      "tokens_per_second": None, "peak_memory_mib": None, "memory_method": None, "example": reference_data.decode(real[:1])[0]})
     results["length"] = length
     results["headline"] = headline(results, config)
@@ -561,6 +584,8 @@ def markdown(results: dict[str, Any]) -> str:
         f"{' (' + env['gpu'] + ')' if 'gpu' in env else ''}, {env['threads']} threads, torch {env['torch']}, flowzoo {env['flowzoo']}."
         f" Judge: {results['judge'] or 'none'}. Time per batch: median of the timed batches after {results['config']['warmup']} warm-up."
     )
+    lines.append("")
+    lines.append(conventions(results))
     lines += ["", "| model | sampler | steps | NFE | " + " | ".join(f"{m} {arrows[m]}".strip() for m in columns) + " | ms / batch | tokens / s | peak MiB |"]
     lines.append("|" + "---|" * (4 + len(columns) + 3))
     for r in rows:
@@ -596,6 +621,25 @@ def markdown(results: dict[str, Any]) -> str:
         if r.get("example") is not None:
             lines.append(f"- **{r['model']} / {r.get('sampler_label', r['sampler_name'])} {_fmt(r['steps'])}**: `{r['example'][:160]}`")
     return "\n".join(lines) + "\n"
+
+
+def conventions(results: dict[str, Any]) -> str:
+    """The comparability conventions a table was made with (docs/benchmark.md): the judge's text and EOS handling,
+    and where the discrete-diffusion samplers stop."""
+    config = results["config"]
+    text, eos = config.get("judge_text", "decode"), config.get("judge_eos", "all")
+    parts = [f"GenPPL text `judge_text: {text}` ("
+             + ("the data module's decode: Hub corpora drop special tokens and put each document on its own line" if text == "decode"
+                else "every id, special tokens written as their strings, as MDLM / Duo decode") + ")",
+             f"`judge_eos: {eos}` (" + {"all": "every judge token scored, EOS included",
+                                        "first": "the judge's EOS ids after the first of each piece not scored, as MDLM / Duo",
+                                        "truncate": "each sample cut after its first judge EOS"}[eos] + ")"]
+    names = {r.get("sampler_name") for r in results["rows"]}
+    if "ancestral" in names:
+        parts.append("`ancestral` stops at MDLM time τ = the path's eps (1e-3) unless the row says `end_eps` (MDLM's code: 1e-5)")
+    if "uniform_ancestral" in names:
+        parts.append("`uniform_ancestral` at τ = `end_eps` (Duo's 1e-5 unless the row says otherwise)")
+    return "Conventions: " + "; ".join(parts) + "."
 
 
 def _headline_lines(h: dict[str, Any]) -> list[str]:
@@ -701,6 +745,10 @@ def benchmark_main(argv: list[str]) -> None:
     parser.add_argument("--threads", type=int)
     parser.add_argument("--repeats", type=int)
     parser.add_argument("--judge", help="a transformers causal LM (name or directory) or a flowzoo AR checkpoint")
+    parser.add_argument("--judge-text", dest="judge_text", choices=JUDGE_TEXTS,
+                        help="the text the judge reads: decode (the data's own, default) or raw (special tokens as strings, MDLM/Duo)")
+    parser.add_argument("--judge-eos", dest="judge_eos", choices=EOS_CONVENTIONS,
+                        help="the judge's EOS: all scored (default), first (later EOS not scored, MDLM/Duo) or truncate (cut at the first)")
     parser.add_argument("--prompts-from", dest="prompts_from",
                         help="add conditional rows: 'validation' (held-out rows' first --prompt-len tokens) or a file of prompts, one per line")
     parser.add_argument("--prompt-len", dest="prompt_len", type=int, help="known tokens per prompt (default 8)")

@@ -10,6 +10,12 @@ tokens, each scored on its own; the first token of each piece has no context and
 Two kinds: :class:`HFJudge` (any ``transformers`` causal LM by name or local path,
 ``gpt2-large`` in the literature) and :class:`FlowzooJudge` (a flowzoo model trained with the
 ``ar`` objective and a causal backbone, using the data module's tokenizer).
+
+``score(sequences, eos=...)`` says what happens to the judge's end-of-sequence id (:data:`EOS_CONVENTIONS`):
+``all`` scores every token, EOS included (flowzoo's default); ``first`` scores every token but the EOS ids after
+the first one of each piece (MDLM / Duo's ``record_generative_perplexity``: valid = (cumsum(y = EOS) = 1) or
+y != EOS; the tokens after an EOS are still scored); ``truncate`` cuts each sequence after its first EOS (kept,
+scored) and scores what is left. A judge without an EOS id scores every token under all three.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import torch.nn.functional as F
 from flowzoo.errors import CheckpointError, DataError, FlowzooError
 
 DEFAULT_BATCH_SIZE = 8
+EOS_CONVENTIONS = ("all", "first", "truncate")
 
 
 class JudgeError(FlowzooError, ValueError):
@@ -49,11 +56,32 @@ def pad_right(pieces: list[list[int]], device) -> tuple[torch.Tensor, torch.Tens
     return ids.to(device), mask.to(device)
 
 
-def next_token_nll(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> tuple[float, int]:
-    """sum_i -log softmax(logits_{i-1})[y_i] over real positions i >= 1, and their number."""
+def next_token_nll(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, scored: torch.Tensor | None = None) -> tuple[float, int]:
+    """sum_i -log softmax(logits_{i-1})[y_i] over real positions i >= 1 (``scored`` (B, L): those of them that count;
+    default all of ``mask``), and their number."""
     nll = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), ids[:, 1:], reduction="none")  # (B, L-1)
-    scored = mask[:, 1:].bool()
-    return float(nll.double()[scored].sum()), int(scored.sum())
+    counted = (mask if scored is None else scored)[:, 1:].bool()
+    return float(nll.double()[counted].sum()), int(counted.sum())
+
+
+def check_eos(eos: str) -> str:
+    if eos not in EOS_CONVENTIONS:
+        raise ValueError(f"unknown EOS convention {eos!r}; choices: {', '.join(EOS_CONVENTIONS)}")
+    return eos
+
+
+def truncate_at_eos(ids: Sequence[int], eos_id: int) -> list[int]:
+    """``ids`` up to and including its first ``eos_id`` (all of it when there is none)."""
+    ids = [int(i) for i in ids]
+    return ids[: ids.index(eos_id) + 1] if eos_id in ids else ids
+
+
+def first_eos_scored(ids: torch.Tensor, mask: torch.Tensor, eos_id: int) -> torch.Tensor:
+    """(B, L) bool: real positions whose token is not EOS, or is the first EOS of its row (MDLM / Duo's
+    ``first_eos + token_mask``, per piece)."""
+    real = mask.bool()
+    is_eos = (ids == eos_id) & real
+    return real & (~is_eos | (is_eos.long().cumsum(-1) == 1))
 
 
 class Judge:
@@ -62,11 +90,14 @@ class Judge:
     context: int
     batch_size: int = DEFAULT_BATCH_SIZE
     name: str = "judge"
+    eos_id: int | None = None  # the judge's end-of-sequence id (its tokenizer's), None: it has none
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         raise NotImplementedError
 
-    def piece_nll(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[float, int]:
+    def piece_nll(self, ids: torch.Tensor, mask: torch.Tensor, scored: torch.Tensor | None = None) -> tuple[float, int]:
+        """(sum of -log p(y_i | y_<i), count) over positions i >= 1 of ``scored`` (default: every real one of ``mask``);
+        ids, mask, scored (B, L), the rows padded on the right."""
         raise NotImplementedError
 
     @property
@@ -74,13 +105,20 @@ class Judge:
         raise NotImplementedError
 
     @torch.no_grad()
-    def score(self, sequences: Sequence[Sequence[int]]) -> tuple[float, int]:
-        """(total NLL in nats, scored tokens) over all sequences, cut into pieces of ``context``."""
+    def score(self, sequences: Sequence[Sequence[int]], eos: str = "all") -> tuple[float, int]:
+        """(total NLL in nats, scored tokens) over all sequences, cut into pieces of ``context``; ``eos`` the
+        convention for the judge's EOS id (module docstring)."""
+        eos_id = self.eos_id if check_eos(eos) != "all" else None
+        if eos == "truncate" and eos_id is not None:
+            sequences = [truncate_at_eos(seq, eos_id) for seq in sequences]
         pieces = [p for seq in sequences for p in chunks(seq, self.context)]
         total, count = 0.0, 0
         for start in range(0, len(pieces), self.batch_size):
             ids, mask = pad_right(pieces[start : start + self.batch_size], self.device)
-            nll, n = self.piece_nll(ids, mask)
+            if eos == "first" and eos_id is not None:
+                nll, n = self.piece_nll(ids, mask, first_eos_scored(ids, mask, eos_id))
+            else:
+                nll, n = self.piece_nll(ids, mask)
             total, count = total + nll, count + n
         return total, count
 
@@ -107,6 +145,7 @@ class HFJudge(Judge):
         config = self.model.config
         self.context = int(context or getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None) or 1024)
         self.batch_size, self.name = batch_size, str(name_or_path)
+        self.eos_id = self.tokenizer.eos_token_id
 
     @property
     def device(self) -> torch.device:
@@ -115,9 +154,9 @@ class HFJudge(Judge):
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         return [list(ids) for ids in self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
 
-    def piece_nll(self, ids, mask):
+    def piece_nll(self, ids, mask, scored=None):
         logits = self.model(input_ids=ids, attention_mask=mask).logits  # (B, L, V)
-        return next_token_nll(logits, ids, mask)
+        return next_token_nll(logits, ids, mask, scored)
 
 
 class FlowzooJudge(Judge):
@@ -136,6 +175,8 @@ class FlowzooJudge(Judge):
         self.data = data_from_spec(model.data_spec)
         self.context = self.data.seq_len if self.data is not None else 1024
         self.batch_size, self.name = batch_size, name
+        eos = getattr(self.data, "eos_id", None)  # text data's EOS; hub corpora write a separator after each document
+        self.eos_id = eos if eos is not None else getattr(self.data, "separator", None)
 
     @property
     def device(self) -> torch.device:
@@ -154,13 +195,13 @@ class FlowzooJudge(Judge):
                 raise DataError(f"word {err.args[0]!r} is not in the judge's Markov vocabulary") from None
         raise DataError(f"judge {self.name!r}: its data module {type(self.data).__name__} has no tokenizer to encode text with")
 
-    def piece_nll(self, ids, mask):
+    def piece_nll(self, ids, mask, scored=None):
         custom = getattr(self.model.objective, "sequence_nll", None)  # an AR objective may define its own shift
         if custom is not None:
             nll = custom(self.model, ids)  # (B, L-1): -log p(y_i | y_<i) for i >= 1
-            scored = mask[:, 1:].bool()
-            return float(nll.double()[scored].sum()), int(scored.sum())
-        return next_token_nll(self.model.logits(ids, None), ids, mask)
+            counted = (mask if scored is None else scored)[:, 1:].bool()
+            return float(nll.double()[counted].sum()), int(counted.sum())
+        return next_token_nll(self.model.logits(ids, None), ids, mask, scored)
 
 
 def is_flowzoo_checkpoint(path: str | os.PathLike) -> bool:

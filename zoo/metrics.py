@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torchmetrics import Metric
 
-from flowzoo.judges import Judge, load_judge
+from flowzoo.judges import Judge, check_eos, load_judge
 
 
 def _sum_state(metric: Metric, name: str) -> None:
@@ -32,14 +32,17 @@ class GenerativePerplexity(Metric):
 
     ``judge`` is a :class:`flowzoo.judges.Judge`, a ``transformers`` name or directory (``gpt2-large``),
     or a flowzoo AR checkpoint. ``update`` takes decoded texts (retokenised with the judge's
-    tokenizer), or a (B, L) tensor of ids already in the judge's vocabulary.
+    tokenizer), or a (B, L) tensor of ids already in the judge's vocabulary. ``eos``: what happens to the
+    judge's EOS id, ``all`` (every token scored, the default), ``first`` (MDLM / Duo: EOS ids after the first of
+    each piece not scored) or ``truncate`` (each sample cut after its first EOS); see :mod:`flowzoo.judges`.
     """
 
     full_state_update = False
     higher_is_better = False
 
-    def __init__(self, judge: "Judge | str", device: str | torch.device = "cpu", batch_size: int = 8, **kwargs: Any) -> None:
+    def __init__(self, judge: "Judge | str", device: str | torch.device = "cpu", batch_size: int = 8, eos: str = "all", **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.eos = check_eos(eos)
         # a plain attribute (not a registered submodule): the judge's weights stay out of state_dict
         self.__dict__["judge"] = load_judge(judge, device=device, batch_size=batch_size)
         _sum_state(self, "total_nll")
@@ -50,7 +53,7 @@ class GenerativePerplexity(Metric):
             sequences = samples.detach().cpu().long().tolist()
         else:
             sequences = self.judge.encode(list(samples))
-        total, count = self.judge.score(sequences)
+        total, count = self.judge.score(sequences, eos=self.eos)
         self.total_nll += total
         self.num_tokens += count
 
@@ -68,8 +71,8 @@ class CompletionPerplexity(GenerativePerplexity):
     def update(self, prompts: Sequence[str], texts: Sequence[str]) -> None:  # type: ignore[override]
         if len(prompts) != len(texts):
             raise ValueError(f"{len(prompts)} prompts for {len(texts)} texts")
-        whole, n_whole = self.judge.score(self.judge.encode(list(texts)))
-        prefix, n_prefix = self.judge.score(self.judge.encode(list(prompts)))
+        whole, n_whole = self.judge.score(self.judge.encode(list(texts)), eos=self.eos)
+        prefix, n_prefix = self.judge.score(self.judge.encode(list(prompts)), eos=self.eos)
         self.total_nll += whole - prefix
         self.num_tokens += n_whole - n_prefix
 

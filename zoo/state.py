@@ -111,6 +111,9 @@ class FusedSwitch:
                 return "backbone", "the kernels need the backbone's embed / unembed linear projections (dit)"
             if self.passes_self_condition and getattr(backbone, "self_condition", False):
                 return "backbone", "self-conditioning (the previous prediction as an input) runs on the dense state"
+            nonlinear = getattr(backbone, "nonlinear_input_refusal", None)
+            if self.needs_linear_path and callable(nonlinear) and nonlinear():
+                return "backbone", nonlinear()
         if not isinstance(parts.get("head"), CategoricalHead):
             return "head", "the kernels compute the categorical head's cross-entropy (--model.head=categorical)"
         if self.needs_linear_path and not isinstance(parts.get("path"), LinearPath):

@@ -72,6 +72,7 @@ def results():
 def test_table_orders_each_series_by_flops_and_states_the_formula(tmp_path):
     text = curves.table(results())
     assert "6·N·B·L·k" in text and "(6·N_student + 2·N_teacher)·B·L·d" in text
+    assert "judge_text: decode" in text and "judge_eos: all" in text and "the path's eps (1e-3)" in text  # the conventions
     rows = [line for line in text.splitlines() if line.startswith("| flow")]
     assert [r.split("|")[2].strip() for r in rows] == ["250", "500"]
     assert "| data (validation) |" in text

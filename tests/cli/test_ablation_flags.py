@@ -16,6 +16,8 @@ FLAGS = [
     "--model.backbone.init_args.heads=2",
     "--model.backbone.init_args.cond_dim=16",
     "--model.backbone.init_args.self_condition=true",
+    "--model.backbone.init_args.input_projection=softmax",
+    "--model.backbone.init_args.input_temperature=0.5",
     "--model.objective=flow_matching",
     "--model.objective.init_args.loss_weighting=learned",
     "--model.objective.init_args.fused=false",
@@ -40,6 +42,7 @@ def test_the_ablation_flags_reach_the_model(capsys):
     model = FlowLM(**config, vocab_size=12)
     assert model.path.sigma == 0.5 and model.path.time == "tau"
     assert model.backbone.self_condition and model.objective.loss_weighting == "learned"
+    assert model.backbone.input_projection == "softmax" and model.backbone.input_temperature == 0.5
     assert model.head.softcap == 30 and model.sampler.grid == "uniform"
     optimizer = model.configure_optimizers()["optimizer"]
     assert all(group["betas"] == (0.9, 0.95) for group in optimizer.param_groups)
@@ -56,5 +59,6 @@ def test_the_defaults_are_todays(capsys):
     assert model["path"]["init_args"]["sigma"] == 1.0 and model["path"]["init_args"]["time"] == "linear"
     assert model["objective"]["init_args"]["loss_weighting"] == "none"
     assert model["backbone"]["init_args"]["self_condition"] is False and model["backbone"]["init_args"]["main_time"] == "target"
+    assert model["backbone"]["init_args"]["input_projection"] == "linear"
     assert model["head"]["init_args"]["softcap"] is None and model["betas"] == [0.9, 0.99]
     assert model["sampler"]["init_args"]["grid"] == "linspace"

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from flowzoo.data.markov import MarkovChain
+from helpers import tiny_gpt2_judge
 from flowzoo.judge_fit import judge_fit_args
 from flowzoo.judges import FlowzooJudge, HFJudge, chunks, load_judge
 from flowzoo.metrics import GenerativePerplexity, MarkovQuality, UnigramEntropy, ValidationLoss
@@ -24,22 +25,7 @@ TEXTS = [
 
 @pytest.fixture(scope="module")
 def tiny_judge(tmp_path_factory):
-    """A random 2-layer GPT-2 with a byte-level BPE trained on a few lines, saved as a transformers directory."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
-
-    directory = tmp_path_factory.mktemp("judge")
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(TEXTS * 3, trainer=trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
-    fast.save_pretrained(directory)
-    torch.manual_seed(0)
-    config = GPT2Config(vocab_size=tok.get_vocab_size(), n_positions=CONTEXT, n_layer=2, n_embd=32, n_head=2)
-    GPT2LMHeadModel(config).eval().save_pretrained(directory)
-    return directory
+    return tiny_gpt2_judge(tmp_path_factory.mktemp("judge"), TEXTS, CONTEXT)
 
 
 def direct_perplexity(directory, texts, context):
@@ -258,7 +244,7 @@ def test_completion_perplexity_scores_the_completion_only():
         def encode(self, texts):
             return [[int(c) for c in t] for t in texts]
 
-        def score(self, sequences):
+        def score(self, sequences, eos="all"):
             return float(sum(sum(s[1:]) for s in sequences)), sum(len(s) - 1 for s in sequences)
 
     metric = CompletionPerplexity(Toy())

@@ -111,6 +111,17 @@ class DiTBlock(nn.Module):
 
 
 MAIN_TIMES = ("target", "source")
+INPUT_PROJECTIONS = ("linear", "normalized", "softmax")
+
+
+def project_state(x: torch.Tensor, projection: str, temperature: float) -> torch.Tensor:
+    """The state x (B, L, V_in) as the input projection reads it, before W_in: x itself (``linear``),
+    x / ||x||_2 per position (``normalized``) or softmax(x / T) (``softmax``), in float32."""
+    if projection == "normalized":
+        return x.float() / x.float().norm(dim=-1, keepdim=True).clamp_min(1e-6)  # (B, L, V_in), unit norm per position
+    if projection == "softmax":
+        return torch.softmax(x.float() / temperature, dim=-1)  # (B, L, V_in), on the simplex
+    return x
 
 
 @register("backbone", "dit")
@@ -124,6 +135,19 @@ class DiT(Backbone):
 
     ``self_condition`` (CDCD, Plaid): the trunk also reads a previous prediction D^ (B, L, V_out) of the clean
     tokens, h_0 = x W_in^T + D^ W_sc^T with W_sc zero-initialised; no D^ (``self_cond=None``) is D^ = 0.
+
+    ``input_projection`` says how a float state x (B, L, V_in) enters the trunk (ids always embed as rows of W_in):
+
+    * ``linear`` (the default, FLM's): e = x W_in^T. On the linear path ||x_t||^2 ~ (1 - t)^2 sigma^2 V + t^2, so
+      the input's scale falls by sigma sqrt(V) from noise to data;
+    * ``normalized``: e = (x / ||x||_2) W_in^T per position: the input has norm 1 at every t (a one-hot's, so a
+      clean token reads as its row of W_in); the realised-norm form of CDCD / EDM's c_in = 1 / sqrt(sigma_t^2 + 1);
+    * ``softmax``: e = softmax(x / T) W_in^T with T = ``input_temperature`` (SSD-LM, TESS: the network reads the
+      probabilities of the noisy simplex state; their logits of +-K, K = 5, are T = 1 / (2K) = 0.1 on the one-hot
+      scale; Duo's relaxation is the DDiT's ``soft_input: softmax``).
+
+    Only ``linear`` is linear in x, which the fused kernels need (they embed x_t W_in^T without building x_t): the
+    other two run on the dense state (``FusedSwitch.fused_refusal`` says so; automatic ``fused`` falls back).
     """
 
     def __init__(
@@ -137,11 +161,18 @@ class DiT(Backbone):
         causal: bool = False,
         main_time: str = "target",
         self_condition: bool = False,
+        input_projection: str = "linear",
+        input_temperature: float = 0.1,
     ) -> None:
         super().__init__()
         if main_time not in MAIN_TIMES:
             raise ValueError(f"unknown main_time {main_time!r}; choices: {', '.join(MAIN_TIMES)}")
+        if input_projection not in INPUT_PROJECTIONS:
+            raise ValueError(f"unknown input_projection {input_projection!r}; choices: {', '.join(INPUT_PROJECTIONS)}")
+        if not input_temperature > 0:
+            raise ValueError(f"input_temperature must be positive, got {input_temperature}")
         self.main_time, self.self_condition = main_time, bool(self_condition)
+        self.input_projection, self.input_temperature = input_projection, float(input_temperature)
         self.width, self.depth, self.heads = width, depth, heads
         self.cond_dim, self.causal = cond_dim, causal
         self.t_embed = TimeEmbedder(cond_dim)
@@ -167,12 +198,21 @@ class DiT(Backbone):
         return self
 
     def embed_input(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, L) ids -> rows of W_in; (B, L, V_in) states -> x @ W_in^T. Both (B, L, width)."""
+        """(B, L) ids -> rows of W_in; (B, L, V_in) states -> P(x) W_in^T with P the ``input_projection``
+        (:func:`project_state`: x, x / ||x||, softmax(x / T)). Both (B, L, width)."""
         if x.dtype in (torch.int64, torch.int32):
             return F.embedding(x, self.embed.weight.t())
         if x.shape[-1] != self.in_dim:
             raise ValueError(f"backbone expects states of shape (B, L, {self.in_dim}), got {tuple(x.shape)}")
+        x = project_state(x, self.input_projection, self.input_temperature)
         return self.embed(x.to(self.embed.weight.dtype) if not torch.is_autocast_enabled() else x)
+
+    def nonlinear_input_refusal(self) -> str | None:
+        """Why an input embedding cannot be computed outside this backbone as x W_in^T (the fused kernels' e), or None."""
+        if self.input_projection == "linear":
+            return None
+        return (f"input_projection={self.input_projection} is not linear in the state x, and the fused kernels embed "
+                "x W_in^T without building x: it runs on the dense state")
 
     def condition(self, batch: int, t: torch.Tensor | None, s: torch.Tensor | None, device) -> torch.Tensor:
         if t is None:  # AR: no time; the modulation reduces to its learned biases
@@ -253,6 +293,9 @@ class DiT(Backbone):
             raise RuntimeError("DiT.bind(in_dim, out_dim) must be called before forward")
         if not embedded:
             return self.embed_input(x)
+        refusal = self.nonlinear_input_refusal()
+        if refusal:
+            raise ValueError(f"an input embedding given to the trunk (embedded=True) is x W_in^T, but {refusal}")
         if x.dim() != 3 or x.shape[-1] != self.width:
             raise ValueError(f"an input embedding must have shape (B, L, {self.width}), got {tuple(x.shape)}")
         return x if torch.is_autocast_enabled() else x.to(self.embed.weight.dtype)

@@ -55,6 +55,12 @@ class TokenDataModule(Component, L.LightningDataModule):
     def decode(self, tokens: torch.Tensor) -> list[str]:
         raise NotImplementedError
 
+    def decode_raw(self, tokens: torch.Tensor) -> list[str]:
+        """Text of each row (B, L) with every id written, special tokens as their strings (``[CLS]``, ``[SEP]``,
+        ``<|endoftext|>``): MDLM / Duo's ``tokenizer.batch_decode(samples)``, the judge's text under
+        ``judge_text: raw``. Data without special tokens (markov, shakespeare, mirror): :meth:`decode` itself."""
+        return self.decode(tokens)
+
     def evaluate_samples(self, tokens: torch.Tensor) -> dict[str, float]:
         """Quality figures of generated ids (B, L), e.g. valid-transition rate or word validity."""
         return {}

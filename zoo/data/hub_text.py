@@ -245,6 +245,11 @@ class HubTextData(TokenDataModule):
             texts.append("\n".join(tok.decode(p, skip_special_tokens=True) for p in pieces))
         return texts
 
+    def decode_raw(self, tokens: torch.Tensor) -> list[str]:
+        """Every id of each row, special tokens as their strings and no line breaks added: the transformers
+        tokenizer's ``batch_decode`` with its defaults, as MDLM / Duo hand their samples to the judge."""
+        return self.tokenizer.batch_decode(torch.as_tensor(tokens).tolist())
+
     @property
     def vocabulary(self) -> frozenset[str]:
         """Words of (up to 20,000) training documents: the reference for word validity."""

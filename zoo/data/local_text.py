@@ -404,6 +404,11 @@ class TextData(TokenDataModule):
         tokens = torch.as_tensor(tokens)
         return decode_rows(self.portable_tokenizer, tokens.reshape(-1, tokens.shape[-1]).tolist())  # (B, L); one row if (L,)
 
+    def decode_raw(self, tokens: torch.Tensor) -> list[str]:
+        """Every id of each row, each special token written as its text (the trailing run too, not once)."""
+        tokens = torch.as_tensor(tokens)
+        return self.portable_tokenizer.decode_batch(tokens.reshape(-1, tokens.shape[-1]).tolist(), skip_special_tokens=False)
+
     def save_tokenizer(self, directory) -> list[str]:
         """Write the tokenizer into ``directory`` (``tokenizer.json``; a transformers tokenizer's own files)."""
         directory = Path(directory)
