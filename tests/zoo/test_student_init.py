@@ -94,6 +94,15 @@ def test_euler_step_init_is_applied_once_and_survives_a_reload(tmp_path):
     assert all(torch.equal(v, trained[k]) for k, v in student.backbone.state_dict().items())
 
 
+def test_an_euler_step_student_samples_with_any_flow_map_sampler():
+    """generate() with a sampler other than the model's checks the parts it is given (no backbone among them): an
+    ``euler_step`` student must not be refused there (it was: KeyError 'backbone' in check_compatible)."""
+    teacher = trained_ish_teacher({"name": "dit", "init_args": DIT})
+    student = student_of(teacher, {"name": "dit", "init_args": {**DIT, "main_time": "source"}}, "euler_step")
+    out = student.generate(2, 6, sampler={"name": "flow_map", "init_args": {"steps": 2}}, seed=0)
+    assert out.tokens.shape == (2, 6) and out.nfe == 2
+
+
 def test_euler_step_init_refusals_are_one_clear_message():
     with pytest.raises(IncompatibleComponentsError, match="main_time=source"):
         FlowLM(backbone={"name": "dit", "init_args": DIT}, vocab_size=V,
