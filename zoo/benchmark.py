@@ -142,8 +142,11 @@ def sampler_grid(entries: list[Any] | None) -> list[dict[str, Any] | None]:
                 args["steps"] = value
             for key, wrong in registry.not_numbers(cls, args)[:1]:  # refused here, not as a comparison error mid-run
                 raise BenchmarkConfigError(f"sampler {entry['name']!r}: {key} must be a number, got {wrong!r}")
-            if value is not None:
-                args["steps"] = int(value)
+            given = args.get("steps")  # from the entry's steps or its init_args
+            if given is not None:
+                if isinstance(given, bool) or not (isinstance(given, int) or (isinstance(given, float) and given.is_integer())):
+                    raise BenchmarkConfigError(f"sampler entry {entry!r}: steps must be a whole number, got {given!r}")
+                args["steps"] = int(given)
             # an option the sampler would ignore (temperature under argmax, steps beside times) is refused, not run
             changed = {k: v for k, v in args.items() if k not in defaults or defaults[k] != v or (k == "steps" and value is not None)}
             refuse_ignored_options({"name": entry["name"], "init_args": {**defaults, **args}}, changed)
