@@ -28,6 +28,7 @@ import math
 import os
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,7 @@ import yaml
 
 import flowzoo
 from flowzoo import registry
-from flowzoo.errors import FlowzooError
+from flowzoo.errors import DataError, FlowzooError
 from flowzoo.judges import EOS_CONVENTIONS
 from flowzoo.metrics import CompletionPerplexity, GenerativePerplexity, MarkovQuality, UnigramEntropy, ValidationLoss
 from flowzoo.progress import progress
@@ -141,8 +142,11 @@ def sampler_grid(entries: list[Any] | None) -> list[dict[str, Any] | None]:
                 args["steps"] = value
             for key, wrong in registry.not_numbers(cls, args)[:1]:  # refused here, not as a comparison error mid-run
                 raise BenchmarkConfigError(f"sampler {entry['name']!r}: {key} must be a number, got {wrong!r}")
-            if value is not None:
-                args["steps"] = int(value)
+            given = args.get("steps")  # from the entry's steps or its init_args
+            if given is not None:
+                if isinstance(given, bool) or not (isinstance(given, int) or (isinstance(given, float) and given.is_integer())):
+                    raise BenchmarkConfigError(f"sampler entry {entry!r}: steps must be a whole number, got {given!r}")
+                args["steps"] = int(given)
             # an option the sampler would ignore (temperature under argmax, steps beside times) is refused, not run
             changed = {k: v for k, v in args.items() if k not in defaults or defaults[k] != v or (k == "steps" and value is not None)}
             refuse_ignored_options({"name": entry["name"], "init_args": {**defaults, **args}}, changed)
@@ -191,19 +195,26 @@ def timed(fn, device: torch.device) -> tuple[Any, float]:
 
 
 class TokenizerText:
-    """Stands in for the data module of a model known only by its tokenizer (an imported MDLM / FLM model):
-    samples are decoded with ``tokenizer.json`` for the judge and the examples; there are no data metrics."""
+    """Stands in for the data module of a model known only by its tokenizer (an imported MDLM / FLM model, or a
+    model whose training files have moved): samples are decoded with its ``tokenizer.json`` for the judge and the
+    examples; the only data figures are those of ``source``'s ``metric`` on the decoded text (they need no corpus)."""
 
-    def __init__(self, tokenizer) -> None:
+    def __init__(self, tokenizer, source=None) -> None:
         self.tokenizer = tokenizer
+        self.source = source  # the training data module whose files are not here (None: the model records none)
 
     @classmethod
-    def of(cls, model) -> "TokenizerText | None":
+    def of(cls, model, source=None) -> "TokenizerText | None":
         tokenizer = getattr(model, "tokenizer", None)
-        return cls(tokenizer) if tokenizer is not None else None
+        return cls(tokenizer, source) if tokenizer is not None else None
 
     def decode(self, tokens: torch.Tensor) -> list[str]:
-        """Special tokens dropped (``tokenizers``' default)."""
+        """Special tokens dropped (``tokenizers``' default); for a data module's stand-in, as it decodes
+        (:func:`flowzoo.data.text.decode_rows`: EOS written as its token)."""
+        if self.source is not None:
+            from flowzoo.data.text import decode_rows
+
+            return decode_rows(self.tokenizer, tokens.tolist())
         return self.tokenizer.decode_batch(tokens.tolist())
 
     def decode_raw(self, tokens: torch.Tensor) -> list[str]:
@@ -214,7 +225,9 @@ class TokenizerText:
         return {}
 
     def sample_metrics(self, tokens: torch.Tensor) -> dict[str, float | None]:
-        return {}
+        if self.source is None or not getattr(self.source, "metric", None):
+            return {}
+        return self.source.text_metrics(self.decode(tokens))  # a metric of decoded text needs no corpus
 
 
 def quality_metrics(data, judge, judge_eos: str = "all") -> dict[str, Any]:
@@ -443,7 +456,7 @@ def run(config: dict[str, Any], output: str | Path | None = None) -> dict[str, A
     from flowzoo.checkpoints import load_checkpoint
     from flowzoo.devices import resolve_device
     from flowzoo.judges import load_judge
-    from flowzoo.sampling import data_from_spec
+    from flowzoo.sampling import training_data, training_length
 
     if config.get("threads"):
         torch.set_num_threads(int(config["threads"]))
@@ -460,19 +473,33 @@ def run(config: dict[str, Any], output: str | Path | None = None) -> dict[str, A
         if name not in loaded:
             loaded.clear()  # one model in memory at a time
             model = load_checkpoint(entry["checkpoint"]).to(device).eval()
-            data = data_from_spec(model.data_spec)
+            data, unavailable = training_data(model)
             if length is None:
-                length = data.seq_len if data is not None else (getattr(model, "hub_metadata", {}).get("imported") or {}).get("seq_len")
+                length = training_length(model, data) or (getattr(model, "hub_metadata", {}).get("imported") or {}).get("seq_len")
                 if length is None:
                     raise BenchmarkConfigError(f"{entry['checkpoint']} does not record its data; set 'length' in the config (--length)")
-            reference_data = reference_data or data
+            validation = None
+            if data is not None:
+                try:  # files moved or deleted, a machine that only pulled the model: measure what needs no corpus
+                    if data.vocab_size != model.vocab_size:
+                        raise DataError(f"its tokenizer now has {data.vocab_size} ids, the model {model.vocab_size}: the files changed")
+                    validation = validation_loss(model, data, int(config["val_batches"]))
+                except (FlowzooError, OSError) as err:
+                    unavailable = err
             models[name] = {
                 "checkpoint": str(entry["checkpoint"]),
                 "config": model.config(),
                 "parameters": sum(p.numel() for p in model.parameters()),
-                "validation": validation_loss(model, data, int(config["val_batches"])),
+                "validation": validation,
             }
-            loaded[name] = (model, data if data is not None else TokenizerText.of(model))
+            if unavailable is not None:
+                models[name]["note"] = (f"the training data is not available here ({unavailable}): its rows carry only the figures "
+                                        "that need no corpus (decoded with the checkpoint's tokenizer), validation loss n/a")
+                print(f"flowzoo: note: {name}: {models[name]['note']}", file=sys.stderr)
+                loaded[name] = (model, TokenizerText.of(model, data))
+            else:
+                reference_data = reference_data or data
+                loaded[name] = (model, data if data is not None else TokenizerText.of(model))
         model, data = loaded[name]
         row = run_row(model, spec, data, judge, config, int(length), device)
         rows.append({"model": name, **row})
@@ -608,7 +635,14 @@ def markdown(results: dict[str, Any]) -> str:
     lines += ["", "## Models", "", "| model | checkpoint | parameters | objective | val loss | perplexity bound |", "|---|---|---|---|---|---|"]
     for name, m in results["models"].items():
         val = m["validation"] or {}
-        lines.append(f"| {name} | `{m['checkpoint']}` | {m['parameters']:,} | {m['config']['objective']['name']} | {_fmt(val.get('loss'))} | {_fmt(val.get('ppl_bound'), 2)} |")
+        if m.get("note") and m["validation"] is None:
+            loss = bound = "n/a"  # no validation data here
+        else:
+            loss, bound = _fmt(val.get("loss")), _fmt(val.get("ppl_bound"), 2)
+        lines.append(f"| {name} | `{m['checkpoint']}` | {m['parameters']:,} | {m['config']['objective']['name']} | {loss} | {bound} |")
+    notes = [f"Note: {name}: {m['note']}." for name, m in results["models"].items() if m.get("note")]
+    if notes:
+        lines += ["", *notes]
     h = results.get("headline")
     if h:
         lines += ["", "## Headline", ""]

@@ -133,6 +133,9 @@ class EndOfRun(Callback):
         print("\nflowzoo: interrupted; finishing this step and saving last.ckpt (Ctrl-C again to abort)", file=sys.stderr, flush=True)
 
     def on_train_start(self, trainer, pl_module) -> None:
+        from flowzoo.runs import forget_fresh_run
+
+        forget_fresh_run()  # training starts: the run folder stays whatever happens next (flowzoo.runs)
         self._interrupted, self._stop_reason = False, None
         if threading.current_thread() is threading.main_thread():
             self._previous_handler = signal.signal(signal.SIGINT, self._on_sigint)

@@ -357,7 +357,7 @@ def quiet_lightning() -> None:
 def lightning_main(argv: Sequence[str]) -> None:
     from flowzoo.data.base import TokenDataModule
     from flowzoo.module import FlowLM
-    from flowzoo.runs import RUN_DIR_ENV
+    from flowzoo.runs import RUN_DIR_ENV, abandon_fresh_run, forget_fresh_run
 
     registry.load_all()
     check_ckpt_path(argv)
@@ -369,6 +369,7 @@ def lightning_main(argv: Sequence[str]) -> None:
     # Lightning's `ddp` launcher starts the other processes by re-running this command line (sys.argv): give it ours.
     program, sys.argv = sys.argv, [sys.argv[0], *argv]
     inherited = RUN_DIR_ENV in os.environ
+    forget_fresh_run()
     try:
         with switched_components_start_fresh(), one_line_option_errors(argv):
             FlowzooCLI(
@@ -380,7 +381,11 @@ def lightning_main(argv: Sequence[str]) -> None:
                 trainer_defaults={"log_every_n_steps": 10},
                 parser_kwargs={"exit_on_error": False, **{c: {"exit_on_error": False} for c in LIGHTNING_COMMANDS}},
             )
+    except BaseException:
+        abandon_fresh_run()  # refused before training started: no empty version_N, latest stays on the last real run
+        raise
     finally:
+        forget_fresh_run()
         sys.argv = program
         if not inherited:
             os.environ.pop(RUN_DIR_ENV, None)

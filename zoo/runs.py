@@ -8,13 +8,16 @@
 
 A new run takes the next free number with ``os.mkdir`` (atomic), so two fits started at once into one root get two
 folders and never interleave their checkpoints. ``--ckpt_path last`` resumes *in* the newest run's folder (its
-``last.ckpt``); any other ``--ckpt_path`` starts a new folder from that checkpoint.
+``last.ckpt``); any other ``--ckpt_path`` starts a new folder from that checkpoint. A fit refused before its training
+starts (a data module on a missing file, a bad checkpoint) removes the folder it created, and ``latest`` points back
+at the newest real run (:func:`abandon_fresh_run`).
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -24,6 +27,7 @@ RUN_DIR_ENV = "FLOWZOO_RUN_DIR"  # set for the processes Lightning's `ddp` launc
 DEFAULT_ROOT = "runs/default"
 POINTERS = ("checkpoints", "pretrained")
 _VERSION = re.compile(r"version_(\d+)$")
+_fresh: list[Path] = []  # the folder this process's fit created, until its training starts
 
 
 def versions(root: Path) -> list[int]:
@@ -99,7 +103,34 @@ def choose_run_dir(default_root_dir: str | None, ckpt_path: str | None) -> Path:
         run = latest_run(root) if ckpt_path == "last" else None
         if run is None:
             run = new_run(root)
+            _fresh[:] = [run]
         point_to(root, run)
     except PermissionError as err:
         raise FlowzooError(f"cannot write the run folder in --trainer.default_root_dir {root}: {err.strerror}") from None
     return run
+
+
+def forget_fresh_run() -> None:
+    """This process's fit has started training (or ended): its folder stays, whatever happens next."""
+    _fresh.clear()
+
+
+def abandon_fresh_run() -> None:
+    """Remove the folder this process's fit created if its training never started (refused while the model or data
+    were built), and point ``latest`` (with ``checkpoints``, ``pretrained``) back at the newest run left, or remove
+    the pointers when none is left; a ``latest`` another fit has taken since is left alone."""
+    if not _fresh:
+        return
+    run = _fresh.pop()
+    root = run.parent
+    shutil.rmtree(run, ignore_errors=True)
+    link = root / "latest"
+    if link.is_symlink() and os.readlink(link) != run.name:
+        return
+    numbers = versions(root)
+    if numbers:
+        point_to(root, root / f"version_{numbers[-1]}")
+        return
+    for name in ("latest", *POINTERS):
+        if (root / name).is_symlink():
+            (root / name).unlink()

@@ -88,6 +88,14 @@ def test_sampler_grid_expands_steps_and_refuses_unknown_names():
         sampler_grid([{"name": "no_such_sampler", "steps": [1]}])
 
 
+def test_sampler_grid_refuses_fractional_steps_naming_the_entry():
+    for entry in ({"name": "euler", "steps": 2.5}, {"name": "euler", "steps": [4, 2.5]}, {"name": "euler", "init_args": {"steps": 2.5}}):
+        with pytest.raises(BenchmarkConfigError, match=r"sampler entry \{'name': 'euler'.*steps must be a whole number, got 2\.5") as err:
+            sampler_grid([entry])
+        assert "\n" not in str(err.value)
+    assert sampler_grid([{"name": "euler", "steps": 2.0}]) == [{"name": "euler", "init_args": {"steps": 2}}]  # a whole float is fine
+
+
 def test_config_errors_are_clear(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump({"models": [{"checkpoint": "x"}], "sample_count": 3}))

@@ -64,6 +64,23 @@ def test_a_second_fit_into_the_same_root_gets_its_own_folder_and_last_ckpt_point
     assert "run folder" in capsys.readouterr().err
 
 
+def test_a_fit_refused_while_building_its_data_leaves_no_run_folder_and_latest_on_the_last_real_run(tmp_path, capsys):
+    missing = ["fit", "--data=text", f"--data.files=[{tmp_path / 'no_such.txt'}]", "--model.backbone.width=32",
+               "--model.backbone.depth=1", "--model.backbone.heads=2", "--model.backbone.cond_dim=16", "--trainer.max_steps=1"]
+    fresh = tmp_path / "fresh"
+    assert main([*missing, f"--trainer.default_root_dir={fresh}"]) != 0
+    assert "cannot read" in capsys.readouterr().err
+    assert not fresh.exists() or sorted(p.name for p in fresh.iterdir()) == []  # no empty version_0, no dangling links
+    root = tmp_path / "run"
+    assert main(["fit", *TINY, *QUIET_VAL, "--trainer.max_steps=1", f"--trainer.default_root_dir={root}"]) == 0
+    assert main([*missing, f"--trainer.default_root_dir={root}"]) != 0
+    assert sorted(p.name for p in root.iterdir()) == ["checkpoints", "latest", "pretrained", "version_0"]
+    assert (root / "latest").resolve() == (root / "version_0").resolve()
+    assert (root / "checkpoints/last.ckpt").is_file()
+    assert main(["fit", *TINY, *QUIET_VAL, "--trainer.max_steps=1", f"--trainer.default_root_dir={root}"]) == 0
+    assert (root / "latest").resolve() == (root / "version_1").resolve()  # the next real run takes the next number
+
+
 def test_fits_started_at_once_never_share_a_folder(tmp_path):
     from flowzoo.runs import new_run
 
