@@ -23,8 +23,10 @@ from flowzoo.errors import FlowzooError
 SAME = ("num_samples", "batch_size", "seed", "device", "warmup")
 
 
-def merge(parts: list[dict], config: dict) -> dict:
-    """One results dict from ``parts`` (results dicts, each complete); ``config`` gives the name and headline."""
+def merge(parts: list[dict], config: dict, allow_partial: bool = False) -> dict:
+    """One results dict from ``parts`` (results dicts, each complete unless ``allow_partial``: a part stopped early
+    keeps the rows it finished, and the merged table lists what it did not run); ``config`` gives the name and
+    headline."""
     if not parts:
         raise ValueError("nothing to merge: give at least one --part")
     for key in SAME:
@@ -34,8 +36,8 @@ def merge(parts: list[dict], config: dict) -> dict:
     if len({p["length"] for p in parts}) > 1:
         raise ValueError(f"the parts differ in sequence length ({sorted({p['length'] for p in parts})})")
     unfinished = [p["name"] for p in parts if not p.get("complete")]
-    if unfinished:
-        raise ValueError(f"a part did not finish ({unfinished}): merge complete runs only")
+    if unfinished and not allow_partial:
+        raise ValueError(f"a part did not finish ({unfinished}): merge complete runs only, or pass --allow-partial")
     models, rows, data_rows = {}, [], []
     for part in parts:
         for name, model in part["models"].items():
@@ -52,10 +54,27 @@ def merge(parts: list[dict], config: dict) -> dict:
         "name": merged_config["name"], "config": merged_config, "environment": parts[0]["environment"],
         "judge": parts[0]["judge"], "length": parts[0]["length"], "models": models, "rows": rows + data_rows[:1],
         "conditional_rows": [r for p in parts for r in p.get("conditional_rows") or []], "complete": True,
-        "parts": [{"name": p["name"], "environment": p["environment"]} for p in parts],
+        "parts": [{"name": p["name"], "environment": p["environment"], "complete": bool(p.get("complete"))} for p in parts],
+        "not_run": [_missing(p) for p in parts if not p.get("complete")],
     }
     results["headline"] = headline(results, merged_config)
     return results
+
+
+def _missing(part: dict) -> str:
+    """The rows a part stopped before: its models' sampler settings with no row."""
+    from flowzoo.benchmark import sampler_grid
+
+    done = {(r["model"], r["sampler_name"], r["steps"]) for r in part["rows"]}
+    left = []
+    for entry in part["config"]["models"]:
+        for spec in sampler_grid(entry.get("samplers")):
+            if spec is None:
+                continue
+            key = (entry.get("name"), spec["name"], (spec.get("init_args") or {}).get("steps"))
+            if key not in done:
+                left.append(f"{key[0]} {key[1]} {key[2]}")
+    return f"{part['name']}: stopped before " + (", ".join(left) or "its reference row")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,11 +82,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True, help="the full benchmark YAML (its name, models' order and headline)")
     parser.add_argument("--part", action="append", required=True, help="a benchmark output folder holding results.json (repeatable)")
     parser.add_argument("--output", required=True, help="where results.{json,md,png} of the merge go")
+    parser.add_argument("--allow-partial", action="store_true", help="merge a part that stopped early: its finished rows, the rest listed as not run")
     args = parser.parse_args(argv)
     try:
         parts = [json.loads((Path(p) / "results.json").read_text()) for p in args.part]
         config = load_config(args.config)
-        paths = write(merge(parts, config), args.output)
+        merged = merge(parts, config, args.allow_partial)
+        paths = write(merged, args.output)
+        if merged["not_run"]:
+            with open(paths["markdown"], "a") as f:
+                f.write("\n## Not run\n\n" + "\n".join(f"- {line}" for line in merged["not_run"]) + "\n")
     except (OSError, ValueError, FlowzooError) as err:
         print(f"merge_results: {err}", file=sys.stderr)
         return 2

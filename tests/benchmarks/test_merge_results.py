@@ -61,3 +61,19 @@ def test_parts_that_are_not_comparable_are_refused(tmp_path, capsys, change):
     assert script.main(["--config", str(config), "--part", _write(tmp_path, "a", a), "--part", _write(tmp_path, "b", b), "--output", str(tmp_path / "o")]) == 2
     assert "not comparable" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_a_part_that_stopped_early_is_refused_unless_allowed_and_then_lists_what_it_did_not_run(tmp_path, capsys):
+    script = benchmark_script("merge_results")
+    a = _part("a", ["map"], [_row("map", "flow_map", 1, 1.5, 0.1)])
+    b = _part("b", ["Duo"], [_row("Duo", "uniform_ancestral", 8, 1.4, 1.0)])
+    b["complete"] = False
+    b["config"]["models"] = [{"name": "Duo", "samplers": [{"name": "uniform_ancestral", "steps": [8, 1024]}]}]
+    config = tmp_path / "full.yaml"
+    config.write_text(json.dumps({"name": "full", "models": [{"name": "map", "checkpoint": "map"}]}))
+    parts = ["--part", _write(tmp_path, "a", a), "--part", _write(tmp_path, "b", b)]
+    assert script.main(["--config", str(config), *parts, "--output", str(tmp_path / "o")]) == 2
+    assert "did not finish" in capsys.readouterr().err
+    assert script.main(["--config", str(config), *parts, "--output", str(tmp_path / "o"), "--allow-partial"]) == 0
+    text = (tmp_path / "o" / "results.md").read_text()
+    assert "## Not run" in text and "Duo uniform_ancestral 1024" in text and "uniform_ancestral 8" not in text.split("## Not run")[1]
