@@ -55,19 +55,22 @@ def merge(parts: list[dict], config: dict, allow_partial: bool = False) -> dict:
         "judge": parts[0]["judge"], "length": parts[0]["length"], "models": models, "rows": rows + data_rows[:1],
         "conditional_rows": [r for p in parts for r in p.get("conditional_rows") or []], "complete": True,
         "parts": [{"name": p["name"], "environment": p["environment"], "complete": bool(p.get("complete"))} for p in parts],
-        "not_run": [_missing(p) for p in parts if not p.get("complete")],
+        "not_run": [_missing(p, set(models) - set(p["models"])) for p in parts if not p.get("complete")],
     }
     results["headline"] = headline(results, merged_config)
     return results
 
 
-def _missing(part: dict) -> str:
-    """The rows a part stopped before: its models' sampler settings with no row."""
+def _missing(part: dict, elsewhere: set[str]) -> str:
+    """The rows a part stopped before: its models' sampler settings with no row (models another part measured, in
+    ``elsewhere``, are not missing)."""
     from flowzoo.benchmark import sampler_grid
 
     done = {(r["model"], r["sampler_name"], r["steps"]) for r in part["rows"]}
     left = []
     for entry in part["config"]["models"]:
+        if entry.get("name") in elsewhere:
+            continue
         for spec in sampler_grid(entry.get("samplers")):
             if spec is None:
                 continue
