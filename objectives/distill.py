@@ -88,8 +88,9 @@ class Distill(FrozenTeacher, FlowMapObjective):
 
     def incompatibility(self, parts):
         found = super().incompatibility(parts)
-        if found is None and self.student_init == "euler_step" and "backbone" in parts:  # the backbone is checked when built
-            refusal = getattr(parts["backbone"], "euler_step_refusal", lambda: "it cannot start a map as its flow's Euler step")()
+        backbone = parts.get("backbone")  # given when the model is built (not when a sampler is swapped in)
+        if found is None and self.student_init == "euler_step" and backbone is not None:
+            refusal = getattr(backbone, "euler_step_refusal", lambda: "it cannot start a map as its flow's Euler step")()
             if refusal:
                 return "backbone", f"student_init='euler_step': {refusal}"
         if found is None and self.target == "trajectory" and not parts["path"].mean_denoiser:

@@ -169,7 +169,7 @@ def check_compatible(parts: dict[str, Component]) -> None:
         found = part.incompatibility(parts) if isinstance(part, Component) else None
         if found is not None:
             other_kind, reason = found
-            other = parts.get(other_kind)  # a part not given here (e.g. the backbone when only a sampler changes)
+            other = parts[other_kind]
             raise IncompatibleComponentsError(
                 f"{kind} {part.registry_name!r} cannot be used with {other_kind} "
                 f"{getattr(other, 'registry_name', type(other).__name__)!r}: {reason}"
