@@ -36,6 +36,7 @@ from flowzoo import registry
 from flowzoo.best_of_n import best_of_n
 from flowzoo.checkpoints import load_checkpoint
 from flowzoo.module import FlowLM
+from flowzoo.objectives.reward import training_reward_evaluations
 from flowzoo.rewards import TiltedChain
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,6 +73,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="runs/study/markov", help="folder with {flow_map,mdlm,ar}/pretrained (benchmarks/study.py)")
     parser.add_argument("--finetuned", action="append", default=[], metavar="NAME=PATH", help="reward-fine-tuned flow maps to add")
+    parser.add_argument("--trajectory", action="append", default=[], metavar="NAME=RUN",
+                        help="a reward fine-tune's run folder: a 1-step row for each of its step checkpoints (checkpoints/*step=K.ckpt)")
+    parser.add_argument("--skip-baselines", action="store_true", help="no rows of the exact laws, base map, best-of-N and "
+                        "steering: only the --finetuned, --trajectory and --policy-gradient rows (a table of its own)")
     parser.add_argument("--num-samples", type=int, default=256)
     parser.add_argument("--mass", type=float, default=0.1, help="stationary mass of W")
     parser.add_argument("--seed", type=int, default=0)
@@ -84,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pg-samples", type=int, default=64, help="samples (= reward evaluations) per REINFORCE step")
     parser.add_argument("--pg-every", type=int, default=50, help="a row every this many steps")
     parser.add_argument("--pg-lr", type=float, default=1e-4)
-    parser.add_argument("--pg-mdlm-steps", type=int, default=32, help="ancestral steps of MDLM's samples while fine-tuning")
+    parser.add_argument("--mdlm-steps", type=int, default=32, help="ancestral steps of MDLM's samples (best-of-N and REINFORCE)")
     args = parser.parse_args(argv)
     torch.manual_seed(args.seed)
     models = Path(args.models)
@@ -113,33 +118,30 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.append:
         rows.extend(read_rows(Path(args.output)))
-    else:
+    elif not args.skip_baselines:
         baselines(args, add, tilted, exact_base, own, seconds, base_map, reward, W, lam, n, L, models)
     for item in args.finetuned:
         label, _, path = item.partition("=")
         model = load_checkpoint(path)
-        trained = training_evaluations(model)
+        trained = training_reward_evaluations(model)
         for steps in (1, 4):
             out, secs = timed(lambda: model.generate(n, L, sampler={"name": "flow_map", "init_args": {"steps": steps}}, seed=args.seed))
             add(f"{label}", f"{steps} step{'s' if steps > 1 else ''}, {trained} train evals", out.tokens, 1, secs)
+    for item in args.trajectory:
+        label, _, run = item.partition("=")
+        for step, path in step_checkpoints(Path(run)):
+            model = load_checkpoint(path)
+            out, secs = timed(lambda: model.generate(n, L, sampler={"name": "flow_map", "init_args": {"steps": 1}}, seed=args.seed))
+            add(label, f"step {step}, 1 step, {training_reward_evaluations(model)} train evals", out.tokens, 1, secs)
     if args.policy_gradient:
-        for name, folder, sampler in [("AR", "ar", None), ("MDLM", "mdlm", {"name": "ancestral", "init_args": {"steps": args.pg_mdlm_steps}})]:
+        for name, folder, sampler in [("AR", "ar", None), ("MDLM", "mdlm", mdlm_sampler(args))]:
             path = models / folder / "pretrained"
             if not path.is_dir():
                 print(f"(no {path}: policy gradient of {name} skipped)")
                 continue
             policy_gradient(args, add, path, {"name": "token_count", "init_args": {"tokens": W}}, lam, n, L, name, sampler)
 
-    write(args, chain, W, base_reward, tilted, rows)
-
-
-def training_evaluations(model) -> int:
-    """Reward evaluations a ``reward``-fine-tuned model used in training: steps x (samples a step, + the batch with
-    ``intermediate``), from its saved config and training metadata."""
-    steps = int(((model.hub_metadata or {}).get("training") or {}).get("global_step", 0))
-    args = registry.spec(model.objective)["init_args"]
-    batch = int(((model.data_spec or {}).get("init_args") or {}).get("batch_size", 0))
-    return steps * (int(args.get("num_generated") or batch) + (batch if args.get("intermediate") else 0))
+    write(args, chain, W, base_reward, tilted, rows, exact_base.evaluate(own.tokens)["nll_tilted"])
 
 
 def policy_gradient(args, add, base_path: Path, reward: dict, lam: float, n: int, L: int, name: str, sampler) -> None:
@@ -166,6 +168,23 @@ def policy_gradient(args, add, base_path: Path, reward: dict, lam: float, n: int
             samples = model.generate(n, L, seed=args.seed).tokens
             add(f"policy gradient, {name}, lr {args.pg_lr:g}", f"{step * args.pg_samples} train evals", samples, 1,
                 time.perf_counter() - start)
+
+
+def step_checkpoints(run: Path) -> list[tuple[int, Path]]:
+    """The step checkpoints of a run folder (``<run>/[version_N/]checkpoints/*step=K.ckpt``, the newest version's),
+    sorted by step."""
+    folders = sorted(run.glob("version_*/checkpoints"), key=lambda p: int(p.parent.name.split("_")[-1])) or [run / "checkpoints"]
+    found = {}
+    for path in folders[-1].glob("*step=*.ckpt"):
+        found[int(re.search(r"step=(\d+)", path.name).group(1))] = path
+    if not found:
+        raise SystemExit(f"reward_markov: no step checkpoints (*step=K.ckpt) under {folders[-1]}")
+    return sorted(found.items())
+
+
+def mdlm_sampler(args) -> dict:
+    """MDLM's sampler in this benchmark: ancestral with ``--mdlm-steps`` steps (its own default, 128, is 4x the cost)."""
+    return {"name": "ancestral", "init_args": {"steps": args.mdlm_steps}}
 
 
 def read_rows(path: Path) -> list:
@@ -195,7 +214,8 @@ def baselines(args, add, tilted, exact_base, own, seconds, base_map, reward, W, 
 
     budgets = [2, 4, 16] if args.quick else [2, 4, 8, 16]
     spec = {"name": "token_count", "init_args": {"tokens": W}}
-    for name, folder, sampler in [("flow map 1 step", "flow_map", None), ("MDLM", "mdlm", None), ("AR", "ar", None)]:
+    for name, folder, sampler in [("flow map 1 step", "flow_map", None), (f"MDLM {args.mdlm_steps} steps", "mdlm", mdlm_sampler(args)),
+                                  ("AR", "ar", None)]:
         path = models / folder / "pretrained"
         if not path.is_dir():
             print(f"(no {path}: best-of-N from {name} skipped)")
@@ -220,7 +240,7 @@ def baselines(args, add, tilted, exact_base, own, seconds, base_map, reward, W, 
         add("particles, flow map 4 steps", f"K={K}", out.tokens, out.reward_evaluations / n, secs)
 
 
-def write(args, chain, W, base_reward, tilted, rows) -> None:
+def write(args, chain, W, base_reward, tilted, rows, base_nll: float) -> None:
     output = Path(args.output)
     H = chain.entropy_rate()
     lines = [
@@ -228,7 +248,7 @@ def write(args, chain, W, base_reward, tilted, rows) -> None:
         "",
         f"`python benchmarks/reward_markov.py --models {args.models} --num-samples {args.num_samples}` (seed {args.seed}).",
         f"r(x) = Σ_l 1[x_l ∈ W], W = {[chain.words[i] for i in W]} (ids {W}); base flow map (1 step) mean reward "
-        f"{base_reward:.3f}; λ = {tilted.lam:.4f} gives the exact E_ρr[r] = {tilted.expected_reward():.3f} (2× the base); "
+        f"{base_reward:.3f}, its NLL under ρ_1 {base_nll:.3f} nats/transition; λ = {tilted.lam:.4f} gives the exact E_ρr[r] = {tilted.expected_reward():.3f} (2× the base); "
         f"ρ_r's entropy {tilted.entropy() / (tilted.length - 1):.3f} nats/transition (ρ_1's entropy rate {H:.3f}).",
         "`way` = (reward − base) / (exact − base): 0 is the base model, 1 the tilted law. `kl proxy` = NLL under ρ_r minus "
         "ρ_r's entropy, per transition (≈0 for samples of ρ_r, < 0 collapse, > 0 off the law). Evaluations: reward "

@@ -42,6 +42,11 @@ class RewardFineTuning(DistributionMatching):
         self.tilt, self.kl_weighting = float(tilt), kl_weighting
         self.intermediate, self.distill_weight = float(intermediate), float(distill_weight)
 
+    def evaluations_per_step(self, batch_size: int) -> int:
+        """Reward evaluations of one training step on batches of ``batch_size``: the one-step samples
+        (``num_generated``, else the batch size), plus the batch again with ``intermediate``."""
+        return int(self.num_generated or batch_size) + (batch_size if self.intermediate else 0)
+
     def bound_reward(self, model):
         if self.reward.vocab_size is None:
             self.reward.bind(model.vocab_size)
@@ -106,3 +111,13 @@ class RewardFineTuning(DistributionMatching):
         out["dmd_gap"] = (fake - real).abs().sum(-1).mean()
         out["pushed"] = (logits, delta, sample)
         return out
+
+
+def training_reward_evaluations(model) -> int:
+    """Reward evaluations a model fine-tuned with the ``reward`` objective used in training: its steps (training
+    metadata) x :meth:`RewardFineTuning.evaluations_per_step` of its data's batch size; 0 for another objective."""
+    if not isinstance(model.objective, RewardFineTuning):
+        return 0
+    steps = int(((model.hub_metadata or {}).get("training") or {}).get("global_step", 0))
+    batch = int(((model.data_spec or {}).get("init_args") or {}).get("batch_size", 0))
+    return steps * model.objective.evaluations_per_step(batch)
