@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import argparse
 import re
+import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -33,6 +35,7 @@ import numpy as np
 import torch
 
 from flowzoo import registry
+from flowzoo.benchmark import named_path
 from flowzoo.best_of_n import best_of_n
 from flowzoo.checkpoints import load_checkpoint
 from flowzoo.module import FlowLM
@@ -72,8 +75,8 @@ def timed(fn):
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="runs/study/markov", help="folder with {flow_map,mdlm,ar}/pretrained (benchmarks/study.py)")
-    parser.add_argument("--finetuned", action="append", default=[], metavar="NAME=PATH", help="reward-fine-tuned flow maps to add")
-    parser.add_argument("--trajectory", action="append", default=[], metavar="NAME=RUN",
+    parser.add_argument("--finetuned", action="append", default=[], type=named_path, metavar="NAME=PATH", help="reward-fine-tuned flow maps to add")
+    parser.add_argument("--trajectory", action="append", default=[], type=named_path, metavar="NAME=RUN",
                         help="a reward fine-tune's run folder: a 1-step row for each of its step checkpoints (checkpoints/*step=K.ckpt)")
     parser.add_argument("--skip-baselines", action="store_true", help="no rows of the exact laws, base map, best-of-N and "
                         "steering: only the --finetuned, --trajectory and --policy-gradient rows (a table of its own)")
@@ -91,7 +94,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pg-lr", type=float, default=1e-4)
     parser.add_argument("--mdlm-steps", type=int, default=32, help="ancestral steps of MDLM's samples (best-of-N and REINFORCE)")
     args = parser.parse_args(argv)
+    args.command = "python benchmarks/reward_markov.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     torch.manual_seed(args.seed)
+    finetuned = [(label, load_checkpoint(path).eval()) for label, path in args.finetuned]  # a bad path fails before sampling
     models = Path(args.models)
     base_map = load_checkpoint(models / "flow_map" / "pretrained")
     data = registry.build("data", base_map.data_spec)
@@ -120,15 +125,12 @@ def main(argv: list[str] | None = None) -> None:
         rows.extend(read_rows(Path(args.output)))
     elif not args.skip_baselines:
         baselines(args, add, tilted, exact_base, own, seconds, base_map, reward, W, lam, n, L, models)
-    for item in args.finetuned:
-        label, _, path = item.partition("=")
-        model = load_checkpoint(path)
+    for label, model in finetuned:
         trained = training_reward_evaluations(model)
         for steps in (1, 4):
             out, secs = timed(lambda: model.generate(n, L, sampler={"name": "flow_map", "init_args": {"steps": steps}}, seed=args.seed))
             add(f"{label}", f"{steps} step{'s' if steps > 1 else ''}, {trained} train evals", out.tokens, 1, secs)
-    for item in args.trajectory:
-        label, _, run = item.partition("=")
+    for label, run in args.trajectory:
         for step, path in step_checkpoints(Path(run)):
             model = load_checkpoint(path)
             out, secs = timed(lambda: model.generate(n, L, sampler={"name": "flow_map", "init_args": {"steps": 1}}, seed=args.seed))
@@ -185,6 +187,14 @@ def step_checkpoints(run: Path) -> list[tuple[int, Path]]:
 def mdlm_sampler(args) -> dict:
     """MDLM's sampler in this benchmark: ancestral with ``--mdlm-steps`` steps (its own default, 128, is 4x the cost)."""
     return {"name": "ancestral", "init_args": {"steps": args.mdlm_steps}}
+
+
+def commands(args) -> list[str]:
+    """The header's command lines: with --append those of the table being extended, then this run's."""
+    earlier = []
+    if args.append and Path(args.output).is_file():
+        earlier = [line for line in Path(args.output).read_text().splitlines() if line.startswith("`python benchmarks/reward_markov.py")]
+    return [*earlier, f"`{args.command}` (seed {args.seed})."]
 
 
 def read_rows(path: Path) -> list:
@@ -246,7 +256,7 @@ def write(args, chain, W, base_reward, tilted, rows, base_nll: float) -> None:
     lines = [
         "# Reward alignment on `markov`, against the exact tilted law",
         "",
-        f"`python benchmarks/reward_markov.py --models {args.models} --num-samples {args.num_samples}` (seed {args.seed}).",
+        *commands(args),
         f"r(x) = Σ_l 1[x_l ∈ W], W = {[chain.words[i] for i in W]} (ids {W}); base flow map (1 step) mean reward "
         f"{base_reward:.3f}, its NLL under ρ_1 {base_nll:.3f} nats/transition; λ = {tilted.lam:.4f} gives the exact E_ρr[r] = {tilted.expected_reward():.3f} (2× the base); "
         f"ρ_r's entropy {tilted.entropy() / (tilted.length - 1):.3f} nats/transition (ρ_1's entropy rate {H:.3f}).",

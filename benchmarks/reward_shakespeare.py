@@ -24,13 +24,15 @@ the unigram entropy (``flowzoo.benchmark.score``), reward evaluations per sample
 from __future__ import annotations
 
 import argparse
+import shlex
+import sys
 import time
 from pathlib import Path
 
 import torch
 
 from flowzoo import registry
-from flowzoo.benchmark import score
+from flowzoo.benchmark import named_path, score
 from flowzoo.best_of_n import best_of_n
 from flowzoo.checkpoints import load_checkpoint
 from flowzoo.judges import load_judge
@@ -51,16 +53,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--etas", default="0.5,1,2,4", help="guidance multiples of lambda for the steered rows")
     parser.add_argument("--particles", type=int, default=4)
     parser.add_argument("--best-of", type=int, default=4)
-    parser.add_argument("--finetuned", action="append", default=[], metavar="NAME=PATH", help="reward-fine-tuned flow maps to add")
+    parser.add_argument("--finetuned", action="append", default=[], type=named_path, metavar="NAME=PATH", help="reward-fine-tuned flow maps to add")
     parser.add_argument("--num-samples", type=int, default=128)
     parser.add_argument("--show", type=int, default=3, help="samples printed per row")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default=str(ROOT / "benchmarks/results/reward_shakespeare.md"))
     args = parser.parse_args(argv)
+    args.command = "python benchmarks/reward_shakespeare.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     if args.num_samples < 1 or args.show < 0 or args.particles < 1 or args.best_of < 1:
         parser.error("--num-samples, --particles and --best-of must be >= 1 and --show >= 0")
     etas = [float(e) for e in args.etas.split(",") if e.strip()]
 
+    finetuned = [(label, load_checkpoint(path).eval()) for label, path in args.finetuned]  # a bad path fails before sampling
     models = Path(args.models)
     base = load_checkpoint(models / "flow_map" / "pretrained").eval()
     data, unavailable = training_data(base)
@@ -105,9 +109,7 @@ def main(argv: list[str] | None = None) -> None:
     add("particles, flow map 4 steps", f"K={args.particles}", out.tokens, out.reward_evaluations / n, secs)
     out, secs = timed(lambda: best_of_n(base, reward, args.best_of, n, L, seed=args.seed, tilt=lam))
     add("best-of-N SIR, flow map 1 step", f"N={args.best_of}", out.tokens, args.best_of, secs)
-    for item in args.finetuned:
-        label, _, path = item.partition("=")
-        model = load_checkpoint(path).eval()
+    for label, model in finetuned:
         trained = training_reward_evaluations(model)
         for steps in (1, 4):
             out, secs = timed(lambda: model.generate(n, L, sampler={"name": "flow_map", "init_args": {"steps": steps}}, seed=args.seed))
@@ -121,8 +123,7 @@ def write(args, lam: float, rows: list[dict]) -> None:
     lines = [
         "# Steering and reward fine-tuning on `shakespeare`, towards a genre",
         "",
-        f"`python benchmarks/reward_shakespeare.py --models {args.models} --classifier {args.classifier} --target {c}"
-        + "".join(f' --finetuned "{f}"' for f in args.finetuned) + f" --num-samples {args.num_samples}` (seed {args.seed}).",
+        f"`{args.command}` (seed {args.seed}).",
         f"r(x) = log p({c} | x) of the classifier; λ = {lam:g}, so ρ_r ∝ p({c} | x)·ρ_1(x) is the model's law conditioned on "
         f"`{c}` as the classifier reads it. `p({c})`: the classifier's mean p({c} | x); `share`: samples it reads as {c} "
         "(p > 0.5); GenPPL under the study's AR judge (lower is more fluent, as the judge sees it); entropy: unigram "

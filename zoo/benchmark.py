@@ -230,6 +230,18 @@ class TokenizerText:
         return self.source.text_metrics(self.decode(tokens))  # a metric of decoded text needs no corpus
 
 
+def named_path(value: str) -> tuple[str, str]:
+    """``NAME=PATH`` as (name, path). Either side may hold '=' (a label "λ=1", a checkpoint "epoch=0-step=50.ckpt"):
+    the split is at the first '=' after which an existing local path follows, else at the first '=' (a Hub id)."""
+    cuts = [i for i, c in enumerate(value) if c == "="]
+    for i in cuts:
+        if i and value[i + 1:] and Path(value[i + 1:]).exists():
+            return value[:i], value[i + 1:]
+    if not cuts or not value[:cuts[0]] or not value[cuts[0] + 1:]:
+        raise ValueError(f"expected NAME=PATH, got {value!r}")
+    return value[:cuts[0]], value[cuts[0] + 1:]
+
+
 def quality_metrics(data, judge, judge_eos: str = "all") -> dict[str, Any]:
     metrics: dict[str, Any] = {"entropy": UnigramEntropy()}
     if getattr(data, "chain", None) is not None:

@@ -177,3 +177,16 @@ def test_benchmark_reports_conditional_rows_beside_the_unconditional_ones(checkp
     capsys.readouterr()
     assert main(["benchmark", "--config", str(config), "--prompts-from", "validation", "--prompt-len", "12"]) == 2
     assert "prompt_len must lie in [1, 12) for sequences of 12, got 12" in capsys.readouterr().err
+
+
+def test_named_path_splits_where_an_existing_path_follows(tmp_path):
+    from flowzoo.benchmark import named_path
+
+    ckpt = tmp_path / "epoch=0-step=50.ckpt"
+    ckpt.touch()
+    assert named_path(f"tuned, λ=1={ckpt}") == ("tuned, λ=1", str(ckpt))  # '=' on both sides
+    assert named_path(f"a={ckpt}") == ("a", str(ckpt))
+    assert named_path("hub=org/model") == ("hub", "org/model")  # nothing local: the first '='
+    for bad in ("no-separator", "=path", "name="):
+        with pytest.raises(ValueError, match="expected NAME=PATH"):
+            named_path(bad)

@@ -43,6 +43,8 @@ def test_reward_markov_quick_run_with_the_policy_gradient_baseline(models, tmp_p
     script.main(["--models", str(models), "--num-samples", "16", "--output", str(output), "--append", *pg[:-2], "--pg-steps", "1"])
     again = output.read_text()
     assert again.count("\n| ") == before + 2 and again.count("| policy gradient, AR, lr 0.0001 | 4 train evals |") == 2
+    commands = [line for line in again.splitlines() if line.startswith("`python benchmarks/reward_markov.py")]
+    assert len(commands) == 2 and "--quick" in commands[0] and "--append" in commands[1]  # both runs' commands kept
 
 
 def test_training_evaluations_are_compared_at_the_fine_tuned_reward():
