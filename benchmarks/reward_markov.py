@@ -296,6 +296,7 @@ def evaluation_summary(rows) -> list[str]:
     if not tuned or not curves:
         return []
     lines = ["", "Reward evaluations in training (reward fine-tuning through the flow map against REINFORCE):", ""]
+    ratios = []  # REINFORCE's evaluations over the fine-tune's, per pair (a lower bound where it never got there)
     for method, budget, r in tuned:
         mine = train_evals(budget)
         for name, curve in curves.items():
@@ -307,6 +308,11 @@ def evaluation_summary(rows) -> list[str]:
             else:
                 lines.append(f"* {method} reaches {r['reward']:.3f} with {mine} evaluations; {name} first reaches it after "
                              f"{reached} ({reached / mine:.1f}x as many)")
+            ratios.append((reached or max(curve)[0]) / mine)
+    holds = min(ratios) >= 5
+    lines += ["", f"Verdict: the claim that the flow map's reward gradient needs at least 5x fewer reward evaluations than "
+              f"REINFORCE {'holds' if holds else 'does not hold'} here (REINFORCE needed {min(ratios):.1f}x to "
+              f"{max(ratios):.1f}x the fine-tune's evaluations{'' if holds else '; why: docs/rewards.md, Status'})."]
     return lines
 
 
