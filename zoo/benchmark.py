@@ -60,6 +60,9 @@ DEFAULTS: dict[str, Any] = {
     "judge_text": "decode",  # decode: the data module's text (as the examples show); raw: every id, special tokens as strings (MDLM/Duo)
     "judge_eos": "all",  # all: every judge token scored; first: EOS after the first not scored (MDLM/Duo); truncate: cut at the first EOS
     "val_batches": 4,
+    # CPU peak memory (torch.profiler) only for samplers of at most this many steps: the profiler keeps every op's
+    # event, about 7 MiB a step of a 64 x 64 batch (3.5 GB at 512 steps), so longer samplers' rows say "not measured"
+    "cpu_memory_max_steps": 256,
     "reference": True,  # a row scoring real validation sequences with the same metrics
     "plot_metrics": None,
     "prompts_from": None,  # conditional rows: "validation" (held-out rows' first prompt_len tokens) or a file of prompts
@@ -112,6 +115,8 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> dict[str, A
     for key in ("num_samples", "batch_size", "repeats"):
         if int(config[key]) < 1:
             raise BenchmarkConfigError(f"{key} must be at least 1, got {config[key]}")
+    if int(config["cpu_memory_max_steps"]) < 0:
+        raise BenchmarkConfigError(f"cpu_memory_max_steps must be at least 0, got {config['cpu_memory_max_steps']}")
     if config["judge_text"] not in JUDGE_TEXTS:
         raise BenchmarkConfigError(f"unknown judge_text {config['judge_text']!r}; choices: {', '.join(JUDGE_TEXTS)}")
     if config["judge_eos"] not in EOS_CONVENTIONS:
@@ -398,12 +403,16 @@ def run_row(model, sampler: dict | None, data, judge, config: dict[str, Any], le
         return model.generate(n, length, sampler=chosen, seed=s)
 
     torch.manual_seed(seed)  # for samplers that also draw from the global generator
-    memory, method = 0, ""
+    memory, method = None, ""
+    steps, limit = getattr(chosen, "steps", None), int(config["cpu_memory_max_steps"])
+    measured = device.type == "cuda" or steps is None or steps <= limit
     for w in range(max(int(config["warmup"]), 1)):
-        if w == 0:  # the first warm-up batch is the (untimed) memory measurement
+        if w == 0 and measured:  # the first warm-up batch is the (untimed) memory measurement
             _, memory, method = peak_memory(lambda: generate(batch_size, seed + 10_000), device)
         else:
             generate(batch_size, seed + 10_000 + w)
+    if not measured:
+        method = f"not measured on the CPU beyond cpu_memory_max_steps={limit} steps (the profiler's own event log would dominate)"
     torch.manual_seed(seed)
     tokens, seconds, nfe = [], [], None
     for b, start in enumerate(range(0, num_samples, batch_size)):
@@ -428,7 +437,7 @@ def run_row(model, sampler: dict | None, data, judge, config: dict[str, Any], le
         "seconds_per_batch": median,
         "seconds_timed": seconds,
         "tokens_per_second": batch_size * length / median,
-        "peak_memory_mib": memory / 2**20,
+        "peak_memory_mib": None if memory is None else memory / 2**20,
         "memory_method": method,
         "example": data.decode(samples[:1])[0] if data is not None else None,
     }

@@ -96,6 +96,21 @@ def test_sampler_grid_refuses_fractional_steps_naming_the_entry():
     assert sampler_grid([{"name": "euler", "steps": 2.0}]) == [{"name": "euler", "init_args": {"steps": 2}}]  # a whole float is fine
 
 
+def test_cpu_memory_is_not_measured_for_samplers_longer_than_the_limit(checkpoints, tmp_path):
+    """The profiler keeps an event per op (about 7 MiB a step of a 64 x 64 batch): past cpu_memory_max_steps a row
+    says its memory was not measured instead of the measurement exhausting the machine."""
+    out = tmp_path / "limited"
+    assert main(["benchmark", "--config", str(write_config(checkpoints, out, cpu_memory_max_steps=2)), "--threads", "1"]) == 0
+    rows = {(r["sampler_name"], r["steps"]): r for r in json.loads((out / "results.json").read_text())["rows"]}
+    assert rows[("euler", 2)]["peak_memory_mib"] > 0 and rows[("flow_map", 1)]["peak_memory_mib"] > 0
+    assert rows[("euler", 4)]["peak_memory_mib"] is None and "cpu_memory_max_steps=2" in rows[("euler", 4)]["memory_method"]
+    assert "not measured on the CPU beyond cpu_memory_max_steps=2 steps" in (out / "results.md").read_text()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"models": [{"checkpoint": "x"}], "cpu_memory_max_steps": -1}))
+    with pytest.raises(BenchmarkConfigError, match="cpu_memory_max_steps must be at least 0"):
+        load_config(bad)
+
+
 def test_config_errors_are_clear(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump({"models": [{"checkpoint": "x"}], "sample_count": 3}))
