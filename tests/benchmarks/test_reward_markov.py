@@ -89,7 +89,7 @@ def test_trajectory_rows_score_every_step_checkpoint_without_the_baselines(model
     from flowzoo.data.markov import MarkovData
 
     script = benchmark_script("reward_markov")
-    model = load_checkpoint(models / "flow_map" / "pretrained")
+    model = load_checkpoint(models / "flow_map" / "pretrained").train()  # loaded for inference, in eval mode
     saver = ModelCheckpoint(dirpath=tmp_path / "run" / "version_0" / "checkpoints", every_n_train_steps=1, save_top_k=-1)
     trainer = L.Trainer(max_steps=2, logger=False, callbacks=[saver], enable_progress_bar=False, limit_val_batches=0,
                         enable_model_summary=False)
