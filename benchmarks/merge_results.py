@@ -1,10 +1,12 @@
-"""Merge the ``results.json`` of several ``flowzoo benchmark`` runs over disjoint models into one table.
+"""Merge the ``results.json`` of several ``flowzoo benchmark`` runs into one table.
 
 A long benchmark can be run in parts (for example the undistilled models while the distilled ones still train, or
 on two machines) and put together afterwards: the rows keep their measured figures, the models are listed once,
 the ``data (validation)`` reference row goes last, and the headline is recomputed over all rows with the
-``headline`` of ``--config`` (the full benchmark config). Every part must use the same samples, length, seed and
-device, or the merge is refused: the rows would not be comparable.
+``headline`` of ``--config`` (the full benchmark config). A model may be split over parts (a later part measuring
+the rows an earlier one stopped before) if every part names the same checkpoint for it; a row measured twice is
+refused. Every part must use the same samples, length, seed and device, or the merge is refused: the rows would not
+be comparable.
 
     python benchmarks/merge_results.py --config benchmarks/study_markov.yaml \
         --part runs/bench/markov_a --part runs/bench/markov_b --output docs/benchmark/markov
@@ -38,46 +40,51 @@ def merge(parts: list[dict], config: dict, allow_partial: bool = False) -> dict:
     unfinished = [p["name"] for p in parts if not p.get("complete")]
     if unfinished and not allow_partial:
         raise ValueError(f"a part did not finish ({unfinished}): merge complete runs only, or pass --allow-partial")
-    models, rows, data_rows = {}, [], []
+    models, rows, data_rows, measured = {}, [], [], set()
     for part in parts:
         for name, model in part["models"].items():
-            if name in models:
-                raise ValueError(f"model {name!r} is in more than one part")
-            models[name] = model
+            if name in models and models[name].get("checkpoint") != model.get("checkpoint"):
+                raise ValueError(f"model {name!r} is in more than one part with different checkpoints "
+                                 f"({models[name].get('checkpoint')} and {model.get('checkpoint')})")
+            models.setdefault(name, model)  # one model may be split over parts (a later part finishing its rows)
         for row in part["rows"]:
-            (data_rows if row["sampler_name"] == "data" else rows).append(row)
+            if row["sampler_name"] == "data":
+                data_rows.append(row)
+                continue
+            key = (row["model"], row["sampler_name"], row["steps"])
+            if key in measured:
+                raise ValueError(f"the row {key[0]} {key[1]} {key[2]} is in more than one part")
+            measured.add(key)
+            rows.append(row)
     order = {m.get("name"): i for i, m in enumerate(config.get("models", []))}
     rows.sort(key=lambda r: order.get(r["model"], len(order)))  # stable: each model's rows keep their order
     merged_config = {**parts[0]["config"], "name": config.get("name", parts[0]["name"]), "headline": config.get("headline")}
-    merged_config["models"] = [m for part in parts for m in part["config"]["models"]]
+    merged_config["models"] = list({m.get("name"): m for part in parts for m in reversed(part["config"]["models"])}.values())[::-1]
     results = {
         "name": merged_config["name"], "config": merged_config, "environment": parts[0]["environment"],
         "judge": parts[0]["judge"], "length": parts[0]["length"], "models": models, "rows": rows + data_rows[:1],
         "conditional_rows": [r for p in parts for r in p.get("conditional_rows") or []], "complete": True,
         "parts": [{"name": p["name"], "environment": p["environment"], "complete": bool(p.get("complete"))} for p in parts],
-        "not_run": [_missing(p, set(models) - set(p["models"])) for p in parts if not p.get("complete")],
+        "not_run": [_missing(p, measured) for p in parts if not p.get("complete") and _missing(p, measured)],
     }
     results["headline"] = headline(results, merged_config)
     return results
 
 
-def _missing(part: dict, elsewhere: set[str]) -> str:
-    """The rows a part stopped before: its models' sampler settings with no row (models another part measured, in
-    ``elsewhere``, are not missing)."""
+def _missing(part: dict, measured: set[tuple]) -> str:
+    """The rows a part stopped before: its models' sampler settings with no row in any part (``measured``: the
+    (model, sampler, steps) of every merged row); "" when another part measured them all."""
     from flowzoo.benchmark import sampler_grid
 
-    done = {(r["model"], r["sampler_name"], r["steps"]) for r in part["rows"]}
     left = []
     for entry in part["config"]["models"]:
-        if entry.get("name") in elsewhere:
-            continue
         for spec in sampler_grid(entry.get("samplers")):
             if spec is None:
                 continue
             key = (entry.get("name"), spec["name"], (spec.get("init_args") or {}).get("steps"))
-            if key not in done:
+            if key not in measured:
                 left.append(f"{key[0]} {key[1]} {key[2]}")
-    return f"{part['name']}: stopped before " + (", ".join(left) or "its reference row")
+    return f"{part['name']}: stopped before " + ", ".join(left) if left else ""
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -77,3 +77,30 @@ def test_a_part_that_stopped_early_is_refused_unless_allowed_and_then_lists_what
     assert script.main(["--config", str(config), *parts, "--output", str(tmp_path / "o"), "--allow-partial"]) == 0
     text = (tmp_path / "o" / "results.md").read_text()
     assert "## Not run" in text and "Duo uniform_ancestral 1024" in text and "uniform_ancestral 8" not in text.split("## Not run")[1]
+
+
+def test_a_model_split_over_parts_merges_once_and_a_row_measured_twice_is_refused(tmp_path, capsys):
+    """A later part may finish the rows an earlier one stopped before (same checkpoint); the earlier part's "not run"
+    list then drops them."""
+    script = benchmark_script("merge_results")
+    a = _part("a", ["MDLM"], [_row("MDLM", "ancestral", 8, 2.0, 1.0)])
+    a["complete"] = False
+    a["config"]["models"] = [{"name": "MDLM", "samplers": [{"name": "ancestral", "steps": [8, 1024]}]}]
+    b = _part("b", ["MDLM"], [_row("MDLM", "ancestral", 1024, 1.2, 9.0)])
+    config = tmp_path / "full.yaml"
+    config.write_text(json.dumps({"name": "full", "models": [{"name": "MDLM", "checkpoint": "MDLM"}]}))
+    parts = ["--part", _write(tmp_path, "a", a), "--part", _write(tmp_path, "b", b)]
+    assert script.main(["--config", str(config), *parts, "--output", str(tmp_path / "o"), "--allow-partial"]) == 0
+    merged = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert [(r["model"], r["steps"]) for r in merged["rows"]] == [("MDLM", 8), ("MDLM", 1024)]
+    assert merged["not_run"] == [] and [m["name"] for m in merged["config"]["models"]] == ["MDLM"]
+    assert "## Not run" not in (tmp_path / "o" / "results.md").read_text()
+    twice = _part("c", ["MDLM"], [_row("MDLM", "ancestral", 1024, 1.3, 9.0)])
+    assert script.main(["--config", str(config), *parts, "--part", _write(tmp_path, "c", twice), "--output", str(tmp_path / "o2"),
+                        "--allow-partial"]) == 2
+    assert "the row MDLM ancestral 1024 is in more than one part" in capsys.readouterr().err
+    other = _part("d", ["MDLM"], [_row("MDLM", "ancestral", 16, 1.3, 9.0)])
+    other["models"]["MDLM"]["checkpoint"] = "elsewhere"
+    assert script.main(["--config", str(config), "--part", _write(tmp_path, "d", other), *parts, "--output", str(tmp_path / "o3"),
+                        "--allow-partial"]) == 2
+    assert "with different checkpoints" in capsys.readouterr().err
