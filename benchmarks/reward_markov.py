@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
             add(f"{label}", f"{steps} step{'s' if steps > 1 else ''}, {trained} train evals", out.tokens, 1, secs)
     for label, run in args.trajectory:
         for step, path in step_checkpoints(Path(run)):
-            model = load_checkpoint(path)
+            model = load_checkpoint(path).eval()
             out, secs = timed(lambda: model.generate(n, L, sampler={"name": "flow_map", "init_args": {"steps": 1}}, seed=args.seed))
             add(label, f"step {step}, 1 step, {training_reward_evaluations(model)} train evals", out.tokens, 1, secs)
     if args.policy_gradient:
