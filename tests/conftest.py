@@ -34,7 +34,16 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 
+# Lightning's seed_everything leaves the seed in the environment, where flowzoo's ResumableSampler reads it as the
+# data order of every later fit in the process: a test's `--seed_everything=N` would change another test's models.
+LIGHTNING_SEED_VARIABLES = ("PL_GLOBAL_SEED", "PL_SEED_WORKERS")
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+    for name in LIGHTNING_SEED_VARIABLES:
+        os.environ.pop(name, None)
     yield
+    for name in LIGHTNING_SEED_VARIABLES:  # before the next module's fixtures are built
+        os.environ.pop(name, None)
