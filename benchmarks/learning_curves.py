@@ -36,12 +36,13 @@ import argparse
 import importlib.util
 import json
 import math
-import re
 import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from flowzoo.runs import step_checkpoints
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("flowzoo_study", ROOT / "benchmarks" / "study.py")
@@ -59,7 +60,6 @@ METRICS = {  # per data set: (metric, higher is better); entropy: closer to the 
     "markov": [("valid_transitions", True), ("nll", False), ("entropy", None)],
     "mirror": [("valid_sequences", True), ("pair_match", True), ("nll", False), ("entropy", None)],
 }
-STEP_FILE = re.compile(r"step=(\d+)\.ckpt$")
 
 
 # --- compute ---------------------------------------------------------------------------------------
@@ -76,17 +76,6 @@ def distillation_flops(student: int, teacher: int, tokens_per_step: int, steps: 
 
 
 # --- training --------------------------------------------------------------------------------------
-
-
-def step_checkpoints(run: Path) -> dict[int, Path]:
-    """{step: path} of the ``step=K.ckpt`` files of the newest run under ``run`` (``run/checkpoints``)."""
-    folder = run / "checkpoints"
-    found = {}
-    for path in folder.glob("step=*.ckpt") if folder.is_dir() else []:
-        match = STEP_FILE.search(path.name)
-        if match:
-            found[int(match.group(1))] = path.resolve()
-    return dict(sorted(found.items()))
 
 
 def fit_config(data: str, steps: int, every: int, out: Path) -> Path:

@@ -59,13 +59,17 @@ def merge(parts: list[dict], config: dict, allow_partial: bool = False) -> dict:
     order = {m.get("name"): i for i, m in enumerate(config.get("models", []))}
     rows.sort(key=lambda r: order.get(r["model"], len(order)))  # stable: each model's rows keep their order
     merged_config = {**parts[0]["config"], "name": config.get("name", parts[0]["name"]), "headline": config.get("headline")}
-    merged_config["models"] = list({m.get("name"): m for part in parts for m in reversed(part["config"]["models"])}.values())[::-1]
+    entries: dict = {}  # each model once, as the first part that names it gives it
+    for part in parts:
+        for entry in part["config"]["models"]:
+            entries.setdefault(entry.get("name"), entry)
+    merged_config["models"] = list(entries.values())
     results = {
         "name": merged_config["name"], "config": merged_config, "environment": parts[0]["environment"],
         "judge": parts[0]["judge"], "length": parts[0]["length"], "models": models, "rows": rows + data_rows[:1],
         "conditional_rows": [r for p in parts for r in p.get("conditional_rows") or []], "complete": True,
         "parts": [{"name": p["name"], "environment": p["environment"], "complete": bool(p.get("complete"))} for p in parts],
-        "not_run": [_missing(p, measured) for p in parts if not p.get("complete") and _missing(p, measured)],
+        "not_run": [left for p in parts if not p.get("complete") and (left := _missing(p, measured))],
     }
     results["headline"] = headline(results, merged_config)
     return results

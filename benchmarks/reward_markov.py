@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flowzoo import registry
+from flowzoo import registry, runs
 from flowzoo.benchmark import named_path
 from flowzoo.best_of_n import best_of_n
 from flowzoo.checkpoints import load_checkpoint
@@ -173,15 +173,12 @@ def policy_gradient(args, add, base_path: Path, reward: dict, lam: float, n: int
 
 
 def step_checkpoints(run: Path) -> list[tuple[int, Path]]:
-    """The step checkpoints of a run folder (``<run>/[version_N/]checkpoints/*step=K.ckpt``, the newest version's),
-    sorted by step."""
-    folders = sorted(run.glob("version_*/checkpoints"), key=lambda p: int(p.parent.name.split("_")[-1])) or [run / "checkpoints"]
-    found = {}
-    for path in folders[-1].glob("*step=*.ckpt"):
-        found[int(re.search(r"step=(\d+)", path.name).group(1))] = path
+    """(step, path) of the newest run's step checkpoints under ``run`` (:func:`flowzoo.runs.step_checkpoints`), in step
+    order; a run without any is refused."""
+    found = runs.step_checkpoints(run)
     if not found:
-        raise SystemExit(f"reward_markov: no step checkpoints (*step=K.ckpt) under {folders[-1]}")
-    return sorted(found.items())
+        raise SystemExit(f"reward_markov: no step checkpoints (*step=K.ckpt) in the newest run under {run}")
+    return list(found.items())
 
 
 def mdlm_sampler(args) -> dict:
@@ -308,7 +305,7 @@ def evaluation_summary(rows) -> list[str]:
             else:
                 lines.append(f"* {method} reaches {r['reward']:.3f} with {mine} evaluations; {name} first reaches it after "
                              f"{reached} ({reached / mine:.1f}x as many)")
-            ratios.append((reached or max(curve)[0]) / mine)
+            ratios.append((reached or last_e) / mine)
     holds = min(ratios) >= 5
     lines += ["", f"Verdict: the claim that the flow map's reward gradient needs at least 5x fewer reward evaluations than "
               f"REINFORCE {'holds' if holds else 'does not hold'} here (REINFORCE needed {min(ratios):.1f}x to "

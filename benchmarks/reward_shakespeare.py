@@ -26,13 +26,12 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 from flowzoo import registry
-from flowzoo.benchmark import named_path, score
+from flowzoo.benchmark import named_path, score, timed
 from flowzoo.best_of_n import best_of_n
 from flowzoo.checkpoints import load_checkpoint
 from flowzoo.judges import load_judge
@@ -90,29 +89,24 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{method:<34} {budget:<26} p({args.target}) {row['p']:.3f} share {row['share']:.2f} "
               f"GenPPL {row['gen_ppl']:.1f} entropy {row['entropy']:.3f} evals {evaluations:g} {seconds:.1f}s", flush=True)
 
-    def timed(fn):
-        start = time.perf_counter()
-        out = fn()
-        return out, time.perf_counter() - start
-
     held_out = torch.stack([data.splits["validation"][i]["input_ids"][:L] for i in range(min(n, len(data.splits["validation"])))])
     add("data (validation)", "-", held_out.long(), 0, 0.0)
     for steps in (1, 4):
-        out, secs = timed(lambda: base.generate(n, L, sampler={"name": "flow_map", "init_args": {"steps": steps}}, seed=args.seed))
+        out, secs = timed(lambda: base.generate(n, L, sampler={"name": "flow_map", "init_args": {"steps": steps}}, seed=args.seed), base.device)
         add(f"flow map, {steps} step{'s' if steps > 1 else ''} (base)", "-", out.tokens, 0, secs)
     for mult in etas:
         sampler = {"name": "flow_map", "init_args": {"steps": 4, "reward": spec, "guidance": mult * lam, "guidance_schedule": "tilt"}}
-        out, secs = timed(lambda: base.generate(n, L, sampler=sampler, seed=args.seed))
+        out, secs = timed(lambda: base.generate(n, L, sampler=sampler, seed=args.seed), base.device)
         add("steered flow map, 4 steps", f"eta={mult:g}λ", out.tokens, out.reward_evaluations / n, secs)
     sampler = {"name": "flow_map", "init_args": {"steps": 4, "reward": spec, "particles": args.particles, "tilt": lam}}
-    out, secs = timed(lambda: base.generate(n, L, sampler=sampler, seed=args.seed))
+    out, secs = timed(lambda: base.generate(n, L, sampler=sampler, seed=args.seed), base.device)
     add("particles, flow map 4 steps", f"K={args.particles}", out.tokens, out.reward_evaluations / n, secs)
-    out, secs = timed(lambda: best_of_n(base, reward, args.best_of, n, L, seed=args.seed, tilt=lam))
+    out, secs = timed(lambda: best_of_n(base, reward, args.best_of, n, L, seed=args.seed, tilt=lam), base.device)
     add("best-of-N SIR, flow map 1 step", f"N={args.best_of}", out.tokens, args.best_of, secs)
     for label, model in finetuned:
         trained = training_reward_evaluations(model)
         for steps in (1, 4):
-            out, secs = timed(lambda: model.generate(n, L, sampler={"name": "flow_map", "init_args": {"steps": steps}}, seed=args.seed))
+            out, secs = timed(lambda: model.generate(n, L, sampler={"name": "flow_map", "init_args": {"steps": steps}}, seed=args.seed), model.device)
             add(label, f"{steps} step{'s' if steps > 1 else ''}, {trained} train evals", out.tokens, 0, secs)
 
     write(args, lam, rows)

@@ -28,6 +28,7 @@ DEFAULT_ROOT = "runs/default"
 POINTERS = ("checkpoints", "pretrained")
 _VERSION = re.compile(r"version_(\d+)$")
 _fresh: list[Path] = []  # the folder this process's fit created, until its training starts
+_STEP_FILE = re.compile(r"(?:^|-)step=(\d+)\.ckpt$")  # step=K.ckpt, or Lightning's epoch=E-step=K.ckpt
 
 
 def versions(root: Path) -> list[int]:
@@ -44,6 +45,17 @@ def latest_run(root: Path) -> Path | None:
         return link.resolve()
     numbers = versions(root)
     return root / f"version_{numbers[-1]}" if numbers else None
+
+
+def step_checkpoints(root: Path) -> dict[int, Path]:
+    """{step: path}, ascending, of the step checkpoints (``step=K.ckpt``, Lightning's ``epoch=E-step=K.ckpt``) of the
+    newest run under ``root``: :func:`latest_run`'s ``checkpoints/``, else ``root/checkpoints``; {} without any."""
+    folder = (latest_run(root) or root) / "checkpoints"
+    found = {}
+    for path in folder.glob("*step=*.ckpt") if folder.is_dir() else []:
+        if match := _STEP_FILE.search(path.name):
+            found[int(match.group(1))] = path.resolve()
+    return dict(sorted(found.items()))
 
 
 def new_run(root: Path) -> Path:

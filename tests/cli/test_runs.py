@@ -321,3 +321,18 @@ def test_the_sampler_splits_each_epoch_between_ranks_and_resumes_mid_epoch():
         torch.utils.data.DistributedSampler.__init__(share, data, num_replicas=2, rank=rank, shuffle=True, seed=3)
         share.batch_size, share.drop_last_batch, share._skip = 2, False, None
     assert set(shares[0]) | set(shares[1]) == set(data) and not set(shares[0]) & set(shares[1])
+
+
+def test_step_checkpoints_are_the_newest_runs_in_step_order(tmp_path):
+    from flowzoo.runs import step_checkpoints
+
+    for version, names in (("version_0", ["step=900.ckpt"]), ("version_1", ["epoch=1-step=400.ckpt", "step=50.ckpt", "last.ckpt",
+                                                                          "step=60-v1.ckpt", "step=x.ckpt"])):
+        (tmp_path / version / "checkpoints").mkdir(parents=True)
+        for name in names:
+            (tmp_path / version / "checkpoints" / name).touch()
+    found = step_checkpoints(tmp_path)  # no latest link: the highest version
+    assert [(k, p.name) for k, p in found.items()] == [(50, "step=50.ckpt"), (400, "epoch=1-step=400.ckpt")]
+    (tmp_path / "latest").symlink_to("version_0")
+    assert [p.name for p in step_checkpoints(tmp_path).values()] == ["step=900.ckpt"]  # latest names the newest run
+    assert step_checkpoints(tmp_path / "nowhere") == {}
