@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from flowzoo.benchmark import named_path
 from flowzoo.checkpoints import load_checkpoint
 from flowzoo.prompt import Prompt
 from flowzoo.sampling import data_from_spec
@@ -101,9 +102,12 @@ def parse_runs(value: str) -> tuple[str, Path]:
 
 def parse_checkpoint(value: str) -> tuple[str, str, str]:
     """``[LABEL/]METHOD=PATH`` -> (label, method, path)."""
-    name, sep, path = value.partition("=")
+    try:
+        name, path = named_path(value)
+    except ValueError:
+        name, path = "", ""
     label, _, method = name.rpartition("/")
-    if not sep or not path or method not in METHODS:
+    if not path or method not in METHODS:
         raise argparse.ArgumentTypeError(f"--checkpoint expects [LABEL/]METHOD=PATH with METHOD one of {', '.join(METHODS)}, got {value!r}")
     return label, method, path
 

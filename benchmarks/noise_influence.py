@@ -28,6 +28,7 @@ from typing import Sequence
 import torch
 
 from flowzoo import registry
+from flowzoo.benchmark import named_path
 from flowzoo.cli import parse_options
 
 
@@ -145,10 +146,10 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         torch.set_num_threads(args.threads)
     entries = []
     for value in args.checkpoint:
-        name, sep, path = value.partition("=")
-        if not sep or not name or not path:
-            parser.error(f"--checkpoint expects name=path, got {value!r}")
-        entries.append((name, path))
+        try:
+            entries.append(named_path(value))
+        except ValueError as error:
+            parser.error(f"--checkpoint: {error}")
     unknown = sorted(set(named) - {name for name, _ in entries})
     if unknown:
         parser.error(f"--sampler-option for unknown checkpoint names {unknown}")

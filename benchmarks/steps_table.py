@@ -27,7 +27,7 @@ from typing import Any, Sequence
 import torch
 
 from flowzoo import registry
-from flowzoo.benchmark import _fmt, load_config, run
+from flowzoo.benchmark import _fmt, load_config, named_path, run
 from flowzoo.cli import parse_options
 from flowzoo.errors import FlowzooError
 
@@ -47,9 +47,10 @@ COLUMNS = {  # metric -> column header; those the data module does not report ar
 
 def parse_checkpoint(value: str) -> tuple[str, str]:
     """``name=path`` or ``path``; without a name: the run folder of ``<run>/checkpoints/x.ckpt``, else the file's stem."""
-    name, sep, path = value.partition("=")
-    if sep and name and "/" not in name and not Path(value).exists():
-        return name, path
+    if "=" in value and not Path(value).exists():
+        name, path = named_path(value)
+        if "/" not in name:
+            return name, path
     p = Path(value)
     if p.parent.name == "checkpoints":
         return p.parent.parent.name or p.stem, value
