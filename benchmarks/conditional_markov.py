@@ -35,6 +35,8 @@ from flowzoo.prompt import Prompt
 from flowzoo.sampling import data_from_spec
 
 METHODS = ("flow", "flow_map", "mdlm", "ar")
+# the 4-step map with FMLM churn on docs/flow_maps.md's schedule: re-noised between jumps (gamma = 1), steps late in t
+CHURN = {"name": "flow_map", "init_args": {"times": [0.0, 0.6, 0.7, 0.8, 1.0], "gamma": 1.0}}
 # (method folder, row label, sampler spec, conditional holds to try)
 ROWS = [
     ("flow", "flow Euler 32", {"name": "euler", "init_args": {"steps": 32}}, ("clean", "path")),
@@ -42,11 +44,13 @@ ROWS = [
     ("flow_map", "flow map 1", {"name": "flow_map", "init_args": {"steps": 1}}, ("clean", "path")),
     ("flow_map", "flow map 2", {"name": "flow_map", "init_args": {"steps": 2}}, ("clean", "path")),
     ("flow_map", "flow map 4", {"name": "flow_map", "init_args": {"steps": 4}}, ("clean", "path")),
+    ("flow_map", "flow map 4 churn", CHURN, ("clean",)),
     ("mdlm", "MDLM 8", {"name": "ancestral", "init_args": {"steps": 8}}, ("-",)),
     ("mdlm", "MDLM 32", {"name": "ancestral", "init_args": {"steps": 32}}, ("-",)),
     ("ar", "AR", {"name": "ar"}, ("-",)),
 ]
 INFILL = [("flow_map", "flow map 4", {"name": "flow_map", "init_args": {"steps": 4}}, ("clean", "path")),
+          ("flow_map", "flow map 4 churn", CHURN, ("clean",)),
           ("flow_map", "flow map 1", {"name": "flow_map", "init_args": {"steps": 1}}, ("clean",)),
           ("mdlm", "MDLM 32", {"name": "ancestral", "init_args": {"steps": 32}}, ("-",))]
 

@@ -39,6 +39,8 @@ def test_two_sets_of_checkpoints_side_by_side_with_unconditional_figures(tmp_pat
     assert names[:4] == [("plain: flow Euler 32", "clean"), ("plain: flow Euler 32", "path"),
                          ("cond: flow Euler 32", "clean"), ("cond: flow Euler 32", "path")]
     assert ("cond: flow map 4", "clean") in names and names[-1] == ("cond: flow map 1", "clean")
+    churn = [f for name, _, f in rows if name == "cond: flow map 4 churn"]
+    assert len(churn) == 2 and all(f["nfe"] == 4 for f in churn)  # prompt completion and infilling, 4 jumps each
     for _, _, f in rows:
         assert 0.0 <= f["boundary_valid"] <= 1.0 and 0.0 <= f["free_valid"] <= 1.0 and f["free_nll"] > 0
     text = out.read_text()
