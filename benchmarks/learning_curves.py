@@ -95,6 +95,21 @@ def fit_config(data: str, steps: int, every: int, out: Path) -> Path:
     return path
 
 
+def check_budget(out: Path, steps: int) -> None:
+    """Refuse to resume a run in ``out`` under another budget: its learning rate decays (cosine) to its own
+    ``max_steps``, so a larger budget would raise the rate again from the floor and the later checkpoints would
+    belong to neither schedule. An interrupted run under the same budget resumes exactly."""
+    saved = out / "fit.yaml"
+    if not (out / "checkpoints" / "last.ckpt").is_file() or not saved.is_file():
+        return
+    budget = (yaml.safe_load(saved.read_text()).get("trainer") or {}).get("max_steps")
+    if budget is not None and int(budget) != steps:
+        raise SystemExit(
+            f"{out} was trained with a budget of {budget} steps (its learning rate decays to step {budget}); resuming "
+            f"it to {steps} would change its schedule part-way. Use another --runs folder for a budget of {steps}."
+        )
+
+
 def train(method: str, out: Path, steps: int, every: int, args, teacher: Path | None = None) -> dict[int, Path]:
     """Train ``method`` into ``out`` (unless its step-``steps`` checkpoint exists; an interrupted run resumes from its
     last.ckpt); returns its checkpoints by step."""
@@ -102,6 +117,7 @@ def train(method: str, out: Path, steps: int, every: int, args, teacher: Path | 
     if steps in found:
         print(f"= {out.name}: trained ({len(found)} checkpoints), not retrained", flush=True)
         return found
+    check_budget(out, steps)
     config = fit_config(args.data, steps, every, out)
     flags = [f.format(teacher=teacher, distill_steps=steps) for f in study.FLAGS[method]]
     extra = (study.TINY_TRAIN + study.TINY_DATA[args.data]) if args.tiny else []

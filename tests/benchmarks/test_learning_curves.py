@@ -50,6 +50,19 @@ def test_step_checkpoints_are_read_by_step(tmp_path):
     assert curves.step_checkpoints(tmp_path / "missing") == {}
 
 
+def test_a_run_is_resumed_only_under_its_own_budget(tmp_path):
+    """The learning rate decays to the run's max_steps: a larger --budget must not silently re-warm a finished run."""
+    out = tmp_path / "flow"
+    curves.check_budget(out, 2400)  # nothing trained yet
+    curves.fit_config("mirror", 2400, 600, out)
+    (out / "checkpoints").mkdir()
+    curves.check_budget(out, 2400)  # no last.ckpt: nothing to resume
+    (out / "checkpoints" / "last.ckpt").write_text("")
+    curves.check_budget(out, 2400)  # an interrupted run under the same budget resumes
+    with pytest.raises(SystemExit, match="trained with a budget of 2400 steps.*another --runs folder"):
+        curves.check_budget(out, 4800)
+
+
 def test_bad_options_are_refused_in_one_line(capsys):
     for argv, message in ((["--methods", "flow,sedd"], "unknown methods ['sedd']"),
                           (["--train-flag", "judge:--model.lr=1"], "--train-flag expects METHOD:--flag"),
