@@ -32,6 +32,7 @@ import torch
 from flowzoo.benchmark import named_path
 from flowzoo.checkpoints import load_checkpoint
 from flowzoo.prompt import Prompt
+from flowzoo.runs import step_checkpoints
 from flowzoo.sampling import data_from_spec
 
 METHODS = ("flow", "flow_map", "mdlm", "ar")
@@ -130,7 +131,7 @@ def load_models(args) -> tuple[dict, list[str], list[str]]:
             if args.only and method not in args.only:
                 continue
             folder = runs / method / "pretrained"
-            saved = sorted((runs / method / "checkpoints").glob("*step=*.ckpt"), key=lambda p: int(p.stem.rpartition("step=")[2]))
+            saved = list(step_checkpoints(runs / method).values())  # ascending steps, the newest run's
             name = f"{label}: {method}" if label else method
             if folder.is_dir():
                 models[label, method] = load_checkpoint(str(folder))

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from flowzoo import registry, runs
-from flowzoo.benchmark import named_path
+from flowzoo.benchmark import named_path, timed
 from flowzoo.best_of_n import best_of_n
 from flowzoo.checkpoints import load_checkpoint
 from flowzoo.module import FlowLM
@@ -64,12 +64,6 @@ def score(tilted: TiltedChain, tokens: torch.Tensor, evaluations: float, seconds
     m["evaluations"], m["seconds"] = evaluations, seconds
     m["way"] = (m["reward"] - base) / (m["exact_reward"] - base)
     return m
-
-
-def timed(fn):
-    start = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - start
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -107,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     g[W] = 1.0
 
     rows: list[tuple[str, str, dict]] = []
-    own, seconds = timed(lambda: base_map.generate(n, L, seed=args.seed))
+    own, seconds = timed(lambda: base_map.generate(n, L, seed=args.seed), base_map.device)
     base_reward = float(reward(own.tokens).mean())
     tilted = TiltedChain.for_mean_reward(chain.stationary, chain.transition, g, L, 2 * base_reward)
     lam = tilted.lam
@@ -128,12 +122,12 @@ def main(argv: list[str] | None = None) -> None:
     for label, model in finetuned:
         trained = training_reward_evaluations(model)
         for steps in (1, 4):
-            out, secs = timed(lambda: model.generate(n, L, sampler={"name": "flow_map", "init_args": {"steps": steps}}, seed=args.seed))
+            out, secs = timed(lambda: model.generate(n, L, sampler={"name": "flow_map", "init_args": {"steps": steps}}, seed=args.seed), model.device)
             add(f"{label}", f"{steps} step{'s' if steps > 1 else ''}, {trained} train evals", out.tokens, 1, secs)
     for label, run in args.trajectory:
         for step, path in step_checkpoints(Path(run)):
             model = load_checkpoint(path).eval()
-            out, secs = timed(lambda: model.generate(n, L, sampler={"name": "flow_map", "init_args": {"steps": 1}}, seed=args.seed))
+            out, secs = timed(lambda: model.generate(n, L, sampler={"name": "flow_map", "init_args": {"steps": 1}}, seed=args.seed), model.device)
             add(label, f"step {step}, 1 step, {training_reward_evaluations(model)} train evals", out.tokens, 1, secs)
     if args.policy_gradient:
         for name, folder, sampler in [("AR", "ar", None), ("MDLM", "mdlm", mdlm_sampler(args))]:
@@ -216,7 +210,7 @@ def baselines(args, add, tilted, exact_base, own, seconds, base_map, reward, W, 
     add("exact rho_r (reference)", "-", exact, 0, 0.0)
     add("exact rho_1 (data)", "-", torch.tensor(exact_base.sample(n, args.seed)), 0, 0.0)
     add("flow map 1 step (base)", "-", own.tokens, 1, seconds)
-    plain4, secs = timed(lambda: base_map.generate(n, L, sampler={"name": "flow_map", "init_args": {"steps": 4}}, seed=args.seed))
+    plain4, secs = timed(lambda: base_map.generate(n, L, sampler={"name": "flow_map", "init_args": {"steps": 4}}, seed=args.seed), base_map.device)
     add("flow map 4 steps (base)", "-", plain4.tokens, 1, secs)
 
     budgets = [2, 4, 16] if args.quick else [2, 4, 8, 16]
@@ -229,21 +223,21 @@ def baselines(args, add, tilted, exact_base, own, seconds, base_map, reward, W, 
             continue
         model = base_map if folder == "flow_map" else load_checkpoint(path)
         for N in budgets:
-            out, secs = timed(lambda: best_of_n(model, reward, N, n, L, sampler=sampler, seed=args.seed, tilt=lam, batch_size=1024))
+            out, secs = timed(lambda: best_of_n(model, reward, N, n, L, sampler=sampler, seed=args.seed, tilt=lam, batch_size=1024), model.device)
             add(f"best-of-N SIR, {name}", f"N={N}", out.tokens, N, secs)
 
     etas = [0.5, 1.0, 2.0] if args.quick else [0.25, 0.5, 1.0, 2.0, 4.0]
     for mult in etas:
         sampler = {"name": "flow_map", "init_args": {"steps": 4, "reward": spec, "guidance": mult * lam, "guidance_schedule": "tilt"}}
-        out, secs = timed(lambda: base_map.generate(n, L, sampler=sampler, seed=args.seed))
+        out, secs = timed(lambda: base_map.generate(n, L, sampler=sampler, seed=args.seed), base_map.device)
         add("steered flow map, 4 steps", f"eta={mult:g}λ", out.tokens, out.reward_evaluations / n, secs)
     for mult in ([0.25] if args.quick else [0.1, 0.25, 0.5]):
         sampler = {"name": "flow_map", "init_args": {"steps": 4, "reward": spec, "guidance": mult, "normalize": True}}
-        out, secs = timed(lambda: base_map.generate(n, L, sampler=sampler, seed=args.seed))
+        out, secs = timed(lambda: base_map.generate(n, L, sampler=sampler, seed=args.seed), base_map.device)
         add("steered 4 steps, normalised", f"eta={mult:g}", out.tokens, out.reward_evaluations / n, secs)
     for K in budgets:
         sampler = {"name": "flow_map", "init_args": {"steps": 4, "reward": spec, "particles": K, "tilt": lam}}
-        out, secs = timed(lambda: base_map.generate(n, L, sampler=sampler, seed=args.seed))
+        out, secs = timed(lambda: base_map.generate(n, L, sampler=sampler, seed=args.seed), base_map.device)
         add("particles, flow map 4 steps", f"K={K}", out.tokens, out.reward_evaluations / n, secs)
 
 

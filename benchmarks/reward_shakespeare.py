@@ -41,8 +41,6 @@ from flowzoo.sampling import training_data
 ROOT = Path(__file__).resolve().parents[1]
 
 
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="runs/study_1500/shakespeare", help="folder with flow_map/ and judge/ pretrained (benchmarks/study.py)")
