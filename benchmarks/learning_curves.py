@@ -224,10 +224,102 @@ def points(method: str, step: int, scored: dict[str, Any], flops: float, paramet
     out = []
     for row in scored["rows"]:
         series = LABEL[method] if method == "ar" else f"{LABEL[method]}, {row['sampler_label']} {row.get('steps')}"
-        out.append({"series": series, "method": method, "train_step": step, "distill_steps": distill, "nfe": row["nfe"],
+        out.append({"series": series, "method": method, "steps": row.get("steps"), "train_step": step, "distill_steps": distill, "nfe": row["nfe"],
                     "flops": flops, "parameters": parameters, "metrics": row["metrics"],
                     "validation": scored.get("validation"), "example": row.get("example")})
     return out
+
+
+# --- the goals at equal compute -------------------------------------------------------------------
+
+PRIMARY = {"shakespeare": ("gen_ppl", False), "markov": ("valid_transitions", True), "mirror": ("pair_match", True)}
+GOALS = (  # (method, sampler steps) against (method, sampler steps): issue 20's two goals
+    (("flow", 128), ("mdlm", 128)),
+    (("flow_map", 1), ("mdlm", 8)),
+)
+FLOPS_TOLERANCE = 0.02  # a FLOPs figure this close past a curve's end reads its end (N differs by the mask token)
+
+
+def curve(results: dict[str, Any], method: str, steps: int, metric: str) -> list[tuple[float, float]]:
+    """(FLOPs, metric) of one series, by FLOPs; AR's series is every AR point whatever ``steps`` is."""
+    found = [(p["flops"], p["metrics"].get(metric)) for p in results["points"]
+             if p["method"] == method and (method == "ar" or p.get("steps") == steps)]
+    return sorted((f, float(v)) for f, v in found if v is not None and not math.isnan(float(v)))
+
+
+def at_flops(points: list[tuple[float, float]], flops: float) -> float | None:
+    """The curve's value at ``flops``: linear in log FLOPs between its two neighbouring checkpoints; ``None``
+    outside its range (beyond ``FLOPS_TOLERANCE``)."""
+    if not points:
+        return None
+    low, high = points[0][0], points[-1][0]
+    if flops < low * (1 - FLOPS_TOLERANCE) or flops > high * (1 + FLOPS_TOLERANCE):
+        return None
+    flops = min(max(flops, low), high)
+    for (f0, v0), (f1, v1) in zip(points, points[1:]):
+        if f0 <= flops <= f1:
+            w = 0.0 if f1 == f0 else (math.log(flops) - math.log(f0)) / (math.log(f1) - math.log(f0))
+            return v0 + w * (v1 - v0)
+    return points[0][1]  # a one-point curve
+
+
+def flops_to_reach(points: list[tuple[float, float]], value: float, higher: bool) -> float | None:
+    """The FLOPs at which the curve first reaches ``value`` (log-linear between checkpoints); ``None`` if it
+    never does, ``0.0`` if its first checkpoint already does."""
+    better = (lambda v: v >= value) if higher else (lambda v: v <= value)
+    if points and better(points[0][1]):
+        return 0.0
+    for (f0, v0), (f1, v1) in zip(points, points[1:]):
+        if better(v1):
+            w = (value - v0) / (v1 - v0)
+            return math.exp(math.log(f0) + w * (math.log(f1) - math.log(f0)))
+    return None
+
+
+def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 20's goals, per checkpoint of the first series of each pair: its primary metric against the second
+    series' at the same training FLOPs, the FLOPs the second needs to reach it (``compute_ratio`` = first's FLOPs /
+    second's, > 1: the second gets there with less), and its entropy against the data's."""
+    metric, higher = PRIMARY[results["data"]]
+    data_entropy = (results.get("reference") or {}).get("entropy")
+    out = []
+    for (method, steps), (other, other_steps) in GOALS:
+        mine, theirs = curve(results, method, steps, metric), curve(results, other, other_steps, metric)
+        entropy = dict(curve(results, method, steps, "entropy"))
+        for flops, value in mine:
+            matched = at_flops(theirs, flops)
+            reach = flops_to_reach(theirs, value, higher)
+            out.append({"series": (method, steps), "against": (other, other_steps), "metric": metric, "flops": flops, "value": value,
+                        "other_at_equal_flops": matched,
+                        "gap": None if matched is None else (value / matched if not higher else value - matched),
+                        "other_reaches_at": reach, "compute_ratio": None if not reach else flops / reach,
+                        "entropy": entropy.get(flops),
+                        "entropy_vs_data": None if data_entropy is None or entropy.get(flops) is None
+                        else entropy[flops] / data_entropy - 1})
+    return out
+
+
+def goals_table(results: dict[str, Any]) -> str:
+    """Markdown: one row per checkpoint of each goal's series (empty when neither series was scored)."""
+    rows = goals(results)
+    if not rows:
+        return ""
+    metric, higher = PRIMARY[results["data"]]
+    gap = "ratio (this / other)" if not higher else "difference (this − other)"
+    lines = ["", f"**Goals at equal training FLOPs** ({metric}, {'higher' if higher else 'lower'} is better). The other series "
+             "is read at the same FLOPs, linear in log FLOPs between its checkpoints ('-': outside its range); 'reaches it "
+             "at' is the FLOPs where the other series first matches this value ('0': at its first checkpoint already, "
+             "'-': never within its range) and 'compute ratio' this FLOPs / that (> 1: the other gets there with less).", "",
+             f"| this | against | training FLOPs | {metric} | other at equal FLOPs | {gap} | other reaches it at | compute ratio "
+             "| entropy vs data |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        reach = "-" if r["other_reaches_at"] is None else "0" if r["other_reaches_at"] == 0 else f"{r['other_reaches_at']:.3e}"
+        vs = "-" if r["entropy_vs_data"] is None else f"{100 * r['entropy_vs_data']:+.1f} %"
+        lines.append(f"| {LABEL[r['series'][0]]} {r['series'][1]} | {LABEL[r['against'][0]]} {r['against'][1]} | {r['flops']:.3e} "
+                     f"| {fmt(r['value'])} | {fmt(r['other_at_equal_flops'])} | {fmt(r['gap'], 3)} | {reach} "
+                     f"| {fmt(r['compute_ratio'], 3)} | {vs} |")
+    return "\n".join(lines) + "\n"
 
 
 # --- output ----------------------------------------------------------------------------------------
@@ -257,7 +349,7 @@ def table(results: dict[str, Any]) -> str:
         lines.append("| " + " | ".join(cells + [fmt(p["metrics"].get(m)) for m in metrics]) + " |")
     if results.get("reference"):
         lines.append("| data (validation) | | | | | " + " | ".join(fmt(results["reference"].get(m)) for m in metrics) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + goals_table(results)
 
 
 def plot(results: dict[str, Any], path: Path) -> Path:
@@ -394,6 +486,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results = {"command": "python benchmarks/learning_curves.py " + " ".join(argv), "data": args.data, "judge": str(judge) if judge else None,
                "num_samples": args.num_samples, "seed": args.seed, "device": str(resolve_device(args.device, "--device")),
                "reference": reference, "points": results_points}
+    results["goals"] = goals(results)
     (output / "curves.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     (output / "curves.md").write_text(table(results))
     plot(results, output / "curves.png")

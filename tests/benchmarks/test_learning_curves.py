@@ -92,6 +92,41 @@ def test_table_orders_each_series_by_flops_and_states_the_formula(tmp_path):
     assert curves.plot(results(), tmp_path / "c.png").stat().st_size > 0
 
 
+def _goal_results(data, flow, mdlm, entropy=2.0):
+    """Points of flow Euler-128 and MDLM-128: ``flow`` / ``mdlm`` are [(flops, value)] of ``data``'s primary metric."""
+    metric = curves.PRIMARY[data][0]
+    point = {"train_step": 0, "distill_steps": None, "nfe": 128, "parameters": 10, "validation": None, "example": ""}
+    points = [{**point, "series": "flow, euler 128", "method": "flow", "steps": 128, "flops": f, "metrics": {metric: v, "entropy": entropy}}
+              for f, v in flow]
+    points += [{**point, "series": "MDLM, ancestral 128", "method": "mdlm", "steps": 128, "flops": f, "metrics": {metric: v}} for f, v in mdlm]
+    return {"data": data, "reference": {"entropy": 2.5}, "points": points}
+
+
+def test_goals_read_the_other_curve_at_equal_flops_and_find_the_compute_it_needs():
+    rows = curves.goals(_goal_results("mirror", flow=[(1e9, 0.8), (2e9, 0.9)], mdlm=[(1e9, 0.7), (4e9, 0.9)]))
+    assert [r["series"] for r in rows] == [("flow", 128)] * 2  # no flow-map points: no rows for the second goal
+    first, second = rows
+    assert first["other_at_equal_flops"] == pytest.approx(0.7) and first["gap"] == pytest.approx(0.1)
+    assert second["other_at_equal_flops"] == pytest.approx(0.8)  # half-way in log FLOPs from 1e9 to 4e9
+    assert first["other_reaches_at"] == pytest.approx(2e9) and first["compute_ratio"] == pytest.approx(0.5)
+    assert second["other_reaches_at"] == pytest.approx(4e9) and second["compute_ratio"] == pytest.approx(0.5)
+    assert first["entropy_vs_data"] == pytest.approx(2.0 / 2.5 - 1)
+
+
+def test_goals_on_text_compare_genppl_as_a_ratio_and_say_when_out_of_range():
+    rows = curves.goals(_goal_results("shakespeare", flow=[(1e9, 100.0), (8e9, 60.0)], mdlm=[(1e9, 50.0), (2e9, 40.0)]))
+    first, last = rows
+    assert first["gap"] == pytest.approx(2.0) and first["other_reaches_at"] == 0.0 and first["compute_ratio"] is None
+    assert last["other_at_equal_flops"] is None and last["gap"] is None  # 8e9 is past MDLM's last checkpoint
+    near = curves.goals(_goal_results("shakespeare", flow=[(2.02e9, 45.0)], mdlm=[(1e9, 50.0), (2e9, 40.0)]))[0]
+    assert near["other_at_equal_flops"] == pytest.approx(40.0)  # within the 2 % tolerance: MDLM's last checkpoint
+    never = curves.goals(_goal_results("shakespeare", flow=[(2e9, 30.0)], mdlm=[(1e9, 50.0), (2e9, 40.0)]))[0]
+    assert never["other_reaches_at"] is None and never["gap"] == pytest.approx(0.75)
+    text = curves.goals_table({**_goal_results("shakespeare", flow=[(1e9, 100.0)], mdlm=[(1e9, 50.0)]), "num_samples": 1})
+    assert "**Goals at equal training FLOPs** (gen_ppl, lower is better)" in text
+    assert "| flow 128 | MDLM 128 | 1.000e+09 | 100 | 50 | 2 | 0 | - | -20.0 % |" in text
+
+
 @pytest.mark.slow
 def test_tiny_run_end_to_end(tmp_path):
     """Trains flow, MDLM, AR (4 steps, a checkpoint every 2), distils a map from each flow checkpoint, scores them."""
