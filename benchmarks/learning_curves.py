@@ -263,23 +263,24 @@ def at_flops(points: list[tuple[float, float]], flops: float) -> float | None:
     return points[0][1]  # a one-point curve
 
 
-def flops_to_reach(points: list[tuple[float, float]], value: float, higher: bool) -> float | None:
-    """The FLOPs at which the curve first reaches ``value`` (log-linear between checkpoints); ``None`` if it
-    never does, ``0.0`` if its first checkpoint already does."""
+def flops_to_reach(points: list[tuple[float, float]], value: float, higher: bool) -> tuple[float | None, bool]:
+    """The FLOPs at which the curve first reaches ``value`` (log-linear between checkpoints) and whether that is
+    only an upper bound (its first checkpoint already reaches it); ``(None, False)`` if it never does."""
     better = (lambda v: v >= value) if higher else (lambda v: v <= value)
     if points and better(points[0][1]):
-        return 0.0
+        return points[0][0], True
     for (f0, v0), (f1, v1) in zip(points, points[1:]):
         if better(v1):
             w = (value - v0) / (v1 - v0)
-            return math.exp(math.log(f0) + w * (math.log(f1) - math.log(f0)))
-    return None
+            return math.exp(math.log(f0) + w * (math.log(f1) - math.log(f0))), False
+    return None, False
 
 
 def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
     """Issue 20's goals, per checkpoint of the first series of each pair: its primary metric against the second
     series' at the same training FLOPs, the FLOPs the second needs to reach it (``compute_ratio`` = first's FLOPs /
-    second's, > 1: the second gets there with less), and its entropy against the data's."""
+    second's, > 1: the second gets there with less; ``reach_bounded``: the second's first checkpoint already does, so
+    its FLOPs are at most that and the ratio at least this), and its entropy against the data's."""
     metric, higher = PRIMARY[results["data"]]
     data_entropy = (results.get("reference") or {}).get("entropy")
     out = []
@@ -288,11 +289,11 @@ def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
         entropy = dict(curve(results, method, steps, "entropy"))
         for flops, value in mine:
             matched = at_flops(theirs, flops)
-            reach = flops_to_reach(theirs, value, higher)
+            reach, bounded = flops_to_reach(theirs, value, higher)
             out.append({"series": (method, steps), "against": (other, other_steps), "metric": metric, "flops": flops, "value": value,
                         "other_at_equal_flops": matched,
                         "gap": None if matched is None else (value / matched if not higher else value - matched),
-                        "other_reaches_at": reach, "compute_ratio": None if not reach else flops / reach,
+                        "other_reaches_at": reach, "reach_bounded": bounded, "compute_ratio": None if not reach else flops / reach,
                         "entropy": entropy.get(flops),
                         "entropy_vs_data": None if data_entropy is None or entropy.get(flops) is None
                         else entropy[flops] / data_entropy - 1})
@@ -308,17 +309,19 @@ def goals_table(results: dict[str, Any]) -> str:
     gap = "ratio (this / other)" if not higher else "difference (this − other)"
     lines = ["", f"**Goals at equal training FLOPs** ({metric}, {'higher' if higher else 'lower'} is better). The other series "
              "is read at the same FLOPs, linear in log FLOPs between its checkpoints ('-': outside its range); 'reaches it "
-             "at' is the FLOPs where the other series first matches this value ('0': at its first checkpoint already, "
+             "at' is the FLOPs where the other series first matches this value ('≤': its first checkpoint already does, "
              "'-': never within its range) and 'compute ratio' this FLOPs / that (> 1: the other gets there with less).", "",
              f"| this | against | training FLOPs | {metric} | other at equal FLOPs | {gap} | other reaches it at | compute ratio "
              "| entropy vs data |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        reach = "-" if r["other_reaches_at"] is None else "0" if r["other_reaches_at"] == 0 else f"{r['other_reaches_at']:.3e}"
+        bound = ("≤ ", "≥ ") if r["reach_bounded"] else ("", "")
+        reach = "-" if r["other_reaches_at"] is None else f"{bound[0]}{r['other_reaches_at']:.3e}"
+        ratio = "-" if r["compute_ratio"] is None else f"{bound[1]}{fmt(r['compute_ratio'], 3)}"
         vs = "-" if r["entropy_vs_data"] is None else f"{100 * r['entropy_vs_data']:+.1f} %"
         lines.append(f"| {LABEL[r['series'][0]]} {r['series'][1]} | {LABEL[r['against'][0]]} {r['against'][1]} | {r['flops']:.3e} "
                      f"| {fmt(r['value'])} | {fmt(r['other_at_equal_flops'])} | {fmt(r['gap'], 3)} | {reach} "
-                     f"| {fmt(r['compute_ratio'], 3)} | {vs} |")
+                     f"| {ratio} | {vs} |")
     return "\n".join(lines) + "\n"
 
 

@@ -108,7 +108,7 @@ def test_goals_read_the_other_curve_at_equal_flops_and_find_the_compute_it_needs
     first, second = rows
     assert first["other_at_equal_flops"] == pytest.approx(0.7) and first["gap"] == pytest.approx(0.1)
     assert second["other_at_equal_flops"] == pytest.approx(0.8)  # half-way in log FLOPs from 1e9 to 4e9
-    assert first["other_reaches_at"] == pytest.approx(2e9) and first["compute_ratio"] == pytest.approx(0.5)
+    assert first["other_reaches_at"] == pytest.approx(2e9) and first["compute_ratio"] == pytest.approx(0.5) and not first["reach_bounded"]
     assert second["other_reaches_at"] == pytest.approx(4e9) and second["compute_ratio"] == pytest.approx(0.5)
     assert first["entropy_vs_data"] == pytest.approx(2.0 / 2.5 - 1)
 
@@ -116,7 +116,8 @@ def test_goals_read_the_other_curve_at_equal_flops_and_find_the_compute_it_needs
 def test_goals_on_text_compare_genppl_as_a_ratio_and_say_when_out_of_range():
     rows = curves.goals(_goal_results("shakespeare", flow=[(1e9, 100.0), (8e9, 60.0)], mdlm=[(1e9, 50.0), (2e9, 40.0)]))
     first, last = rows
-    assert first["gap"] == pytest.approx(2.0) and first["other_reaches_at"] == 0.0 and first["compute_ratio"] is None
+    assert first["gap"] == pytest.approx(2.0) and first["other_reaches_at"] == 1e9 and first["reach_bounded"]  # at most 1e9
+    assert last["compute_ratio"] == pytest.approx(8.0) and last["reach_bounded"]  # at least 8x
     assert last["other_at_equal_flops"] is None and last["gap"] is None  # 8e9 is past MDLM's last checkpoint
     near = curves.goals(_goal_results("shakespeare", flow=[(2.02e9, 45.0)], mdlm=[(1e9, 50.0), (2e9, 40.0)]))[0]
     assert near["other_at_equal_flops"] == pytest.approx(40.0)  # within the 2 % tolerance: MDLM's last checkpoint
@@ -124,7 +125,7 @@ def test_goals_on_text_compare_genppl_as_a_ratio_and_say_when_out_of_range():
     assert never["other_reaches_at"] is None and never["gap"] == pytest.approx(0.75)
     text = curves.goals_table({**_goal_results("shakespeare", flow=[(1e9, 100.0)], mdlm=[(1e9, 50.0)]), "num_samples": 1})
     assert "**Goals at equal training FLOPs** (gen_ppl, lower is better)" in text
-    assert "| flow 128 | MDLM 128 | 1.000e+09 | 100 | 50 | 2 | 0 | - | -20.0 % |" in text
+    assert "| flow 128 | MDLM 128 | 1.000e+09 | 100 | 50 | 2 | ≤ 1.000e+09 | ≥ 1 | -20.0 % |" in text
 
 
 @pytest.mark.slow
