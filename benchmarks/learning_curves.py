@@ -255,12 +255,9 @@ def at_flops(points: list[tuple[float, float]], flops: float) -> float | None:
     low, high = points[0][0], points[-1][0]
     if flops < low * (1 - FLOPS_TOLERANCE) or flops > high * (1 + FLOPS_TOLERANCE):
         return None
-    flops = min(max(flops, low), high)
-    for (f0, v0), (f1, v1) in zip(points, points[1:]):
-        if f0 <= flops <= f1:
-            w = 0.0 if f1 == f0 else (math.log(flops) - math.log(f0)) / (math.log(f1) - math.log(f0))
-            return v0 + w * (v1 - v0)
-    return points[0][1]  # a one-point curve
+    import numpy as np
+
+    return float(np.interp(math.log(flops), [math.log(f) for f, _ in points], [v for _, v in points]))  # clamps to the ends
 
 
 def flops_to_reach(points: list[tuple[float, float]], value: float, higher: bool) -> tuple[float | None, bool]:
@@ -301,8 +298,9 @@ def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def goals_table(results: dict[str, Any]) -> str:
-    """Markdown: one row per checkpoint of each goal's series (empty when neither series was scored)."""
-    rows = goals(results)
+    """Markdown: one row per checkpoint of each goal's series (empty when neither series was scored); ``results["goals"]``
+    when ``main`` has computed them."""
+    rows = results["goals"] if "goals" in results else goals(results)
     if not rows:
         return ""
     metric, higher = PRIMARY[results["data"]]
