@@ -36,6 +36,7 @@ import argparse
 import importlib.util
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -128,6 +129,12 @@ def train(method: str, out: Path, steps: int, every: int, args, teacher: Path | 
     if steps not in found:
         raise SystemExit(f"{out}: training ended without its step-{steps} checkpoint (found steps {sorted(found)})")
     return found
+
+
+def shown_path(path: Path) -> str:
+    """``path`` as the tables print it: relative to the repository when inside it (no machine's own folders in docs/)."""
+    absolute = Path(os.path.abspath(path))  # not resolve(): a run's `pretrained` link stays as named
+    return str(absolute.relative_to(ROOT)) if absolute.is_relative_to(ROOT) else str(path)
 
 
 def train_judge(runs: Path, args) -> Path:
@@ -484,7 +491,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     from flowzoo.devices import resolve_device
 
-    results = {"command": "python benchmarks/learning_curves.py " + " ".join(argv), "data": args.data, "judge": str(judge) if judge else None,
+    results = {"command": "python benchmarks/learning_curves.py " + " ".join(argv), "data": args.data, "judge": shown_path(judge) if judge else None,
                "num_samples": args.num_samples, "seed": args.seed, "device": str(resolve_device(args.device, "--device")),
                "reference": reference, "points": results_points}
     results["goals"] = goals(results)
