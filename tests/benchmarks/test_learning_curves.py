@@ -82,13 +82,12 @@ def results():
                         "metrics": {"valid_sequences": 0.25, "pair_match": 0.8, "nll": 4.0, "entropy": 2.2}}]}
 
 
-def test_judge_paths_print_relative_to_the_repository_and_keep_their_links(tmp_path):
-    inside = curves.ROOT / "runs" / "x" / "judge" / "pretrained"
-    assert curves.shown_path(inside) == "runs/x/judge/pretrained"
-    (tmp_path / "version_0").mkdir()
-    (tmp_path / "pretrained").symlink_to(tmp_path / "version_0")
-    outside = tmp_path / "pretrained"
-    assert curves.shown_path(outside) == str(outside)  # outside the repository: as given, the link not followed
+def test_judge_paths_print_relative_to_the_repository_and_keep_their_links(tmp_path, monkeypatch):
+    monkeypatch.setattr(curves, "ROOT", tmp_path)
+    (tmp_path / "judge" / "version_0").mkdir(parents=True)
+    (tmp_path / "judge" / "pretrained").symlink_to(tmp_path / "judge" / "version_0")
+    assert curves.shown_path(tmp_path / "judge" / "pretrained") == "judge/pretrained"  # the link as named
+    assert curves.shown_path(Path("/elsewhere/judge")) == "/elsewhere/judge"  # outside the repository: as given
 
 
 def test_table_orders_each_series_by_flops_and_states_the_formula(tmp_path):
