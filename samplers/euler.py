@@ -8,6 +8,7 @@ from flowzoo.progress import progress
 from flowzoo.prompt import held
 from flowzoo.registry import register
 from flowzoo.samplers.base import SampleOutput, Sampler, check_decode
+from flowzoo.samplers.churn import check_gamma, renoise
 from flowzoo.samplers.steering import Steering
 from flowzoo.state import DenseState, EmbeddedSampling, self_conditioned
 
@@ -31,6 +32,10 @@ class EulerSampler(EmbeddedSampling, Sampler):
 
     A self-conditioning backbone reads the previous evaluation's D (none at the first): D_{t_i}(x | D_{t_{i-1}}).
 
+    ``gamma`` > 0 makes it stochastic (churn, ``flowzoo.samplers.churn``; DDIM's eta on this path): after each
+    step the state at t_{i+1} is rewritten as (1-t) sigma (sqrt(1-gamma^2) eps_hat + gamma z) + t D_{t_i}, a share
+    gamma of the noise it implies given D_{t_i} swapped for fresh noise z. gamma = 0 (the default) is the ODE.
+
     Reward steering with a flow map's lookahead (``flowzoo.samplers.steering``, dense state; the model must be a
     flow map, whose prediction at (t, 1) is X_{t,1}): ``guidance`` adds eta_i grad_x r(X_{t_i,1}(x)) to every Euler
     step, ``particles`` K > 1 resamples by exp(``tilt`` (r(X_{t_i,1}) - r_prev)); one extra evaluation per step.
@@ -40,12 +45,14 @@ class EulerSampler(EmbeddedSampling, Sampler):
 
     def __init__(self, steps: int = 128, decode: str = "argmax", temperature: float = 1.0, fused: bool | None = None,
                  reward: dict | str | None = None, guidance: float | None = None, guidance_schedule: str = "constant",
-                 normalize: bool = False, particles: int = 1, tilt: float = 1.0, grid: str = "linspace") -> None:
+                 normalize: bool = False, particles: int = 1, tilt: float = 1.0, grid: str = "linspace",
+                 gamma: float = 0.0) -> None:
         if steps < 1:
             raise ValueError(f"steps must be at least 1, got {steps}")
         if grid not in GRIDS:
             raise ValueError(f"unknown grid {grid!r}; choices: {', '.join(GRIDS)}")
-        self.grid = grid
+        check_gamma(gamma)
+        self.grid, self.gamma = grid, gamma
         check_decode(decode, temperature)
         self.steps, self.decode, self.temperature = steps, decode, temperature
         self.set_fused(fused)
@@ -94,6 +101,8 @@ class EulerSampler(EmbeddedSampling, Sampler):
             if i + 1 < self.steps:
                 t_next = times[i + 1].expand(num_samples)
                 x = state.euler_step(x, denoised, t, t_next)
+                if self.gamma > 0:
+                    x = renoise(state, x, state.in_state(denoised), t_next, self.gamma, generator)
                 if look is not None and steer.gradient:
                     x = steer.guide(x, look, steer.eta(model.path, t, t_next))
         tokens, prediction = state.decode(denoised, self.decode, self.temperature, generator)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from flowzoo.paths.base import expand_time
 from flowzoo.progress import progress
 from flowzoo.prompt import held
 from flowzoo.registry import register
 from flowzoo.samplers.base import SampleOutput, Sampler, check_decode
+from flowzoo.samplers.churn import check_gamma, renoise
 from flowzoo.samplers.steering import Lookahead, Steering
 from flowzoo.state import DenseState, EmbeddedSampling
 
@@ -51,8 +51,7 @@ class FlowMapSampler(EmbeddedSampling, Sampler):
             steps = len(times) - 1
         if steps < 1:
             raise ValueError(f"steps must be at least 1, got {steps}")
-        if not 0.0 <= gamma <= 1.0:
-            raise ValueError(f"gamma must lie in [0, 1], got {gamma}")
+        check_gamma(gamma)
         check_decode(decode, temperature)
         self.steps, self.times, self.decode, self.temperature, self.gamma = steps, times, decode, temperature, gamma
         self.set_fused(fused)
@@ -115,18 +114,8 @@ class FlowMapSampler(EmbeddedSampling, Sampler):
         if hasattr(path, "project"):  # paths on the simplex (dirichlet) stay on it
             x = path.project(x)
         if self.gamma > 0:
-            x = self._renoise(x, delta, t, state.fresh_noise(x, (1 - t) * getattr(path, "sigma", 1.0) * self.gamma, generator))
+            x = renoise(state, x, delta, t, self.gamma, generator)
         return x
-
-    def _renoise(self, x, delta, t, fresh):
-        """Swap a share gamma of the implied noise for fresh noise, keeping the state on the path at t.
-
-        x = (1-t) sigma eps_hat + t delta becomes (1-t) sigma (sqrt(1-gamma^2) eps_hat + gamma z) + t delta
-        = sqrt(1-gamma^2) (x - t delta) + t delta + fresh with fresh = (1-t) sigma gamma z: linear in (x, delta,
-        z), so the same on states (B, L, V) and on their embeddings (B, L, D).
-        """
-        t3 = expand_time(t)
-        return (1 - self.gamma**2) ** 0.5 * (x - t3 * delta) + t3 * delta + fresh
 
 
 def _rows(look: Lookahead, index: torch.Tensor) -> Lookahead:

@@ -68,9 +68,10 @@ def test_embedded_sampling_equals_the_dense_state(monkeypatch, sampler, steps, s
     assert torch.equal(fused_tokens, dense_tokens)
 
 
-def test_embedded_renoising_is_deterministic_and_changes_the_samples():
+@pytest.mark.parametrize("sampler", ["euler", "flow_map"])
+def test_embedded_renoising_is_deterministic_and_changes_the_samples(sampler):
     m = model()
-    fused = lambda gamma: m.generate(B, L, sampler={"name": "flow_map", "init_args": {"steps": 3, "gamma": gamma, "fused": True}}, seed=0).tokens  # noqa: E731
+    fused = lambda gamma: m.generate(B, L, sampler={"name": sampler, "init_args": {"steps": 3, "gamma": gamma, "fused": True}}, seed=0).tokens  # noqa: E731
     assert torch.equal(fused(0.5), fused(0.5))
     assert not torch.equal(fused(0.5), fused(0.0))
 

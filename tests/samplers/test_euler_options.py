@@ -79,3 +79,45 @@ def test_self_conditioning_sampling_runs_on_the_dense_state():
     backbone = {"name": "dit", "init_args": {**TINY["init_args"], "self_condition": True}}
     with pytest.raises(Exception, match="self-conditioning .* runs on the dense state"):
         FlowLM(backbone=backbone, sampler={"name": "euler", "init_args": {"fused": True}}, vocab_size=7)
+
+
+def test_churn_zero_is_the_ode_and_churn_draws_reproducible_other_samples():
+    torch.manual_seed(0)
+    model = FlowLM(backbone=TINY, vocab_size=7)
+    with torch.no_grad():  # random weights everywhere (the zero-initialised adaLN and unembedding make D uniform)
+        for p in model.parameters():
+            p.copy_(0.3 * torch.randn(p.shape))
+    draw = lambda **kw: model.generate(16, 5, sampler={"name": "euler", "init_args": {"steps": 6, **kw}}, seed=0).tokens  # noqa: E731
+    assert torch.equal(draw(gamma=0.0), draw())
+    assert torch.equal(draw(gamma=0.7), draw(gamma=0.7))
+    assert not torch.equal(draw(gamma=0.7), draw())
+
+
+def test_renoise_swaps_a_share_gamma_of_the_implied_noise():
+    """x = (1-t) sigma eps + t delta becomes (1-t) sigma (sqrt(1-gamma^2) eps + gamma z) + t delta: the state stays on
+    the path at t around the same prediction, with the fresh z drawn from the generator."""
+    from flowzoo.samplers.churn import renoise
+    from flowzoo.state import DenseState
+
+    model = FlowLM(backbone=TINY, path={"name": "linear", "init_args": {"sigma": 0.5}}, vocab_size=7)
+    state, t = DenseState(model), torch.tensor([0.2, 0.9])
+    eps, delta = torch.randn(2, 3, 7), torch.softmax(torch.randn(2, 3, 7), -1)
+    a, b = (1 - t).view(-1, 1, 1) * 0.5, t.view(-1, 1, 1)
+    x = a * eps + b * delta
+    for gamma in (0.0, 0.6, 1.0):
+        out = renoise(state, x, delta, t, gamma, torch.Generator().manual_seed(3))
+        z = torch.randn(x.shape, generator=torch.Generator().manual_seed(3))
+        torch.testing.assert_close(out, a * ((1 - gamma**2) ** 0.5 * eps + gamma * z) + b * delta)
+
+
+@pytest.mark.parametrize("gamma", [-0.1, 1.5])
+def test_churn_outside_zero_one_is_refused(gamma):
+    with pytest.raises(ValueError, match=r"gamma must lie in \[0, 1\]"):
+        FlowLM(backbone=TINY, sampler={"name": "euler", "init_args": {"gamma": gamma}}, vocab_size=7)
+
+
+def test_churn_is_refused_on_the_dirichlet_path():
+    from flowzoo.errors import IncompatibleComponentsError
+
+    with pytest.raises(IncompatibleComponentsError, match=r"sampler 'euler'.*gamma"):
+        FlowLM(backbone=TINY, path="dirichlet", sampler={"name": "euler", "init_args": {"gamma": 0.5}}, vocab_size=7)
