@@ -160,8 +160,18 @@ def sampler_entries(method: str, args) -> list[dict[str, Any]]:
     if method == "ar":
         return [{"name": "ar"}]
     steps = {"flow": args.flow_steps, "flow_map": args.map_steps, "mdlm": args.mdlm_steps}[method]
-    init_args = {"grid": args.euler_grid} if method == "flow" else {}
+    init_args = {"grid": args.euler_grid, "gamma": args.euler_gamma} if method == "flow" else {}
     return [{"name": SAMPLER[method], "steps": list(steps), "init_args": init_args}]
+
+
+def score_name(method: str, step: int, args) -> str:
+    """The cache name of a checkpoint's scores: ``mdlm@K``; the flow's carries its Euler options that are not the
+    defaults (``flow@K_grid-uniform_gamma-0.3``), so other options are scored apart and the rest is reused."""
+    name = f"{method}@{step}"
+    if method == "flow":
+        name += "".join(f"_{key}-{value}" for key, value, default in (("grid", args.euler_grid, "linspace"),
+                                                                       ("gamma", args.euler_gamma, 0.0)) if value != default)
+    return name
 
 
 def cached(cache: Path, compute) -> Any:
@@ -407,6 +417,8 @@ def parse(argv: list[str] | None):
     parser.add_argument("--distill-at", help="comma-separated flow checkpoint steps to distil from (default: every one)")
     parser.add_argument("--flow-steps", type=int, nargs="+", default=[128], help="Euler steps of the flow")
     parser.add_argument("--euler-grid", choices=("linspace", "uniform"), default="linspace", help="the Euler sampler's time grid")
+    parser.add_argument("--euler-gamma", type=float, default=0.0,
+                        help="the Euler sampler's churn: share of fresh noise after each step, in [0, 1] (0: the ODE)")
     parser.add_argument("--map-steps", type=int, nargs="+", default=[1, 4], help="flow-map steps")
     parser.add_argument("--mdlm-steps", type=int, nargs="+", default=[8, 128], help="MDLM ancestral steps")
     parser.add_argument("--num-samples", type=int, default=256)
@@ -440,6 +452,8 @@ def parse(argv: list[str] | None):
         args.budget, args.every, args.distill_steps = 4, 2, 2
         args.flow_steps, args.map_steps, args.mdlm_steps = [4], [1, 2], [2, 4]
         args.num_samples, args.batch_size, args.val_batches = 8, 4, 1
+    if not 0.0 <= args.euler_gamma <= 1.0:
+        parser.error(f"--euler-gamma must lie in [0, 1], got {args.euler_gamma}")
     if args.budget < 1 or args.every < 1 or args.distill_steps < 1 or args.every > args.budget:
         parser.error("--budget, --every and --distill-steps must be positive, --every at most --budget")
     args.distill_at = None if not args.distill_at else sorted({int(v) for v in args.distill_at.split(",")})
@@ -467,8 +481,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for k in chosen:
             maps[k] = train("flow_map", runs / f"flow_map_from_{k}", args.distill_steps, args.distill_steps, args, teacher=trained["flow"][k])
 
-    tag = f"n{args.num_samples}_seed{args.seed}" + ("" if args.euler_grid == "linspace" else f"_{args.euler_grid}")
-    scores, flow_flops, results_points = runs / "scores" / tag, {}, []
+    scores, flow_flops, results_points = runs / "scores" / f"n{args.num_samples}_seed{args.seed}", {}, []
     for method, found in trained.items():
         for step, ckpt in found.items():
             facts = model_facts(ckpt)
@@ -476,7 +489,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             if method == "flow":
                 flow_flops[step] = (flops, facts["parameters"])
             if method in args.methods:
-                name = f"{method}@{step}"
+                name = score_name(method, step, args)
                 entry = {"name": name, "checkpoint": str(ckpt), "samplers": sampler_entries(method, args)}
                 results_points += points(method, step, score(entry, scores / f"{name}.json", args, judge), flops, facts["parameters"])
     for k, found in maps.items():

@@ -67,10 +67,18 @@ def test_bad_options_are_refused_in_one_line(capsys):
     for argv, message in ((["--methods", "flow,sedd"], "unknown methods ['sedd']"),
                           (["--train-flag", "judge:--model.lr=1"], "--train-flag expects METHOD:--flag"),
                           (["--data-flag=--model.lr=1"], "--data-flag expects --data"),
-                          (["--every", "10", "--budget", "5"], "--every at most --budget")):
+                          (["--every", "10", "--budget", "5"], "--every at most --budget"),
+                          (["--euler-gamma", "1.5"], "--euler-gamma must lie in [0, 1], got 1.5")):
         with pytest.raises(SystemExit):
             curves.parse(argv)
         assert message in capsys.readouterr().err
+
+
+def test_the_flows_cache_name_carries_its_euler_options_and_the_others_do_not():
+    name = lambda method, *argv: curves.score_name(method, 1500, curves.parse(list(argv)))  # noqa: E731
+    assert name("flow") == "flow@1500" and name("mdlm", "--euler-gamma", "0.3") == "mdlm@1500"
+    assert name("flow", "--euler-gamma", "0.3") == "flow@1500_gamma-0.3"
+    assert name("flow", "--euler-grid", "uniform", "--euler-gamma", "1") == "flow@1500_grid-uniform_gamma-1.0"
 
 
 def results():
@@ -149,3 +157,9 @@ def test_tiny_run_end_to_end(tmp_path):
     assert out["reference"]["valid_sequences"] == 1.0
     assert json.loads((tmp_path / "out" / "curves.json").read_text())["points"] == json.loads(json.dumps(out["points"], default=str))
     assert (tmp_path / "out" / "curves.png").stat().st_size > 0
+    scores = tmp_path / "runs" / "mirror" / "scores" / "n8_seed0"
+    kept = {f.name: f.stat().st_mtime_ns for f in scores.iterdir()}
+    churned = curves.main(["--data", "mirror", "--tiny", "--runs", str(tmp_path / "runs"), "--output", str(tmp_path / "out2"), "--euler-gamma", "0.5"])
+    assert {p["series"] for p in churned["points"] if p["method"] == "flow"} == {"flow, euler gamma=0.5 4"}
+    assert {f.name for f in scores.iterdir()} - set(kept) == {"flow@2_gamma-0.5.json", "flow@4_gamma-0.5.json"}
+    assert all(scores.joinpath(name).stat().st_mtime_ns == mtime for name, mtime in kept.items())  # the rest read from the cache
