@@ -17,6 +17,8 @@ CASES = {
     "euler": ({"name": "euler", "init_args": {"steps": 3}}, {}),
     "euler-embedded": ({"name": "euler", "init_args": {"steps": 3, "fused": True}}, {}),
     "euler-dirichlet": ({"name": "euler", "init_args": {"steps": 3}}, {"path": "dirichlet"}),
+    "euler-churn": ({"name": "euler", "init_args": {"steps": 3, "gamma": 0.5}}, {}),
+    "euler-churn-embedded": ({"name": "euler", "init_args": {"steps": 3, "gamma": 0.5, "fused": True}}, {}),
     "flow_map": ({"name": "flow_map", "init_args": {"steps": 2}}, {"objective": "lsd"}),
     "flow_map-embedded": ({"name": "flow_map", "init_args": {"steps": 2, "gamma": 0.5, "fused": True}}, {"objective": "lsd"}),
     "flow_map-churn": ({"name": "flow_map", "init_args": {"steps": 3, "gamma": 0.5}}, {"objective": "lsd"}),
