@@ -208,11 +208,12 @@ def test_missing_directories_are_named(tmp_path):
         (["--sampler", "marginal", "--steps", "2"], "sampler 'marginal' has no option --steps; its options: temperature"),
         (["--sampler", "curvy"], "unknown sampler 'curvy'; valid sampler names"),
         (["--sampler", "ancestral"], "sampler 'ancestral' cannot be used with path 'linear'"),
-        (["--option", "gamma=0.5"], "sampler 'euler' has no option --gamma; its options: steps, decode, temperature"),
+        (["--option", "churn=0.5"], "sampler 'euler' has no option --churn; its options: steps, decode, temperature"),
         (["--option", "gamma"], "--option expects KEY=VALUE, got 'gamma'"),
+        (["--option", "gamma=1.5"], "gamma must lie in [0, 1], got 1.5"),
     ],
     ids=["steps", "num-samples", "length", "temperature", "option-of-another-sampler", "unknown-sampler", "incompatible-sampler",
-         "unknown-option", "option-without-value"],
+         "unknown-option", "option-without-value", "gamma-out-of-range"],
 )
 def test_sample_refuses_bad_options(saved, capsys, extra, match):
     assert main(["sample", "--model", str(saved), *extra]) == 2
