@@ -160,6 +160,6 @@ class DirichletPath(ProbabilityPath):
                 "(use lsd, or distill with target=lagrangian)"
             )
         sampler = parts.get("sampler")
-        if getattr(sampler, "registry_name", "") in ("flow_map", "euler") and getattr(sampler, "gamma", 0) > 0:
+        if getattr(sampler, "gamma", 0) > 0:  # the samplers' churn (flowzoo.samplers.churn)
             return "sampler", "re-noising (gamma > 0) assumes the Gaussian linear interpolant; use gamma=0 on the Dirichlet path"
         return None

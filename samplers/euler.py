@@ -100,9 +100,11 @@ class EulerSampler(EmbeddedSampling, Sampler):
             denoised = state.predict(x, t, self_cond=denoised) if conditioned else state.predict(x, t)
             if i + 1 < self.steps:
                 t_next = times[i + 1].expand(num_samples)
-                x = state.euler_step(x, denoised, t, t_next)
-                if self.gamma > 0:
-                    x = renoise(state, x, state.in_state(denoised), t_next, self.gamma, generator)
+                if self.gamma > 0:  # linear path (churn is refused elsewhere): the Euler step is the flow map at
+                    delta = state.in_state(denoised)  # delta = D_t, built once for the step and the re-noising
+                    x = renoise(state, model.path.flow_map(x, delta, t, t_next), delta, t_next, self.gamma, generator)
+                else:
+                    x = state.euler_step(x, denoised, t, t_next)
                 if look is not None and steer.gradient:
                     x = steer.guide(x, look, steer.eta(model.path, t, t_next))
         tokens, prediction = state.decode(denoised, self.decode, self.temperature, generator)
