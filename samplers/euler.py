@@ -8,7 +8,7 @@ from flowzoo.progress import progress
 from flowzoo.prompt import held
 from flowzoo.registry import register
 from flowzoo.samplers.base import SampleOutput, Sampler, check_decode
-from flowzoo.samplers.churn import check_gamma, renoise
+from flowzoo.samplers.churn import check_gamma, check_rate, gamma_from_rate, renoise
 from flowzoo.samplers.steering import Steering
 from flowzoo.state import DenseState, EmbeddedSampling, self_conditioned
 
@@ -35,6 +35,10 @@ class EulerSampler(EmbeddedSampling, Sampler):
     ``gamma`` > 0 makes it stochastic (churn, ``flowzoo.samplers.churn``; DDIM's eta on this path): after each
     step the state at t_{i+1} is rewritten as (1-t) sigma (sqrt(1-gamma^2) eps_hat + gamma z) + t D_{t_i}, a share
     gamma of the noise it implies given D_{t_i} swapped for fresh noise z. gamma = 0 (the default) is the ODE.
+    gamma is per step, so its effect grows with the step count; ``churn_rate`` lambda > 0 sets it from the step's
+    length du in uniform time instead, gamma = sqrt(1 - exp(-2 lambda du)), so the implied noise keeps
+    exp(-lambda Delta u) of itself over any stretch Delta u whatever ``steps`` is (lambda = 6 is gamma = 0.3 at 128
+    steps; set one of the two).
 
     Reward steering with a flow map's lookahead (``flowzoo.samplers.steering``, dense state; the model must be a
     flow map, whose prediction at (t, 1) is X_{t,1}): ``guidance`` adds eta_i grad_x r(X_{t_i,1}(x)) to every Euler
@@ -46,13 +50,17 @@ class EulerSampler(EmbeddedSampling, Sampler):
     def __init__(self, steps: int = 128, decode: str = "argmax", temperature: float = 1.0, fused: bool | None = None,
                  reward: dict | str | None = None, guidance: float | None = None, guidance_schedule: str = "constant",
                  normalize: bool = False, particles: int = 1, tilt: float = 1.0, grid: str = "linspace",
-                 gamma: float = 0.0) -> None:
+                 gamma: float = 0.0, churn_rate: float = 0.0) -> None:
         if steps < 1:
             raise ValueError(f"steps must be at least 1, got {steps}")
         if grid not in GRIDS:
             raise ValueError(f"unknown grid {grid!r}; choices: {', '.join(GRIDS)}")
         check_gamma(gamma)
-        self.grid, self.gamma = grid, gamma
+        check_rate(churn_rate)
+        if gamma > 0 and churn_rate > 0:
+            raise ValueError(f"set gamma (per step) or churn_rate (per unit of time), not both: got gamma={gamma}, "
+                             f"churn_rate={churn_rate}")
+        self.grid, self.gamma, self.churn_rate = grid, gamma, churn_rate
         check_decode(decode, temperature)
         self.steps, self.decode, self.temperature = steps, decode, temperature
         self.set_fused(fused)
@@ -73,6 +81,14 @@ class EulerSampler(EmbeddedSampling, Sampler):
             return path.schedule(self.steps, end=1.0, device=device)[: self.steps]
         return path.schedule(max(self.steps - 1, 1), end=getattr(path, "t_max", 1.0), device=device)
 
+    def step_gamma(self, path) -> float:
+        """The churn of one step: ``gamma``, or ``churn_rate`` over the grid's step length in uniform time
+        (``linspace``: t_max / (steps - 1); ``uniform``: 1 / steps)."""
+        if self.churn_rate == 0:
+            return self.gamma
+        du = 1.0 / self.steps if self.grid == "uniform" else getattr(path, "t_max", 1.0) / max(self.steps - 1, 1)
+        return gamma_from_rate(self.churn_rate, du)
+
     @torch.no_grad()
     def sample(self, model, num_samples, length, generator=None, prompt=None):
         steer = self.steering
@@ -85,6 +101,7 @@ class EulerSampler(EmbeddedSampling, Sampler):
         times = self.schedule(model.path, device=model.device)
         nfe, previous = self.steps, torch.zeros(num_samples, device=model.device)
         conditioned, denoised = self_conditioned(model), None
+        gamma = self.step_gamma(model.path)
         for i in progress(range(self.steps), desc="euler"):
             t = times[i].expand(num_samples)
             look = None
@@ -100,9 +117,9 @@ class EulerSampler(EmbeddedSampling, Sampler):
             denoised = state.predict(x, t, self_cond=denoised) if conditioned else state.predict(x, t)
             if i + 1 < self.steps:
                 t_next = times[i + 1].expand(num_samples)
-                if self.gamma > 0:  # linear path (churn is refused elsewhere): the Euler step is the flow map at
+                if gamma > 0:  # linear path (churn is refused elsewhere): the Euler step is the flow map at
                     delta = state.in_state(denoised)  # delta = D_t, built once for the step and the re-noising
-                    x = renoise(state, model.path.flow_map(x, delta, t, t_next), delta, t_next, self.gamma, generator)
+                    x = renoise(state, model.path.flow_map(x, delta, t, t_next), delta, t_next, gamma, generator)
                 else:
                     x = state.euler_step(x, denoised, t, t_next)
                 if look is not None and steer.gradient:

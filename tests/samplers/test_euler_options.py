@@ -121,3 +121,53 @@ def test_churn_is_refused_on_the_dirichlet_path():
 
     with pytest.raises(IncompatibleComponentsError, match=r"sampler 'euler'.*gamma"):
         FlowLM(backbone=TINY, path="dirichlet", sampler={"name": "euler", "init_args": {"gamma": 0.5}}, vocab_size=7)
+
+
+def test_churn_rate_keeps_the_same_noise_correlation_over_time_at_any_step_count():
+    """gamma = sqrt(1 - exp(-2 lambda du)) per step: the implied noise keeps exp(-lambda) of itself over the whole
+    of uniform time, whatever the number of steps (a fixed gamma keeps (1 - gamma^2)^(n/2), which falls with n)."""
+    import math
+
+    from flowzoo.samplers.churn import gamma_from_rate
+    from flowzoo.samplers.euler import EulerSampler
+
+    path = FlowLM(backbone=TINY, vocab_size=7).path
+    for grid in ("linspace", "uniform"):
+        for steps in (8, 128, 1024):
+            sampler = EulerSampler(steps=steps, grid=grid, churn_rate=6.0)
+            du = path.t_max / (steps - 1) if grid == "linspace" else 1.0 / steps  # one step, in uniform time
+            kept = (1 - sampler.step_gamma(path) ** 2) ** (0.5 / du)  # what 1/du such steps keep: one unit of time
+            assert math.isclose(kept, math.exp(-6.0), rel_tol=1e-9)
+    assert math.isclose(gamma_from_rate(6.0, 0.999 / 127), 0.3, abs_tol=2e-3)  # the documented correspondence
+    assert EulerSampler(steps=128, gamma=0.3).step_gamma(path) == 0.3
+
+
+def test_churn_rate_samples_as_the_gamma_it_gives():
+    torch.manual_seed(0)
+    model = FlowLM(backbone=TINY, vocab_size=7)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(0.3 * torch.randn(p.shape))
+    from flowzoo.samplers.euler import EulerSampler
+
+    gamma = EulerSampler(steps=6, churn_rate=2.0).step_gamma(model.path)
+    draw = lambda **kw: model.generate(16, 5, sampler={"name": "euler", "init_args": {"steps": 6, **kw}}, seed=0).tokens  # noqa: E731
+    assert torch.equal(draw(churn_rate=2.0), draw(gamma=gamma))
+    assert not torch.equal(draw(churn_rate=2.0), draw())
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"churn_rate": -1.0}, "churn_rate must be a finite number >= 0"),
+    ({"churn_rate": float("inf")}, "churn_rate must be a finite number >= 0"),
+    ({"churn_rate": 6.0, "gamma": 0.3}, "set gamma .* or churn_rate .*, not both"),
+])
+def test_bad_churn_rate_is_refused(options, message):
+    with pytest.raises(ValueError, match=message):
+        FlowLM(backbone=TINY, sampler={"name": "euler", "init_args": options}, vocab_size=7)
+
+
+def test_churn_rate_is_refused_on_the_dirichlet_path():
+    from flowzoo.errors import IncompatibleComponentsError
+
+    with pytest.raises(IncompatibleComponentsError, match=r"sampler 'euler'.*churn_rate"):
+        FlowLM(backbone=TINY, path="dirichlet", sampler={"name": "euler", "init_args": {"churn_rate": 6.0}}, vocab_size=7)
