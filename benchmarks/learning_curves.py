@@ -18,8 +18,8 @@ Training compute is estimated, not measured:
     training       C(k) = 6 * N * B * L * k                   (N parameters, B * L tokens a step, k steps; the
                                                                factor is 8 with self-conditioning's extra forward)
     distillation   C = C_flow(k) + (6 * N_student + 2 * N_teacher) * B * L * d    (d steps, one teacher forward per
-                                                               token; the student's own no-grad target passes are
-                                                               not counted)
+                                                               token, two with teacher_self_condition; the
+                                                               student's own no-grad target passes are not counted)
 
 Every step is cached: a model whose last checkpoint exists is not retrained (an interrupted run resumes from its
 ``last.ckpt``), a checkpoint already scored (``<runs>/<data>/scores/*.json``) is not sampled again.
@@ -71,9 +71,10 @@ def training_flops(parameters: int, tokens_per_step: int, steps: int, self_condi
     return (8.0 if self_condition else 6.0) * parameters * tokens_per_step * steps
 
 
-def distillation_flops(student: int, teacher: int, tokens_per_step: int, steps: int) -> float:
-    """(6 N_student + 2 N_teacher) T d: the student's training and one teacher forward per token."""
-    return (6.0 * student + 2.0 * teacher) * tokens_per_step * steps
+def distillation_flops(student: int, teacher: int, tokens_per_step: int, steps: int, teacher_passes: int = 1) -> float:
+    """(6 N_student + 2 P N_teacher) T d: the student's training and P teacher forwards per token (P = 2 for a
+    self-conditioning teacher read with its own first prediction, ``teacher_self_condition``)."""
+    return (6.0 * student + 2.0 * teacher_passes * teacher) * tokens_per_step * steps
 
 
 # --- training --------------------------------------------------------------------------------------
@@ -236,6 +237,11 @@ def self_conditioned(config: dict[str, Any]) -> bool:
     return bool(((config.get("backbone") or {}).get("init_args") or {}).get("self_condition", False))
 
 
+def teacher_self_conditioned(config: dict[str, Any]) -> bool:
+    """Whether a distilled map's teacher was read with two passes (the distill objective's teacher_self_condition)."""
+    return bool(((config.get("objective") or {}).get("init_args") or {}).get("teacher_self_condition", False))
+
+
 def points(method: str, step: int, scored: dict[str, Any], flops: float, parameters: int, distill: int | None = None) -> list[dict[str, Any]]:
     """One point per sampler row of a scored checkpoint."""
     out = []
@@ -356,7 +362,8 @@ def table(results: dict[str, Any]) -> str:
     metrics = [m for m, _ in METRICS[results["data"]]]
     lines = ["```", results["command"], "```", "",
              "Training FLOPs estimated as 6·N·B·L·k (N parameters, B·L tokens a step, k steps; 8·N·B·L·k with "
-             "self-conditioning); a flow map adds its distillation, (6·N_student + 2·N_teacher)·B·L·d, to its teacher "
+             "self-conditioning); a flow map adds its distillation, (6·N_student + 2·N_teacher)·B·L·d (4·N_teacher with "
+             "teacher_self_condition), to its teacher "
              f"checkpoint's. {results['num_samples']} samples per row, seed {results['seed']}; judge: {results['judge'] or '-'}.",
              "Conventions (docs/benchmark.md): `flowzoo benchmark`'s defaults, GenPPL `judge_text: decode`, `judge_eos: all`; MDLM's "
              "`ancestral` stops at MDLM time τ = the path's eps (1e-3), not MDLM's code's 1e-5.", "",
@@ -497,7 +504,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         name, facts = f"flow_map@{k}+{d}", model_facts(found[d])
         entry = {"name": name, "checkpoint": str(found[d]), "samplers": sampler_entries("flow_map", args)}
         teacher_flops, teacher_parameters = flow_flops[k]
-        flops = teacher_flops + distillation_flops(facts["parameters"], teacher_parameters, tokens_per_step(facts["config"]), d)
+        passes = 2 if teacher_self_conditioned(facts["config"]) else 1
+        flops = teacher_flops + distillation_flops(facts["parameters"], teacher_parameters, tokens_per_step(facts["config"]), d, passes)
         results_points += points("flow_map", k, score(entry, scores / f"{name}.json", args, judge), flops, facts["parameters"], distill=d)
     first = next(iter(next(iter(trained.values())).values()))
     reference = reference_metrics(first, scores / "data.json", args, judge)

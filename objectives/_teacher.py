@@ -49,6 +49,23 @@ class FrozenTeacher:
         return self._teacher
 
 
+class SelfConditionedTeacher:
+    """A self-conditioning teacher read as it was trained: D_t(x | sg[D_t(x | 0)]), its first pass's prediction fed
+    to a second (two forwards a read). Read once, with D^ = 0, it gives the half of its training without
+    self-conditioning. Every other attribute is the wrapped model's."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+
+    def logits(self, x, t, s=None, self_cond=None):
+        if self_cond is None:  # D^ = D_t(x | 0), (B, L, V)
+            self_cond = self.model.head.denoise(self.model.logits(x, t, s)).detach()
+        return self.model.logits(x, t, s, self_cond=self_cond)
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+
 class RoundTeacher(FrozenTeacher):
     """Mixin for an ``nn.Module`` objective distilled in rounds from the checkpoint ``teacher_path`` names.
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from flowzoo.objectives._teacher import FrozenTeacher
+from flowzoo.objectives._teacher import FrozenTeacher, SelfConditionedTeacher
 from flowzoo.objectives.flow_map_config import FlowMapConfig
 from flowzoo.objectives._flowmap import (
     MIDPOINTS,
@@ -16,6 +16,7 @@ from flowzoo.objectives._flowmap import (
 from flowzoo.paths.base import expand_time
 from flowzoo.objectives.psd import semigroup_target, semigroup_term
 from flowzoo.registry import register
+from flowzoo.state import self_conditioned
 
 TARGETS = ("semigroup", "lagrangian", "trajectory")
 STUDENT_INITS = ("copy", "euler_step")
@@ -42,6 +43,10 @@ class Distill(FrozenTeacher, FlowMapObjective):
     teacher read with its gap embedding, about D_t(x_s)) or ``euler_step`` (FLM: delta_{s,t}(x_s) = D_s(x_s), so
     X_{s,t} is the teacher's Euler step from s to t; the backbone's ``euler_step_init``).
 
+    ``teacher_self_condition``: a self-conditioning teacher (CDCD, Plaid) is read as it was trained, each read two
+    passes D_t(x | sg[D_t(x | 0)]) (twice the teacher's forwards); false (the default) reads it once with D^ = 0.
+    The student (a one-pass map) always reads D^ = 0.
+
     ``condition_share``: training for prompts (:class:`~flowzoo.objectives._flowmap.FlowMapObjective`): the student
     and the teacher read every state (x_t, x_s, the semigroup's X_{s,u}, the landing point X_{s,t}, the teacher's
     trajectory) with the known positions at their clean one-hot; the losses are averaged over the unknown ones.
@@ -61,6 +66,7 @@ class Distill(FrozenTeacher, FlowMapObjective):
         init_from: str = "",
         condition_share: float = 0.0,
         student_init: str = "copy",
+        teacher_self_condition: bool = False,
     ) -> None:
         super().__init__(flow_map, condition_share)
         if student_init not in STUDENT_INITS:
@@ -70,7 +76,7 @@ class Distill(FrozenTeacher, FlowMapObjective):
                 "student_init='euler_step' starts the student as the teacher's Euler step, so it needs init_from_teacher=true "
                 "and no init_from (a model given there is already a map: it starts as that model)"
             )
-        self.student_init = student_init
+        self.student_init, self.teacher_self_condition = student_init, bool(teacher_self_condition)
         if teacher_steps < 1:
             raise ValueError(f"teacher_steps must be at least 1, got {teacher_steps}")
         self.teacher_steps = teacher_steps
@@ -101,7 +107,7 @@ class Distill(FrozenTeacher, FlowMapObjective):
     def diagonal_target(self, model, xt, t, x1):
         if self.diagonal_target_kind == "data":
             return x1
-        teacher = self.teacher(model, xt.device)
+        teacher = self.read_teacher(model, xt.device)
         with torch.no_grad():
             return teacher.head.denoise(teacher.logits(xt, t, t)).float()  # D^teacher_t(x_t), (B, L, V)
 
@@ -109,8 +115,19 @@ class Distill(FrozenTeacher, FlowMapObjective):
         self.teacher(model, x1.device)  # refuses a missing teacher before any loss is computed
         return super().forward(model, x1)
 
+    def read_teacher(self, model, device):
+        """The teacher as the losses read it: with ``teacher_self_condition``, a self-conditioning teacher's every read
+        is two passes, D_t(x | sg[D_t(x | 0)]) (:class:`SelfConditionedTeacher`); otherwise one, with D^ = 0."""
+        teacher = self.teacher(model, device)
+        if not self.teacher_self_condition:
+            return teacher
+        if not self_conditioned(teacher):
+            raise ValueError("teacher_self_condition=true reads the teacher with its own first prediction, but this "
+                             "teacher was trained without self-conditioning; leave teacher_self_condition=false")
+        return SelfConditionedTeacher(teacher)
+
     def map_loss(self, model, state, xs, pairs, extra, x1, known):
-        teacher = self.teacher(model, x1.device)
+        teacher = self.read_teacher(model, x1.device)
         xs = state.value(xs)  # (B, L, V): distill runs on the dense state
         if self.target == "lagrangian":
             residual = lagrangian_residual(model, xs, pairs.s, pairs.t, velocity_model=teacher, hold=known.hold)

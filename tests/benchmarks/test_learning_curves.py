@@ -25,6 +25,9 @@ def test_flops_are_six_n_t_k_and_distillation_adds_the_teachers_forward():
     assert curves.training_flops(1000, 64 * 32, 10) == 6 * 1000 * 2048 * 10
     assert curves.training_flops(1000, 2048, 10, self_condition=True) == 8 * 1000 * 2048 * 10
     assert curves.distillation_flops(1000, 3000, 2048, 5) == (6 * 1000 + 2 * 3000) * 2048 * 5
+    assert curves.distillation_flops(1000, 3000, 2048, 5, teacher_passes=2) == (6 * 1000 + 4 * 3000) * 2048 * 5
+    assert curves.teacher_self_conditioned({"objective": {"init_args": {"teacher_self_condition": True}}})
+    assert not curves.teacher_self_conditioned({"objective": {"class_path": "flowzoo.objectives.Distill"}})
     assert curves.tokens_per_step({"data": {"name": "mirror", "init_args": {"batch_size": 64, "seq_len": 32}}}) == 2048
     with pytest.raises(SystemExit, match="no data batch size"):
         curves.tokens_per_step({"data": None})

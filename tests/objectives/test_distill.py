@@ -105,3 +105,34 @@ def test_init_from_starts_the_student_from_another_model_than_its_teacher(monkey
         student.attach_teacher(teacher)
         assert torch.allclose(student.logits(x, t), models[name].logits(x, t), atol=1e-5)
         assert not torch.allclose(student.logits(x, t), teacher.logits(x, t), atol=1e-3)
+
+
+def test_a_self_conditioning_teacher_is_read_with_its_own_first_prediction():
+    """teacher_self_condition: every teacher read is D_t(x | sg[D_t(x | 0)]), as in its training; the default reads
+    it once with D^ = 0; a teacher without self-conditioning is refused with the option."""
+    torch.manual_seed(0)
+    conditioned = {**TINY, "init_args": {**TINY["init_args"], "self_condition": True}}
+    teacher = FlowLM(backbone=conditioned, vocab_size=V)
+    with torch.no_grad():  # random weights: W_sc and the adaLN are zero-initialised, which would hide the second pass
+        for p in teacher.parameters():
+            p.copy_(0.3 * torch.randn(p.shape))
+    xt, t, x1 = torch.randn(B, L, V), torch.rand(B), torch.randint(0, V, (B, L))
+    with torch.no_grad():
+        once = teacher.head.denoise(teacher.logits(xt, t, t))
+        twice = teacher.head.denoise(teacher.logits(xt, t, t, self_cond=once))
+    reads = {}
+    for flag in (False, True):
+        student = FlowLM(backbone=conditioned, vocab_size=V,
+                         objective={"name": "distill", "init_args": {"teacher_self_condition": flag}})
+        student.attach_teacher(teacher)
+        reads[flag] = student.objective.diagonal_target(student, xt, t, x1)
+        out = student.objective(student, x1)
+        out["loss"].backward()
+        assert torch.isfinite(out["loss"])
+    torch.testing.assert_close(reads[False], once)
+    torch.testing.assert_close(reads[True], twice)
+    assert not torch.allclose(once, twice, atol=1e-3)
+    plain = FlowLM(backbone=TINY, vocab_size=V, objective={"name": "distill", "init_args": {"teacher_self_condition": True}})
+    plain.attach_teacher(small_model())
+    with pytest.raises(ValueError, match="trained without self-conditioning"):
+        plain.objective(plain, x1)
