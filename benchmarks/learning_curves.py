@@ -165,13 +165,16 @@ def sampler_entries(method: str, args) -> list[dict[str, Any]]:
     return [{"name": SAMPLER[method], "steps": list(steps), "init_args": init_args}]
 
 
+EULER_DEFAULTS = {"grid": "linspace", "gamma": 0.0}  # the Euler sampler's options as the curves default them
+
+
 def score_name(method: str, step: int, args) -> str:
     """The cache name of a checkpoint's scores: ``mdlm@K``; the flow's carries its Euler options that are not the
     defaults (``flow@K_grid-uniform_gamma-0.3``), so other options are scored apart and the rest is reused."""
     name = f"{method}@{step}"
     if method == "flow":
-        name += "".join(f"_{key}-{value}" for key, value, default in (("grid", args.euler_grid, "linspace"),
-                                                                       ("gamma", args.euler_gamma, 0.0)) if value != default)
+        chosen = {"grid": args.euler_grid, "gamma": args.euler_gamma}
+        name += "".join(f"_{key}-{value}" for key, value in chosen.items() if value != EULER_DEFAULTS[key])
     return name
 
 
@@ -423,8 +426,9 @@ def parse(argv: list[str] | None):
     parser.add_argument("--distill-steps", type=int, default=500, help="training steps of each flow map")
     parser.add_argument("--distill-at", help="comma-separated flow checkpoint steps to distil from (default: every one)")
     parser.add_argument("--flow-steps", type=int, nargs="+", default=[128], help="Euler steps of the flow")
-    parser.add_argument("--euler-grid", choices=("linspace", "uniform"), default="linspace", help="the Euler sampler's time grid")
-    parser.add_argument("--euler-gamma", type=float, default=0.0,
+    parser.add_argument("--euler-grid", choices=("linspace", "uniform"), default=EULER_DEFAULTS["grid"],
+                        help="the Euler sampler's time grid")
+    parser.add_argument("--euler-gamma", type=float, default=EULER_DEFAULTS["gamma"],
                         help="the Euler sampler's churn: share of fresh noise after each step, in [0, 1] (0: the ODE)")
     parser.add_argument("--map-steps", type=int, nargs="+", default=[1, 4], help="flow-map steps")
     parser.add_argument("--mdlm-steps", type=int, nargs="+", default=[8, 128], help="MDLM ancestral steps")
