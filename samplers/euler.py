@@ -30,7 +30,9 @@ class EulerSampler(EmbeddedSampling, Sampler):
     at t = 1, where the linear path's state is D_{t_{steps-1}}, which is decoded (so the same tokens as FLM's argmax
     of x_1).
 
-    A self-conditioning backbone reads the previous evaluation's D (none at the first): D_{t_i}(x | D_{t_{i-1}}).
+    A self-conditioning backbone reads the previous evaluation's D (none at the first): D_{t_i}(x | D_{t_{i-1}});
+    ``self_condition=False`` reads it with D^ = 0 at every step instead (what one-pass readers of it see: a flow
+    map distilled from it, ``distill`` without ``teacher_self_condition``).
 
     ``gamma`` > 0 makes it stochastic (churn, ``flowzoo.samplers.churn``; DDIM's eta on this path): after each
     step the state at t_{i+1} is rewritten as (1-t) sigma (sqrt(1-gamma^2) eps_hat + gamma z) + t D_{t_i}, a share
@@ -50,7 +52,7 @@ class EulerSampler(EmbeddedSampling, Sampler):
     def __init__(self, steps: int = 128, decode: str = "argmax", temperature: float = 1.0, fused: bool | None = None,
                  reward: dict | str | None = None, guidance: float | None = None, guidance_schedule: str = "constant",
                  normalize: bool = False, particles: int = 1, tilt: float = 1.0, grid: str = "linspace",
-                 gamma: float = 0.0, churn_rate: float = 0.0) -> None:
+                 gamma: float = 0.0, churn_rate: float = 0.0, self_condition: bool = True) -> None:
         if steps < 1:
             raise ValueError(f"steps must be at least 1, got {steps}")
         if grid not in GRIDS:
@@ -61,6 +63,7 @@ class EulerSampler(EmbeddedSampling, Sampler):
             raise ValueError(f"set gamma (per step) or churn_rate (per unit of time), not both: got gamma={gamma}, "
                              f"churn_rate={churn_rate}")
         self.grid, self.gamma, self.churn_rate = grid, gamma, churn_rate
+        self.self_condition = bool(self_condition)
         check_decode(decode, temperature)
         self.steps, self.decode, self.temperature = steps, decode, temperature
         self.set_fused(fused)
@@ -100,7 +103,7 @@ class EulerSampler(EmbeddedSampling, Sampler):
         x = state.prior(num_samples, length, generator)
         times = self.schedule(model.path, device=model.device)
         nfe, previous = self.steps, torch.zeros(num_samples, device=model.device)
-        conditioned, denoised = self_conditioned(model), None
+        conditioned, denoised = self_conditioned(model) and self.self_condition, None
         gamma = self.step_gamma(model.path)
         for i in progress(range(self.steps), desc="euler"):
             t = times[i].expand(num_samples)

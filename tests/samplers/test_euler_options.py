@@ -73,6 +73,10 @@ def test_a_self_conditioning_backbone_reads_the_previous_evaluations_prediction(
         torch.testing.assert_close(given[i], made[i - 1])  # D_{t_i}(x | D_{t_{i-1}})
     x, t = torch.randn(3, 5, 7), torch.full((3,), 0.5)
     assert (logits(x, t, self_cond=made[0]) - logits(x, t)).abs().max() > 1e-3  # the input is read
+    given.clear()
+    off = model.generate(3, 5, seed=0, sampler={"name": "euler", "init_args": {"steps": 4, "self_condition": False}})
+    assert given == [None] * 4  # self_condition=False: D^ = 0 at every step
+    assert not torch.equal(off.tokens, model.generate(3, 5, seed=0).tokens)
 
 
 def test_self_conditioning_sampling_runs_on_the_dense_state():

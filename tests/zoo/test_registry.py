@@ -42,7 +42,7 @@ def test_spec_round_trips_through_build():
     sampler = registry.build("sampler", {"name": "euler", "init_args": {"steps": 7, "decode": "sample"}})
     spec = registry.spec(sampler)
     steering = {"reward": None, "guidance": None, "guidance_schedule": "constant", "normalize": False, "particles": 1, "tilt": 1.0}
-    assert spec == {"name": "euler", "init_args": {"steps": 7, "decode": "sample", "temperature": 1.0, "fused": None, **steering, "grid": "linspace", "gamma": 0.0, "churn_rate": 0.0}}
+    assert spec == {"name": "euler", "init_args": {"steps": 7, "decode": "sample", "temperature": 1.0, "fused": None, **steering, "grid": "linspace", "gamma": 0.0, "churn_rate": 0.0, "self_condition": True}}
     assert registry.build("sampler", spec).steps == 7
 
 
