@@ -26,6 +26,7 @@ FLAGS = [
     "--model.betas=[0.9,0.95]",
     "--model.sampler=euler",
     "--model.sampler.init_args.grid=uniform",
+    "--model.sampler.init_args.churn_rate=6.0",
 ]
 
 
@@ -43,7 +44,7 @@ def test_the_ablation_flags_reach_the_model(capsys):
     assert model.path.sigma == 0.5 and model.path.time == "tau"
     assert model.backbone.self_condition and model.objective.loss_weighting == "learned"
     assert model.backbone.input_projection == "softmax" and model.backbone.input_temperature == 0.5
-    assert model.head.softcap == 30 and model.sampler.grid == "uniform"
+    assert model.head.softcap == 30 and model.sampler.grid == "uniform" and model.sampler.churn_rate == 6.0
     optimizer = model.configure_optimizers()["optimizer"]
     assert all(group["betas"] == (0.9, 0.95) for group in optimizer.param_groups)
     assert any(p is model.objective.loss_weight.mlp[-1].bias for group in optimizer.param_groups for p in group["params"])
@@ -62,3 +63,4 @@ def test_the_defaults_are_todays(capsys):
     assert model["backbone"]["init_args"]["input_projection"] == "linear"
     assert model["head"]["init_args"]["softcap"] is None and model["betas"] == [0.9, 0.99]
     assert model["sampler"]["init_args"]["grid"] == "linspace"
+    assert model["sampler"]["init_args"]["churn_rate"] == 0.0 and model["sampler"]["init_args"]["self_condition"] is True
