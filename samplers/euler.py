@@ -76,21 +76,28 @@ class EulerSampler(EmbeddedSampling, Sampler):
             return "path", "Euler integration needs a continuous path"
         return super().incompatibility(parts)
 
+    def grid_span(self, path) -> tuple[int, float]:
+        """The grid in the path's uniform time: n equal steps from u = 0 to ``end`` (``linspace``: steps - 1 of them
+        (at least 1) to t_max; ``uniform``: steps of them to 1, the last not taken)."""
+        if self.grid == "uniform":
+            return self.steps, 1.0
+        return max(self.steps - 1, 1), getattr(path, "t_max", 1.0)
+
     def schedule(self, path, device=None) -> torch.Tensor:
         """The path times of the evaluations, t_0 = 0 < t_1 < ... (``grid``); the last one is decoded, not integrated
         (``linspace``: steps of them, the last at t_max, and one more point when steps = 1; ``uniform``: steps of them,
         the last at u = (steps - 1) / steps)."""
-        if self.grid == "uniform":
-            return path.schedule(self.steps, end=1.0, device=device)[: self.steps]
-        return path.schedule(max(self.steps - 1, 1), end=getattr(path, "t_max", 1.0), device=device)
+        n, end = self.grid_span(path)
+        times = path.schedule(n, end=end, device=device)
+        return times[: self.steps] if self.grid == "uniform" else times
 
     def step_gamma(self, path) -> float:
-        """The churn of one step: ``gamma``, or ``churn_rate`` over the grid's step length in uniform time
-        (``linspace``: t_max / (steps - 1); ``uniform``: 1 / steps)."""
+        """The churn of one step: ``gamma``, or ``churn_rate`` over the grid's step length du = end / n in uniform
+        time (:meth:`grid_span`)."""
         if self.churn_rate == 0:
             return self.gamma
-        du = 1.0 / self.steps if self.grid == "uniform" else getattr(path, "t_max", 1.0) / max(self.steps - 1, 1)
-        return gamma_from_rate(self.churn_rate, du)
+        n, end = self.grid_span(path)
+        return gamma_from_rate(self.churn_rate, end / n)
 
     @torch.no_grad()
     def sample(self, model, num_samples, length, generator=None, prompt=None):
