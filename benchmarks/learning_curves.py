@@ -236,13 +236,18 @@ def tokens_per_step(config: dict[str, Any]) -> int:
     return int(data["batch_size"]) * int(data["seq_len"])
 
 
+def config_flag(config: dict[str, Any], part: str, key: str) -> bool:
+    """A boolean option of one component (``backbone``, ``objective``) of a model config; False when absent."""
+    return bool(((config.get(part) or {}).get("init_args") or {}).get(key, False))
+
+
 def self_conditioned(config: dict[str, Any]) -> bool:
-    return bool(((config.get("backbone") or {}).get("init_args") or {}).get("self_condition", False))
+    return config_flag(config, "backbone", "self_condition")
 
 
 def teacher_self_conditioned(config: dict[str, Any]) -> bool:
     """Whether a distilled map's teacher was read with two passes (the distill objective's teacher_self_condition)."""
-    return bool(((config.get("objective") or {}).get("init_args") or {}).get("teacher_self_condition", False))
+    return config_flag(config, "objective", "teacher_self_condition")
 
 
 def points(method: str, step: int, scored: dict[str, Any], flops: float, parameters: int, distill: int | None = None) -> list[dict[str, Any]]:
