@@ -160,7 +160,7 @@ class DirichletPath(ProbabilityPath):
                 "(use lsd, or distill with target=lagrangian)"
             )
         sampler = parts.get("sampler")
-        if getattr(sampler, "gamma", 0) > 0 or getattr(sampler, "churn_rate", 0) > 0:  # churn (flowzoo.samplers.churn)
+        if sampler is not None and sampler.renoises:  # churn (flowzoo.samplers.churn)
             return "sampler", ("re-noising (gamma > 0 or churn_rate > 0) assumes the Gaussian linear interpolant; "
                                "use gamma=0 and churn_rate=0 on the Dirichlet path")
         return None

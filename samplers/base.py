@@ -36,3 +36,9 @@ class Sampler(Component):
     def prompt_refusal(self, prompt: "Prompt") -> str | None:
         """Why this sampler cannot serve ``prompt`` (None: it can)."""
         return None
+
+    @property
+    def renoises(self) -> bool:
+        """Whether it swaps part of the state's implied noise for fresh noise between steps (churn,
+        ``flowzoo.samplers.churn``), which assumes the Gaussian linear interpolant."""
+        return False

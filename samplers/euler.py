@@ -76,6 +76,10 @@ class EulerSampler(EmbeddedSampling, Sampler):
             return "path", "Euler integration needs a continuous path"
         return super().incompatibility(parts)
 
+    @property
+    def renoises(self) -> bool:
+        return self.gamma > 0 or self.churn_rate > 0
+
     def grid_span(self, path) -> tuple[int, float]:
         """The grid in the path's uniform time: n equal steps from u = 0 to ``end`` (``linspace``: steps - 1 of them
         (at least 1) to t_max; ``uniform``: steps of them to 1, the last not taken)."""

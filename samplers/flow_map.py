@@ -63,6 +63,10 @@ class FlowMapSampler(EmbeddedSampling, Sampler):
         reason = parts["path"].flow_map_refusal()
         return ("path", reason) if reason else super().incompatibility(parts)
 
+    @property
+    def renoises(self) -> bool:
+        return self.gamma > 0
+
     def schedule(self, path, device=None) -> torch.Tensor:
         """The k + 1 path times 0 = t_0 < ... < t_k = 1."""
         if self.times is not None:
