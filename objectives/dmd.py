@@ -37,6 +37,8 @@ class DistributionMatching(Distill):
     applies the step to delta (through the softmax, whose Jacobian p (g - <p, g>) scales the push toward a token
     by its current probability); ``"logits"`` applies it to the logits directly (the step sums to 0 over V, as a
     logit gradient does), so tokens the student gives little probability can still be pushed up.
+    D^real and D^fake are one-pass reads (a self-conditioning network's D^ = 0) even with ``teacher_self_condition``,
+    which applies to ``distill``'s losses only: so the two read alike and their difference starts at zero.
     The critic starts as a copy of the teacher and takes ``critic_steps`` Adam steps (``critic_lr``, 0: the
     model's lr; the model's betas) per training step on CE(x^ || D^fake_t(x_t)) at the diagonal's times
     (:meth:`critic_loss`), each after the first on fresh one-step samples; the model owns the critic and its
