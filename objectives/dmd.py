@@ -5,11 +5,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from flowzoo.objectives._teacher import SelfConditionedTeacher
 from flowzoo.objectives.distill import Distill
 from flowzoo.registry import register
+from flowzoo.state import self_conditioned
 
 
 SAMPLE_FORMS = ("argmax", "soft")
+CRITIC_SELF_CONDITION_SHARE = 0.5  # with score_self_condition: the critic's rows trained on its first prediction, as the flow's
 GRADIENTS_THROUGH = ("probs", "logits")
 
 
@@ -37,8 +40,11 @@ class DistributionMatching(Distill):
     applies the step to delta (through the softmax, whose Jacobian p (g - <p, g>) scales the push toward a token
     by its current probability); ``"logits"`` applies it to the logits directly (the step sums to 0 over V, as a
     logit gradient does), so tokens the student gives little probability can still be pushed up.
-    D^real and D^fake are one-pass reads (a self-conditioning network's D^ = 0) even with ``teacher_self_condition``,
-    which applies to ``distill``'s losses only: so the two read alike and their difference starts at zero.
+    By default D^real and D^fake are one-pass reads (a self-conditioning network's D^ = 0) even with
+    ``teacher_self_condition``, which applies to ``distill``'s losses only: so the two read alike and their difference
+    starts at zero. ``score_self_condition`` (a self-conditioning teacher, CDCD / Plaid) reads both as the teacher was trained,
+    D_t(x | sg[D_t(x | 0)]) (two passes each), and trains the critic so: on half its rows the second pass reads the
+    first's detached prediction. They still read alike at the start, and D^real is then the teacher's better read.
     The critic starts as a copy of the teacher and takes ``critic_steps`` Adam steps (``critic_lr``, 0: the
     model's lr; the model's betas) per training step on CE(x^ || D^fake_t(x_t)) at the diagonal's times
     (:meth:`critic_loss`), each after the first on fresh one-step samples; the model owns the critic and its
@@ -61,6 +67,7 @@ class DistributionMatching(Distill):
         samples: str = "argmax",
         gradient_through: str = "probs",
         gan_weight: float = 0.0,
+        score_self_condition: bool = False,
         **distill,
     ) -> None:
         super().__init__(**distill)
@@ -86,6 +93,7 @@ class DistributionMatching(Distill):
             raise ValueError(f"unknown gradient_through {gradient_through!r}; choices: {', '.join(GRADIENTS_THROUGH)}")
         self.critic_steps, self.critic_lr, self.samples = critic_steps, critic_lr, samples
         self.gradient_through = gradient_through
+        self.score_self_condition = bool(score_self_condition)
 
     def incompatibility(self, parts):
         found = super().incompatibility(parts)
@@ -128,6 +136,9 @@ class DistributionMatching(Distill):
         if self.gan_weight and data is None:
             raise ValueError("dmd with gan_weight > 0 needs real data (token ids) for its discriminator")
         teacher = self.teacher(model, device)
+        if self.score_self_condition and not self_conditioned(teacher):
+            raise ValueError("score_self_condition=true reads D^real and D^fake with their own first prediction, but this "
+                             "teacher was trained without self-conditioning; leave score_self_condition=false")
         critic = model.critic()  # the model's critic network (flowzoo.teachers.Critic), built from the teacher on first use
         logits, delta, sample = self.one_step(model, n, length, device)
         out = {}
@@ -138,8 +149,8 @@ class DistributionMatching(Distill):
         t = self.noise_times(model, n, device)
         with torch.no_grad():
             xt = self.noised(model, sample, t)
-            real = teacher.head.denoise(teacher.logits(xt, t, t)).float()  # D^real_t(x_t), (n, L, V)
-            fake = critic.head.denoise(critic.logits(xt, t, t)).float()  # D^fake_t(x_t)
+            real = self.score_read(teacher, xt, t)  # D^real_t(x_t), (n, L, V)
+            fake = self.score_read(critic, xt, t)  # D^fake_t(x_t)
             weight = 1 / (sample - real).abs().mean(dim=(1, 2), keepdim=True).clamp_min(1e-4)  # (n, 1, 1)
             step = weight * (fake - real)
         pushed = delta if self.gradient_through == "probs" else logits  # d loss / d pushed = band weight * step / numel
@@ -147,6 +158,12 @@ class DistributionMatching(Distill):
         out["dmd"] = (self.band_weights[self.band_of(n, device)] * per_sample).mean()
         out["dmd_gap"] = (fake - real).abs().sum(-1).mean()  # mean total-variation x2 between the denoisers
         return out
+
+    def score_read(self, network, xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """D_t(x_t) (n, L, V) of the teacher or the critic: one pass, or with ``score_self_condition`` two,
+        D_t(x_t | sg[D_t(x_t | 0)])."""
+        reader = SelfConditionedTeacher(network) if self.score_self_condition else network
+        return network.head.denoise(reader.logits(xt, t, t)).float()
 
     def one_step(self, model, n: int, length: int, device):
         """Logits and delta_{0,1}(eps) of n fresh one-step samples, (n, L, V) each, and the sample x^ compared."""
@@ -186,7 +203,14 @@ class DistributionMatching(Distill):
         model's critic optimizer steps on (``FlowLM.train_critic``, ``critic_steps`` times a training step)."""
         n = sample.shape[0]
         t = self.diagonal_times(n, model, sample.device)
-        loss = critic.head.loss(critic.logits(self.noised(model, sample, t), t, t), sample).mean()
+        xt = self.noised(model, sample, t)
+        previous = None
+        if self.score_self_condition:  # sg[D^fake_t(x_t | 0)] on a share of the rows, 0 (no feedback) on the rest
+            with torch.no_grad():
+                first = critic.head.denoise(critic.logits(xt, t, t))  # (n, L, V)
+            chosen = torch.rand(n, device=sample.device) < CRITIC_SELF_CONDITION_SHARE  # (n,)
+            previous = first * chosen[:, None, None].to(first.dtype)
+        loss = critic.head.loss(critic.logits(xt, t, t, self_cond=previous), sample).mean()
         out = {"critic": loss, "total": loss}
         if self.gan_weight:
             rows = data[torch.randint(data.shape[0], (n,), device=data.device)]

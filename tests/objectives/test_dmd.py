@@ -209,3 +209,44 @@ def test_dmd_gan_gradient_reaches_the_map_and_not_the_critic():
     assert {"gan", "disc", "dmd"} <= set(out) and torch.isfinite(out["loss"])
     other = {"name": "flow_map", "init_args": {"steps": 2}}  # a sampler other than the model's: checked again
     assert student.generate(2, L, sampler=other, seed=0).tokens.shape == (2, L)
+
+
+def _self_conditioned_teacher():
+    conditioned = {**TINY, "init_args": {**TINY["init_args"], "self_condition": True}}
+    teacher = FlowLM(backbone=conditioned, vocab_size=V)
+    with torch.no_grad():  # random weights: W_sc and the adaLN are zero-initialised, which would hide the second pass
+        for p in teacher.parameters():
+            p.copy_(0.3 * torch.randn(p.shape))
+    return teacher, conditioned
+
+
+def test_dmd_score_self_condition_reads_both_denoisers_twice_and_trains_the_critic_so():
+    """score_self_condition: D^real and D^fake are D_t(x | sg[D_t(x | 0)]), alike at the start (no push), and the
+    critic's loss reaches its self-conditioning weights W_sc; without it, one pass each and W_sc takes no gradient.
+    A teacher without self-conditioning is refused."""
+    torch.manual_seed(0)
+    teacher, conditioned = _self_conditioned_teacher()
+    xt, t = torch.randn(B, L, V), torch.rand(B)
+    with torch.no_grad():
+        once = teacher.head.denoise(teacher.logits(xt, t, t))
+        twice = teacher.head.denoise(teacher.logits(xt, t, t, self_cond=once))
+    assert not torch.allclose(once, twice, atol=1e-3)
+    sample = torch.nn.functional.one_hot(torch.randint(0, V, (B, L)), V).float()
+    for flag, expected in ((False, once), (True, twice)):
+        student = FlowLM(backbone=conditioned, vocab_size=V, objective={"name": "dmd", "init_args": {"score_self_condition": flag}})
+        student.attach_teacher(teacher)
+        objective = student.objective
+        with torch.no_grad():
+            torch.testing.assert_close(objective.score_read(teacher, xt, t), expected)
+            torch.testing.assert_close(objective.score_read(student.critic(), xt, t), expected)  # the critic starts as the teacher
+        student.eval()  # no critic step: the two reads agree
+        assert float(objective.distribution_loss(student, B, L, torch.device("cpu"))["dmd_gap"]) == 0.0
+        critic = student.critic()
+        critic.zero_grad()
+        objective.critic_loss(student, critic, sample)["total"].backward()
+        grad = critic.backbone.self_embed.weight.grad
+        assert (grad is not None and grad.abs().sum() > 0) == flag
+    plain = FlowLM(backbone=TINY, vocab_size=V, objective={"name": "dmd", "init_args": {"score_self_condition": True}})
+    plain.attach_teacher(small_model())
+    with pytest.raises(ValueError, match="trained without self-conditioning"):
+        plain.objective.distribution_loss(plain, B, L, torch.device("cpu"))
