@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from flowzoo.errors import CheckpointError
+from flowzoo.state import self_conditioned
 
 
 class FrozenTeacher:
@@ -47,6 +48,14 @@ class FrozenTeacher:
                 "save_pretrained directory); FlowLM loads it before the first loss (model.attach_teacher() outside a Trainer)"
             )
         return self._teacher
+
+
+def require_self_conditioned(teacher, option: str, reads: str) -> None:
+    """Refuse ``option=true`` (which ``reads``: what it reads with a first prediction) for a ``teacher`` trained
+    without self-conditioning."""
+    if not self_conditioned(teacher):
+        raise ValueError(f"{option}=true reads {reads}, but this teacher was trained without self-conditioning; "
+                         f"leave {option}=false")
 
 
 class SelfConditionedTeacher:

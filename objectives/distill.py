@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from flowzoo.objectives._teacher import FrozenTeacher, SelfConditionedTeacher
+from flowzoo.objectives._teacher import FrozenTeacher, SelfConditionedTeacher, require_self_conditioned
 from flowzoo.objectives.flow_map_config import FlowMapConfig
 from flowzoo.objectives._flowmap import (
     MIDPOINTS,
@@ -16,7 +16,6 @@ from flowzoo.objectives._flowmap import (
 from flowzoo.paths.base import expand_time
 from flowzoo.objectives.psd import semigroup_target, semigroup_term
 from flowzoo.registry import register
-from flowzoo.state import self_conditioned
 
 TARGETS = ("semigroup", "lagrangian", "trajectory")
 STUDENT_INITS = ("copy", "euler_step")
@@ -121,9 +120,7 @@ class Distill(FrozenTeacher, FlowMapObjective):
         teacher = self.teacher(model, device)
         if not self.teacher_self_condition:
             return teacher
-        if not self_conditioned(teacher):
-            raise ValueError("teacher_self_condition=true reads the teacher with its own first prediction, but this "
-                             "teacher was trained without self-conditioning; leave teacher_self_condition=false")
+        require_self_conditioned(teacher, "teacher_self_condition", "the teacher with its own first prediction")
         return SelfConditionedTeacher(teacher)
 
     def map_loss(self, model, state, xs, pairs, extra, x1, known):

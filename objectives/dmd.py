@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from flowzoo.objectives._teacher import SelfConditionedTeacher
+from flowzoo.objectives._teacher import SelfConditionedTeacher, require_self_conditioned
 from flowzoo.objectives.distill import Distill
 from flowzoo.registry import register
-from flowzoo.state import self_conditioned
+from flowzoo.state import self_condition_feedback
 
 
 SAMPLE_FORMS = ("argmax", "soft")
@@ -136,9 +136,8 @@ class DistributionMatching(Distill):
         if self.gan_weight and data is None:
             raise ValueError("dmd with gan_weight > 0 needs real data (token ids) for its discriminator")
         teacher = self.teacher(model, device)
-        if self.score_self_condition and not self_conditioned(teacher):
-            raise ValueError("score_self_condition=true reads D^real and D^fake with their own first prediction, but this "
-                             "teacher was trained without self-conditioning; leave score_self_condition=false")
+        if self.score_self_condition:
+            require_self_conditioned(teacher, "score_self_condition", "D^real and D^fake with their own first prediction")
         critic = model.critic()  # the model's critic network (flowzoo.teachers.Critic), built from the teacher on first use
         logits, delta, sample = self.one_step(model, n, length, device)
         out = {}
@@ -208,8 +207,7 @@ class DistributionMatching(Distill):
         if self.score_self_condition:  # sg[D^fake_t(x_t | 0)] on a share of the rows, 0 (no feedback) on the rest
             with torch.no_grad():
                 first = critic.head.denoise(critic.logits(xt, t, t))  # (n, L, V)
-            chosen = torch.rand(n, device=sample.device) < CRITIC_SELF_CONDITION_SHARE  # (n,)
-            previous = first * chosen[:, None, None].to(first.dtype)
+            previous = self_condition_feedback(first, CRITIC_SELF_CONDITION_SHARE)
         loss = critic.head.loss(critic.logits(xt, t, t, self_cond=previous), sample).mean()
         out = {"critic": loss, "total": loss}
         if self.gan_weight:

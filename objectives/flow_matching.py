@@ -9,7 +9,7 @@ from flowzoo.backbones.dit import timestep_embedding
 from flowzoo.objectives.base import Objective
 from flowzoo.prompt import ConditionShare, unknown_mean
 from flowzoo.registry import register
-from flowzoo.state import FusedSwitch, check_switch, new_state, self_conditioned
+from flowzoo.state import FusedSwitch, check_switch, new_state, self_condition_feedback, self_conditioned
 from flowzoo.timesampling import TIME_SAMPLERS, sample_uniform_times
 
 LOSS_WEIGHTINGS = ("none", "velocity", "learned")
@@ -101,8 +101,7 @@ class FlowMatching(ConditionShare, FusedSwitch, Objective):
         x = state.value(x)
         with torch.no_grad():
             first = state.predict(x, t)  # (B, L, V)
-        chosen = torch.rand(x.shape[0], device=x.device) < self.self_condition_share  # (B,)
-        return first * chosen[:, None, None].to(first.dtype)
+        return self_condition_feedback(first, self.self_condition_share)
 
     def weighted(self, per_token: torch.Tensor, t: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """The per-token loss (B, L) under ``loss_weighting`` (``velocity`` or ``learned``)."""

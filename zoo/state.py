@@ -68,6 +68,7 @@ __all__ = [
     "noisy_state_embedding",
     "prior_embedding",
     "new_state",
+    "self_condition_feedback",
     "self_conditioned",
 ]
 
@@ -172,6 +173,13 @@ class EmbeddedSampling(FusedSwitch):
 def self_conditioned(model) -> bool:
     """Whether ``model``'s backbone reads a previous prediction (``self_condition``, CDCD / Plaid)."""
     return bool(getattr(getattr(model, "backbone", None), "self_condition", False))
+
+
+def self_condition_feedback(first: torch.Tensor, share: float) -> torch.Tensor:
+    """Self-conditioning's training input D^: the first pass's detached prediction ``first`` (B, L, V) on a random
+    ``share`` of the rows, 0 (no feedback) on the rest."""
+    chosen = torch.rand(first.shape[0], device=first.device) < share  # (B,)
+    return first * chosen[:, None, None].to(first.dtype)
 
 
 def reproducible_logits(logits):
