@@ -22,7 +22,8 @@ Training compute is estimated, not measured:
                                                                student's own no-grad target passes are not counted)
 
 Every step is cached: a model whose last checkpoint exists is not retrained (an interrupted run resumes from its
-``last.ckpt``), a checkpoint already scored (``<runs>/<data>/scores/*.json``) is not sampled again.
+``last.ckpt``), a checkpoint already scored (``<runs>/<data>/scores/n<N>_seed<S>[_judge-<digest of the judge's
+weights>]/*.json``) is not sampled again; under another judge it is scored again.
 
     python benchmarks/learning_curves.py --data markov --tiny --runs /tmp/curves --output /tmp/curves/out   # seconds
     python benchmarks/learning_curves.py --data shakespeare --budget 15000 --every 1500 --distill-steps 500 \\
@@ -33,6 +34,7 @@ Every step is cached: a model whose last checkpoint exists is not retrained (an 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib.util
 import json
 import math
@@ -176,6 +178,31 @@ def score_name(method: str, step: int, args) -> str:
         chosen = {"grid": args.euler_grid, "gamma": args.euler_gamma}
         name += "".join(f"_{key}-{value}" for key, value in chosen.items() if value != EULER_DEFAULTS[key])
     return name
+
+
+def judge_key(judge: Path | None) -> str:
+    """What a judge's scores are filed under: a digest of its weights (``model.safetensors`` of a save_pretrained
+    folder, or the checkpoint file), so a judge retrained in place or copied elsewhere is told apart by what it
+    is, not by its path; a ``transformers`` name is its own key; ``""`` without a judge."""
+    if judge is None:
+        return ""
+    path = Path(judge)
+    weights = path / "model.safetensors" if path.is_dir() else path
+    digest = hashlib.sha256()
+    if weights.is_file():
+        with open(weights, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    else:
+        digest.update(str(judge).encode())
+    return digest.hexdigest()[:12]
+
+
+def score_folder(runs: Path, args, judge: Path | None) -> Path:
+    """``<runs>/<data>/scores/n<N>_seed<S>[_judge-<key>]``: the scores of one sample count, seed and GenPPL judge, so
+    scores under another judge are never read back as this one's."""
+    key = judge_key(judge)
+    return runs / "scores" / (f"n{args.num_samples}_seed{args.seed}" + (f"_judge-{key}" if key else ""))
 
 
 def cached(cache: Path, compute) -> Any:
@@ -497,7 +524,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for k in chosen:
             maps[k] = train("flow_map", runs / f"flow_map_from_{k}", args.distill_steps, args.distill_steps, args, teacher=trained["flow"][k])
 
-    scores, flow_flops, results_points = runs / "scores" / f"n{args.num_samples}_seed{args.seed}", {}, []
+    scores, flow_flops, results_points = score_folder(runs, args, judge), {}, []
     for method, found in trained.items():
         for step, ckpt in found.items():
             facts = model_facts(ckpt)

@@ -166,3 +166,21 @@ def test_tiny_run_end_to_end(tmp_path):
     assert {p["series"] for p in churned["points"] if p["method"] == "flow"} == {"flow, euler gamma=0.5 4"}
     assert {f.name for f in scores.iterdir()} - set(kept) == {"flow@2_gamma-0.5.json", "flow@4_gamma-0.5.json"}
     assert all(scores.joinpath(name).stat().st_mtime_ns == mtime for name, mtime in kept.items())  # the rest read from the cache
+
+
+def test_scores_are_filed_by_the_judges_weights_not_its_path(tmp_path):
+    """A judge retrained in place gets a new folder (its old scores are not read back as its); the same weights
+    elsewhere share one; no judge (markov, mirror) keeps the plain folder."""
+    args = curves.parse(["--data", "shakespeare", "--num-samples", "256"])
+    judge, copy = tmp_path / "judge" / "pretrained", tmp_path / "copy"
+    judge.mkdir(parents=True)
+    copy.mkdir()
+    (judge / "model.safetensors").write_bytes(b"weights one")
+    (copy / "model.safetensors").write_bytes(b"weights one")
+    first = curves.score_folder(tmp_path / "runs", args, judge)
+    assert first.parent == tmp_path / "runs" / "scores" and first.name.startswith("n256_seed0_judge-")
+    assert curves.score_folder(tmp_path / "runs", args, copy) == first
+    (judge / "model.safetensors").write_bytes(b"weights two")  # retrained at the same path
+    assert curves.score_folder(tmp_path / "runs", args, judge) != first
+    assert curves.score_folder(tmp_path / "runs", args, Path("gpt2")) != curves.score_folder(tmp_path / "runs", args, Path("gpt2-medium"))
+    assert curves.score_folder(tmp_path / "runs", args, None).name == "n256_seed0"
