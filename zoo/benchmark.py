@@ -10,9 +10,9 @@ tokens in batches of ``batch_size``, batch b with seed ``seed + b`` (the same fo
 - wall-clock per batch: the median over the timed batches (every quality batch, and extra ones up to
   ``repeats``), after ``warmup`` untimed batches; tokens per second = batch_size * length / median;
 - peak memory of one batch beyond what was allocated before it (the weights): on CUDA
-  ``torch.cuda.max_memory_allocated``; on the CPU the peak of the running sum of the CPU allocator's
+  ``torch.cuda.max_memory_allocated``; on the CPU the largest rise of the running sum of the CPU allocator's
   allocations and frees recorded by ``torch.profiler`` (``profile_memory=True``) during the first warm-up
-  batch (tensor memory only, like the CUDA figure; not the process RSS).
+  batch, from its lowest point before it (tensor memory only, like the CUDA figure; not the process RSS).
 
 Per model it also records the validation loss the model logs (its objective on the first ``val_batches``
 validation batches, seeded as in training) and exp of it, a perplexity bound for ``mdlm`` and ``ar``.
@@ -40,6 +40,7 @@ import flowzoo
 from flowzoo import registry
 from flowzoo.errors import DataError, FlowzooError
 from flowzoo.judges import EOS_CONVENTIONS
+from flowzoo.kept_samples import write_samples
 from flowzoo.metrics import CompletionPerplexity, GenerativePerplexity, MarkovQuality, UnigramEntropy, ValidationLoss
 from flowzoo.progress import progress
 from flowzoo.sampling import refuse_ignored_options
@@ -59,6 +60,7 @@ DEFAULTS: dict[str, Any] = {
     "judge_batch_size": 16,
     "judge_text": "decode",  # decode: the data module's text (as the examples show); raw: every id, special tokens as strings (MDLM/Duo)
     "judge_eos": "all",  # all: every judge token scored; first: EOS after the first not scored (MDLM/Duo); truncate: cut at the first EOS
+    "save_samples": False,  # also write samples.json.gz (each row's judge texts), so another judge can re-score them: --rescore
     "val_batches": 4,
     # CPU peak memory (torch.profiler) only for samplers of at most this many steps: the profiler keeps every op's
     # event, about 7 MiB a step of a 64 x 64 batch (3.5 GB at 512 steps), so longer samplers' rows say "not measured"
@@ -167,15 +169,25 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def allocator_peak(deltas) -> int:
+    """The largest rise of the running sum of allocations (+) and frees (-), each from its lowest point before it:
+    a free of memory allocated before the window (garbage collected while it ran) is not credited against what the
+    window allocates later, so it cannot hide the peak. Empty or only frees: 0."""
+    peak, low = 0, 0
+    for total in itertools.accumulate(deltas):
+        low = min(low, total)
+        peak = max(peak, total - low)
+    return peak
+
+
 def cpu_peak_bytes(fn) -> tuple[Any, int]:
-    """(fn(), peak of the running sum of CPU tensor allocations minus frees while fn ran), via torch.profiler."""
+    """(fn(), :func:`allocator_peak` of the CPU tensor allocations and frees while fn ran), via torch.profiler."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         result = fn()
     events = sorted(prof.events(), key=lambda e: e.time_range.start)
-    running = itertools.accumulate(getattr(e, "self_cpu_memory_usage", 0) or 0 for e in events)
-    return result, max(0, max(running, default=0))
+    return result, allocator_peak(getattr(e, "self_cpu_memory_usage", 0) or 0 for e in events)
 
 
 def peak_memory(fn, device: torch.device) -> tuple[Any, int, str]:
@@ -394,8 +406,10 @@ def validation_loss(model, data, batches: int) -> dict[str, float] | None:
     return result
 
 
-def run_row(model, sampler: dict | None, data, judge, config: dict[str, Any], length: int, device: torch.device) -> dict[str, Any]:
-    """Samples, quality, NFE, timings and peak memory of one (model, sampler) pair."""
+def run_row(model, sampler: dict | None, data, judge, config: dict[str, Any], length: int, device: torch.device,
+            keep: list | None = None) -> dict[str, Any]:
+    """Samples, quality, NFE, timings and peak memory of one (model, sampler) pair; with ``keep``, the judge's texts
+    of its samples are appended to it (None without text)."""
     batch_size, num_samples, seed = int(config["batch_size"]), int(config["num_samples"]), int(config["seed"])
     chosen = registry.build("sampler", sampler) if sampler is not None else model.sampler
 
@@ -427,6 +441,8 @@ def run_row(model, sampler: dict | None, data, judge, config: dict[str, Any], le
         seconds.append(elapsed)
     samples = torch.cat(tokens)
     median = statistics.median(seconds)
+    if keep is not None:
+        keep.append(judge_texts(samples, data, config["judge_text"]) if data is not None else None)
     return {
         "sampler": registry.spec(chosen),
         "sampler_name": chosen.registry_name,
@@ -489,6 +505,7 @@ def run(config: dict[str, Any], output: str | Path | None = None) -> dict[str, A
     results = {"name": config["name"], "config": config, "environment": environment(device), "judge": getattr(judge, "name", None),
                "length": length, "models": models, "rows": rows, "conditional_rows": conditional, "complete": False}
     loaded: dict[str, Any] = {}
+    kept: list | None = [] if config["save_samples"] else None  # each row's judge texts, in the rows' order
     for entry, spec in progress(plan, desc="benchmark", min_total=1):
         name = entry.get("name") or Path(entry["checkpoint"]).stem
         if name not in loaded:
@@ -522,7 +539,7 @@ def run(config: dict[str, Any], output: str | Path | None = None) -> dict[str, A
                 reference_data = reference_data or data
                 loaded[name] = (model, data if data is not None else TokenizerText.of(model))
         model, data = loaded[name]
-        row = run_row(model, spec, data, judge, config, int(length), device)
+        row = run_row(model, spec, data, judge, config, int(length), device, keep=kept)
         rows.append({"model": name, **row})
         if config["prompts_from"]:
             prompts = prompt_set(config, data, model, int(length))
@@ -530,11 +547,17 @@ def run(config: dict[str, Any], output: str | Path | None = None) -> dict[str, A
         if output is not None:
             results["length"] = length
             write(results, output, figure=False)
+            if kept is not None:
+                write_samples(rows, kept, output, config["judge_text"])
     if config["reference"] and reference_data is not None:
         real = torch.stack([reference_data.splits["validation"][i]["input_ids"] for i in range(min(int(config["num_samples"]), len(reference_data.splits["validation"])))])
         rows.append({"model": "data (validation)", "sampler": None, "sampler_name": "data", "sampler_label": "data", "steps": None, "nfe": 0,
                      "metrics": score(real[:, : int(length)], reference_data, judge, config["judge_text"], config["judge_eos"]), "seconds_per_batch": None,
                      "tokens_per_second": None, "peak_memory_mib": None, "memory_method": None, "example": reference_data.decode(real[:1])[0]})
+        if kept is not None:
+            kept.append(judge_texts(real[:, : int(length)], reference_data, config["judge_text"]))
+    if output is not None and kept is not None:
+        write_samples(rows, kept, output, config["judge_text"])
     results["length"] = length
     results["headline"] = headline(results, config)
     results["complete"] = True
@@ -632,6 +655,12 @@ def markdown(results: dict[str, Any]) -> str:
         f"{' (' + env['gpu'] + ')' if 'gpu' in env else ''}, {env['threads']} threads, torch {env['torch']}, flowzoo {env['flowzoo']}."
         f" Judge: {results['judge'] or 'none'}. Time per batch: median of the timed batches after {results['config']['warmup']} warm-up."
     )
+    if results.get("rescored"):
+        was = results["rescored"]
+        lines.append(f"Re-scored (`flowzoo benchmark --rescore`): GenPPL of the samples kept in {was['from']}, measured there under "
+                     f"{was['judge'] or 'no judge'} (`judge_eos: {was['judge_eos']}`), here under this table's judge; every other "
+                     "figure as measured there" + (f"; its {was['conditional_rows_dropped']} conditional rows are not re-scored"
+                                                     if was.get("conditional_rows_dropped") else "") + ".")
     lines.append("")
     lines.append(conventions(results))
     lines += ["", "| model | sampler | steps | NFE | " + " | ".join(f"{m} {arrows[m]}".strip() for m in columns) + " | ms / batch | tokens / s | peak MiB |"]
@@ -774,50 +803,3 @@ def write(results: dict[str, Any], output: str | Path, figure: bool = True) -> d
     else:
         paths.pop("plot")
     return paths
-
-
-def extra_models(config_path: str | None, given: list[str] | None) -> list[dict[str, Any]] | None:
-    """The config's models followed by one entry per ``--model`` (named after its folder), or None if none given."""
-    if not given:
-        return None
-    models = list(load_config(config_path)["models"]) if config_path else []
-    return models + [{"name": Path(m).name or str(m), "checkpoint": m} for m in given]
-
-
-def benchmark_main(argv: list[str]) -> None:
-    """``flowzoo benchmark --config benchmarks/<name>.yaml [--output DIR] [...]``."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="flowzoo benchmark", description="Quality, NFE, wall-clock and memory of every checkpoint x sampler setting.")
-    parser.add_argument("--config", help="benchmark YAML (see docs/benchmark.md); optional with --model")
-    parser.add_argument("--model", action="append", dest="models_given", metavar="DIR",
-                        help="also benchmark this model (a save_pretrained or imported folder, Hub repo id or .ckpt) with its own sampler; repeatable")
-    parser.add_argument("--length", type=int, help="sequence length (default: the first model's training length)")
-    parser.add_argument("--output", help="output directory (default: the config's 'output')")
-    parser.add_argument("--num-samples", dest="num_samples", type=int)
-    parser.add_argument("--batch-size", dest="batch_size", type=int)
-    parser.add_argument("--device", help="cpu, cuda or auto")
-    parser.add_argument("--threads", type=int)
-    parser.add_argument("--repeats", type=int)
-    parser.add_argument("--judge", help="a transformers causal LM (name or directory) or a flowzoo AR checkpoint")
-    parser.add_argument("--judge-text", dest="judge_text", choices=JUDGE_TEXTS,
-                        help="the text the judge reads: decode (the data's own, default) or raw (special tokens as strings, MDLM/Duo)")
-    parser.add_argument("--judge-eos", dest="judge_eos", choices=EOS_CONVENTIONS,
-                        help="the judge's EOS: all scored (default), first (later EOS not scored, MDLM/Duo) or truncate (cut at the first)")
-    parser.add_argument("--prompts-from", dest="prompts_from",
-                        help="add conditional rows: 'validation' (held-out rows' first --prompt-len tokens) or a file of prompts, one per line")
-    parser.add_argument("--prompt-len", dest="prompt_len", type=int, help="known tokens per prompt (default 8)")
-    args = parser.parse_args(argv)
-    if args.config is None and not args.models_given:
-        parser.error("give --config or at least one --model")
-    overrides = {k: v for k, v in vars(args).items() if k not in ("config", "models_given")}
-    config = load_config(args.config, **overrides, models=extra_models(args.config, args.models_given))
-    from flowzoo.devices import resolve_device
-    from flowzoo.outputs import check_output_dir
-
-    resolve_device(config["device"], "--device")  # before any model is loaded or row computed
-    check_output_dir(config["output"], "--output")
-    results = run(config, output=config["output"])
-    paths = write(results, config["output"])
-    print(paths["markdown"].read_text())
-    print("wrote " + ", ".join(str(p) for p in paths.values()))

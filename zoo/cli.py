@@ -536,7 +536,7 @@ def import_main(argv: Sequence[str]) -> None:
 
 def benchmark_main(argv: Sequence[str]) -> None:
     """``flowzoo benchmark --config benchmarks/<name>.yaml``: see flowzoo.benchmark."""
-    from flowzoo.benchmark import benchmark_main as run_benchmark
+    from flowzoo.benchmark_cli import benchmark_main as run_benchmark
 
     run_benchmark(list(argv))
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 import yaml
 
-from flowzoo.benchmark import BenchmarkConfigError, headline, load_config, markdown, sampler_grid
+from flowzoo.benchmark import BenchmarkConfigError, allocator_peak, headline, load_config, markdown, sampler_grid
 from flowzoo.checkpoints.pretrained import save_pretrained
 from flowzoo.cli import main
 from flowzoo.data.markov import MarkovData
@@ -74,6 +74,12 @@ def test_benchmark_writes_results_and_is_reproducible(checkpoints, tmp_path):
     md = (outputs[0] / "results.md").read_text()
     assert "| flow | euler | 4 | 4 |" in md and "gen_ppl" in md
     assert (outputs[0] / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_allocator_peak_is_not_hidden_by_frees_of_older_memory():
+    assert allocator_peak([50, 30, -60, 40]) == 80
+    assert allocator_peak([-100, 50, 30, -20, 40]) == 100  # 100 freed that the window never allocated: the rise after it counts
+    assert allocator_peak([]) == 0 and allocator_peak([-5, -5]) == 0
 
 
 def test_sampler_grid_expands_steps_and_refuses_unknown_names():
@@ -205,3 +211,65 @@ def test_named_path_splits_where_an_existing_path_follows(tmp_path):
     for bad in ("no-separator", "=path", "name="):
         with pytest.raises(ValueError, match="expected NAME=PATH"):
             named_path(bad)
+
+
+def _causal_judge(path, seed):
+    torch.manual_seed(seed)
+    data = MarkovData(**DATA)
+    judge = FlowLM(backbone={"name": "dit", "init_args": {**SMALL, "causal": True}}, vocab_size=data.vocab_size)
+    with torch.no_grad():  # random weights throughout (a new judge's output layer is zero: every judge would read uniform)
+        for p in judge.parameters():
+            p.normal_(0.0, 0.3)
+    judge.data_spec = {"name": "markov", "init_args": DATA}
+    save_pretrained(judge, path)
+    return path
+
+
+def test_kept_samples_are_rescored_under_another_judge_as_a_run_with_it_would_score_them(checkpoints, tmp_path, capsys):
+    """save_samples keeps each row's judge texts; --rescore gives the GenPPL a fresh run under the new judge gives,
+    without loading a model, and keeps every other figure as measured."""
+    other = _causal_judge(tmp_path / "other_judge", seed=1)
+    kept, direct, again, same = (tmp_path / name for name in ("kept", "direct", "again", "same"))
+    assert main(["benchmark", "--config", str(write_config(checkpoints, kept, save_samples=True)), "--threads", "1"]) == 0
+    assert main(["benchmark", "--config", str(write_config(checkpoints, direct, judge=str(other))), "--threads", "1"]) == 0
+    assert (kept / "samples.json.gz").is_file() and not (direct / "samples.json.gz").exists()
+    capsys.readouterr()
+    assert main(["benchmark", "--rescore", str(kept), "--judge", str(other), "--output", str(again)]) == 0
+    assert main(["benchmark", "--rescore", str(kept), "--judge", str(checkpoints / "judge"), "--output", str(same)]) == 0
+    first, fresh, rescored, unchanged = (json.loads((d / "results.json").read_text()) for d in (kept, direct, again, same))
+    assert len(rescored["rows"]) == len(first["rows"]) == 4  # three samplers and the data row
+    for was, new, ref, back in zip(first["rows"], rescored["rows"], fresh["rows"], unchanged["rows"]):
+        assert new["metrics"]["gen_ppl"] == pytest.approx(ref["metrics"]["gen_ppl"], rel=1e-6)
+        assert new["metrics"]["gen_ppl"] != pytest.approx(was["metrics"]["gen_ppl"], rel=1e-3)  # the judges differ
+        assert back["metrics"]["gen_ppl"] == pytest.approx(was["metrics"]["gen_ppl"], rel=1e-6)
+        assert {k: v for k, v in new["metrics"].items() if k != "gen_ppl"} == {k: v for k, v in was["metrics"].items() if k != "gen_ppl"}
+        assert new["seconds_per_batch"] == was["seconds_per_batch"]  # as measured then
+    assert rescored["rescored"]["from"] == str(kept) and rescored["config"]["judge"] == str(other)
+    assert "Re-scored (`flowzoo benchmark --rescore`)" in (again / "results.md").read_text()
+    assert (again / "samples.json.gz").read_bytes() == (kept / "samples.json.gz").read_bytes()  # it can be re-scored again
+
+
+def test_rescore_refuses_what_it_cannot_score(checkpoints, tmp_path, capsys):
+    plain, kept = tmp_path / "plain", tmp_path / "kept"
+    assert main(["benchmark", "--config", str(write_config(checkpoints, plain, num_samples=4)), "--threads", "1"]) == 0
+    assert main(["benchmark", "--config", str(write_config(checkpoints, kept, num_samples=4, save_samples=True)), "--threads", "1"]) == 0
+    judge = str(checkpoints / "judge")
+    capsys.readouterr()
+    assert main(["benchmark", "--rescore", str(plain), "--judge", judge, "--output", str(tmp_path / "o1")]) == 2
+    assert "save_samples: true" in capsys.readouterr().err
+    assert main(["benchmark", "--rescore", str(tmp_path / "nowhere"), "--judge", judge, "--output", str(tmp_path / "o2")]) == 2
+    assert "output folder of a `flowzoo benchmark` run" in capsys.readouterr().err
+    assert main(["benchmark", "--rescore", str(kept), "--judge", judge, "--judge-text", "raw", "--output", str(tmp_path / "o3")]) == 2
+    assert "judge_text 'decode'" in capsys.readouterr().err
+    results = json.loads((kept / "results.json").read_text())
+    (kept / "results.json").write_text(json.dumps({**results, "rows": results["rows"][1:]}))  # rows no longer those kept
+    assert main(["benchmark", "--rescore", str(kept), "--judge", judge, "--output", str(tmp_path / "o4")]) == 2
+    assert "does not match the rows" in capsys.readouterr().err
+    (kept / "samples.json.gz").write_bytes(b"not gzip")
+    assert main(["benchmark", "--rescore", str(kept), "--judge", judge, "--output", str(tmp_path / "o5")]) == 2
+    assert "corrupt or truncated" in capsys.readouterr().err
+    for argv in (["--output", str(tmp_path / "o6")], ["--judge", judge], ["--judge", judge, "--output", str(kept)],
+                 ["--judge", judge, "--output", str(tmp_path / "o7"), "--num-samples", "3"]):
+        with pytest.raises(SystemExit):
+            main(["benchmark", "--rescore", str(kept), *argv])
+    assert not any((tmp_path / f"o{i}").exists() for i in range(1, 8))  # nothing written by a refusal
