@@ -46,6 +46,9 @@ class FlowLM(L.LightningModule, FlowzooHubMixin):
     denoiser D_t when s = t (or s is None), the mean denoiser delta_{s,t} otherwise.
     ``save_pretrained``/``from_pretrained``/``push_to_hub`` come from FlowzooHubMixin (flowzoo.checkpoints).
     ``tokenizer`` is the ``tokenizers.Tokenizer`` a loaded model (or a saved one) carries, else None.
+    The learning rate warms up linearly over ``warmup_steps``, then (``cosine``) decays to ``min_lr_ratio`` x lr at
+    step ``lr_schedule_steps`` (default: the trainer's ``max_steps``): a run stopped at step K of a schedule
+    planned for N is ``--trainer.max_steps=K --model.lr_schedule_steps=N``.
     """
 
     tokenizer: Any = None
@@ -65,6 +68,7 @@ class FlowLM(L.LightningModule, FlowzooHubMixin):
         lr_schedule: str = "cosine",
         min_lr_ratio: float = 0.1,
         num_val_samples: int = 64,
+        lr_schedule_steps: int | None = None,
     ) -> None:
         super().__init__()
         given = {"backbone": backbone, "path": path, "head": head, "objective": objective, "sampler": sampler}
@@ -80,7 +84,9 @@ class FlowLM(L.LightningModule, FlowzooHubMixin):
         if lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"unknown lr_schedule {lr_schedule!r}; choices: {', '.join(LR_SCHEDULES)}")
         self.lr, self.weight_decay, self.betas, self.warmup_steps = lr, weight_decay, tuple(betas), warmup_steps
-        self.lr_schedule, self.min_lr_ratio = lr_schedule, min_lr_ratio
+        if lr_schedule_steps is not None and lr_schedule_steps < 1:
+            raise ValueError(f"lr_schedule_steps must be at least 1 (or unset: the trainer's max_steps), got {lr_schedule_steps}")
+        self.lr_schedule, self.min_lr_ratio, self.lr_schedule_steps = lr_schedule, min_lr_ratio, lr_schedule_steps
         self.num_val_samples = num_val_samples
         self.data_spec: dict[str, Any] | None = None
         object.__setattr__(self, "_critic", None)  # dmd's critic (flowzoo.teachers.Critic): outside the module tree
@@ -188,7 +194,7 @@ class FlowLM(L.LightningModule, FlowzooHubMixin):
             lr=self.lr,
             betas=self.betas,
         )
-        total = self.trainer.estimated_stepping_batches if self._trainer is not None else 0
+        total = self.lr_schedule_steps or (self.trainer.estimated_stepping_batches if self._trainer is not None else 0)
         factor = functools.partial(lr_factor, warmup=max(1, self.warmup_steps), total=total, schedule=self.lr_schedule, floor=self.min_lr_ratio)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
@@ -247,6 +253,7 @@ class FlowLM(L.LightningModule, FlowzooHubMixin):
                 "warmup_steps": self.warmup_steps,
                 "lr_schedule": self.lr_schedule,
                 "min_lr_ratio": self.min_lr_ratio,
+                "lr_schedule_steps": self.lr_schedule_steps,
             },
             "data": self.data_spec,
         }
