@@ -577,7 +577,7 @@ COMMANDS = {
     "predict": "refused: it writes nothing; `flowzoo sample --output FILE` writes samples",
     "sample": "sample text from a trained model (.ckpt, save_pretrained folder or Hub repo)",
     "list": "list the registered components: backbones, paths, heads, objectives, samplers, data",
-    "benchmark": "sample quality, NFE, speed and memory of models and samplers into a table (--config FILE)",
+    "benchmark": "sample quality, NFE, speed and memory of models and samplers into a table (--config FILE); --rescore DIR: another judge",
     "publish": "upload a trained model to the Hugging Face Hub with its model card",
     "judge": "train an autoregressive judge for generative perplexity (judge fit --config FILE)",
     "classifier": "train a sequence classifier for the classifier reward (classifier fit --config FILE)",
