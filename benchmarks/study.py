@@ -167,6 +167,25 @@ def flowzoo(*args: str) -> list[str]:
     return [sys.executable, "-m", "flowzoo", *args]
 
 
+def resume_flags(out: Path, name: str) -> list[str] | None:
+    """None when ``out`` holds a finished run (its ``pretrained/`` is used as it is); else the flags its fit needs:
+    ``--ckpt_path last`` for a run that stopped before its ``max_steps`` (an interrupted run also writes
+    ``pretrained/``, at the step it reached: it is resumed exactly, never used half-trained), [] to train afresh."""
+    from flowzoo.runs import stopped_early
+
+    if not (out / "pretrained" / "config.json").is_file():
+        return []
+    early = stopped_early(out)
+    if early is None:
+        print(f"= {name}: {out / 'pretrained'} exists, not retrained", flush=True)
+        return None
+    if not (out / "checkpoints" / "last.ckpt").is_file():
+        print(f"= {name}: {out} stopped at step {early[0]} of {early[1]} and kept no last.ckpt; trained afresh", flush=True)
+        return []
+    print(f"= {name}: {out} stopped at step {early[0]} of {early[1]}; resumed from its last.ckpt", flush=True)
+    return ["--ckpt_path", "last"]
+
+
 def train(data: str, method: str, runs: Path, args, teacher: Path | None, student: Path | None = None) -> Path:
     """Train one method (unless its pretrained directory exists); returns the checkpoint to benchmark: ``flowzoo fit``
     writes ``<out>/version_N/pretrained`` at the end of every run, ``<out>/pretrained`` points to the newest."""
@@ -174,8 +193,8 @@ def train(data: str, method: str, runs: Path, args, teacher: Path | None, studen
     if given:
         return Path(given)
     out = runs / data / method
-    if (out / "pretrained" / "config.json").is_file():
-        print(f"= {method}: {out / 'pretrained'} exists, not retrained", flush=True)
+    resume = resume_flags(out, method)
+    if resume is None:
         return out / "pretrained"
     distill_steps = args.distill_steps if not args.tiny else 3
     shared = yaml.safe_load((ROOT / "benchmarks" / "study" / f"{data}.yaml").read_text())
@@ -191,7 +210,7 @@ def train(data: str, method: str, runs: Path, args, teacher: Path | None, studen
     if args.max_steps and not args.tiny and method not in DISTILLED and method not in DISCRETE_DISTILLED:  # a reduced budget, the same for every method
         extra = [f"--trainer.max_steps={args.max_steps}", f"--trainer.val_check_interval={min(1000, args.max_steps)}"]
     extra += [flag for target, flag in args.train_flags if target == method]
-    cmd = flowzoo("fit", "--config", str(ROOT / "benchmarks" / "study" / f"{data}.yaml"), *flags, f"--trainer.default_root_dir={out}", *extra)
+    cmd = flowzoo("fit", "--config", str(ROOT / "benchmarks" / "study" / f"{data}.yaml"), *flags, f"--trainer.default_root_dir={out}", *extra, *resume)
     run(cmd, args.threads)
     return out / "pretrained"
 
@@ -200,13 +219,14 @@ def train_judge(data: str, runs: Path, args) -> Path:
     if args.judge:
         return Path(args.judge)
     out = runs / data / "judge"
-    if (out / "pretrained" / "config.json").is_file():
-        print(f"= judge: {out / 'pretrained'} exists, not retrained", flush=True)
+    resume = resume_flags(out, "judge")
+    if resume is None:
         return out / "pretrained"
     extra = TINY_TRAIN + TINY_DATA[data] + ["--trainer.max_steps=4"] if args.tiny else []
     if args.judge_steps and not args.tiny:
         extra = [f"--trainer.max_steps={args.judge_steps}", "--trainer.precision=bf16-mixed"]
-    run(flowzoo("judge", "fit", "--config", str(ROOT / "configs" / f"judge_{data}.yaml"), f"--trainer.default_root_dir={out}", *extra), args.threads)
+    run(flowzoo("judge", "fit", "--config", str(ROOT / "configs" / f"judge_{data}.yaml"), f"--trainer.default_root_dir={out}", *extra, *resume),
+        args.threads)
     return out / "pretrained"
 
 

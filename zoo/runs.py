@@ -58,6 +58,26 @@ def step_checkpoints(root: Path) -> dict[int, Path]:
     return dict(sorted(found.items()))
 
 
+def stopped_early(root: Path) -> tuple[int, int] | None:
+    """(the step it reached, its max_steps) when the newest run under ``root`` saved ``pretrained/`` before its
+    planned ``max_steps``, else None (finished, no ``pretrained/``, or a run that records neither: epoch-bounded, an
+    older save). A run stopped early (Ctrl-C, ``max_time``, a killed process) still writes ``pretrained/``, at the step
+    it reached, so the folder alone does not say the run is done."""
+    import json
+
+    import yaml
+
+    run = latest_run(root) or root
+    config, planned_in = run / "pretrained" / "config.json", run / "config.yaml"
+    if not config.is_file() or not planned_in.is_file():
+        return None
+    reached = (json.loads(config.read_text()).get("training") or {}).get("global_step")
+    planned = ((yaml.safe_load(planned_in.read_text()) or {}).get("trainer") or {}).get("max_steps")
+    if reached is None or planned is None or int(planned) <= 0 or int(reached) >= int(planned):
+        return None
+    return int(reached), int(planned)
+
+
 def new_run(root: Path) -> Path:
     """Create ``root/version_N`` with the next free N (``os.mkdir`` fails on a taken number: race-free)."""
     root.mkdir(parents=True, exist_ok=True)

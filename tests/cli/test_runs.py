@@ -336,3 +336,23 @@ def test_step_checkpoints_are_the_newest_runs_in_step_order(tmp_path):
     (tmp_path / "latest").symlink_to("version_0")
     assert [p.name for p in step_checkpoints(tmp_path).values()] == ["step=900.ckpt"]  # latest names the newest run
     assert step_checkpoints(tmp_path / "nowhere") == {}
+
+
+def test_a_run_stopped_before_its_max_steps_is_told_from_a_finished_one(tmp_path, capsys):
+    """An interrupted run also writes pretrained/ (at the step it reached): stopped_early says so, and the study
+    scripts resume it (--ckpt_path last) instead of using it half-trained; a finished run is used as it is."""
+    from flowzoo.runs import stopped_early
+    from helpers import benchmark_script
+
+    study = benchmark_script("study")
+    stopped, finished = tmp_path / "stopped", tmp_path / "finished"
+    assert stopped_early(stopped) is None and study.resume_flags(stopped, "judge") == []  # nothing there: train
+    assert main(["fit", *TINY, *QUIET_VAL, "--trainer.max_steps=100000", "--trainer.max_time=00:00:00:02", *checkpointing(100000),
+                 f"--trainer.default_root_dir={stopped}"]) == 0
+    assert main(["fit", *TINY, *QUIET_VAL, "--trainer.max_steps=3", f"--trainer.default_root_dir={finished}"]) == 0
+    reached = ckpt(stopped / "checkpoints/last.ckpt")["global_step"]
+    assert stopped_early(stopped) == (reached, 100000) and stopped_early(finished) is None
+    capsys.readouterr()
+    assert study.resume_flags(stopped, "judge") == ["--ckpt_path", "last"]
+    assert f"stopped at step {reached} of 100000; resumed from its last.ckpt" in capsys.readouterr().out
+    assert study.resume_flags(finished, "judge") is None
