@@ -61,8 +61,8 @@ def step_checkpoints(root: Path) -> dict[int, Path]:
 def stopped_early(root: Path) -> tuple[int, int] | None:
     """(the step it reached, its max_steps) when the newest run under ``root`` saved ``pretrained/`` before its
     planned ``max_steps``, else None (finished, no ``pretrained/``, or a run that records neither: epoch-bounded, an
-    older save). A run stopped early (Ctrl-C, ``max_time``, a killed process) still writes ``pretrained/``, at the step
-    it reached, so the folder alone does not say the run is done."""
+    older save). A run stopped early by Ctrl-C or ``max_time`` still writes ``pretrained/``, at the step it reached
+    (a process killed outright writes nothing), so the folder alone does not say the run is done."""
     import json
 
     import yaml
