@@ -45,6 +45,7 @@ from typing import Any
 
 import yaml
 
+from flowzoo.data.text import sha256_file
 from flowzoo.runs import step_checkpoints
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -189,14 +190,7 @@ def judge_key(judge: Path | None) -> str:
         return ""
     path = Path(judge)
     weights = path / "model.safetensors" if path.is_dir() else path
-    digest = hashlib.sha256()
-    if weights.is_file():
-        with open(weights, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    else:
-        digest.update(str(judge).encode())
-    return digest.hexdigest()[:12]
+    return (sha256_file(weights) if weights.is_file() else hashlib.sha256(str(judge).encode()).hexdigest())[:12]
 
 
 def score_folder(runs: Path, args, judge: Path | None) -> Path:

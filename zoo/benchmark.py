@@ -556,8 +556,8 @@ def run(config: dict[str, Any], output: str | Path | None = None) -> dict[str, A
                      "tokens_per_second": None, "peak_memory_mib": None, "memory_method": None, "example": reference_data.decode(real[:1])[0]})
         if kept is not None:
             kept.append(judge_texts(real[:, : int(length)], reference_data, config["judge_text"]))
-    if output is not None and kept is not None:
-        write_samples(rows, kept, output, config["judge_text"])
+            if output is not None:  # the model rows are written as they finish; this adds the data row's
+                write_samples(rows, kept, output, config["judge_text"])
     results["length"] = length
     results["headline"] = headline(results, config)
     results["complete"] = True

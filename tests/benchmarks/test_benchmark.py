@@ -28,10 +28,22 @@ def checkpoints(tmp_path_factory):
     trainer = L.Trainer(max_steps=3, logger=False, enable_checkpointing=False, enable_progress_bar=False, limit_val_batches=0, enable_model_summary=False)
     trainer.fit(flow, data)
     save_pretrained(flow, root / "flow")
-    judge = FlowLM(backbone={"name": "dit", "init_args": {**SMALL, "causal": True}}, vocab_size=data.vocab_size)
-    judge.data_spec = {"name": "markov", "init_args": DATA}
-    save_pretrained(judge, root / "judge")
+    causal_judge(root / "judge", data)
     return root
+
+
+def causal_judge(path, data, random_seed=None):
+    """A causal judge of ``data`` written with save_pretrained: as built (its zero output layer reads every text as
+    uniform), or with every weight drawn N(0, 0.3^2) under ``random_seed`` (a judge that tells texts apart)."""
+    judge = FlowLM(backbone={"name": "dit", "init_args": {**SMALL, "causal": True}}, vocab_size=data.vocab_size)
+    if random_seed is not None:
+        torch.manual_seed(random_seed)
+        with torch.no_grad():
+            for p in judge.parameters():
+                p.normal_(0.0, 0.3)
+    judge.data_spec = {"name": "markov", "init_args": DATA}
+    save_pretrained(judge, path)
+    return path
 
 
 def write_config(root, output, **extra):
@@ -213,22 +225,10 @@ def test_named_path_splits_where_an_existing_path_follows(tmp_path):
             named_path(bad)
 
 
-def _causal_judge(path, seed):
-    torch.manual_seed(seed)
-    data = MarkovData(**DATA)
-    judge = FlowLM(backbone={"name": "dit", "init_args": {**SMALL, "causal": True}}, vocab_size=data.vocab_size)
-    with torch.no_grad():  # random weights throughout (a new judge's output layer is zero: every judge would read uniform)
-        for p in judge.parameters():
-            p.normal_(0.0, 0.3)
-    judge.data_spec = {"name": "markov", "init_args": DATA}
-    save_pretrained(judge, path)
-    return path
-
-
 def test_kept_samples_are_rescored_under_another_judge_as_a_run_with_it_would_score_them(checkpoints, tmp_path, capsys):
     """save_samples keeps each row's judge texts; --rescore gives the GenPPL a fresh run under the new judge gives,
     without loading a model, and keeps every other figure as measured."""
-    other = _causal_judge(tmp_path / "other_judge", seed=1)
+    other = causal_judge(tmp_path / "other_judge", MarkovData(**DATA), random_seed=1)
     kept, direct, again, same = (tmp_path / name for name in ("kept", "direct", "again", "same"))
     assert main(["benchmark", "--config", str(write_config(checkpoints, kept, save_samples=True)), "--threads", "1"]) == 0
     assert main(["benchmark", "--config", str(write_config(checkpoints, direct, judge=str(other))), "--threads", "1"]) == 0
