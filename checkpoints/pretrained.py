@@ -354,11 +354,20 @@ def read_checkpoint(path: Path, map_location: str = "cpu") -> dict[str, Any]:
     return ckpt
 
 
+CRITIC_KEY = "flowzoo_critic"  # dmd's critic in a training checkpoint: {"network": weights, "optimizer": its Adam}
+
+
 def training_tensors(ckpt: dict[str, Any]):
     """(name, tensor) of what a resumed run reads besides ``state_dict``: the live weights an EMA callback keeps
-    (``current_model_state``) and the optimizer's state (``optimizer_states``)."""
+    (``current_model_state``), the optimizer's state (``optimizer_states``) and dmd's critic (``CRITIC_KEY``)."""
     for name, tensor in (ckpt.get("current_model_state") or {}).items():
         yield f"current_model_state.{name}", tensor
+    critic = ckpt.get(CRITIC_KEY) or {}
+    for name, tensor in (critic.get("network") or {}).items():
+        yield f"dmd critic {name}", tensor
+    for param, values in ((critic.get("optimizer") or {}).get("state") or {}).items():
+        for key, tensor in (values or {}).items():
+            yield f"dmd critic optimizer {key} of parameter {param}", tensor
     for i, optimizer in enumerate(ckpt.get("optimizer_states") or []):
         for param, values in ((optimizer or {}).get("state") or {}).items():
             for key, tensor in (values or {}).items():

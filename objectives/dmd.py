@@ -52,8 +52,8 @@ class DistributionMatching(Distill):
     the losses. With ``gan_weight`` > 0 (DMD2's GAN term) the critic also carries a
     linear head d on its hidden states, one real-vs-generated logit per position of a noised sequence, trained on
     data rows against one-step samples; the map adds ``gan_weight`` * softplus(-d(x^_t)). The critic is
-    kept out of the module tree, like the teacher: not saved, so a resumed run restarts it from the teacher,
-    and under DDP each rank trains its own.
+    kept out of the module tree and ``save_pretrained``, like the teacher; a training checkpoint keeps it, so a
+    resumed run goes on with it (``FlowLM.on_save_checkpoint``); under DDP each rank trains its own.
     """
 
     def __init__(

@@ -90,6 +90,8 @@ class FlowLM(L.LightningModule, FlowzooHubMixin):
         self.num_val_samples = num_val_samples
         self.data_spec: dict[str, Any] | None = None
         object.__setattr__(self, "_critic", None)  # dmd's critic (flowzoo.teachers.Critic): outside the module tree
+        object.__setattr__(self, "_critic_resume", None)  # a resumed checkpoint's critic state, loaded when it is built
+        object.__setattr__(self, "_prepared", False)  # prepare_objective has run since this model was built or resumed
         self.save_hyperparameters(ignore=list(given))
 
     # --- the network ---------------------------------------------------------------
@@ -164,8 +166,14 @@ class FlowLM(L.LightningModule, FlowzooHubMixin):
     # --- what the objective needs from outside (flowzoo.teachers) ---------------------------
     def prepare_objective(self) -> None:
         """Resolve what the objective needs before its loss: distill's (dmd's, refine's) teacher, loaded once from
-        the path its config names. A no-op for the other objectives. Run before every training/validation loss."""
-        teachers.prepare_objective(self)
+        the path its config names. A no-op for the other objectives. Run before every training/validation loss; the
+        first time after a resume it draws nothing from the random stream (``teachers.off_stream_when_resumed``)."""
+        if self._prepared:
+            teachers.prepare_objective(self)
+            return
+        with teachers.off_stream_when_resumed(self):
+            teachers.prepare_objective(self)
+        object.__setattr__(self, "_prepared", True)
 
     def attach_teacher(self, teacher=None) -> None:
         """Hand the objective its teacher (``teacher``, or the one its config names): checked, frozen, outside the
@@ -173,9 +181,15 @@ class FlowLM(L.LightningModule, FlowzooHubMixin):
         teachers.attach_teacher(self, teacher)
 
     def critic(self) -> torch.nn.Module:
-        """dmd's critic network, built from the teacher on first use (with its optimizer); never in the state dict."""
+        """dmd's critic network, built from the teacher on first use (with its optimizer), or resumed from the
+        training checkpoint's critic (``on_load_checkpoint``); never in the state dict."""
         if self._critic is None:
-            object.__setattr__(self, "_critic", teachers.Critic(self))
+            with teachers.off_stream_when_resumed(self):
+                critic = teachers.Critic(self)
+            if self._critic_resume is not None:
+                critic.load_state_dict(self._critic_resume)
+                object.__setattr__(self, "_critic_resume", None)
+            object.__setattr__(self, "_critic", critic)
         return self._critic.network
 
     def train_critic(self, sample: torch.Tensor, data: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
@@ -274,9 +288,20 @@ class FlowLM(L.LightningModule, FlowzooHubMixin):
             check_data(datamodule)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        from flowzoo.checkpoints.pretrained import CRITIC_KEY
         from flowzoo.checkpoints.tokenizer import CHECKPOINT_KEY, model_tokenizer_json
 
         checkpoint["flowzoo"] = self.config()
+        if self._critic is not None or self._critic_resume is not None:  # dmd: its critic, to resume with
+            checkpoint[CRITIC_KEY] = self._critic.state_dict() if self._critic is not None else self._critic_resume
         tokenizer = model_tokenizer_json(self)  # samples decode even after the training files move
         if tokenizer is not None:
             checkpoint[CHECKPOINT_KEY] = tokenizer
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A resumed ``fit`` (``--ckpt_path``): dmd's critic goes on from the checkpoint's once it is built."""
+        from flowzoo.checkpoints.pretrained import CRITIC_KEY
+
+        object.__setattr__(self, "_critic", None)
+        object.__setattr__(self, "_critic_resume", checkpoint.get(CRITIC_KEY))
+        object.__setattr__(self, "_prepared", False)

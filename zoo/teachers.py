@@ -6,12 +6,14 @@ of it) names its teacher in its config (``--model.objective.teacher=PATH``) and 
 path, freezes it and hands it over with ``objective.set_teacher``, kept outside the module tree (never in the
 student's state dict or checkpoint), and copies the teacher's (or ``init_from``'s) backbone into the student once.
 ``dmd``'s critic, a copy of the teacher trained online on the one-step samples, is a :class:`Critic`: its network and
-its Adam belong to the model (``FlowLM.critic``), never saved; ``FlowLM.train_critic`` steps it on the losses
+its Adam belong to the model (``FlowLM.critic``), kept out of the state dict (a training checkpoint carries them
+beside it, to resume); ``FlowLM.train_critic`` steps it on the losses
 ``objective.critic_loss`` gives. :class:`~flowzoo.module.FlowLM` calls :func:`prepare_objective` before each loss.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from typing import Any
 
@@ -85,6 +87,19 @@ def prepare_objective(model) -> None:
     prepare_reward(model)
 
 
+@contextlib.contextmanager
+def off_stream_when_resumed(model):
+    """Where a teacher, critic or reward network is built (weight initialisation draws from torch's generator): a
+    fresh run builds them at step 0 and every later draw follows; a run resumed at step k > 0 builds them again, but
+    its checkpoint's generator state already follows those draws, so there the build runs on a forked stream and the
+    resumed run draws the noise and times the uninterrupted one drew."""
+    if model.global_step == 0:
+        yield
+        return
+    with torch.random.fork_rng(devices=[] if model.device.type == "cpu" else [model.device]):
+        yield
+
+
 def prepare_reward(model) -> None:
     """The reward of a reward-driven objective (``reward``, ``policy_gradient``): bound to the model's vocabulary and
     its network (a judge's, a classifier's) loaded as a model of the model's class, once; the objective loads nothing."""
@@ -128,8 +143,9 @@ def identity_blocks(backbone, keys) -> bool:
 class Critic:
     """``dmd``'s fake-score denoiser: a trainable copy of the teacher (with ``gan_weight``, plus a linear
     discriminator head on its hidden states) and its Adam (the objective's ``critic_lr``, 0: the model's lr; the
-    model's betas). Held by the model outside its module tree: not saved, so a resumed run restarts it from the
-    teacher, and under DDP each rank trains its own."""
+    model's betas). Held by the model outside its module tree (never in its state dict or a ``save_pretrained``
+    folder); a training checkpoint keeps it beside (:meth:`state_dict`), so a resumed run goes on with the critic it
+    had. Under DDP each rank trains its own and rank 0's is saved."""
 
     def __init__(self, model) -> None:
         objective = model.objective
@@ -155,3 +171,23 @@ class Critic:
             losses["total"].backward()
             self.optimizer.step()
         return {k: v.detach() for k, v in losses.items() if k != "total"}
+
+    def state_dict(self) -> dict[str, Any]:
+        """The network's weights and its Adam's state: what a training checkpoint keeps to resume the critic."""
+        return {"network": self.network.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume from :meth:`state_dict`; a critic of another shape (the run's ``dmd`` settings changed, e.g.
+        ``gan_weight`` turned on, which adds the discriminator) is refused before anything is loaded."""
+        mine, theirs = self.network.state_dict(), state["network"]
+        missing, unexpected = sorted(set(mine) - set(theirs)), sorted(set(theirs) - set(mine))
+        reshaped = sorted(k for k in set(mine) & set(theirs) if mine[k].shape != theirs[k].shape)
+        if missing or unexpected or reshaped:
+            raise CheckpointError(
+                "the checkpoint's dmd critic does not fit this run's critic (missing "
+                f"{missing[:3]}, unexpected {unexpected[:3]}, reshaped {reshaped[:3]}): resume with the dmd settings it "
+                "was trained with, or start a new run from it with --model.objective.init_from (the critic restarts "
+                "from the teacher)"
+            )
+        self.network.load_state_dict(theirs)
+        self.optimizer.load_state_dict(state["optimizer"])

@@ -247,6 +247,32 @@ def test_an_interrupted_run_resumed_with_ckpt_path_last_repeats_the_uninterrupte
         assert all(torch.allclose(final[key][k], v, rtol=1e-5, atol=1e-7) for k, v in reference[key].items()), key
 
 
+def test_a_resumed_dmd_run_goes_on_with_its_critic_and_ends_where_the_uninterrupted_run_does(tmp_path):
+    """dmd's critic (a trained copy of the teacher, kept outside the state dict) travels in the training checkpoint:
+    2 steps, then resumed to 4 (the same cosine length), give the uninterrupted 4-step run's map and critic."""
+    from flowzoo.checkpoints.pretrained import CRITIC_KEY
+
+    teacher_root = tmp_path / "teacher"
+    assert main(["fit", *TINY, *QUIET_VAL, "--trainer.max_steps=2", f"--trainer.default_root_dir={teacher_root}"]) == 0
+    dmd = [*TINY, *QUIET_VAL, "--model.objective=dmd", f"--model.objective.teacher={teacher_root / 'checkpoints/last.ckpt'}",
+           "--model.objective.num_generated=4", "--model.objective.gan_weight=1", "--model.sampler=flow_map",
+           "--model.lr=0.01", "--model.lr_schedule_steps=4"]
+    assert main(["fit", *dmd, "--trainer.max_steps=4", f"--trainer.default_root_dir={tmp_path / 'whole'}"]) == 0
+    cut = tmp_path / "cut"
+    assert main(["fit", *dmd, "--trainer.max_steps=2", f"--trainer.default_root_dir={cut}"]) == 0
+    halfway = ckpt(cut / "checkpoints/last.ckpt")
+    assert halfway["global_step"] == 2 and "discriminator.weight" in halfway[CRITIC_KEY]["network"]
+    assert main(["fit", *dmd, "--trainer.max_steps=4", f"--trainer.default_root_dir={cut}", "--ckpt_path", "last"]) == 0
+    final, reference = ckpt(cut / "checkpoints/last.ckpt"), ckpt(tmp_path / "whole/checkpoints/last.ckpt")
+    assert final["global_step"] == reference["global_step"] == 4
+    for key in ("state_dict", CRITIC_KEY):
+        ours = final[key] if key == "state_dict" else final[key]["network"]
+        theirs = reference[key] if key == "state_dict" else reference[key]["network"]
+        assert set(ours) == set(theirs), key
+        assert all(torch.allclose(ours[k], v, rtol=1e-5, atol=1e-7) for k, v in theirs.items()), key
+    assert not any("critic" in k or "discriminator" in k for k in final["state_dict"])  # never in the weights
+
+
 def test_every_config_averages_with_the_warm_up_ema():
     import yaml
 

@@ -152,6 +152,38 @@ def test_dmd_critic_learns_the_one_step_samples_and_stays_out_of_the_weights(tmp
     assert again.objective.registry_name == "dmd" and again._critic is None
 
 
+def test_dmd_critic_travels_in_the_training_checkpoint_and_one_of_another_shape_is_refused():
+    from flowzoo.checkpoints.pretrained import CRITIC_KEY, check_finite, training_tensors
+    from flowzoo.errors import CheckpointError
+
+    teacher = small_model()
+    student = _dmd_student(teacher, critic_lr=3e-3)
+    student.train()
+    torch.manual_seed(0)
+    student.objective(student, torch.randint(0, V, (B, L)))["loss"].backward()
+    checkpoint = {}
+    student.on_save_checkpoint(checkpoint)
+    saved = checkpoint[CRITIC_KEY]
+    resumed = _dmd_student(teacher)
+    resumed.on_load_checkpoint(checkpoint)
+    again = {}
+    resumed.on_save_checkpoint(again)  # saved again before its critic is built (no step since the resume): the same critic
+    assert all(torch.equal(v, saved["network"][k]) for k, v in again[CRITIC_KEY]["network"].items())
+    critic = resumed.critic()
+    assert all(torch.equal(v, saved["network"][k]) for k, v in critic.state_dict().items())
+    assert not all(torch.equal(v, teacher.state_dict()[k]) for k, v in critic.state_dict().items())  # trained, not the teacher
+    adam = resumed._critic.optimizer.state_dict()["state"]
+    assert adam and all(torch.equal(adam[i]["exp_avg"], saved["optimizer"]["state"][i]["exp_avg"]) for i in adam)
+    with_gan = _dmd_student(teacher, gan_weight=1.0)  # a discriminator the saved critic does not have
+    with_gan.on_load_checkpoint(checkpoint)
+    with pytest.raises(CheckpointError, match="does not fit.*missing \\['discriminator.bias', 'discriminator.weight'\\]"):
+        with_gan.critic()
+    first = next(iter(saved["network"]))
+    saved["network"][first] = torch.full_like(saved["network"][first], float("nan"))
+    with pytest.raises(CheckpointError, match=f"dmd critic {first}"):
+        check_finite(training_tensors(checkpoint), "last.ckpt")
+
+
 def test_dmd_critic_steps_after_the_first_train_on_fresh_one_step_samples():
     teacher = small_model()
     student = _dmd_student(teacher, critic_steps=3)
