@@ -179,15 +179,14 @@ class Critic:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume from :meth:`state_dict`; a critic of another shape (the run's ``dmd`` settings changed, e.g.
         ``gan_weight`` turned on, which adds the discriminator) is refused before anything is loaded."""
-        mine, theirs = self.network.state_dict(), state["network"]
-        missing, unexpected = sorted(set(mine) - set(theirs)), sorted(set(theirs) - set(mine))
-        reshaped = sorted(k for k in set(mine) & set(theirs) if mine[k].shape != theirs[k].shape)
-        if missing or unexpected or reshaped:
+        from flowzoo.checkpoints.pretrained import state_mismatch
+
+        detail = state_mismatch(self.network.state_dict(), state["network"], against="this run's critic")
+        if detail:
             raise CheckpointError(
-                "the checkpoint's dmd critic does not fit this run's critic (missing "
-                f"{missing[:3]}, unexpected {unexpected[:3]}, reshaped {reshaped[:3]}): resume with the dmd settings it "
-                "was trained with, or start a new run from it with --model.objective.init_from (the critic restarts "
+                f"the checkpoint's dmd critic does not fit this run's critic ({detail}): resume with the dmd settings "
+                "it was trained with, or start a new run from it with --model.objective.init_from (the critic restarts "
                 "from the teacher)"
             )
-        self.network.load_state_dict(theirs)
+        self.network.load_state_dict(state["network"])
         self.optimizer.load_state_dict(state["optimizer"])
