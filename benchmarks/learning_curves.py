@@ -142,19 +142,9 @@ def shown_path(path: Path) -> str:
 
 
 def train_judge(runs: Path, args) -> Path:
-    """The GenPPL judge: ``--judge``, or one trained with ``configs/judge_<data>.yaml`` (and ``--data-flag``)."""
-    if args.judge:
-        return Path(args.judge)
-    out = runs / "judge"
-    resume = study.resume_flags(out, "judge")  # a judge run stopped part-way is resumed, not used half-trained
-    if resume is None:
-        return out / "pretrained"
-    extra = (study.TINY_TRAIN + study.TINY_DATA[args.data] + ["--trainer.max_steps=4"]) if args.tiny else []
-    if args.judge_steps and not args.tiny:
-        extra = [f"--trainer.max_steps={args.judge_steps}", "--trainer.precision=bf16-mixed"]
-    study.run(study.flowzoo("judge", "fit", "--config", str(ROOT / "configs" / f"judge_{args.data}.yaml"),
-                            f"--trainer.default_root_dir={out}", *args.data_flags, *extra, *resume), args.threads)
-    return out / "pretrained"
+    """The GenPPL judge: ``--judge``, or one trained in ``runs/judge`` with ``configs/judge_<data>.yaml`` (and
+    ``--data-flag``), as the study trains its own (``study.train_judge``)."""
+    return study.train_judge(args.data, runs / "judge", args, args.data_flags)
 
 
 # --- measuring ------------------------------------------------------------------------------------

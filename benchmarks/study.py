@@ -215,18 +215,19 @@ def train(data: str, method: str, runs: Path, args, teacher: Path | None, studen
     return out / "pretrained"
 
 
-def train_judge(data: str, runs: Path, args) -> Path:
+def train_judge(data: str, out: Path, args, data_flags: list[str] | tuple[str, ...] = ()) -> Path:
+    """The GenPPL judge: ``--judge``, or the one in ``out`` (trained there with ``configs/judge_<data>.yaml`` and
+    ``data_flags`` unless finished; a run stopped part-way is resumed, not used half-trained)."""
     if args.judge:
         return Path(args.judge)
-    out = runs / data / "judge"
     resume = resume_flags(out, "judge")
     if resume is None:
         return out / "pretrained"
     extra = TINY_TRAIN + TINY_DATA[data] + ["--trainer.max_steps=4"] if args.tiny else []
     if args.judge_steps and not args.tiny:
         extra = [f"--trainer.max_steps={args.judge_steps}", "--trainer.precision=bf16-mixed"]
-    run(flowzoo("judge", "fit", "--config", str(ROOT / "configs" / f"judge_{data}.yaml"), f"--trainer.default_root_dir={out}", *extra, *resume),
-        args.threads)
+    run(flowzoo("judge", "fit", "--config", str(ROOT / "configs" / f"judge_{data}.yaml"), f"--trainer.default_root_dir={out}",
+                *data_flags, *extra, *resume), args.threads)
     return out / "pretrained"
 
 
@@ -300,7 +301,7 @@ def main() -> None:
         if method not in methods:
             checkpoints.pop(method, None)
     config = yaml.safe_load((ROOT / "benchmarks" / f"study_{args.data}.yaml").read_text())
-    judge = train_judge(args.data, runs, args) if config.get("judge") else None
+    judge = train_judge(args.data, runs / args.data / "judge", args) if config.get("judge") else None
     if args.no_benchmark:
         return
     run(flowzoo("benchmark", "--config", str(benchmark_config(args.data, checkpoints, judge, runs, args))), args.threads)
