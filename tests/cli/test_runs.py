@@ -265,11 +265,10 @@ def test_a_resumed_dmd_run_goes_on_with_its_critic_and_ends_where_the_uninterrup
     assert main(["fit", *dmd, "--trainer.max_steps=4", f"--trainer.default_root_dir={cut}", "--ckpt_path", "last"]) == 0
     final, reference = ckpt(cut / "checkpoints/last.ckpt"), ckpt(tmp_path / "whole/checkpoints/last.ckpt")
     assert final["global_step"] == reference["global_step"] == 4
-    for key in ("state_dict", CRITIC_KEY):
-        ours = final[key] if key == "state_dict" else final[key]["network"]
-        theirs = reference[key] if key == "state_dict" else reference[key]["network"]
-        assert set(ours) == set(theirs), key
-        assert all(torch.allclose(ours[k], v, rtol=1e-5, atol=1e-7) for k, v in theirs.items()), key
+    for what, ours, theirs in (("map", final["state_dict"], reference["state_dict"]),
+                               ("critic", final[CRITIC_KEY]["network"], reference[CRITIC_KEY]["network"])):
+        assert set(ours) == set(theirs), what
+        assert all(torch.allclose(ours[k], v, rtol=1e-5, atol=1e-7) for k, v in theirs.items()), what
     assert not any("critic" in k or "discriminator" in k for k in final["state_dict"])  # never in the weights
 
 
