@@ -54,6 +54,11 @@ class DistributionMatching(Distill):
     data rows against one-step samples; the map adds ``gan_weight`` * softplus(-d(x^_t)). The critic is
     kept out of the module tree and ``save_pretrained``, like the teacher; a training checkpoint keeps it, so a
     resumed run goes on with it (``FlowLM.on_save_checkpoint``); under DDP each rank trains its own.
+    ``generator_steps`` (default 1) makes the compared samples k-step ones (DMD2's multi-step generator, by backward
+    simulation): x_{t_{k-1}} comes from k - 1 jumps of the map along the flow-map sampler's grid without gradient,
+    and x^ = delta_{t_{k-1},1}(x_{t_{k-1}}) takes the push, so the last jump of the k-step map is what learns. A list
+    splits the samples into contiguous blocks, one per entry (e.g. [1, 4]: the 1-step and the 4-step map both
+    matched); the critic then learns the mixture of their laws.
     """
 
     def __init__(
@@ -68,9 +73,14 @@ class DistributionMatching(Distill):
         gradient_through: str = "probs",
         gan_weight: float = 0.0,
         score_self_condition: bool = False,
+        generator_steps: int | list[int] = 1,
         **distill,
     ) -> None:
         super().__init__(**distill)
+        steps = [generator_steps] if isinstance(generator_steps, int) else [int(k) for k in generator_steps]
+        if not steps or min(steps) < 1:
+            raise ValueError(f"generator_steps must be a step count >= 1 or a list of them, got {generator_steps}")
+        self.generator_steps = steps
         bands = [noise_range] if len(noise_range) == 2 and not isinstance(noise_range[0], (list, tuple)) else list(noise_range)
         if not bands or any(len(b) != 2 or not 0.0 <= b[0] <= b[1] <= 1.0 for b in bands):
             raise ValueError(f"noise_range must be a pair (lo, hi) or a list of pairs with 0 <= lo <= hi <= 1, got {noise_range}")
@@ -139,7 +149,7 @@ class DistributionMatching(Distill):
         if self.score_self_condition:
             require_self_conditioned(teacher, "score_self_condition", "D^real and D^fake with their own first prediction")
         critic = model.critic()  # the model's critic network (flowzoo.teachers.Critic), built from the teacher on first use
-        logits, delta, sample = self.one_step(model, n, length, device)
+        logits, delta, sample = self.generate(model, n, length, device)
         out = {}
         if torch.is_grad_enabled() and model.training:
             out.update(model.train_critic(sample, data))  # the model steps the critic's optimizer on critic_loss
@@ -164,12 +174,31 @@ class DistributionMatching(Distill):
         reader = SelfConditionedTeacher(network) if self.score_self_condition else network
         return network.head.denoise(reader.logits(xt, t, t)).float()
 
-    def one_step(self, model, n: int, length: int, device):
-        """Logits and delta_{0,1}(eps) of n fresh one-step samples, (n, L, V) each, and the sample x^ compared."""
-        zeros, ones = torch.zeros(n, device=device), torch.ones(n, device=device)
+    def generator_steps_of(self, n: int) -> list[int]:
+        """The map's step count k for each of n samples: ``generator_steps``' entries in contiguous blocks."""
+        per = -(-n // len(self.generator_steps))
+        return [self.generator_steps[i // per] for i in range(n)]
+
+    def generate(self, model, n: int, length: int, device):
+        """Logits and delta_{t_{k-1},1}(x_{t_{k-1}}) of n fresh k-step samples (k from ``generator_steps``; k = 1:
+        delta_{0,1}(eps)), (n, L, V) each, and the sample x^ compared. Only the last jump carries a gradient."""
         eps = model.path.sample_prior(n, length, model.vocab_size, device=device)  # (n, L, V)
-        logits = model.logits(eps, ones, zeros).float()  # (n, L, V)
-        delta = model.head.denoise(logits)  # delta_{0,1}(eps)
+        x, source = eps, torch.zeros(n, device=device)
+        ks = self.generator_steps_of(n)
+        for k in sorted(set(ks)):
+            if k == 1:
+                continue
+            rows = torch.tensor([i for i, v in enumerate(ks) if v == k], device=device)
+            times = model.path.schedule(k, end=1.0, device=device)  # the flow-map sampler's grid
+            with torch.no_grad():
+                y = eps[rows]
+                for s, t in zip(times[:-2], times[1:-1]):
+                    s, t = s.expand(len(rows)), t.expand(len(rows))
+                    y = model.path.flow_map(y, model.denoise(y, t, s).to(y.dtype), s, t)
+            x = x.index_copy(0, rows, y)
+            source = source.index_copy(0, rows, times[-2].expand(len(rows)))
+        logits = model.logits(x, torch.ones(n, device=device), source).float()  # (n, L, V)
+        delta = model.head.denoise(logits)  # delta_{s,1}(x_s)
         if self.samples == "argmax":  # x^: the one-hot decode; its gradient passes to delta (straight-through)
             sample = F.one_hot(delta.argmax(-1), delta.shape[-1]).to(delta.dtype)
         else:

@@ -77,23 +77,23 @@ class RewardFineTuning(DistributionMatching):
         samples (``pushed``: logits, delta, x^) for the reward term."""
         if self.kl_weighting == "dmd":
             captured = {}
-            one_step = self.one_step
+            generate = self.generate
 
             def keep(*args):  # the first call draws the samples the map is pushed on (critic steps draw more)
-                result = one_step(*args)
+                result = generate(*args)
                 captured.setdefault("pushed", result)
                 return result
 
-            self.one_step = keep
+            self.generate = keep
             try:
                 out = super().distribution_loss(model, n, length, device, data)
             finally:
-                del self.one_step
+                del self.generate
             out["pushed"] = captured["pushed"]
             return out
         teacher = self.teacher(model, device)
         critic = model.critic()
-        logits, delta, sample = self.one_step(model, n, length, device)
+        logits, delta, sample = self.generate(model, n, length, device)
         out = {}
         if torch.is_grad_enabled() and model.training:
             out.update(model.train_critic(sample, data))

@@ -165,7 +165,7 @@ class Critic:
         for i in range(objective.critic_steps):
             if i:
                 with torch.no_grad():
-                    sample = objective.one_step(model, n, length, sample.device)[2]
+                    sample = objective.generate(model, n, length, sample.device)[2]
             losses = objective.critic_loss(model, self.network, sample, data)
             self.optimizer.zero_grad(set_to_none=True)
             losses["total"].backward()

@@ -55,7 +55,7 @@ def test_dmd_noise_bands_split_the_samples_and_weight_their_losses():
             p.add_(0.05 * torch.randn_like(p))
     student.eval()
     captured = {}
-    original = student.objective.one_step
+    original = student.objective.generate
 
     def keep(*args):
         logits, delta, sample = original(*args)
@@ -63,7 +63,7 @@ def test_dmd_noise_bands_split_the_samples_and_weight_their_losses():
         captured["delta"] = delta
         return logits, delta, sample
 
-    student.objective.one_step = keep
+    student.objective.generate = keep
     student.objective.distribution_loss(student, B, L, torch.device("cpu"))["dmd"].backward()
     g = captured["delta"].grad  # (B, L, V)
     assert not g[0::2].any() and g[1::2].abs().sum() > 0
@@ -188,14 +188,14 @@ def test_dmd_critic_steps_after_the_first_train_on_fresh_one_step_samples():
     teacher = small_model()
     student = _dmd_student(teacher, critic_steps=3)
     student.train()
-    drawn, original = [], student.objective.one_step
+    drawn, original = [], student.objective.generate
 
     def counting(*args):
         out = original(*args)
         drawn.append((torch.is_grad_enabled(), out[2]))
         return out
 
-    student.objective.one_step = counting
+    student.objective.generate = counting
     torch.manual_seed(0)
     student.objective.distribution_loss(student, B, L, torch.device("cpu"))
     assert [grad for grad, _ in drawn] == [True, False, False]  # the map's samples, then two fresh ones for the critic
@@ -211,7 +211,7 @@ def test_dmd_gan_discriminator_tells_data_from_one_step_samples():
     torch.manual_seed(0)
     real = (torch.arange(L) % (V - 1) + 1).expand(B, L)
     critic = student.critic()
-    sample = student.objective.one_step(student, B, L, torch.device("cpu"))[2]
+    sample = student.objective.generate(student, B, L, torch.device("cpu"))[2]
     assert not (sample.argmax(-1) == real).all()
     losses = [float(student.train_critic(sample, real)["disc"]) for _ in range(40)]
     assert losses[-1] < losses[0]
@@ -282,3 +282,35 @@ def test_dmd_score_self_condition_reads_both_denoisers_twice_and_trains_the_crit
     plain.attach_teacher(small_model())
     with pytest.raises(ValueError, match="trained without self-conditioning"):
         plain.objective.distribution_loss(plain, B, L, torch.device("cpu"))
+
+
+def test_dmd_generator_steps_push_the_last_jump_of_the_k_step_map_on_its_own_samples(monkeypatch):
+    """generator_steps=[1, 4]: the first half of the rows are the 1-step map's samples (delta_{0,1}(eps), as
+    before), the second half the 4-step map's: their x^ is what the flow-map sampler decodes from the same noise,
+    and the gradient reaches the map through the last jump only."""
+    teacher = small_model()
+    student = _dmd_student(teacher, generator_steps=[1, 4])
+    student.eval()
+    assert student.objective.generator_steps_of(5) == [1, 1, 1, 4, 4]
+    eps = student.path.sample_prior(B, L, V)  # (B, L, V): the same noise for every draw below
+    monkeypatch.setattr(student.path, "sample_prior", lambda *args, **kwargs: eps.clone())
+    logits, delta, sample = student.objective.generate(student, B, L, torch.device("cpu"))
+    half = B // 2
+    one = torch.zeros(half)
+    torch.testing.assert_close(logits[:half], student.logits(eps[:half], one + 1, one).float())
+    four = student.generate(B, L, sampler={"name": "flow_map", "init_args": {"steps": 4, "fused": False}}, seed=0)
+    assert torch.equal(sample[half:].argmax(-1), four.tokens[half:])
+    torch.testing.assert_close(delta[half:], four.prediction[half:].float(), atol=1e-5, rtol=1e-4)
+    assert not torch.equal(four.tokens[half:], student.generate(B, L, sampler={"name": "flow_map", "init_args": {"steps": 1, "fused": False}}, seed=0).tokens[half:])
+    captured = []
+    original = student.logits
+
+    def recording(x, t, s=None, self_cond=None):
+        captured.append(torch.is_grad_enabled())
+        return original(x, t, s, self_cond)
+
+    monkeypatch.setattr(student, "logits", recording)
+    student.objective.generate(student, B, L, torch.device("cpu"))
+    assert captured == [False, False, False, True]  # three jumps of the 4-step rows without gradient, then the last one
+    with pytest.raises(ValueError, match="generator_steps"):
+        registry.build("objective", {"name": "dmd", "init_args": {"generator_steps": [1, 0]}})
