@@ -314,3 +314,11 @@ def test_dmd_generator_steps_push_the_last_jump_of_the_k_step_map_on_its_own_sam
     assert captured == [False, False, False, True]  # three jumps of the 4-step rows without gradient, then the last one
     with pytest.raises(ValueError, match="generator_steps"):
         registry.build("objective", {"name": "dmd", "init_args": {"generator_steps": [1, 0]}})
+    assert registry.build("objective", {"name": "dmd", "init_args": {"generator_steps": 2}}).generator_steps == [2]
+
+
+def test_dmd_generator_steps_list_survives_the_checkpoint(tmp_path):
+    """A list of step counts is a valid config value: the model saved with it loads back with it."""
+    student = _dmd_student(small_model(), generator_steps=[1, 4])
+    save_pretrained(student, tmp_path / "student")
+    assert from_pretrained(tmp_path / "student").objective.generator_steps == [1, 4]
