@@ -54,11 +54,11 @@ class DistributionMatching(Distill):
     data rows against one-step samples; the map adds ``gan_weight`` * softplus(-d(x^_t)). The critic is
     kept out of the module tree and ``save_pretrained``, like the teacher; a training checkpoint keeps it, so a
     resumed run goes on with it (``FlowLM.on_save_checkpoint``); under DDP each rank trains its own.
-    ``generator_steps`` (default (1,): one step) makes the compared samples k-step ones (DMD2's multi-step generator, by backward
-    simulation): x_{t_{k-1}} comes from k - 1 jumps of the map along the flow-map sampler's grid without gradient,
-    and x^ = delta_{t_{k-1},1}(x_{t_{k-1}}) takes the push, so the last jump of the k-step map is what learns. A list
-    splits the samples into contiguous blocks, one per entry (e.g. [1, 4]: the 1-step and the 4-step map both
-    matched); the critic then learns the mixture of their laws.
+    ``generator_steps`` (default (1,): one step) makes the compared samples k-step ones (DMD2's multi-step
+    generator, by backward simulation): x_{t_{k-1}} comes from k - 1 jumps of the map along the flow-map sampler's
+    grid without gradient, and x^ = delta_{t_{k-1},1}(x_{t_{k-1}}) takes the push, so the last jump of the k-step map
+    is what learns. A list splits the samples into contiguous blocks, one per entry (e.g. [1, 4]: the 1-step and the
+    4-step map both matched); the critic then learns the mixture of their laws.
     """
 
     def __init__(
