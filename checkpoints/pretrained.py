@@ -365,13 +365,16 @@ def training_tensors(ckpt: dict[str, Any]):
     critic = ckpt.get(CRITIC_KEY) or {}
     for name, tensor in (critic.get("network") or {}).items():
         yield f"dmd critic {name}", tensor
-    for param, values in ((critic.get("optimizer") or {}).get("state") or {}).items():
-        for key, tensor in (values or {}).items():
-            yield f"dmd critic optimizer {key} of parameter {param}", tensor
+    yield from _optimizer_tensors(critic.get("optimizer"), "dmd critic optimizer")
     for i, optimizer in enumerate(ckpt.get("optimizer_states") or []):
-        for param, values in ((optimizer or {}).get("state") or {}).items():
-            for key, tensor in (values or {}).items():
-                yield f"optimizer_states[{i}] {key} of parameter {param}", tensor
+        yield from _optimizer_tensors(optimizer, f"optimizer_states[{i}]")
+
+
+def _optimizer_tensors(optimizer: dict[str, Any] | None, prefix: str):
+    """(name, tensor) of an optimizer state dict's per-parameter state (Adam's moments and step)."""
+    for param, values in ((optimizer or {}).get("state") or {}).items():
+        for key, tensor in (values or {}).items():
+            yield f"{prefix} {key} of parameter {param}", tensor
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu", model_class=None):
