@@ -59,6 +59,10 @@ class DistributionMatching(Distill):
     grid without gradient, and x^ = delta_{t_{k-1},1}(x_{t_{k-1}}) takes the push, so the last jump of the k-step map
     is what learns. A list splits the samples into contiguous blocks, one per entry (e.g. [1, 4]: the 1-step and the
     4-step map both matched); the critic then learns the mixture of their laws.
+    ``step_regression_weight`` > 0 (with a k > 1 among ``generator_steps``) adds DMD's paired regression loss with
+    the map's own k-step sampler as the teacher: CE(sg[x^_k(eps)] || delta_{0,1}(eps)) on the rows of the largest
+    k's block, x^_k(eps) their k-step sample from the same noise eps, so the 1-step map is pulled toward what the
+    k-step map draws (the semigroup delta_{0,1} = delta_{t_{k-1},1} o ... o delta_{0,t_1}, read on its own samples).
     """
 
     def __init__(
@@ -74,6 +78,7 @@ class DistributionMatching(Distill):
         gan_weight: float = 0.0,
         score_self_condition: bool = False,
         generator_steps: int | list[int] | tuple[int, ...] = (1,),
+        step_regression_weight: float = 0.0,
         **distill,
     ) -> None:
         super().__init__(**distill)
@@ -81,6 +86,12 @@ class DistributionMatching(Distill):
         if not steps or min(steps) < 1:
             raise ValueError(f"generator_steps must be a step count >= 1 or a list of them, got {generator_steps}")
         self.generator_steps = steps
+        if step_regression_weight < 0 or (step_regression_weight and max(steps) == 1):
+            raise ValueError(
+                "step_regression_weight must be >= 0, and > 0 only with a multi-step block among generator_steps "
+                f"(its k-step samples are the 1-step map's targets), got {step_regression_weight} with {steps}"
+            )
+        self.step_regression_weight = float(step_regression_weight)
         bands = [noise_range] if len(noise_range) == 2 and not isinstance(noise_range[0], (list, tuple)) else list(noise_range)
         if not bands or any(len(b) != 2 or not 0.0 <= b[0] <= b[1] <= 1.0 for b in bands):
             raise ValueError(f"noise_range must be a pair (lo, hi) or a list of pairs with 0 <= lo <= hi <= 1, got {noise_range}")
@@ -124,6 +135,8 @@ class DistributionMatching(Distill):
         out["loss"] = out["loss"] + self.dmd_weight * found["dmd"]
         if self.gan_weight:
             out["loss"] = out["loss"] + self.gan_weight * found["gan"]
+        if self.step_regression_weight:
+            out["loss"] = out["loss"] + self.step_regression_weight * found["step_regression"]
         return out
 
     def band_of(self, n: int, device) -> torch.Tensor:
@@ -149,8 +162,11 @@ class DistributionMatching(Distill):
         if self.score_self_condition:
             require_self_conditioned(teacher, "score_self_condition", "D^real and D^fake with their own first prediction")
         critic = model.critic()  # the model's critic network (flowzoo.teachers.Critic), built from the teacher on first use
-        logits, delta, sample = self.generate(model, n, length, device)
+        eps = model.path.sample_prior(n, length, model.vocab_size, device=device)  # (n, L, V)
+        logits, delta, sample = self.generate(model, n, length, device, noise=eps)
         out = {}
+        if self.step_regression_weight:
+            out["step_regression"] = self.step_regression_loss(model, eps, sample)
         if torch.is_grad_enabled() and model.training:
             out.update(model.train_critic(sample, data))  # the model steps the critic's optimizer on critic_loss
         if self.gan_weight:
@@ -179,10 +195,20 @@ class DistributionMatching(Distill):
         per = -(-n // len(self.generator_steps))
         return [self.generator_steps[i // per] for i in range(n)]
 
-    def generate(self, model, n: int, length: int, device):
-        """Logits and delta_{t_{k-1},1}(x_{t_{k-1}}) of n fresh k-step samples (k from ``generator_steps``; k = 1:
-        delta_{0,1}(eps)), (n, L, V) each, and the sample x^ compared. Only the last jump carries a gradient."""
-        eps = model.path.sample_prior(n, length, model.vocab_size, device=device)  # (n, L, V)
+    def step_regression_loss(self, model, eps: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
+        """CE(sg[x^_k(eps)] || delta_{0,1}(eps)) over the rows of the largest k's block: the 1-step map from those
+        rows' noise eps (n, L, V) fit to their k-step samples ``sample`` (one-hot, or soft with samples="soft")."""
+        ks = self.generator_steps_of(eps.shape[0])
+        rows = torch.tensor([i for i, k in enumerate(ks) if k == max(ks)], device=eps.device)
+        one = torch.ones(len(rows), device=eps.device)
+        logits = model.logits(eps[rows], one, torch.zeros_like(one))  # (m, L, V): delta_{0,1}'s logits
+        return model.head.loss(logits, sample[rows].detach()).mean()
+
+    def generate(self, model, n: int, length: int, device, noise: torch.Tensor | None = None):
+        """Logits and delta_{t_{k-1},1}(x_{t_{k-1}}) of n k-step samples (k from ``generator_steps``; k = 1:
+        delta_{0,1}(eps)), (n, L, V) each, and the sample x^ compared. Only the last jump carries a gradient.
+        ``noise``: their prior draws eps (n, L, V); default fresh ones."""
+        eps = model.path.sample_prior(n, length, model.vocab_size, device=device) if noise is None else noise  # (n, L, V)
         x, source = eps, torch.zeros(n, device=device)
         ks = self.generator_steps_of(n)
         for k in sorted(set(ks)):

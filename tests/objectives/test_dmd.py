@@ -57,8 +57,8 @@ def test_dmd_noise_bands_split_the_samples_and_weight_their_losses():
     captured = {}
     original = student.objective.generate
 
-    def keep(*args):
-        logits, delta, sample = original(*args)
+    def keep(*args, **kwargs):
+        logits, delta, sample = original(*args, **kwargs)
         delta.retain_grad()
         captured["delta"] = delta
         return logits, delta, sample
@@ -190,8 +190,8 @@ def test_dmd_critic_steps_after_the_first_train_on_fresh_one_step_samples():
     student.train()
     drawn, original = [], student.objective.generate
 
-    def counting(*args):
-        out = original(*args)
+    def counting(*args, **kwargs):
+        out = original(*args, **kwargs)
         drawn.append((torch.is_grad_enabled(), out[2]))
         return out
 
@@ -323,3 +323,33 @@ def test_dmd_generator_steps_list_survives_the_checkpoint(tmp_path):
     student = _dmd_student(small_model(), generator_steps=[1, 4])
     save_pretrained(student, tmp_path / "student")
     assert from_pretrained(tmp_path / "student").objective.generator_steps == [1, 4]
+
+
+def test_dmd_step_regression_fits_the_one_step_map_to_the_k_step_samples_of_the_same_noise(monkeypatch):
+    """generator_steps=[1, 4] with step_regression_weight: the extra loss is the CE of delta_{0,1} read at the
+    4-step rows' noise against what the 4-step sampler draws from that same noise, and it trains the map."""
+    teacher = small_model()
+    student = _dmd_student(teacher, generator_steps=[1, 4], step_regression_weight=0.5)
+    with torch.no_grad():  # a student that is not its teacher, so the 1-step and the 4-step decodes differ
+        for p in student.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    student.eval()
+    eps = student.path.sample_prior(B, L, V)  # (B, L, V): the same noise for every draw below
+    monkeypatch.setattr(student.path, "sample_prior", lambda *args, **kwargs: eps.clone())
+    out = student.objective.distribution_loss(student, B, L, torch.device("cpu"))
+    half = B // 2
+    four = student.generate(B, L, sampler={"name": "flow_map", "init_args": {"steps": 4, "fused": False}}, seed=0)
+    one = torch.ones(B - half)
+    expected = torch.nn.functional.cross_entropy(
+        student.logits(eps[half:], one, 0 * one).float().flatten(0, 1), four.tokens[half:].flatten()
+    )
+    torch.testing.assert_close(out["step_regression"], expected)
+    grads = torch.autograd.grad(out["step_regression"], [p for p in student.parameters() if p.requires_grad], allow_unused=True)
+    assert any(g is not None and g.any() for g in grads)
+    batch = torch.randint(V, (B, L))
+    with_term = student.objective(student, batch)
+    assert "step_regression" in with_term and float(with_term["step_regression"]) > 0
+    with pytest.raises(ValueError, match="step_regression_weight"):
+        registry.build("objective", {"name": "dmd", "init_args": {"step_regression_weight": 1.0}})  # no k-step block
+    with pytest.raises(ValueError, match="step_regression_weight"):
+        registry.build("objective", {"name": "dmd", "init_args": {"generator_steps": [1, 4], "step_regression_weight": -1.0}})
