@@ -196,10 +196,12 @@ class DistributionMatching(Distill):
         return [self.generator_steps[i // per] for i in range(n)]
 
     def step_regression_loss(self, model, eps: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
-        """CE(sg[x^_k(eps)] || delta_{0,1}(eps)) over the rows of the largest k's block: the 1-step map from those
+        """CE(sg[x^_k(eps)] || delta_{0,1}(eps)) over the rows of the largest k's blocks: the 1-step map from those
         rows' noise eps (n, L, V) fit to their k-step samples ``sample`` (one-hot, or soft with samples="soft")."""
-        ks = self.generator_steps_of(eps.shape[0])
-        rows = torch.tensor([i for i, k in enumerate(ks) if k == max(ks)], device=eps.device)
+        largest = max(self.generator_steps)
+        rows = torch.tensor([i for i, k in enumerate(self.generator_steps_of(eps.shape[0])) if k == largest], device=eps.device)
+        if not len(rows):  # fewer samples than blocks: the k-step block drew none
+            return eps.new_zeros(())
         one = torch.ones(len(rows), device=eps.device)
         logits = model.logits(eps[rows], one, torch.zeros_like(one))  # (m, L, V): delta_{0,1}'s logits
         return model.head.loss(logits, sample[rows].detach()).mean()

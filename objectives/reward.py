@@ -79,8 +79,8 @@ class RewardFineTuning(DistributionMatching):
             captured = {}
             generate = self.generate
 
-            def keep(*args):  # the first call draws the samples the map is pushed on (critic steps draw more)
-                result = generate(*args)
+            def keep(*args, **kwargs):  # the first call draws the samples the map is pushed on (critic steps draw more)
+                result = generate(*args, **kwargs)
                 captured.setdefault("pushed", result)
                 return result
 
