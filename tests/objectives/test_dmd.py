@@ -347,8 +347,13 @@ def test_dmd_step_regression_fits_the_one_step_map_to_the_k_step_samples_of_the_
     grads = torch.autograd.grad(out["step_regression"], [p for p in student.parameters() if p.requires_grad], allow_unused=True)
     assert any(g is not None and g.any() for g in grads)
     batch = torch.randint(V, (B, L))
+    torch.manual_seed(0)
     with_term = student.objective(student, batch)
-    assert "step_regression" in with_term and float(with_term["step_regression"]) > 0
+    student.objective.step_regression_weight = 0.0
+    torch.manual_seed(0)
+    without = student.objective(student, batch)
+    assert float(with_term["step_regression"]) > 0 and "step_regression" not in without
+    torch.testing.assert_close(with_term["loss"] - without["loss"], 0.5 * with_term["step_regression"])
     with pytest.raises(ValueError, match="step_regression_weight"):
         registry.build("objective", {"name": "dmd", "init_args": {"step_regression_weight": 1.0}})  # no k-step block
     with pytest.raises(ValueError, match="step_regression_weight"):
