@@ -195,11 +195,14 @@ class DistributionMatching(Distill):
         per = -(-n // len(self.generator_steps))
         return [self.generator_steps[i // per] for i in range(n)]
 
+    def rows_with_steps(self, n: int, k: int, device) -> torch.Tensor:
+        """The indices (m,) of the samples among n that the map draws in k steps."""
+        return (torch.tensor(self.generator_steps_of(n), device=device) == k).nonzero().squeeze(-1)
+
     def step_regression_loss(self, model, eps: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
         """CE(sg[x^_k(eps)] || delta_{0,1}(eps)) over the rows of the largest k's blocks: the 1-step map from those
         rows' noise eps (n, L, V) fit to their k-step samples ``sample`` (one-hot, or soft with samples="soft")."""
-        largest = max(self.generator_steps)
-        rows = torch.tensor([i for i, k in enumerate(self.generator_steps_of(eps.shape[0])) if k == largest], device=eps.device)
+        rows = self.rows_with_steps(eps.shape[0], max(self.generator_steps), eps.device)
         if not len(rows):  # fewer samples than blocks: the k-step block drew none
             return eps.new_zeros(())
         one = torch.ones(len(rows), device=eps.device)
@@ -212,11 +215,8 @@ class DistributionMatching(Distill):
         ``noise``: their prior draws eps (n, L, V); default fresh ones."""
         eps = model.path.sample_prior(n, length, model.vocab_size, device=device) if noise is None else noise  # (n, L, V)
         x, source = eps, torch.zeros(n, device=device)
-        ks = self.generator_steps_of(n)
-        for k in sorted(set(ks)):
-            if k == 1:
-                continue
-            rows = torch.tensor([i for i, v in enumerate(ks) if v == k], device=device)
+        for k in sorted(set(self.generator_steps_of(n)) - {1}):  # the k-step blocks that drew rows
+            rows = self.rows_with_steps(n, k, device)
             times = model.path.schedule(k, end=1.0, device=device)  # the flow-map sampler's grid
             with torch.no_grad():
                 y = eps[rows]
