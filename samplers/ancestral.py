@@ -9,7 +9,7 @@ import torch
 from flowzoo.paths.masked import MaskedPath, subs_log_probs
 from flowzoo.progress import progress
 from flowzoo.registry import register
-from flowzoo.samplers.base import SampleOutput, Sampler
+from flowzoo.samplers.base import IterativeSampler
 
 MODES = ("ancestral", "counted")
 
@@ -26,7 +26,7 @@ def sample_categorical(probs: torch.Tensor, generator=None) -> torch.Tensor:
 
 
 @register("sampler", "ancestral")
-class AncestralSampler(Sampler):
+class AncestralSampler(IterativeSampler):
     """T steps t_0 = 0 < ... < t_T: a [MASK] at t_i becomes token v w.p. ((a_j - a_i)/(1 - a_i)) p_theta(v | x),
     stays masked w.p. (1 - a_j)/(1 - a_i) (a = alpha, j = i + 1); unmasked tokens are kept (SUBS).
 
@@ -123,10 +123,3 @@ class AncestralSampler(Sampler):
             chosen &= masked
         tokens = sample_categorical(p_x0, generator)
         return torch.where(chosen, tokens, torch.full_like(tokens, V))
-
-    @torch.no_grad()
-    def sample(self, model, num_samples, length, generator=None, prompt=None):
-        x, nfe = None, 0
-        for x, nfe in self.iterate(model, num_samples, length, generator, prompt):
-            pass
-        return SampleOutput(x, nfe=nfe)

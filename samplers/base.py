@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 import torch
 
@@ -42,3 +42,19 @@ class Sampler(Component):
         """Whether it swaps part of the state's implied noise for fresh noise between steps (churn,
         ``flowzoo.samplers.churn``), which assumes the Gaussian linear interpolant."""
         return False
+
+
+class IterativeSampler(Sampler):
+    """A sampler whose loop is a generator of its states: :meth:`iterate` yields (x, nfe) after every step (the
+    denoising trajectory, for inspection), :meth:`sample` keeps the last."""
+
+    def iterate(self, model, num_samples: int, length: int, generator=None, prompt=None) -> Iterator[tuple[torch.Tensor, int]]:
+        """The states (num_samples, length) after each step, with the network evaluations so far."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def sample(self, model, num_samples, length, generator=None, prompt=None):
+        x, nfe = None, 0
+        for x, nfe in self.iterate(model, num_samples, length, generator, prompt):
+            pass
+        return SampleOutput(x, nfe=nfe)

@@ -5,19 +5,18 @@ from __future__ import annotations
 import torch
 
 from flowzoo.progress import progress
-from flowzoo.prompt import held
 from flowzoo.registry import register
-from flowzoo.samplers.base import SampleOutput, Sampler, check_decode
+from flowzoo.samplers.base import Sampler, check_decode
 from flowzoo.samplers.churn import check_gamma, check_rate, gamma_from_rate, renoise
-from flowzoo.samplers.steering import Steering
-from flowzoo.state import DenseState, EmbeddedSampling, self_conditioned
+from flowzoo.samplers.steering import SteerableSampling
+from flowzoo.state import EmbeddedSampling, self_conditioned
 
 
 GRIDS = ("linspace", "uniform")
 
 
 @register("sampler", "euler")
-class EulerSampler(EmbeddedSampling, Sampler):
+class EulerSampler(SteerableSampling, EmbeddedSampling, Sampler):
     """Euler ODE: x <- x + (t_{i+1} - t_i) b_{t_i}(x) from t = 0, then decode from D at the last time (steps = NFE).
 
     On the linear path an Euler step is the flow map on the diagonal, x <- a x + b D_t(x) with
@@ -67,9 +66,7 @@ class EulerSampler(EmbeddedSampling, Sampler):
         check_decode(decode, temperature)
         self.steps, self.decode, self.temperature = steps, decode, temperature
         self.set_fused(fused)
-        self.steering = Steering.from_options(reward, guidance, guidance_schedule, normalize, particles, tilt, "euler")
-        if self.steering is not None and fused:
-            raise ValueError("euler: steering runs on the dense state (it needs grad_x); set fused=false or leave it unset")
+        self.set_steering("euler", fused, reward, guidance, guidance_schedule, normalize, particles, tilt)
 
     def incompatibility(self, parts):
         if parts["path"].state != "continuous":
@@ -106,12 +103,7 @@ class EulerSampler(EmbeddedSampling, Sampler):
     @torch.no_grad()
     def sample(self, model, num_samples, length, generator=None, prompt=None):
         steer = self.steering
-        if steer is not None:
-            num_samples = steer.start(model, num_samples, prompt)  # K particles per sample, in consecutive rows
-        # dense (B, L, V) or embedded (B, L, D): the one place the kernels are chosen (steering: dense); a prompt
-        # holds its known positions
-        state = held(self.state(model) if steer is None else DenseState(model), prompt)
-        x = state.prior(num_samples, length, generator)
+        num_samples, state, x = self.begin(model, num_samples, length, generator, prompt)
         times = self.schedule(model.path, device=model.device)
         nfe, previous = self.steps, torch.zeros(num_samples, device=model.device)
         conditioned, denoised = self_conditioned(model) and self.self_condition, None
@@ -139,6 +131,4 @@ class EulerSampler(EmbeddedSampling, Sampler):
                 if look is not None and steer.gradient:
                     x = steer.guide(x, look, steer.eta(model.path, t, t_next))
         tokens, prediction = state.decode(denoised, self.decode, self.temperature, generator)
-        if steer is None:
-            return SampleOutput(tokens, nfe=nfe, prediction=prediction)
-        return steer.finish(tokens, prediction, nfe, previous, generator)
+        return self.end(tokens, prediction, nfe, previous, generator)

@@ -5,16 +5,15 @@ from __future__ import annotations
 import torch
 
 from flowzoo.progress import progress
-from flowzoo.prompt import held
 from flowzoo.registry import register
-from flowzoo.samplers.base import SampleOutput, Sampler, check_decode
+from flowzoo.samplers.base import Sampler, check_decode
 from flowzoo.samplers.churn import check_gamma, renoise
-from flowzoo.samplers.steering import Lookahead, Steering
-from flowzoo.state import DenseState, EmbeddedSampling
+from flowzoo.samplers.steering import Lookahead, SteerableSampling
+from flowzoo.state import EmbeddedSampling
 
 
 @register("sampler", "flow_map")
-class FlowMapSampler(EmbeddedSampling, Sampler):
+class FlowMapSampler(SteerableSampling, EmbeddedSampling, Sampler):
     """Flow map jumps x <- X_{t_i,t_{i+1}}(x) on k steps (uniform in the path's u-time, or ``times``), decoded from delta_{t_{k-1},1}; steps = NFE.
 
     ``gamma`` > 0 re-noises between steps (FMLM churn): at t_{i+1} the state is rewritten as
@@ -55,9 +54,7 @@ class FlowMapSampler(EmbeddedSampling, Sampler):
         check_decode(decode, temperature)
         self.steps, self.times, self.decode, self.temperature, self.gamma = steps, times, decode, temperature, gamma
         self.set_fused(fused)
-        self.steering = Steering.from_options(reward, guidance, guidance_schedule, normalize, particles, tilt, "flow_map")
-        if self.steering is not None and fused:
-            raise ValueError("flow_map: steering runs on the dense state (it needs grad_x); set fused=false or leave it unset")
+        self.set_steering("flow_map", fused, reward, guidance, guidance_schedule, normalize, particles, tilt)
 
     def incompatibility(self, parts):
         reason = parts["path"].flow_map_refusal()
@@ -76,12 +73,7 @@ class FlowMapSampler(EmbeddedSampling, Sampler):
     @torch.no_grad()
     def sample(self, model, num_samples, length, generator=None, prompt=None):
         steer = self.steering
-        if steer is not None:
-            num_samples = steer.start(model, num_samples, prompt)  # K particles per sample, in consecutive rows
-        # dense (B, L, V) or embedded (B, L, D): the one place the kernels are chosen (steering: dense); a prompt
-        # holds its known positions
-        state = held(self.state(model) if steer is None else DenseState(model), prompt)
-        x = state.prior(num_samples, length, generator)
+        num_samples, state, x = self.begin(model, num_samples, length, generator, prompt)
         times = self.schedule(model.path, device=model.device)
         nfe, previous = self.steps, torch.zeros(num_samples, device=model.device)  # previous: r_prev of the particles
         for i in progress(range(self.steps), desc="flow_map"):
@@ -102,9 +94,7 @@ class FlowMapSampler(EmbeddedSampling, Sampler):
             if look is not None and steer.gradient:
                 x = steer.guide(x, look, steer.eta(model.path, s, t))
         tokens, decoded = state.decode(prediction, self.decode, self.temperature, generator)
-        if steer is None:
-            return SampleOutput(tokens, nfe=nfe, prediction=decoded)
-        return steer.finish(tokens, decoded, nfe, previous, generator)
+        return self.end(tokens, decoded, nfe, previous, generator)
 
     def step(self, state, x, prediction, s, t, generator=None):
         """One jump x <- X_{s,t}(x) (``path.flow_map``) from the prediction at (s, t), re-noised at t when gamma > 0.

@@ -21,6 +21,8 @@ import torch
 from flowzoo import registry
 from flowzoo.rewards import Reward
 from flowzoo.samplers.base import SampleOutput
+from flowzoo.prompt import held
+from flowzoo.state import DenseState
 
 SCHEDULES = ("constant", "linear", "tilt")
 
@@ -145,3 +147,33 @@ class Steering:
         probs = torch.softmax(log_weight.double().view(-1, K), dim=1)
         pick = torch.multinomial(probs, 1, generator=generator)[:, 0]
         return pick + torch.arange(0, probs.shape[0] * K, K, device=pick.device)
+
+
+class SteerableSampling:
+    """What a continuous sampler that can be steered (``euler``, ``flow_map``) does before and after its loop: the
+    rows and the starting state (K particles per sample where steered; the dense state then, else the sampler's
+    ``state``; a prompt's known positions held) and the output (a steered run's final reward and particle choice).
+    Mixed in before ``flowzoo.state.EmbeddedSampling``, whose ``state`` it uses."""
+
+    steering: "Steering | None"
+
+    def set_steering(self, who: str, fused, reward, guidance, schedule, normalize, particles, tilt) -> None:
+        self.steering = Steering.from_options(reward, guidance, schedule, normalize, particles, tilt, who)
+        if self.steering is not None and fused:
+            raise ValueError(f"{who}: steering runs on the dense state (it needs grad_x); set fused=false or leave it unset")
+
+    def begin(self, model, num_samples: int, length: int, generator=None, prompt=None):
+        """(rows, state, x_0): the row count (K per sample when steered, consecutive), the state carrying the
+        sample (dense (B, L, V) or embedded (B, L, D): the one place the kernels are chosen; steering: dense), and
+        its prior draw (B, L, V) or (B, L, D)."""
+        steer = self.steering
+        if steer is not None:
+            num_samples = steer.start(model, num_samples, prompt)
+        state = held(self.state(model) if steer is None else DenseState(model), prompt)
+        return num_samples, state, state.prior(num_samples, length, generator)
+
+    def end(self, tokens, prediction, nfe: int, previous, generator=None) -> SampleOutput:
+        """The sample's output; a steered one's scored, with one particle of each sample's K chosen."""
+        if self.steering is None:
+            return SampleOutput(tokens, nfe=nfe, prediction=prediction)
+        return self.steering.finish(tokens, prediction, nfe, previous, generator)

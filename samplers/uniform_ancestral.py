@@ -10,13 +10,13 @@ from flowzoo.paths.uniform import UniformPath, uniform_posterior
 from flowzoo.progress import progress
 from flowzoo.registry import register
 from flowzoo.samplers.ancestral import sample_categorical
-from flowzoo.samplers.base import SampleOutput, Sampler
+from flowzoo.samplers.base import IterativeSampler
 
 NOISE_REMOVALS = ("ancestral", "greedy", "none")
 
 
 @register("sampler", "uniform_ancestral")
-class UniformAncestralSampler(Sampler):
+class UniformAncestralSampler(IterativeSampler):
     """Duo's ancestral sampler for the uniform path: T posterior steps, then noise removal (ancestral or greedy tail).
 
     T steps t_0 = 0 < ... < t_T = 1 - ``end_eps`` (uniform in t): every token is redrawn from the approximate
@@ -76,10 +76,3 @@ class UniformAncestralSampler(Sampler):
             one = torch.ones((), dtype=torch.float64, device=x.device)
             x = sample_categorical(uniform_posterior(x_theta, x, one, path.alpha(times[-1])), generator)
         yield hold(x), nfe
-
-    @torch.no_grad()
-    def sample(self, model, num_samples, length, generator=None, prompt=None):
-        x, nfe = None, 0
-        for x, nfe in self.iterate(model, num_samples, length, generator, prompt):
-            pass
-        return SampleOutput(x, nfe=nfe)
