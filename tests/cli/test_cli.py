@@ -8,17 +8,9 @@ import pytest
 import yaml
 
 from flowzoo.cli import expand_short_names, main
+from helpers import tiny_cli
 
-TINY = [
-    "--model.backbone.width=32",
-    "--model.backbone.depth=1",
-    "--model.backbone.heads=2",
-    "--model.backbone.cond_dim=16",
-    "--data.num_train=64",
-    "--data.num_val=16",
-    "--data.seq_len=8",
-    "--data.batch_size=16",
-]
+TINY = tiny_cli()
 
 
 def test_list_prints_every_kind(capsys):

@@ -10,17 +10,10 @@ import pytest
 import torch
 
 from flowzoo.cli import main
+from helpers import tiny_cli
 
 TESTS = Path(__file__).resolve().parents[1]  # tests/, where run_helpers.py lives
-TINY = [
-    "--model.backbone.width=32",
-    "--model.backbone.depth=1",
-    "--model.backbone.heads=2",
-    "--model.backbone.cond_dim=16",
-    "--data.num_train=64",
-    "--data.num_val=16",
-    "--data.seq_len=8",
-    "--data.batch_size=16",
+TINY = tiny_cli() + [
     "--model.sampler.steps=2",
     "--model.warmup_steps=1",
     "--trainer.enable_progress_bar=false",
