@@ -27,6 +27,7 @@ import torch
 
 import flowzoo
 from flowzoo.errors import CheckpointError
+from flowzoo.validation import check_choice
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 KINDS = ("mdlm", "duo", "flm", "flm_map")
@@ -82,8 +83,7 @@ def flowzoo_config(kind: str, arch: dict[str, Any], vocab_rows: int, *, time_con
                    steps: int | None = None) -> dict[str, Any]:
     """The flowzoo config of an imported model: ``arch`` holds width, depth, heads, cond_dim, dropout;
     ``vocab_rows`` is the reference's embedding rows (MDLM's include [MASK], the last id)."""
-    if kind not in KINDS:
-        raise CheckpointError(f"unknown model kind {kind!r}; choices: {', '.join(KINDS)}")
+    check_choice(kind, KINDS, "model kind", CheckpointError)
     base = {"flowzoo_version": flowzoo.__version__, "head": {"name": "categorical", "init_args": {}}, "data": None}
     if kind == "mdlm":
         return {

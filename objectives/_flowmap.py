@@ -20,6 +20,7 @@ from flowzoo.paths.base import expand_time
 from flowzoo.prompt import ConditionShare, KnownRows, unknown_mean
 from flowzoo.state import FusedSwitch, LossTerm, new_state
 from flowzoo.timesampling import TIME_SAMPLERS, sample_uniform_times
+from flowzoo.validation import check_choice
 
 PAIR_SAMPLINGS = ("fmlm", "uniform")
 MIDPOINTS = ("middle", "random")
@@ -41,8 +42,7 @@ def sample_pairs(path, n: int, how: str = "fmlm", boundary: float = 1 / 32, devi
     ``fmlm``: gap d ~ U[0, 1], start u_s = U (1 - d), u_t = u_s + d (FMLM); ``uniform``: the sorted pair
     of two uniforms. A share ``boundary`` of the pairs is forced to (0, 1), the one-step jump.
     """
-    if how not in PAIR_SAMPLINGS:
-        raise ValueError(f"unknown pair sampling {how!r}; choices: {', '.join(PAIR_SAMPLINGS)}")
+    check_choice(how, PAIR_SAMPLINGS, "pair sampling")
     if not 0.0 <= boundary <= 1.0:
         raise ValueError(f"boundary share must lie in [0, 1], got {boundary}")
     r = torch.rand(3, n, device=device, generator=generator)
@@ -60,8 +60,7 @@ def sample_pairs(path, n: int, how: str = "fmlm", boundary: float = 1 / 32, devi
 
 def sample_middle(path, pairs: Pairs, how: str = "middle", generator=None) -> torch.Tensor:
     """An intermediate path time u in [s, t]: the midpoint in uniform time (FMLM), or uniform in between."""
-    if how not in MIDPOINTS:
-        raise ValueError(f"unknown midpoint {how!r}; choices: {', '.join(MIDPOINTS)}")
+    check_choice(how, MIDPOINTS, "midpoint")
     if how == "middle":
         w = torch.full_like(pairs.us, 0.5)
     else:
@@ -130,12 +129,10 @@ class FlowMapObjective(ConditionShare, FusedSwitch, Objective):
         diagonal_share, pair_sampling, boundary = flow_map.diagonal_share, flow_map.pair_sampling, flow_map.boundary
         time_sampling, map_weight = flow_map.time_sampling, flow_map.map_weight
         split_batch(2, diagonal_share)
-        if pair_sampling not in PAIR_SAMPLINGS:
-            raise ValueError(f"unknown pair_sampling {pair_sampling!r}; choices: {', '.join(PAIR_SAMPLINGS)}")
+        check_choice(pair_sampling, PAIR_SAMPLINGS, "pair_sampling")
         if not 0.0 <= boundary <= 1.0:
             raise ValueError(f"boundary must lie in [0, 1], got {boundary}")
-        if time_sampling not in TIME_SAMPLERS:
-            raise ValueError(f"unknown time_sampling {time_sampling!r}; choices: {', '.join(TIME_SAMPLERS)}")
+        check_choice(time_sampling, TIME_SAMPLERS, "time_sampling")
         if map_weight < 0:
             raise ValueError(f"map_weight must be non-negative, got {map_weight}")
         self.diagonal_share, self.pair_sampling, self.boundary = diagonal_share, pair_sampling, boundary

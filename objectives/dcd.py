@@ -14,6 +14,7 @@ from flowzoo.objectives.sdtt import DIVERGENCES, divergence
 from flowzoo.paths.uniform import argmax_alpha, uniform_nelbo
 from flowzoo.registry import register
 from flowzoo.timesampling import TIME_SAMPLERS, sample_uniform_times
+from flowzoo.validation import check_choice
 
 Predict = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (ids (B, L), alpha (B,)) -> log-probs (B, L, V)
 
@@ -86,14 +87,12 @@ class DCD(RoundTeacher, Objective):
         if reference_vocab < 0 or reference_vocab == 1:
             raise ValueError(f"reference_vocab must be 0 (off) or a vocabulary size of at least 2, got {reference_vocab}")
         self.reference_vocab = reference_vocab
-        if divergence not in DIVERGENCES:
-            raise ValueError(f"unknown divergence {divergence!r}; choices: {', '.join(DIVERGENCES)}")
+        check_choice(divergence, DIVERGENCES, "divergence")
         if base_steps < 1:
             raise ValueError(f"base_steps must be at least 1, got {base_steps}")
         if not gamma_min < gamma_max:
             raise ValueError(f"need gamma_min < gamma_max, got {gamma_min} and {gamma_max}")
-        if time_sampling not in TIME_SAMPLERS:
-            raise ValueError(f"unknown time_sampling {time_sampling!r}; choices: {', '.join(TIME_SAMPLERS)}")
+        check_choice(time_sampling, TIME_SAMPLERS, "time_sampling")
         self.divergence, self.base_steps, self.time_sampling = divergence, base_steps, time_sampling
         self.gamma_min, self.gamma_max = gamma_min, gamma_max
         self.init_rounds(teacher, round_steps, rounds)

@@ -16,6 +16,7 @@ from flowzoo.objectives._flowmap import (
 from flowzoo.paths.base import expand_time
 from flowzoo.objectives.psd import semigroup_target, semigroup_term
 from flowzoo.registry import register
+from flowzoo.validation import check_choice
 
 TARGETS = ("semigroup", "lagrangian", "trajectory")
 STUDENT_INITS = ("copy", "euler_step")
@@ -68,8 +69,7 @@ class Distill(FrozenTeacher, FlowMapObjective):
         teacher_self_condition: bool = False,
     ) -> None:
         super().__init__(flow_map, condition_share)
-        if student_init not in STUDENT_INITS:
-            raise ValueError(f"unknown student_init {student_init!r}; choices: {', '.join(STUDENT_INITS)}")
+        check_choice(student_init, STUDENT_INITS, "student_init")
         if student_init == "euler_step" and (init_from or not init_from_teacher):
             raise ValueError(
                 "student_init='euler_step' starts the student as the teacher's Euler step, so it needs init_from_teacher=true "
@@ -79,12 +79,9 @@ class Distill(FrozenTeacher, FlowMapObjective):
         if teacher_steps < 1:
             raise ValueError(f"teacher_steps must be at least 1, got {teacher_steps}")
         self.teacher_steps = teacher_steps
-        if target not in TARGETS:
-            raise ValueError(f"unknown distillation target {target!r}; choices: {', '.join(TARGETS)}")
-        if diagonal_target not in DIAGONAL_TARGETS:
-            raise ValueError(f"unknown diagonal_target {diagonal_target!r}; choices: {', '.join(DIAGONAL_TARGETS)}")
-        if midpoint not in MIDPOINTS:
-            raise ValueError(f"unknown midpoint {midpoint!r}; choices: {', '.join(MIDPOINTS)}")
+        check_choice(target, TARGETS, "distillation target")
+        check_choice(diagonal_target, DIAGONAL_TARGETS, "diagonal_target")
+        check_choice(midpoint, MIDPOINTS, "midpoint")
         if teacher_gap < 0:
             raise ValueError(f"teacher_gap must be non-negative, got {teacher_gap}")
         self.target, self.diagonal_target_kind, self.teacher_gap = target, diagonal_target, teacher_gap

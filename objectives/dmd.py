@@ -9,6 +9,7 @@ from flowzoo.objectives._teacher import SelfConditionedTeacher, require_self_con
 from flowzoo.objectives.distill import Distill
 from flowzoo.registry import register
 from flowzoo.state import self_condition_feedback
+from flowzoo.validation import check_choice
 
 
 SAMPLE_FORMS = ("argmax", "soft")
@@ -108,10 +109,8 @@ class DistributionMatching(Distill):
         # not saved (they come from the config) but moved with the model, so no host-to-device copy a step
         self.register_buffer("noise_bands", torch.tensor(bands), persistent=False)  # (K, 2): lo, hi in uniform time
         self.register_buffer("band_weights", torch.tensor(band_weights), persistent=False)  # (K,)
-        if samples not in SAMPLE_FORMS:
-            raise ValueError(f"unknown samples {samples!r}; choices: {', '.join(SAMPLE_FORMS)}")
-        if gradient_through not in GRADIENTS_THROUGH:
-            raise ValueError(f"unknown gradient_through {gradient_through!r}; choices: {', '.join(GRADIENTS_THROUGH)}")
+        check_choice(samples, SAMPLE_FORMS, "samples")
+        check_choice(gradient_through, GRADIENTS_THROUGH, "gradient_through")
         self.critic_steps, self.critic_lr, self.samples = critic_steps, critic_lr, samples
         self.gradient_through = gradient_through
         self.score_self_condition = bool(score_self_condition)

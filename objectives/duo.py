@@ -11,6 +11,7 @@ from flowzoo.objectives.base import Objective
 from flowzoo.paths.uniform import UniformPath, argmax_alpha, gaussian_coefficients, transfer_gamma, uniform_nelbo
 from flowzoo.registry import register
 from flowzoo.timesampling import TIME_SAMPLERS, sample_uniform_times
+from flowzoo.validation import check_choice
 
 
 def uniform_incompatibility(parts, what: str):
@@ -85,8 +86,7 @@ class Duo(Objective):
         if reference_vocab < 0 or reference_vocab == 1:
             raise ValueError(f"reference_vocab must be 0 (off) or a vocabulary size of at least 2, got {reference_vocab}")
         self.reference_vocab = reference_vocab
-        if time_sampling not in TIME_SAMPLERS:
-            raise ValueError(f"unknown time_sampling {time_sampling!r}; choices: {', '.join(TIME_SAMPLERS)}")
+        check_choice(time_sampling, TIME_SAMPLERS, "time_sampling")
         if not 0 <= curriculum_start <= curriculum_end:
             raise ValueError(f"need 0 <= curriculum_start <= curriculum_end, got {curriculum_start} and {curriculum_end}")
         if not gamma_min < gamma_max:

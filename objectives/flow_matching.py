@@ -11,6 +11,7 @@ from flowzoo.prompt import ConditionShare, unknown_mean
 from flowzoo.registry import register
 from flowzoo.state import FusedSwitch, check_switch, new_state, self_condition_feedback, self_conditioned
 from flowzoo.timesampling import TIME_SAMPLERS, sample_uniform_times
+from flowzoo.validation import check_choice
 
 LOSS_WEIGHTINGS = ("none", "velocity", "learned")
 VELOCITY_WEIGHT_FLOOR = 0.1  # velocity weighting: w(t) = 1 / max(1 - t, 0.1)^2 <= 100
@@ -63,13 +64,11 @@ class FlowMatching(ConditionShare, FusedSwitch, Objective):
         self.set_condition_share(condition_share)
         if not 0.0 <= self_condition_share <= 1.0:
             raise ValueError(f"self_condition_share must lie in [0, 1], got {self_condition_share}")
-        if loss_weighting not in LOSS_WEIGHTINGS:
-            raise ValueError(f"unknown loss_weighting {loss_weighting!r}; choices: {', '.join(LOSS_WEIGHTINGS)}")
+        check_choice(loss_weighting, LOSS_WEIGHTINGS, "loss_weighting")
         self.self_condition_share, self.loss_weighting = self_condition_share, loss_weighting
         if loss_weighting == "learned":
             self.loss_weight = LearnedLossWeight()
-        if time_sampling not in TIME_SAMPLERS:
-            raise ValueError(f"unknown time_sampling {time_sampling!r}; choices: {', '.join(TIME_SAMPLERS)}")
+        check_choice(time_sampling, TIME_SAMPLERS, "time_sampling")
         self.time_sampling = time_sampling
         self.fused = check_switch(fused)
 

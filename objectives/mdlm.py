@@ -11,6 +11,7 @@ from flowzoo.paths.masked import MaskedPath, subs_log_probs
 from flowzoo.registry import register
 from flowzoo.state import FusedSwitch, check_switch, hidden, lm_cross_entropy
 from flowzoo.timesampling import TIME_SAMPLERS, sample_uniform_times
+from flowzoo.validation import check_choice
 
 
 def mdlm_nelbo(log_probs: torch.Tensor, x1: torch.Tensor, xt: torch.Tensor, t: torch.Tensor, path: MaskedPath) -> torch.Tensor:
@@ -49,8 +50,7 @@ class MDLM(FusedSwitch, Objective):
 
     def __init__(self, time_sampling: str = "stratified", fused: bool | None = None) -> None:
         super().__init__()
-        if time_sampling not in TIME_SAMPLERS:
-            raise ValueError(f"unknown time_sampling {time_sampling!r}; choices: {', '.join(TIME_SAMPLERS)}")
+        check_choice(time_sampling, TIME_SAMPLERS, "time_sampling")
         self.time_sampling = time_sampling
         self.fused = check_switch(fused)
 

@@ -12,6 +12,7 @@ from flowzoo.objectives.mdlm import mdlm_nelbo
 from flowzoo.paths.autoregressive import AutoregressivePath
 from flowzoo.paths.masked import MaskedPath
 from flowzoo.registry import register
+from flowzoo.validation import check_choice
 
 BASELINES = ("leave_one_out", "mean")
 
@@ -44,8 +45,7 @@ class PolicyGradient(FrozenTeacher, Objective):
         self.reward = registry.build("reward", reward)  # values only: a non-differentiable reward is fine here
         if tilt < 0 or num_generated < 0 or elbo_samples < 1:
             raise ValueError(f"policy_gradient needs tilt >= 0, num_generated >= 0 and elbo_samples >= 1, got {tilt}, {num_generated}, {elbo_samples}")
-        if baseline not in BASELINES:
-            raise ValueError(f"unknown baseline {baseline!r}; choices: {', '.join(BASELINES)}")
+        check_choice(baseline, BASELINES, "baseline")
         if baseline == "leave_one_out" and num_generated == 1:
             raise ValueError("the leave_one_out baseline needs num_generated >= 2 (or 0: the batch size)")
         self.tilt, self.num_generated, self.baseline, self.elbo_samples = float(tilt), num_generated, baseline, elbo_samples

@@ -15,6 +15,7 @@ from flowzoo.objectives._flowmap import (
 from flowzoo.paths.base import expand_time
 from flowzoo.registry import register
 from flowzoo.state import DenseState, check_switch
+from flowzoo.validation import check_choice
 
 
 def semigroup_target(model, xs, s, u, t, short_model=None, short_gap: float = 0.0, state=None, hold=None):
@@ -95,8 +96,7 @@ class ProgressiveSelfDistillation(FlowMapObjective):
         condition_share: float = 0.0,
     ) -> None:
         super().__init__(flow_map, condition_share)
-        if midpoint not in MIDPOINTS:
-            raise ValueError(f"unknown midpoint {midpoint!r}; choices: {', '.join(MIDPOINTS)}")
+        check_choice(midpoint, MIDPOINTS, "midpoint")
         if fused and adaptive:
             raise ValueError("psd: fused=true does not support adaptive=true (its weight needs the (B, L, V) "
                              "distance to the target); set fused=false or leave it unset")

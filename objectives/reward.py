@@ -7,6 +7,7 @@ import torch
 from flowzoo import registry
 from flowzoo.objectives.dmd import DistributionMatching
 from flowzoo.registry import register
+from flowzoo.validation import check_choice
 
 KL_WEIGHTINGS = ("score", "dmd")
 
@@ -33,8 +34,7 @@ class RewardFineTuning(DistributionMatching):
         super().__init__(**dmd)
         self.reward = registry.build("reward", reward)
         self.reward.require_gradient("the reward objective (it differentiates r(X_{0,1}(x_0)) in the map's weights)")
-        if kl_weighting not in KL_WEIGHTINGS:
-            raise ValueError(f"unknown kl_weighting {kl_weighting!r}; choices: {', '.join(KL_WEIGHTINGS)}")
+        check_choice(kl_weighting, KL_WEIGHTINGS, "kl_weighting")
         if tilt < 0 or intermediate < 0 or distill_weight < 0:
             raise ValueError(f"reward needs tilt, intermediate and distill_weight >= 0, got {tilt}, {intermediate}, {distill_weight}")
         if self.gan_weight and kl_weighting == "score":

@@ -12,6 +12,7 @@ from flowzoo.objectives.mdlm import mdlm_nelbo
 from flowzoo.paths.masked import MaskedPath
 from flowzoo.registry import register
 from flowzoo.timesampling import TIME_SAMPLERS, sample_uniform_times
+from flowzoo.validation import check_choice
 
 DIVERGENCES = ("kl-bwd", "kl-fwd", "tvd")
 
@@ -102,14 +103,12 @@ class SDTT(RoundTeacher, Objective):
         time_sampling: str = "stratified",
     ) -> None:
         super().__init__()
-        if divergence not in DIVERGENCES:
-            raise ValueError(f"unknown divergence {divergence!r}; choices: {', '.join(DIVERGENCES)}")
+        check_choice(divergence, DIVERGENCES, "divergence")
         if teacher_steps < 2:
             raise ValueError(f"teacher_steps must be at least 2, got {teacher_steps}")
         if base_steps < 1:
             raise ValueError(f"base_steps must be at least 1, got {base_steps}")
-        if time_sampling not in TIME_SAMPLERS:
-            raise ValueError(f"unknown time_sampling {time_sampling!r}; choices: {', '.join(TIME_SAMPLERS)}")
+        check_choice(time_sampling, TIME_SAMPLERS, "time_sampling")
         self.divergence, self.teacher_steps, self.base_steps, self.time_sampling = divergence, teacher_steps, base_steps, time_sampling
         self.init_rounds(teacher, round_steps, rounds)
 

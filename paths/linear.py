@@ -8,7 +8,7 @@ import torch
 from flowzoo.kernels import interpolant
 from flowzoo.paths.base import ProbabilityPath, expand_time
 from flowzoo.registry import register
-from flowzoo.validation import check_times, check_tokens, on_host
+from flowzoo.validation import check_choice, check_times, check_tokens, on_host
 
 
 @register("path", "linear")
@@ -29,8 +29,7 @@ class LinearPath(ProbabilityPath):
             raise ValueError(f"sigma must be positive, got {sigma}")
         if not 0.0 < t_max <= 1.0:
             raise ValueError(f"t_max must lie in (0, 1], got {t_max}")
-        if time not in self.TIMES:
-            raise ValueError(f"unknown time {time!r}; choices: {', '.join(self.TIMES)}")
+        check_choice(time, self.TIMES, "time")
         if vocab_size is not None and vocab_size < 2:
             raise ValueError(f"vocab_size must be at least 2, got {vocab_size}")
         self.sigma = sigma

@@ -7,6 +7,7 @@ import torch
 from flowzoo.errors import CheckpointError
 from flowzoo.registry import register
 from flowzoo.rewards.network import NetworkReward
+from flowzoo.validation import check_choice
 
 OUTPUTS = ("log_prob", "logit")
 
@@ -23,8 +24,7 @@ class ClassifierReward(NetworkReward):
 
     def __init__(self, checkpoint: str = "", target: str | int = 1, output: str = "log_prob") -> None:
         super().__init__(checkpoint)
-        if output not in OUTPUTS:
-            raise ValueError(f"reward 'classifier': unknown output {output!r}; choices: {', '.join(OUTPUTS)}")
+        check_choice(output, OUTPUTS, "output", where="reward 'classifier'")
         self.target, self.output = target, output
         self.index: int | None = None
 

@@ -10,6 +10,7 @@ from flowzoo.paths.masked import MaskedPath, subs_log_probs
 from flowzoo.progress import progress
 from flowzoo.registry import register
 from flowzoo.samplers.base import IterativeSampler
+from flowzoo.validation import check_choice
 
 MODES = ("ancestral", "counted")
 
@@ -43,8 +44,7 @@ class AncestralSampler(IterativeSampler):
                  end_eps: float | None = None) -> None:
         if steps < 1:
             raise ValueError(f"steps must be at least 1, got {steps}")
-        if mode not in MODES:
-            raise ValueError(f"unknown mode {mode!r}; choices: {', '.join(MODES)}")
+        check_choice(mode, MODES, "mode")
         if temperature <= 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
         if end_eps is not None:

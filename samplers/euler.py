@@ -10,6 +10,7 @@ from flowzoo.samplers.base import Sampler, check_decode
 from flowzoo.samplers.churn import check_gamma, check_rate, gamma_from_rate, renoise
 from flowzoo.samplers.steering import SteerableSampling
 from flowzoo.state import EmbeddedSampling, self_conditioned
+from flowzoo.validation import check_choice
 
 
 GRIDS = ("linspace", "uniform")
@@ -54,8 +55,7 @@ class EulerSampler(SteerableSampling, EmbeddedSampling, Sampler):
                  gamma: float = 0.0, churn_rate: float = 0.0, self_condition: bool = True) -> None:
         if steps < 1:
             raise ValueError(f"steps must be at least 1, got {steps}")
-        if grid not in GRIDS:
-            raise ValueError(f"unknown grid {grid!r}; choices: {', '.join(GRIDS)}")
+        check_choice(grid, GRIDS, "grid")
         check_gamma(gamma)
         check_rate(churn_rate)
         if gamma > 0 and churn_rate > 0:

@@ -19,10 +19,11 @@ from dataclasses import dataclass
 import torch
 
 from flowzoo import registry
+from flowzoo.prompt import held
 from flowzoo.rewards import Reward
 from flowzoo.samplers.base import SampleOutput
-from flowzoo.prompt import held
 from flowzoo.state import DenseState
+from flowzoo.validation import check_choice
 
 SCHEDULES = ("constant", "linear", "tilt")
 
@@ -53,8 +54,7 @@ class Steering:
             if guidance < 0:
                 raise ValueError(f"{who}: guidance must be non-negative, got {guidance}")
             self.reward.require_gradient(f"gradient steering ({who} guidance={guidance})")
-        if schedule not in SCHEDULES:
-            raise ValueError(f"{who}: unknown guidance_schedule {schedule!r}; choices: {', '.join(SCHEDULES)}")
+        check_choice(schedule, SCHEDULES, "guidance_schedule", where=who)
         if int(particles) != particles or particles < 1:
             raise ValueError(f"{who}: particles must be a positive integer, got {particles}")
         self.guidance, self.schedule, self.normalize = guidance, schedule, bool(normalize)

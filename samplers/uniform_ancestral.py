@@ -11,6 +11,7 @@ from flowzoo.progress import progress
 from flowzoo.registry import register
 from flowzoo.samplers.ancestral import sample_categorical
 from flowzoo.samplers.base import IterativeSampler
+from flowzoo.validation import check_choice
 
 NOISE_REMOVALS = ("ancestral", "greedy", "none")
 
@@ -34,8 +35,7 @@ class UniformAncestralSampler(IterativeSampler):
     def __init__(self, steps: int = 128, noise_removal: str = "ancestral", end_eps: float = 1e-5) -> None:
         if steps < 1:
             raise ValueError(f"steps must be at least 1, got {steps}")
-        if noise_removal not in NOISE_REMOVALS:
-            raise ValueError(f"unknown noise_removal {noise_removal!r}; choices: {', '.join(NOISE_REMOVALS)}")
+        check_choice(noise_removal, NOISE_REMOVALS, "noise_removal")
         if not 0.0 <= end_eps < 1.0:
             raise ValueError(f"end_eps must lie in [0, 1), got {end_eps}")
         self.steps, self.noise_removal, self.end_eps = steps, noise_removal, end_eps

@@ -44,6 +44,7 @@ from flowzoo.kept_samples import write_samples
 from flowzoo.metrics import CompletionPerplexity, GenerativePerplexity, MarkovQuality, UnigramEntropy, ValidationLoss
 from flowzoo.progress import progress
 from flowzoo.sampling import refuse_ignored_options
+from flowzoo.validation import check_choice
 
 DEFAULTS: dict[str, Any] = {
     "name": "benchmark",
@@ -271,8 +272,7 @@ def quality_metrics(data, judge, judge_eos: str = "all") -> dict[str, Any]:
 def judge_texts(tokens: torch.Tensor, data, judge_text: str = "decode") -> list[str]:
     """The text of samples (N, L) that the judge reads: the data module's ``decode`` (``decode``: special tokens as the
     data writes them, e.g. dropped on Hub corpora) or ``decode_raw`` (``raw``: every id, special tokens as strings)."""
-    if judge_text not in JUDGE_TEXTS:
-        raise BenchmarkConfigError(f"unknown judge_text {judge_text!r}; choices: {', '.join(JUDGE_TEXTS)}")
+    check_choice(judge_text, JUDGE_TEXTS, "judge_text", BenchmarkConfigError)
     return data.decode_raw(tokens) if judge_text == "raw" else data.decode(tokens)
 
 

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from flowzoo.errors import CheckpointError, DataError, FlowzooError
+from flowzoo.validation import check_choice
 
 DEFAULT_BATCH_SIZE = 8
 EOS_CONVENTIONS = ("all", "first", "truncate")
@@ -65,8 +66,7 @@ def next_token_nll(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, 
 
 
 def check_eos(eos: str) -> str:
-    if eos not in EOS_CONVENTIONS:
-        raise ValueError(f"unknown EOS convention {eos!r}; choices: {', '.join(EOS_CONVENTIONS)}")
+    check_choice(eos, EOS_CONVENTIONS, "EOS convention")
     return eos
 
 

@@ -21,7 +21,7 @@ from flowzoo.paths.base import ProbabilityPath
 from flowzoo.prompt import Prompt, as_prompt
 from flowzoo.samplers.base import SampleOutput, Sampler
 from flowzoo.state import reproducible_logits
-from flowzoo.validation import check_state, check_times, check_tokens, on_host
+from flowzoo.validation import check_choice, check_state, check_times, check_tokens, on_host
 
 LR_SCHEDULES = ("constant", "cosine")
 
@@ -81,8 +81,7 @@ class FlowLM(L.LightningModule, FlowzooHubMixin):
         if hasattr(self.path, "bind_vocab"):  # paths whose time depends on K (LinearPath(time="tau"))
             self.path.bind_vocab(vocab_size)
         self.backbone = parts["backbone"].bind(vocab_size + self.path.extra_tokens, vocab_size)
-        if lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f"unknown lr_schedule {lr_schedule!r}; choices: {', '.join(LR_SCHEDULES)}")
+        check_choice(lr_schedule, LR_SCHEDULES, "lr_schedule")
         self.lr, self.weight_decay, self.betas, self.warmup_steps = lr, weight_decay, tuple(betas), warmup_steps
         if lr_schedule_steps is not None and lr_schedule_steps < 1:
             raise ValueError(f"lr_schedule_steps must be at least 1 (or unset: the trainer's max_steps), got {lr_schedule_steps}")

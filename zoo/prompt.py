@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from flowzoo.errors import PromptError
+from flowzoo.validation import check_choice
 
 HOLDS = ("clean", "path")
 HOLE_MARKER = "[...]"  # the hole of ``flowzoo sample --infill``: each marker becomes --hole-length generated tokens
@@ -49,8 +50,7 @@ class Prompt:
             raise PromptError(f"a prompt's known ids and mask must both have shape (B, L), got {tuple(known.shape)} and {tuple(mask.shape)}")
         if known.is_floating_point() or mask.dtype != torch.bool:
             raise PromptError(f"a prompt needs integer ids and a boolean mask, got {known.dtype} and {mask.dtype}")
-        if self.hold not in HOLDS:
-            raise PromptError(f"unknown hold {self.hold!r}; choices: {', '.join(HOLDS)}")
+        check_choice(self.hold, HOLDS, "hold", PromptError)
         object.__setattr__(self, "known", torch.where(mask, known.long(), torch.zeros_like(known.long())))
         object.__setattr__(self, "mask", mask)
 

@@ -46,7 +46,7 @@ from flowzoo.kernels import (
     use_triton,
 )
 from flowzoo.paths.base import expand_time
-from flowzoo.validation import check_times, check_tokens, on_host
+from flowzoo.validation import check_choice, check_times, check_tokens, on_host
 
 __all__ = [
     "DECODES",
@@ -200,8 +200,7 @@ def _plain_logits(model) -> bool:
 
 
 def check_decode(decode: str, temperature: float) -> None:
-    if decode not in DECODES:
-        raise ValueError(f"unknown decode {decode!r}; choices: {', '.join(DECODES)}")
+    check_choice(decode, DECODES, "decode")
     if temperature <= 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
 

@@ -48,3 +48,11 @@ def check_state(x: torch.Tensor, vocab_size: int) -> None:
     """A continuous state on (or near) the simplex has shape (B, L, V)."""
     if x.dim() != 3 or x.shape[-1] != vocab_size:
         raise ValueError(f"state must have shape (B, L, {vocab_size}), got {tuple(x.shape)}")
+
+
+def check_choice(value, choices, what: str, error: type[Exception] = ValueError, where: str = "") -> None:
+    """``value`` must be one of ``choices``; else ``error`` names it and lists them: "[where: ]unknown <what> 'x';
+    choices: a, b"."""
+    if value not in choices:
+        prefix = f"{where}: " if where else ""
+        raise error(f"{prefix}unknown {what} {value!r}; choices: {', '.join(choices)}")

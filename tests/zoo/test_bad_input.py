@@ -20,7 +20,7 @@ from flowzoo.cli import bad_input_message, main
 from flowzoo.errors import CheckpointError, DataError, UnknownComponentError
 from flowzoo.module import FlowLM
 from flowzoo.paths import LinearPath
-from flowzoo.validation import check_times, check_tokens
+from flowzoo.validation import check_choice, check_times, check_tokens
 
 V, L, B = 11, 6, 3
 TINY_BACKBONE = {"name": "dit", "init_args": {"width": 32, "depth": 1, "heads": 2, "cond_dim": 16}}
@@ -99,6 +99,17 @@ def test_value_checks_can_be_skipped_but_shape_checks_cannot():
         check_times(torch.rand(B, 1), batch=B, values=False)
     with pytest.raises(ValueError, match="shape"):
         check_tokens(torch.zeros(B, L, 1, dtype=torch.long), V, values=False)
+
+
+def test_an_unknown_option_value_is_refused_with_the_choices_listed():
+    check_choice("tau", ("linear", "tau"), "time")  # a valid one passes
+    with pytest.raises(ValueError, match=r"^unknown time 'cosine'; choices: linear, tau$"):
+        check_choice("cosine", ("linear", "tau"), "time")
+    with pytest.raises(LookupError, match=r"^euler: unknown grid 'log'; choices: linspace, uniform"):
+        check_choice("log", ("linspace", "uniform"), "grid", LookupError, where="euler")
+    # through a component: the path's own option
+    with pytest.raises(ValueError, match=r"unknown time 'cosine'; choices: "):
+        LinearPath(time="cosine")
 
 
 def test_linear_path_checks_its_inputs():

@@ -22,6 +22,7 @@ from torch import nn
 
 from flowzoo.backbones.base import Backbone, use_plain_attention
 from flowzoo.registry import register
+from flowzoo.validation import check_choice
 
 SOFT_INPUTS = ("linear", "softmax")
 SOURCE_TIMES = ("none", "shared", "embedder")
@@ -175,12 +176,10 @@ class DDiT(Backbone):
         super().__init__()
         if width % heads or (width // heads) % 2:
             raise ValueError(f"width {width} must be divisible by heads {heads} into an even head size")
-        if soft_input not in SOFT_INPUTS:
-            raise ValueError(f"unknown soft_input {soft_input!r}; choices: {', '.join(SOFT_INPUTS)}")
+        check_choice(soft_input, SOFT_INPUTS, "soft_input")
         if attn_softcap is not None and attn_softcap <= 0:
             raise ValueError(f"attn_softcap must be positive or null, got {attn_softcap}")
-        if source_time not in SOURCE_TIMES:
-            raise ValueError(f"unknown source_time {source_time!r}; choices: {', '.join(SOURCE_TIMES)}")
+        check_choice(source_time, SOURCE_TIMES, "source_time")
         if extra_outputs < 0:
             raise ValueError(f"extra_outputs must be >= 0, got {extra_outputs}")
         self.width, self.depth, self.heads, self.cond_dim = width, depth, heads, cond_dim

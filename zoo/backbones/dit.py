@@ -11,6 +11,7 @@ from torch import nn
 from flowzoo.backbones.base import Backbone, use_plain_attention
 from flowzoo.backbones.jvp import jvp_segment
 from flowzoo.registry import register
+from flowzoo.validation import check_choice
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
@@ -165,10 +166,8 @@ class DiT(Backbone):
         input_temperature: float = 0.1,
     ) -> None:
         super().__init__()
-        if main_time not in MAIN_TIMES:
-            raise ValueError(f"unknown main_time {main_time!r}; choices: {', '.join(MAIN_TIMES)}")
-        if input_projection not in INPUT_PROJECTIONS:
-            raise ValueError(f"unknown input_projection {input_projection!r}; choices: {', '.join(INPUT_PROJECTIONS)}")
+        check_choice(main_time, MAIN_TIMES, "main_time")
+        check_choice(input_projection, INPUT_PROJECTIONS, "input_projection")
         if not input_temperature > 0:
             raise ValueError(f"input_temperature must be positive, got {input_temperature}")
         self.main_time, self.self_condition = main_time, bool(self_condition)

@@ -26,6 +26,7 @@ from flowzoo.data.base import TokenDataModule
 from flowzoo.data.markov import MarkovChain
 from flowzoo.errors import DataError
 from flowzoo.registry import register
+from flowzoo.validation import check_choice
 
 MODES = ("mirror", "copy")
 
@@ -38,8 +39,7 @@ class MirrorLanguage:
 
     def __init__(self, length: int, mode: str = "mirror", num_states: int = 32, max_successors: int = 4,
                  deterministic_share: float = 0.25, seed: int = 0) -> None:
-        if mode not in MODES:
-            raise DataError(f"unknown mirror mode {mode!r}; choices: {', '.join(MODES)}")
+        check_choice(mode, MODES, "mirror mode", DataError)
         if length < 4 or length % 2:
             raise DataError(f"a mirror language needs an even sequence length of at least 4, got {length}")
         self.length, self.mode, self.half = length, mode, length // 2
