@@ -60,15 +60,17 @@ EMA_099 = [  # a short fine-tune averages its own last ~100 steps (flowzoo's EMA
 ]
 
 
-def fine_tune_flags(objective: str, steps: str, *own: str) -> list[str]:
-    """A fine-tune of the distilled flow map (``{student}``) with ``objective`` from the flow (``{teacher}``): the
-    distillation's settings, the objective's ``own`` options, ``{steps}`` steps and an EMA of 0.99."""
+def flow_map_flags(objective: str, steps: str, *own: str, fine_tune: bool = False) -> list[str]:
+    """A flow map trained with ``objective`` from the flow (``{teacher}``) with the distillation's settings (teacher
+    gap 0.05, lr 5e-4, betas (0.9, 0.95)), the objective's ``own`` options and ``{steps}`` steps; a ``fine_tune``
+    starts from the distilled map (``{student}``) and averages its last ~100 steps (EMA 0.99)."""
+    start = ["--model.objective.init_args.init_from={student}"] if fine_tune else []
     return [
         "--model.path=linear",
         "--model.path.init_args.time=tau",
         f"--model.objective={objective}",
         "--model.objective.init_args.teacher={teacher}",
-        "--model.objective.init_args.init_from={student}",
+        *start,
         "--model.objective.init_args.teacher_gap=0.05",
         *own,
         "--model.sampler=flow_map",
@@ -77,29 +79,19 @@ def fine_tune_flags(objective: str, steps: str, *own: str) -> list[str]:
         "--model.betas=[0.9,0.95]",
         "--model.warmup_steps=50",
         f"--trainer.max_steps={{{steps}}}",
-        *EMA_099,
+        *(EMA_099 if fine_tune else []),
     ]
 
 
 FLAGS = {
     "flow": ["--model.path=linear", "--model.path.init_args.time=tau", "--model.objective=flow_matching", "--model.sampler=euler", "--model.sampler.init_args.steps=128"],
-    "flow_map": [
-        "--model.path=linear",
-        "--model.path.init_args.time=tau",
-        "--model.objective=distill",
-        "--model.objective.init_args.teacher={teacher}",
-        "--model.objective.init_args.teacher_gap=0.05",
-        "--model.sampler=flow_map",
-        "--model.sampler.init_args.steps=1",
-        "--model.lr=0.0005",
-        "--model.betas=[0.9,0.95]",
-        "--model.warmup_steps=50",
-        "--trainer.max_steps={distill_steps}",
-    ],
-    "flow_map_dmd": fine_tune_flags("dmd", "dmd_steps", "--model.objective.init_args.dmd_weight=10", "--model.objective.init_args.num_generated=32"),
-    "flow_map_refine": fine_tune_flags(
+    "flow_map": flow_map_flags("distill", "distill_steps"),
+    "flow_map_dmd": flow_map_flags(
+        "dmd", "dmd_steps", "--model.objective.init_args.dmd_weight=10", "--model.objective.init_args.num_generated=32", fine_tune=True
+    ),
+    "flow_map_refine": flow_map_flags(
         "refine", "refine_steps", "--model.objective.init_args.flow_map.boundary=0.25", "--model.objective.init_args.refine_from=0.4",
-        "--model.objective.init_args.num_generated=32",
+        "--model.objective.init_args.num_generated=32", fine_tune=True,
     ),
     "mdlm": ["--model.path=masked", "--model.objective=mdlm", "--model.sampler=ancestral", "--model.sampler.init_args.steps=128"],
     "ar": ["--model.path=autoregressive", "--model.objective=ar", "--model.sampler=ar", "--model.backbone.init_args.causal=true"],
