@@ -469,10 +469,7 @@ def parse(argv: list[str] | None):
     unknown = sorted(set(args.methods) - set(METHODS))
     if unknown:
         parser.error(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
-    args.train_flags = [tuple(item.split(":", 1)) for item in args.train_flag]
-    bad = [i for i, p in zip(args.train_flag, args.train_flags) if len(p) != 2 or p[0] not in FLAG_TARGETS or not p[1].startswith("--")]
-    if bad:
-        parser.error(f"--train-flag expects METHOD:--flag with METHOD one of {', '.join(FLAG_TARGETS)}, got {bad}")
+    args.train_flags = study.parse_train_flags(parser, args.train_flag, FLAG_TARGETS)
     args.data_flags = args.data_flag
     if any(not f.startswith("--data.") for f in args.data_flags):
         parser.error(f"--data-flag expects --data.… flags, got {args.data_flags}")

@@ -83,6 +83,16 @@ def flow_map_flags(objective: str, steps: str, *own: str, fine_tune: bool = Fals
     ]
 
 
+
+def parse_train_flags(parser: argparse.ArgumentParser, items: list[str], targets) -> list[tuple[str, str]]:
+    """``--train-flag METHOD:--flag`` values as (METHOD, --flag) pairs; anything else, or a METHOD not among
+    ``targets``, is a usage error that lists them."""
+    pairs = [tuple(item.split(":", 1)) for item in items]
+    bad = [item for item, parts in zip(items, pairs) if len(parts) != 2 or parts[0] not in targets or not parts[1].startswith("--")]
+    if bad:
+        parser.error(f"--train-flag expects METHOD:--flag with METHOD one of {', '.join(targets)}, got {bad}")
+    return pairs
+
 FLAGS = {
     "flow": ["--model.path=linear", "--model.path.init_args.time=tau", "--model.objective=flow_matching", "--model.sampler=euler", "--model.sampler.init_args.steps=128"],
     "flow_map": flow_map_flags("distill", "distill_steps"),
@@ -269,10 +279,7 @@ def main() -> None:
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
         parser.error(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
-    args.train_flags = [tuple(item.split(":", 1)) for item in args.train_flag]
-    bad = [item for item, parts in zip(args.train_flag, args.train_flags) if len(parts) != 2 or parts[0] not in METHODS or not parts[1].startswith("--")]
-    if bad:
-        parser.error(f"--train-flag expects METHOD:--flag with METHOD one of {', '.join(METHODS)}, got {bad}")
+    args.train_flags = parse_train_flags(parser, args.train_flag, METHODS)
     runs = (ROOT / args.runs).resolve()
 
     checkpoints: dict[str, Path] = {}

@@ -75,6 +75,8 @@ def test_bad_options_are_refused_in_one_line(capsys):
         with pytest.raises(SystemExit):
             curves.parse(argv)
         assert message in capsys.readouterr().err
+    flags = curves.parse(["--train-flag", "all:--seed_everything=1", "--train-flag", "flow_map:--model.lr=0.001"]).train_flags
+    assert flags == [("all", "--seed_everything=1"), ("flow_map", "--model.lr=0.001")]
 
 
 def test_the_flows_cache_name_carries_its_euler_options_and_the_others_do_not():
