@@ -39,6 +39,16 @@ import torch  # noqa: E402
 LIGHTNING_SEED_VARIABLES = ("PL_GLOBAL_SEED", "PL_SEED_WORKERS")
 
 
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module of tiny tensors (``pytestmark = pytest.mark.usefixtures("one_thread")``): a
+    second thread only waits for the other core (the CI box has two, shared)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -9,8 +9,9 @@ import pytest
 from flowzoo import registry
 from flowzoo.cli import main
 from flowzoo.module import FlowLM
+from helpers import TINY_NETWORK
 
-ARCH = ["--model.backbone.width=32", "--model.backbone.depth=1", "--model.backbone.heads=2", "--model.backbone.cond_dim=16"]
+ARCH = list(TINY_NETWORK)
 DATA = ["--data.num_states=16", "--data.seq_len=8", "--data.num_train=8", "--data.num_val=8", "--data.batch_size=4"]
 QUIET = ["--trainer.enable_progress_bar=false", "--trainer.logger=false", "--trainer.limit_val_batches=1",
          "--trainer.limit_test_batches=1"]  # fmt: skip

@@ -1,23 +1,15 @@
 """The flow-map objectives fitted from the command line: lsd and psd, distill from the psd teacher, then dmd and refine fine-tuning the student."""
 
 import pytest
-import torch
 
 from flowzoo.cli import main
+from helpers import tiny_cli
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: a second thread only waits for the other core (the CI box has two, shared)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one thread (tests/conftest.py)
 
 
-CLI_TINY = [
-    "--model.backbone.width=32", "--model.backbone.depth=1", "--model.backbone.heads=2", "--model.backbone.cond_dim=16",
-    "--data.num_train=64", "--data.num_val=16", "--data.seq_len=8", "--data.batch_size=16",
+CLI_TINY = tiny_cli() + [
     "--trainer.max_steps=2", "--trainer.limit_val_batches=1", "--trainer.enable_progress_bar=false", "--model.num_val_samples=4",
 ]
 

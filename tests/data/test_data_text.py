@@ -17,6 +17,7 @@ from flowzoo.data.hub_text import HubTextData
 from flowzoo.data.shakespeare import ShakespeareData, clean_gutenberg
 from flowzoo.data.text import BPETokenizer, CharTokenizer, pack, word_metrics, words
 from flowzoo.errors import DataError
+from helpers import TINY_NETWORK
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "sonnets_excerpt.txt"
 
@@ -276,7 +277,7 @@ def test_fit_on_shakespeare_from_the_command_line(tmp_path):
     code = main(
         ["fit", "--data=shakespeare", f"--data.text_files=[{FIXTURE}]", f"--data.cache_dir={tmp_path / 'cache'}",
          "--data.tokenizer=char", "--data.seq_len=16", "--data.batch_size=8",
-         "--model.backbone.width=32", "--model.backbone.depth=1", "--model.backbone.heads=2", "--model.backbone.cond_dim=16",
+         *TINY_NETWORK,
          "--model.num_val_samples=2", "--model.sampler.steps=2", "--trainer.max_steps=3", "--trainer.limit_val_batches=1",
          f"--trainer.default_root_dir={root}", "--trainer.enable_progress_bar=false", "--trainer.logger=false",
          "--trainer.enable_checkpointing=false"]

@@ -16,10 +16,11 @@ from flowzoo.data.local_text import EOS_TOKEN, PAD_TOKEN, TextData, split_docume
 from flowzoo.data.text import BPETokenizer, word_metrics
 from flowzoo.errors import DataError
 from flowzoo.sample_io import escape_line, read_samples, unescape_line
+from helpers import TINY_NETWORK
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "sonnets_excerpt.txt"
 LINES = [line.rstrip() for line in FIXTURE.read_text().splitlines() if len(line.split()) >= 4 and "GUTENBERG" not in line.upper()]
-TINY = ["--model.backbone.width=32", "--model.backbone.depth=1", "--model.backbone.heads=2", "--model.backbone.cond_dim=16"]
+TINY = list(TINY_NETWORK)
 
 
 @pytest.fixture

@@ -12,16 +12,12 @@ import torch.nn.functional as F
 from flowzoo.module import FlowLM
 from flowzoo.objectives.dcd import dcd_loss
 from flowzoo.paths.uniform import argmax_alpha
+from helpers import TINY_NETWORK
 
 V, L = 12, 10
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one thread (tests/conftest.py)
 
 
 def _duo_distillation_nll(x0, t, dt, gamma_min, gamma_max, alpha_of_gamma, epsilon, forward, forward_teacher, loss_type):
@@ -71,7 +67,7 @@ def test_duo_then_dcd_from_the_command_line(tmp_path):
 
     common = [
         "--model.path=uniform", "--model.sampler=uniform_ancestral", "--model.sampler.steps=4", "--model.sampler.noise_removal=greedy",
-        "--model.backbone.width=32", "--model.backbone.depth=1", "--model.backbone.heads=2", "--model.backbone.cond_dim=16",
+        *TINY_NETWORK,
         f"--data.num_states={V}", "--data.num_train=64", "--data.num_val=16", "--data.seq_len=8", "--data.batch_size=16",
         "--trainer.limit_val_batches=1", "--trainer.enable_progress_bar=false", "--model.num_val_samples=4",
     ]

@@ -11,13 +11,7 @@ from flowzoo.module import FlowLM
 from helpers import B, L, TINY, V, small_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: a second thread only waits for the other core (the CI box has two, shared)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one thread (tests/conftest.py)
 
 
 def test_distilled_student_saves_without_the_teacher_and_reloads(tmp_path):

@@ -12,13 +12,7 @@ from flowzoo.paths import LinearPath
 from helpers import B, CORNERS, L, TINY, V, corner_times, small_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: a second thread only waits for the other core (the CI box has two, shared)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one thread (tests/conftest.py)
 
 
 def test_pair_sampling_orders_times_and_forces_the_boundary():

@@ -20,6 +20,7 @@ from flowzoo.cli import main
 from flowzoo.errors import IncompatibleComponentsError
 from flowzoo.kernels import reference_noise
 from flowzoo.module import FlowLM
+from helpers import TINY_NETWORK
 
 SAMPLERS = {"linear": "euler", "dirichlet": "euler", "masked": "ancestral", "autoregressive": "ar"}
 
@@ -271,7 +272,7 @@ def test_fit_with_fused_from_the_command_line(tmp_path, monkeypatch):
     root = tmp_path / "run"
     code = main([
         "fit", "--data=markov", "--data.num_train=64", "--data.num_val=16", "--data.seq_len=8", "--data.batch_size=16",
-        "--model.backbone.width=32", "--model.backbone.depth=1", "--model.backbone.heads=2", "--model.backbone.cond_dim=16",
+        *TINY_NETWORK,
         "--model.objective.init_args.fused=true", "--trainer.max_steps=3", "--trainer.limit_val_batches=1",
         f"--trainer.default_root_dir={root}", "--trainer.enable_progress_bar=false", "--model.num_val_samples=4",
     ])

@@ -11,6 +11,7 @@ from flowzoo.module import FlowLM
 from flowzoo.objectives.mdlm import mdlm_nelbo
 from flowzoo.paths.masked import MaskedPath
 from flowzoo.samplers.ancestral import AncestralSampler, sample_categorical
+from helpers import TINY_NETWORK
 
 V, L = 12, 10
 TINY = {"name": "dit", "init_args": {"width": 32, "depth": 1, "heads": 2, "cond_dim": 16}}
@@ -130,7 +131,7 @@ def test_mdlm_trains_from_the_command_line(tmp_path):
 
     code = main([
         "fit", "--model.path=masked", "--model.objective=mdlm", "--model.sampler=ancestral", "--model.sampler.steps=8",
-        "--model.backbone.width=32", "--model.backbone.depth=1", "--model.backbone.heads=2", "--model.backbone.cond_dim=16",
+        *TINY_NETWORK,
         "--data.num_train=64", "--data.num_val=16", "--data.seq_len=8", "--data.batch_size=16", "--trainer.max_steps=4",
         "--trainer.limit_val_batches=1", "--trainer.enable_progress_bar=false", "--model.num_val_samples=4",
         f"--trainer.default_root_dir={tmp_path}", "--trainer.enable_checkpointing=false",

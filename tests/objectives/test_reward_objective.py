@@ -12,12 +12,7 @@ TINY = {"name": "dit", "init_args": {"width": 32, "depth": 2, "heads": 2, "cond_
 COUNT = {"name": "token_count", "init_args": {"tokens": [3]}}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one thread (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")

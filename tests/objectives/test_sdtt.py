@@ -15,18 +15,14 @@ from flowzoo.errors import CheckpointError, IncompatibleComponentsError
 from flowzoo.module import FlowLM
 from flowzoo.objectives.sdtt import divergence, teacher_targets
 from flowzoo.paths.masked import MaskedPath
+from helpers import TINY_NETWORK
 
 V, L = 12, 10
 TINY = {"name": "dit", "init_args": {"width": 32, "depth": 1, "heads": 2, "cond_dim": 16}}
 NEG_INF = -1000000.0
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one thread (tests/conftest.py)
 
 
 def _mdlm(seed=0):
@@ -190,7 +186,7 @@ def test_sdtt_rounds_from_the_command_line(tmp_path):
         "fit", "--model.path=masked", "--model.objective=sdtt", f"--model.objective.teacher={tmp_path / 'teacher'}",
         "--model.objective.round_steps=2", "--model.objective.rounds=3", "--model.objective.base_steps=16",
         "--model.sampler=ancestral", "--model.sampler.steps=4",
-        "--model.backbone.width=32", "--model.backbone.depth=1", "--model.backbone.heads=2", "--model.backbone.cond_dim=16",
+        *TINY_NETWORK,
         f"--data.num_states={V}", "--data.num_train=64", "--data.num_val=16", "--data.seq_len=8", "--data.batch_size=16",
         "--trainer.max_steps=5", "--trainer.limit_val_batches=1", "--trainer.enable_progress_bar=false", "--model.num_val_samples=4",
         f"--trainer.default_root_dir={tmp_path / 'run'}",

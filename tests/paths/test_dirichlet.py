@@ -12,10 +12,11 @@ from flowzoo.cli import main
 from flowzoo.errors import IncompatibleComponentsError
 from flowzoo.module import FlowLM
 from flowzoo.paths.dirichlet import DirichletPath, dirichlet_c_factor
+from helpers import TINY_NETWORK
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "sonnets_excerpt.txt"
 TINY = {"name": "dit", "init_args": {"width": 32, "depth": 1, "heads": 2, "cond_dim": 16}}
-TINY_FLAGS = ["--model.backbone.width=32", "--model.backbone.depth=1", "--model.backbone.heads=2", "--model.backbone.cond_dim=16"]
+TINY_FLAGS = list(TINY_NETWORK)
 V = 6
 
 

@@ -12,13 +12,7 @@ from helpers import L, TINY, V, corner_times
 map_weights, semigroup_weight = ProbabilityPath.map_weights, ProbabilityPath.semigroup_weight
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: a second thread only waits for the other core (the CI box has two, shared)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one thread (tests/conftest.py)
 
 
 def test_map_weights_are_finite_convex_and_identity_on_the_diagonal():

@@ -20,13 +20,7 @@ PATHS = registry.names("path")
 EXACT = {"linear": lambda path: ExactDenoiser(SEQS, V, sigma=path.sigma, steps=200)}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: a second thread only waits for the other core (the CI box has two, shared)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one thread (tests/conftest.py)
 
 
 def _times(v, dtype=torch.float32):

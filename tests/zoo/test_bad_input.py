@@ -21,11 +21,12 @@ from flowzoo.errors import CheckpointError, DataError, UnknownComponentError
 from flowzoo.module import FlowLM
 from flowzoo.paths import LinearPath
 from flowzoo.validation import check_choice, check_times, check_tokens
+from helpers import TINY_NETWORK
 
 V, L, B = 11, 6, 3
 TINY_BACKBONE = {"name": "dit", "init_args": {"width": 32, "depth": 1, "heads": 2, "cond_dim": 16}}
 TINY_ARGS = [
-    "--model.backbone.width=32", "--model.backbone.depth=1", "--model.backbone.heads=2", "--model.backbone.cond_dim=16",
+    *TINY_NETWORK,
     "--trainer.max_steps=1", "--trainer.limit_val_batches=1", "--trainer.enable_progress_bar=false",
     "--trainer.logger=false", "--trainer.enable_checkpointing=false", "--model.num_val_samples=0",
 ]  # fmt: skip

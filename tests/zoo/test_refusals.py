@@ -14,10 +14,11 @@ from flowzoo.checkpoints import from_pretrained, load_checkpoint, save_pretraine
 from flowzoo.cli import main
 from flowzoo.errors import CheckpointError, DeviceError
 from flowzoo.module import FlowLM
+from helpers import TINY_NETWORK
 
 TINY_BACKBONE = {"name": "dit", "init_args": {"width": 32, "depth": 1, "heads": 2, "cond_dim": 16}}
 DATA = {"name": "markov", "init_args": {"num_states": 16, "seq_len": 8, "num_train": 8, "num_val": 8, "batch_size": 4}}
-ARCH = ["--model.backbone.width=32", "--model.backbone.depth=1", "--model.backbone.heads=2", "--model.backbone.cond_dim=16"]
+ARCH = list(TINY_NETWORK)
 RUN = [
     "--data.num_states=16", "--data.seq_len=8", "--data.num_train=8", "--data.num_val=8", "--data.batch_size=4",
     "--trainer.limit_val_batches=1", "--trainer.enable_progress_bar=false", "--trainer.logger=false",
