@@ -147,8 +147,30 @@ class MarkovChain:
         return float(0.5 * np.abs(counts / max(counts.sum(), 1.0) - self.stationary[:, None] * self.transition).sum())
 
 
+class SyntheticData(TokenDataModule):
+    """A language sampled here from a seed: ``num_train`` and ``num_val`` rows drawn by :meth:`rows` with the seeds
+    seed + 1 and seed + 2 (the language itself is built from ``seed``)."""
+
+    def __init__(self, num_train: int, num_val: int, seed: int, seq_len: int, batch_size: int, num_workers: int,
+                 metric: str | None) -> None:
+        super().__init__(seq_len=seq_len, batch_size=batch_size, num_workers=num_workers, metric=metric)
+        if num_train < 1 or num_val < 1:
+            raise DataError(f"num_train and num_val must be positive, got {num_train} and {num_val}")
+        self.num_train, self.num_val, self.seed = num_train, num_val, seed
+
+    def rows(self, n: int, seed: int):
+        """``n`` sequences of the language, (n, seq_len) token ids, drawn with ``seed``."""
+        raise NotImplementedError
+
+    def build_splits(self):
+        return {
+            "train": datasets.Dataset.from_dict({"input_ids": self.rows(self.num_train, self.seed + 1)}),
+            "validation": datasets.Dataset.from_dict({"input_ids": self.rows(self.num_val, self.seed + 2)}),
+        }
+
+
 @register("data", "markov")
-class MarkovData(TokenDataModule):
+class MarkovData(SyntheticData):
     """Synthetic sparse Markov language (with deterministic pairs like New -> York); exact likelihood known."""
 
     def __init__(
@@ -164,21 +186,15 @@ class MarkovData(TokenDataModule):
         num_workers: int = 0,
         metric: str | None = None,
     ) -> None:
-        super().__init__(seq_len=seq_len, batch_size=batch_size, num_workers=num_workers, metric=metric)
-        if num_train < 1 or num_val < 1:
-            raise DataError(f"num_train and num_val must be positive, got {num_train} and {num_val}")
+        super().__init__(num_train, num_val, seed, seq_len, batch_size, num_workers, metric)
         self.chain = MarkovChain(num_states, max_successors, deterministic_share, seed)
-        self.num_train, self.num_val, self.seed = num_train, num_val, seed
 
     @property
     def vocab_size(self) -> int:
         return self.chain.num_states
 
-    def build_splits(self):
-        return {
-            "train": datasets.Dataset.from_dict({"input_ids": self.chain.sample(self.num_train, self.seq_len, self.seed + 1)}),
-            "validation": datasets.Dataset.from_dict({"input_ids": self.chain.sample(self.num_val, self.seq_len, self.seed + 2)}),
-        }
+    def rows(self, n: int, seed: int):
+        return self.chain.sample(n, self.seq_len, seed)
 
     def decode(self, tokens):
         return [" ".join(self.chain.words[int(i)] for i in row) for row in tokens.tolist()]

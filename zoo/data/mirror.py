@@ -18,12 +18,10 @@ from __future__ import annotations
 
 import math
 
-import datasets
 import numpy as np
 import torch
 
-from flowzoo.data.base import TokenDataModule
-from flowzoo.data.markov import MarkovChain
+from flowzoo.data.markov import MarkovChain, SyntheticData
 from flowzoo.errors import DataError
 from flowzoo.registry import register
 from flowzoo.validation import check_choice
@@ -108,7 +106,7 @@ class MirrorLanguage:
 
 
 @register("data", "mirror")
-class MirrorData(TokenDataModule):
+class MirrorData(SyntheticData):
     """Long-range synthetic language: a Markov first half and its mirror (or copy); exact likelihood known."""
 
     def __init__(
@@ -125,21 +123,15 @@ class MirrorData(TokenDataModule):
         num_workers: int = 0,
         metric: str | None = None,
     ) -> None:
-        super().__init__(seq_len=seq_len, batch_size=batch_size, num_workers=num_workers, metric=metric)
-        if num_train < 1 or num_val < 1:
-            raise DataError(f"num_train and num_val must be positive, got {num_train} and {num_val}")
+        super().__init__(num_train, num_val, seed, seq_len, batch_size, num_workers, metric)
         self.language = MirrorLanguage(seq_len, mode, num_states, max_successors, deterministic_share, seed)
-        self.num_train, self.num_val, self.seed = num_train, num_val, seed
 
     @property
     def vocab_size(self) -> int:
         return self.language.num_states
 
-    def build_splits(self):
-        return {
-            "train": datasets.Dataset.from_dict({"input_ids": self.language.sample(self.num_train, self.seed + 1)}),
-            "validation": datasets.Dataset.from_dict({"input_ids": self.language.sample(self.num_val, self.seed + 2)}),
-        }
+    def rows(self, n: int, seed: int):
+        return self.language.sample(n, seed)
 
     def decode(self, tokens):
         words = self.language.chain.words
