@@ -83,7 +83,6 @@ def flow_map_flags(objective: str, steps: str, *own: str, fine_tune: bool = Fals
     ]
 
 
-
 def parse_train_flags(parser: argparse.ArgumentParser, items: list[str], targets) -> list[tuple[str, str]]:
     """``--train-flag METHOD:--flag`` values as (METHOD, --flag) pairs; anything else, or a METHOD not among
     ``targets``, is a usage error that lists them."""
@@ -92,6 +91,7 @@ def parse_train_flags(parser: argparse.ArgumentParser, items: list[str], targets
     if bad:
         parser.error(f"--train-flag expects METHOD:--flag with METHOD one of {', '.join(targets)}, got {bad}")
     return pairs
+
 
 FLAGS = {
     "flow": ["--model.path=linear", "--model.path.init_args.time=tau", "--model.objective=flow_matching", "--model.sampler=euler", "--model.sampler.init_args.steps=128"],

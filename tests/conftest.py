@@ -39,7 +39,6 @@ import torch  # noqa: E402
 LIGHTNING_SEED_VARIABLES = ("PL_GLOBAL_SEED", "PL_SEED_WORKERS")
 
 
-
 @pytest.fixture(scope="module")
 def one_thread():
     """One torch thread for a module of tiny tensors (``pytestmark = pytest.mark.usefixtures("one_thread")``): a
@@ -48,6 +47,7 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
 
 @pytest.fixture(autouse=True)
 def _seed():

@@ -11,8 +11,7 @@ import torch
 
 from flowzoo.module import FlowLM
 
-# --- the scripts under benchmarks/ (the benchmark tests) ----------------------------------------------------
-
+# --- flowzoo fit flags of a tiny run (the command-line tests) ------------------------------------------------
 TINY_NETWORK = ("--model.backbone.width=32", "--model.backbone.depth=1", "--model.backbone.heads=2",
                 "--model.backbone.cond_dim=16")  # flowzoo fit flags: a DiT small enough for a test
 
@@ -21,6 +20,9 @@ def tiny_cli(batch_size: int = 16) -> list[str]:
     """``flowzoo fit`` flags for a network and data set small enough for a test: :data:`TINY_NETWORK` and 64
     training rows of 8 tokens."""
     return [*TINY_NETWORK, "--data.num_train=64", "--data.num_val=16", "--data.seq_len=8", f"--data.batch_size={batch_size}"]
+
+
+# --- the scripts under benchmarks/ (the benchmark tests) ----------------------------------------------------
 
 def benchmark_script(name: str):
     """benchmarks/<name>.py loaded as a module (the folder is not a package)."""
