@@ -120,10 +120,8 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> dict[str, A
             raise BenchmarkConfigError(f"{key} must be at least 1, got {config[key]}")
     if int(config["cpu_memory_max_steps"]) < 0:
         raise BenchmarkConfigError(f"cpu_memory_max_steps must be at least 0, got {config['cpu_memory_max_steps']}")
-    if config["judge_text"] not in JUDGE_TEXTS:
-        raise BenchmarkConfigError(f"unknown judge_text {config['judge_text']!r}; choices: {', '.join(JUDGE_TEXTS)}")
-    if config["judge_eos"] not in EOS_CONVENTIONS:
-        raise BenchmarkConfigError(f"unknown judge_eos {config['judge_eos']!r}; choices: {', '.join(EOS_CONVENTIONS)}")
+    check_choice(config["judge_text"], JUDGE_TEXTS, "judge_text", BenchmarkConfigError)
+    check_choice(config["judge_eos"], EOS_CONVENTIONS, "judge_eos", BenchmarkConfigError)
     for entry in config["models"]:
         if not isinstance(entry, dict) or "checkpoint" not in entry:
             raise BenchmarkConfigError(f"each model needs a 'checkpoint' (and optionally 'name', 'samplers'): got {entry!r}")
