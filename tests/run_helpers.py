@@ -36,7 +36,7 @@ class RecordSteps(Callback):
 
 
 class InterruptAt(Callback):
-    """Sends this process ``signal_name`` (SIGINT, SIGKILL) after optimizer step ``step``."""
+    """Sends this process ``signal_name`` (SIGINT, SIGTERM, SIGKILL) after optimizer step ``step``."""
 
     def __init__(self, step: int, signal_name: str = "SIGINT") -> None:
         self.step, self.signal_name = step, signal_name

@@ -117,6 +117,9 @@ class EndOfRun(Callback):
     - at the final step, every ModelCheckpoint that has not saved this step writes its checkpoint and ``last.ckpt``
       (before: ``last.ckpt`` stayed at the last multiple of ``every_n_train_steps``);
     - the first Ctrl-C (SIGINT) finishes the current step, saves as above and stops; a second one aborts;
+    - SIGTERM (a scheduler's or a shell's stop; Lightning catches it and leaves at the end of the step) saves the
+      step it stops at as above, then the process exits with 143 (128 + SIGTERM; ``flowzoo.cli.main``), where
+      before the run ended silently, exit 0, with nothing saved since the last periodic checkpoint;
     - after ``fit``, the model (EMA weights where an EMA runs) goes to ``<run>/pretrained`` with ``save_pretrained``.
     """
 
@@ -147,6 +150,8 @@ class EndOfRun(Callback):
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         self._restore_handler()
+        if self._stop_reason == "terminated by SIGTERM":
+            self._report_stop(trainer)
 
     def _is_final_step(self, trainer) -> bool:
         if trainer.max_steps is not None and trainer.max_steps >= 0 and trainer.global_step >= trainer.max_steps:
@@ -164,6 +169,9 @@ class EndOfRun(Callback):
         if interrupted and not trainer.should_stop:
             trainer.should_stop = True
             self._stop_reason = "interrupted"
+        if getattr(trainer, "received_sigterm", False) and self._stop_reason is None:
+            trainer.should_stop = True  # Lightning raises SIGTERMException after this step's callbacks: save first
+            self._stop_reason = "terminated by SIGTERM"
         if self._is_final_step(trainer):
             if trainer.should_stop and self._stop_reason is None and not (0 <= trainer.max_steps <= trainer.global_step):
                 self._stop_reason = "max_time" if any(isinstance(cb, Timer) and cb.time_remaining() is not None and cb.time_remaining() <= 0 for cb in trainer.callbacks) else "stopped"
@@ -177,7 +185,11 @@ class EndOfRun(Callback):
     def on_train_end(self, trainer, pl_module) -> None:
         self._restore_handler()
         save_final(trainer)  # a no-op when the final step is saved already
-        if self._stop_reason and trainer.is_global_zero:
+        if self._stop_reason:
+            self._report_stop(trainer)
+
+    def _report_stop(self, trainer) -> None:
+        if trainer.is_global_zero:
             print(f"flowzoo: training stopped ({self._stop_reason}) at step {trainer.global_step}"
                   f"{f' of {trainer.max_steps}' if trainer.max_steps and trainer.max_steps > 0 else ''}; last.ckpt holds that "
                   "step; continue with --ckpt_path last", file=sys.stderr)

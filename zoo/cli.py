@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -620,6 +621,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise  # not a refusal of ours: a bug, shown with its traceback
         print(f"flowzoo: error: {message}", file=sys.stderr)
         return 2
+    except SystemExit as exit_:
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        if isinstance(exit_, SIGTERMException):  # a SystemExit with no code: would read as success
+            return 128 + signal.SIGTERM  # the step it stopped at is saved (flowzoo.callbacks.EndOfRun)
+        raise
     return 0
 
 

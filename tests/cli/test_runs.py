@@ -206,11 +206,12 @@ def uninterrupted(tmp_path_factory):
     return folder, whole
 
 
-@pytest.mark.parametrize("signal_name, stop, resumed_from", [("SIGKILL", 6, 4), ("SIGINT", 3, 3)])
+@pytest.mark.parametrize("signal_name, stop, resumed_from", [("SIGKILL", 6, 4), ("SIGINT", 3, 3), ("SIGTERM", 3, 3)])
 def test_an_interrupted_run_resumed_with_ckpt_path_last_repeats_the_uninterrupted_loss_curve(
         tmp_path, monkeypatch, uninterrupted, signal_name, stop, resumed_from):
     """4 batches per epoch, 10 steps: SIGKILL after step 6 resumes from the periodic save at step 4 (an epoch
-    boundary), SIGINT after step 3 stops at step 3 and saves it (mid-epoch); with validation and an EMA running."""
+    boundary), SIGINT after step 3 stops at step 3 and saves it (mid-epoch), SIGTERM too (exit 143, not a silent 0
+    with nothing saved as before); with validation and an EMA running."""
     from run_helpers import read_steps
 
     monkeypatch.syspath_prepend(str(TESTS))
@@ -225,6 +226,8 @@ def test_an_interrupted_run_resumed_with_ckpt_path_last_repeats_the_uninterrupte
         assert noise not in done.stdout + done.stderr, noise
     if signal_name == "SIGKILL":
         assert done.returncode == -9, done.stderr[-2000:]
+    elif signal_name == "SIGTERM":
+        assert done.returncode == 143 and "training stopped (terminated by SIGTERM) at step 3" in done.stderr, done.stderr[-2000:]
     else:
         assert done.returncode == 0 and "training stopped (interrupted) at step 3" in done.stderr, done.stderr[-2000:]
     assert ckpt(root / "checkpoints/last.ckpt")["global_step"] == resumed_from
