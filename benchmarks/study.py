@@ -172,11 +172,15 @@ def flowzoo(*args: str) -> list[str]:
 def resume_flags(out: Path, name: str) -> list[str] | None:
     """None when ``out`` holds a finished run (its ``pretrained/`` is used as it is); else the flags its fit needs:
     ``--ckpt_path last`` for a run that stopped before its ``max_steps`` (an interrupted run also writes
-    ``pretrained/``, at the step it reached: it is resumed exactly, never used half-trained), [] to train afresh."""
+    ``pretrained/``, at the step it reached: it is resumed exactly, never used half-trained) or was killed before
+    writing ``pretrained/`` (SIGKILL, SIGTERM) with a ``last.ckpt`` kept, [] to train afresh."""
     from flowzoo.runs import stopped_early
 
     if not (out / "pretrained" / "config.json").is_file():
-        return []
+        if not (out / "checkpoints" / "last.ckpt").is_file():
+            return []
+        print(f"= {name}: {out} ended without pretrained/ (killed mid-run); resumed from its last.ckpt", flush=True)
+        return ["--ckpt_path", "last"]
     early = stopped_early(out)
     if early is None:
         print(f"= {name}: {out / 'pretrained'} exists, not retrained", flush=True)

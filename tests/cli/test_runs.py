@@ -1,6 +1,7 @@
 """The run lifecycle of ``flowzoo fit``: run folders, the final save, EMA with warm-up, exact resume."""
 
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -361,7 +362,8 @@ def test_step_checkpoints_are_the_newest_runs_in_step_order(tmp_path):
 
 def test_a_run_stopped_before_its_max_steps_is_told_from_a_finished_one(tmp_path, capsys):
     """An interrupted run also writes pretrained/ (at the step it reached): stopped_early says so, and the study
-    scripts resume it (--ckpt_path last) instead of using it half-trained; a finished run is used as it is."""
+    scripts resume it (--ckpt_path last) instead of using it half-trained, as they do a killed run (a last.ckpt, no
+    pretrained/); a finished run is used as it is."""
     from flowzoo.runs import stopped_early
     from helpers import benchmark_script
 
@@ -377,3 +379,6 @@ def test_a_run_stopped_before_its_max_steps_is_told_from_a_finished_one(tmp_path
     assert study.resume_flags(stopped, "judge") == ["--ckpt_path", "last"]
     assert f"stopped at step {reached} of 100000; resumed from its last.ckpt" in capsys.readouterr().out
     assert study.resume_flags(finished, "judge") is None
+    shutil.rmtree((stopped / "pretrained").resolve())  # killed before the end of fit wrote it (SIGKILL, SIGTERM): last.ckpt is kept
+    assert study.resume_flags(stopped, "judge") == ["--ckpt_path", "last"]
+    assert "ended without pretrained/ (killed mid-run); resumed from its last.ckpt" in capsys.readouterr().out
