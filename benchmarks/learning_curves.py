@@ -4,8 +4,7 @@ For one data set (``shakespeare``, ``markov`` or ``mirror``), with the shared se
 ``benchmarks/study/<data>.yaml`` and each method's flags from ``benchmarks/study.py``:
 
 1. trains flow, MDLM and AR for ``--budget`` steps, saving a checkpoint every ``--every`` steps (Lightning's
-   ``ModelCheckpoint(every_n_train_steps=K, save_top_k=-1)``; the EMA weights, as every flowzoo checkpoint; and
-   ``last.ckpt`` every 250 steps, so a killed run loses at most that);
+   ``ModelCheckpoint(every_n_train_steps=K, save_top_k=-1)``; the EMA weights, as every flowzoo checkpoint);
 2. distils a flow map (``distill``, the study's recipe) for ``--distill-steps`` from each chosen flow checkpoint
    (``--distill-at``, default every one);
 3. samples every checkpoint (flow: Euler ``--flow-steps``; flow map: ``--map-steps``; MDLM: ancestral
@@ -84,25 +83,16 @@ def distillation_flops(student: int, teacher: int, tokens_per_step: int, steps: 
 # --- training --------------------------------------------------------------------------------------
 
 
-LAST_EVERY = 250  # steps between last.ckpt saves: what a killed run loses at most (about 2 min of a BPE run on one core)
-
-
-def fit_config(data: str, steps: int, every: int, out: Path, last_every: int = LAST_EVERY) -> Path:
-    """The study's shared settings with ``steps`` steps and a checkpoint every ``every`` steps, written to ``out``;
-    ``last.ckpt`` also every ``last_every`` steps where that is more often (a run killed between two curve points
-    resumes from there, not from the last point)."""
+def fit_config(data: str, steps: int, every: int, out: Path) -> Path:
+    """The study's shared settings with ``steps`` steps and a checkpoint every ``every`` steps, written to ``out``."""
     config = yaml.safe_load((ROOT / "benchmarks" / "study" / f"{data}.yaml").read_text())
     trainer = config["trainer"]
     trainer["max_steps"] = steps
     trainer["val_check_interval"] = min(int(trainer.get("val_check_interval", every)), every, steps)
-    checkpoint = "lightning.pytorch.callbacks.ModelCheckpoint"
     trainer["callbacks"] = [c for c in trainer.get("callbacks", []) if "ModelCheckpoint" not in c["class_path"]] + [{
-        "class_path": checkpoint,
+        "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
         "init_args": {"filename": "{step}", "every_n_train_steps": every, "save_top_k": -1, "save_last": True},
     }]
-    if last_every < every:  # both write last.ckpt, so it always holds the newest of the two cadences' steps
-        trainer["callbacks"].append({"class_path": checkpoint,
-                                     "init_args": {"every_n_train_steps": last_every, "save_top_k": 0, "save_last": True}})
     config["model"]["num_val_samples"] = 0  # the samples are scored after training, every checkpoint alike
     out.mkdir(parents=True, exist_ok=True)
     path = out / "fit.yaml"
@@ -133,7 +123,7 @@ def train(method: str, out: Path, steps: int, every: int, args, teacher: Path | 
         print(f"= {out.name}: trained ({len(found)} checkpoints), not retrained", flush=True)
         return found
     check_budget(out, steps)
-    config = fit_config(args.data, steps, every, out, last_every=1 if args.tiny else LAST_EVERY)
+    config = fit_config(args.data, steps, every, out)
     flags = [f.format(teacher=teacher, distill_steps=steps) for f in study.FLAGS[method]]
     extra = (study.TINY_TRAIN + study.TINY_DATA[args.data]) if args.tiny else []
     extra += args.data_flags + [flag for target, flag in args.train_flags if target in (method, "all")]
