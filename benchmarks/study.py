@@ -176,19 +176,21 @@ def resume_flags(out: Path, name: str) -> list[str] | None:
     writing ``pretrained/`` (SIGKILL, SIGTERM) with a ``last.ckpt`` kept, [] to train afresh."""
     from flowzoo.runs import stopped_early
 
-    if not (out / "pretrained" / "config.json").is_file():
-        if not (out / "checkpoints" / "last.ckpt").is_file():
-            return []
-        print(f"= {name}: {out} ended without pretrained/ (killed mid-run); resumed from its last.ckpt", flush=True)
-        return ["--ckpt_path", "last"]
-    early = stopped_early(out)
-    if early is None:
-        print(f"= {name}: {out / 'pretrained'} exists, not retrained", flush=True)
-        return None
-    if not (out / "checkpoints" / "last.ckpt").is_file():
-        print(f"= {name}: {out} stopped at step {early[0]} of {early[1]} and kept no last.ckpt; trained afresh", flush=True)
+    last = (out / "checkpoints" / "last.ckpt").is_file()
+    if (out / "pretrained" / "config.json").is_file():
+        early = stopped_early(out)
+        if early is None:
+            print(f"= {name}: {out / 'pretrained'} exists, not retrained", flush=True)
+            return None
+        how = f"stopped at step {early[0]} of {early[1]}"
+    elif last:
+        how = "ended without pretrained/ (killed mid-run)"
+    else:
+        return []  # nothing there: train
+    if not last:
+        print(f"= {name}: {out} {how} and kept no last.ckpt; trained afresh", flush=True)
         return []
-    print(f"= {name}: {out} stopped at step {early[0]} of {early[1]}; resumed from its last.ckpt", flush=True)
+    print(f"= {name}: {out} {how}; resumed from its last.ckpt", flush=True)
     return ["--ckpt_path", "last"]
 
 
