@@ -4,7 +4,8 @@ For one data set (``shakespeare``, ``markov`` or ``mirror``), with the shared se
 ``benchmarks/study/<data>.yaml`` and each method's flags from ``benchmarks/study.py``:
 
 1. trains flow, MDLM and AR for ``--budget`` steps, saving a checkpoint every ``--every`` steps (Lightning's
-   ``ModelCheckpoint(every_n_train_steps=K, save_top_k=-1)``; the EMA weights, as every flowzoo checkpoint);
+   ``ModelCheckpoint(every_n_train_steps=K, save_top_k=-1)``; the EMA weights, as every flowzoo checkpoint) and
+   ``last.ckpt`` at least every 250 steps (:func:`last_every`);
 2. distils a flow map (``distill``, the study's recipe) for ``--distill-steps`` from each chosen flow checkpoint
    (``--distill-at``, default every one);
 3. samples every checkpoint (flow: Euler ``--flow-steps``; flow map: ``--map-steps``; MDLM: ancestral
@@ -83,16 +84,35 @@ def distillation_flops(student: int, teacher: int, tokens_per_step: int, steps: 
 # --- training --------------------------------------------------------------------------------------
 
 
-def fit_config(data: str, steps: int, every: int, out: Path) -> Path:
-    """The study's shared settings with ``steps`` steps and a checkpoint every ``every`` steps, written to ``out``."""
+LAST_EVERY = 250  # the most steps a killed run loses: last.ckpt is written at least this often
+
+
+def last_every(every: int, most: int = LAST_EVERY) -> int:
+    """How often ``last.ckpt`` is written: the largest divisor of ``every`` that is at most ``most`` (so every curve
+    point is also a ``last.ckpt`` save and a killed run loses fewer than ``most`` steps, not up to ``every``)."""
+    return max(d for d in range(1, min(every, most) + 1) if every % d == 0)
+
+
+def fit_config(data: str, steps: int, every: int, out: Path, last_most: int = LAST_EVERY) -> Path:
+    """The study's shared settings with ``steps`` steps and a checkpoint every ``every`` steps, written to ``out``;
+    ``last.ckpt`` every :func:`last_every` steps.
+
+    One ModelCheckpoint keeps the points (``step=K.ckpt``, ``save_last`` off); a second one alone writes
+    ``last.ckpt`` (``save_top_k=0``, no version counter: two callbacks writing ``last.ckpt``, or one resumed beside
+    an older ``last.ckpt`` it did not write, make Lightning write ``last-v1.ckpt`` and leave ``last.ckpt`` behind)."""
     config = yaml.safe_load((ROOT / "benchmarks" / "study" / f"{data}.yaml").read_text())
     trainer = config["trainer"]
     trainer["max_steps"] = steps
     trainer["val_check_interval"] = min(int(trainer.get("val_check_interval", every)), every, steps)
-    trainer["callbacks"] = [c for c in trainer.get("callbacks", []) if "ModelCheckpoint" not in c["class_path"]] + [{
-        "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-        "init_args": {"filename": "{step}", "every_n_train_steps": every, "save_top_k": -1, "save_last": True},
-    }]
+    last = last_every(every, last_most)
+    checkpoint = "lightning.pytorch.callbacks.ModelCheckpoint"
+    points = {"filename": "{step}", "every_n_train_steps": every, "save_top_k": -1, "save_last": last == every,
+              "enable_version_counter": False}
+    trainer["callbacks"] = [c for c in trainer.get("callbacks", []) if "ModelCheckpoint" not in c["class_path"]]
+    trainer["callbacks"].append({"class_path": checkpoint, "init_args": points})
+    if last != every:  # (the same cadence in two callbacks would be one Lightning state key: the points' one writes it)
+        trainer["callbacks"].append({"class_path": checkpoint, "init_args": {
+            "every_n_train_steps": last, "save_top_k": 0, "save_last": True, "enable_version_counter": False}})
     config["model"]["num_val_samples"] = 0  # the samples are scored after training, every checkpoint alike
     out.mkdir(parents=True, exist_ok=True)
     path = out / "fit.yaml"
@@ -118,7 +138,7 @@ def check_budget(out: Path, steps: int) -> None:
 def train(method: str, out: Path, steps: int, every: int, args, teacher: Path | None = None) -> dict[int, Path]:
     """Train ``method`` into ``out`` (unless its step-``steps`` checkpoint exists; an interrupted run resumes from its
     last.ckpt); returns its checkpoints by step."""
-    found = step_checkpoints(out)
+    found = curve_points(out, steps, every)
     if steps in found:
         print(f"= {out.name}: trained ({len(found)} checkpoints), not retrained", flush=True)
         return found
@@ -129,10 +149,16 @@ def train(method: str, out: Path, steps: int, every: int, args, teacher: Path | 
     extra += args.data_flags + [flag for target, flag in args.train_flags if target in (method, "all")]
     resume = ["--ckpt_path", "last"] if (out / "checkpoints" / "last.ckpt").is_file() else []
     study.run(study.flowzoo("fit", "--config", str(config), *flags, f"--trainer.default_root_dir={out}", *extra, *resume), args.threads)
-    found = step_checkpoints(out)
+    found = curve_points(out, steps, every)
     if steps not in found:
         raise SystemExit(f"{out}: training ended without its step-{steps} checkpoint (found steps {sorted(found)})")
     return found
+
+
+def curve_points(out: Path, steps: int, every: int) -> dict[int, Path]:
+    """The run's checkpoints at the curve's steps (multiples of ``every``, and ``steps``), by step: a run stopped by
+    Ctrl-C or SIGTERM also saves the step it stopped at (``step=12528.ckpt``), which is no point of the curve."""
+    return {k: path for k, path in step_checkpoints(out).items() if k % every == 0 or k == steps}
 
 
 def shown_path(path: Path) -> str:

@@ -38,10 +38,61 @@ def test_fit_config_checkpoints_every_k_steps_and_keeps_every_one(tmp_path):
     config = yaml.safe_load(path.read_text())
     assert config["trainer"]["max_steps"] == 3000 and config["trainer"]["val_check_interval"] == 500
     kinds = [c["class_path"] for c in config["trainer"]["callbacks"]]
-    assert kinds == ["flowzoo.callbacks.EMA", "lightning.pytorch.callbacks.ModelCheckpoint"]  # the study's EMA kept
-    checkpoint = config["trainer"]["callbacks"][1]["init_args"]
-    assert checkpoint["every_n_train_steps"] == 500 and checkpoint["save_top_k"] == -1 and checkpoint["filename"] == "{step}"
+    assert kinds == ["flowzoo.callbacks.EMA", *["lightning.pytorch.callbacks.ModelCheckpoint"] * 2]  # the study's EMA kept
+    points, last = (c["init_args"] for c in config["trainer"]["callbacks"][1:])
+    assert points["every_n_train_steps"] == 500 and points["save_top_k"] == -1 and points["filename"] == "{step}"
+    assert not points["save_last"] and last["save_last"] and last["save_top_k"] == 0 and last["every_n_train_steps"] == 250
     assert config["model"]["num_val_samples"] == 0 and config["data"]["class_path"] == "flowzoo.data.mirror.MirrorData"
+    single = yaml.safe_load(curves.fit_config("mirror", 400, 200, tmp_path).read_text())["trainer"]["callbacks"][1:]
+    assert len(single) == 1 and single[0]["init_args"]["save_last"]  # last.ckpt as often as the points: one callback
+
+
+def test_last_ckpt_is_written_at_the_largest_divisor_of_the_points_cadence_up_to_250_steps():
+    assert [curves.last_every(k) for k in (2500, 1500, 600, 250, 97, 2)] == [250, 250, 200, 250, 97, 2]
+    assert curves.last_every(6, most=4) == 3 and curves.last_every(7, most=4) == 1
+
+
+def test_curve_points_are_the_steps_on_the_grid_not_where_a_stopped_run_saved(tmp_path):
+    folder = tmp_path / "run" / "checkpoints"
+    folder.mkdir(parents=True)
+    for step in (2500, 5000, 6318, 7400):  # 6318: a SIGTERM's save; 7400: the budget, off the grid
+        (folder / f"step={step}.ckpt").write_text("")
+    assert list(curves.curve_points(tmp_path / "run", 7400, 2500)) == [2500, 5000, 7400]
+
+
+@pytest.mark.slow
+def test_a_killed_curves_run_keeps_last_ckpt_between_points_and_resumes_without_a_versioned_copy(tmp_path):
+    """Points every 6 steps, last.ckpt every 3: SIGKILL after step 4 leaves last.ckpt at step 3 (before: none, the
+    first point being at 6, so the run started over). Resumed under last.ckpt every 2 (another callback, as when a
+    run started under an older config resumes): last.ckpt follows to the end (before: Lightning's version counter
+    wrote last-v1.ckpt and last.ckpt stayed at step 3)."""
+    import os
+    import subprocess
+    import sys
+
+    import torch
+
+    out = tmp_path / "mirror_flow"
+    tiny = curves.study.TINY_TRAIN + curves.study.TINY_DATA["mirror"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]),
+           "PYTHONSAFEPATH": "1"}
+
+    def fit(*extra):
+        return subprocess.run(curves.study.flowzoo("fit", "--config", str(out / "fit.yaml"), f"--trainer.default_root_dir={out}",
+                                                   *tiny, *extra), env=env, capture_output=True, text=True, timeout=300)
+
+    def step_of(name):
+        return torch.load(out / "checkpoints" / name, map_location="cpu", weights_only=False)["global_step"]
+
+    curves.fit_config("mirror", 6, 6, out, last_most=3)
+    killed = fit("--trainer.callbacks+=run_helpers.InterruptAt", "--trainer.callbacks.step=4", "--trainer.callbacks.signal_name=SIGKILL")
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert step_of("last.ckpt") == 3 and curves.curve_points(out, 6, 6) == {}
+    curves.fit_config("mirror", 6, 6, out, last_most=2)
+    resumed = fit("--ckpt_path", "last")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert step_of("last.ckpt") == 6 and list(curves.curve_points(out, 6, 6)) == [6]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["last.ckpt", "step=6.ckpt"]
 
 
 def test_step_checkpoints_are_read_by_step(tmp_path):
