@@ -123,6 +123,8 @@ class EndOfRun(Callback):
     - after ``fit``, the model (EMA weights where an EMA runs) goes to ``<run>/pretrained`` with ``save_pretrained``.
     """
 
+    SIGTERM_STOP = "terminated by SIGTERM"  # the stop reason printed, and the one on_exception reports
+
     def __init__(self, pretrained: bool = True) -> None:
         self.pretrained = pretrained
         self._interrupted = False
@@ -150,7 +152,7 @@ class EndOfRun(Callback):
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         self._restore_handler()
-        if self._stop_reason == "terminated by SIGTERM":
+        if self._stop_reason == self.SIGTERM_STOP:
             self._report_stop(trainer)
 
     def _is_final_step(self, trainer) -> bool:
@@ -171,7 +173,7 @@ class EndOfRun(Callback):
             self._stop_reason = "interrupted"
         if getattr(trainer, "received_sigterm", False) and self._stop_reason is None:
             trainer.should_stop = True  # Lightning raises SIGTERMException after this step's callbacks: save first
-            self._stop_reason = "terminated by SIGTERM"
+            self._stop_reason = self.SIGTERM_STOP
         if self._is_final_step(trainer):
             if trainer.should_stop and self._stop_reason is None and not (0 <= trainer.max_steps <= trainer.global_step):
                 self._stop_reason = "max_time" if any(isinstance(cb, Timer) and cb.time_remaining() is not None and cb.time_remaining() <= 0 for cb in trainer.callbacks) else "stopped"
