@@ -152,13 +152,17 @@ def place_checkpoints(trainer) -> None:
 
     ``default_root_dir`` is the run's own folder here (flowzoo.runs: ``runs/x/version_N``, with ``runs/x/checkpoints``
     pointing at the newest run's). Every one of them keeps a ``last.ckpt`` (the final step: flowzoo.callbacks.EndOfRun) unless ``save_last: false``
-    says otherwise, so ``--ckpt_path last`` and ``<run>/checkpoints/last.ckpt`` exist for every run.
+    says otherwise, so ``--ckpt_path last`` and ``<run>/checkpoints/last.ckpt`` exist for every run. Those whose
+    ``save_last`` is turned on here overwrite a file of the same name (``last.ckpt`` above all) rather than version
+    it: with Lightning's version counter, two of them in one folder, or one resumed beside a ``last.ckpt`` it did not
+    write (another cadence), write ``last-v1.ckpt`` and leave ``last.ckpt`` behind at an older step.
     """
     for callback in trainer.checkpoint_callbacks:
         if callback.dirpath is None:
             callback.dirpath = os.path.realpath(os.path.join(trainer.default_root_dir, "checkpoints"))
         if getattr(callback, "save_last", False) is None:
             callback.save_last = True
+            callback._enable_version_counter = False  # (ModelCheckpoint's enable_version_counter, kept privately)
 
 
 def ckpt_path_arg(argv: Sequence[str]) -> str | None:

@@ -119,6 +119,27 @@ def test_last_ckpt_is_the_final_step_and_pretrained_is_written(tmp_path):
     assert all(torch.equal(final[k], v) for k, v in model.state_dict().items() if k in final)
 
 
+def test_two_checkpoint_callbacks_and_a_resume_under_another_cadence_keep_one_last_ckpt_at_the_newest_step(tmp_path):
+    """Two ModelCheckpoints with ``save_last`` unset (flowzoo turns it on) share ``last.ckpt``; resumed under a
+    cadence whose callback did not write it, the run still overwrites it (Lightning's version counter would write
+    ``last-v1.ckpt`` both times and leave ``last.ckpt`` at an older step)."""
+    root = tmp_path / "run"
+
+    def every(*cadences: int) -> list[str]:
+        return [arg for k in cadences for arg in ("--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
+                                                  f"--trainer.callbacks.every_n_train_steps={k}")]
+
+    common = [*TINY, *QUIET_VAL, f"--trainer.default_root_dir={root}"]
+    assert main(["fit", *common, "--trainer.max_steps=5", *every(3, 2)]) == 0
+    names = sorted(p.name for p in (root / "checkpoints").iterdir())
+    assert [n for n in names if n.startswith("last")] == ["last.ckpt"], names
+    assert ckpt(root / "checkpoints/last.ckpt")["global_step"] == 5
+    assert main(["fit", *common, "--trainer.max_steps=9", *every(7), "--ckpt_path", "last"]) == 0
+    names = sorted(p.name for p in (root / "checkpoints").iterdir())
+    assert [n for n in names if n.startswith("last")] == ["last.ckpt"], names
+    assert ckpt(root / "checkpoints/last.ckpt")["global_step"] == 9
+
+
 def test_a_max_time_stop_saves_its_step_and_a_resume_gets_max_time_again(tmp_path, capsys):
     root = tmp_path / "run"
     common = [*TINY, *QUIET_VAL, "--trainer.max_steps=100000", "--trainer.max_time=00:00:00:02", *checkpointing(100000),
