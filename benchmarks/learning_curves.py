@@ -46,7 +46,6 @@ from typing import Any
 
 import yaml
 
-from flowzoo.data.text import sha256_file
 from flowzoo.runs import step_checkpoints
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -199,14 +198,14 @@ def score_name(method: str, step: int, args) -> str:
 
 
 def judge_key(judge: Path | None) -> str:
-    """What a judge's scores are filed under: a digest of its weights (``model.safetensors`` of a save_pretrained
-    folder, or the checkpoint file), so a judge retrained in place or copied elsewhere is told apart by what it
-    is, not by its path; a ``transformers`` name is its own key; ``""`` without a judge."""
+    """What a judge's scores are filed under: the digest of its weights (flowzoo.judges.weights_digest), so a judge
+    retrained in place or copied elsewhere is told apart by what it is, not by its path; a ``transformers`` name is
+    its own key; ``""`` without a judge."""
+    from flowzoo.judges import weights_digest
+
     if judge is None:
         return ""
-    path = Path(judge)
-    weights = path / "model.safetensors" if path.is_dir() else path
-    return (sha256_file(weights) if weights.is_file() else hashlib.sha256(str(judge).encode()).hexdigest())[:12]
+    return weights_digest(judge) or hashlib.sha256(str(judge).encode()).hexdigest()[:12]
 
 
 def score_folder(runs: Path, args, judge: Path | None) -> Path:

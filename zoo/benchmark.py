@@ -490,7 +490,7 @@ def run(config: dict[str, Any], output: str | Path | None = None) -> dict[str, A
     """
     from flowzoo.checkpoints import load_checkpoint
     from flowzoo.devices import resolve_device
-    from flowzoo.judges import load_judge
+    from flowzoo.judges import load_judge, weights_digest
     from flowzoo.sampling import training_data, training_length
 
     if config.get("threads"):
@@ -501,6 +501,7 @@ def run(config: dict[str, Any], output: str | Path | None = None) -> dict[str, A
     models, rows, length, reference_data = {}, [], config["length"], None
     conditional: list[dict[str, Any]] = []
     results = {"name": config["name"], "config": config, "environment": environment(device), "judge": getattr(judge, "name", None),
+               "judge_digest": weights_digest(config["judge"]) if config["judge"] else None,
                "length": length, "models": models, "rows": rows, "conditional_rows": conditional, "complete": False}
     loaded: dict[str, Any] = {}
     kept: list | None = [] if config["save_samples"] else None  # each row's judge texts, in the rows' order
@@ -640,6 +641,14 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
+def judge_label(judge: str | None, digest: str | None, missing: str = "none") -> str:
+    """A judge as a table names it: its path or name, and the digest of its weights where it has one (two judges
+    kept at one path differ there)."""
+    if not judge:
+        return missing
+    return f"{judge} (weights sha256 {digest}…)" if digest else judge
+
+
 def markdown(results: dict[str, Any]) -> str:
     rows = results["rows"]
     present = set().union(*(r["metrics"] for r in rows)) if rows else set()
@@ -651,12 +660,12 @@ def markdown(results: dict[str, Any]) -> str:
         f"{len(rows)} rows; {results['config']['num_samples']} samples of {results['length']} tokens per row, batches of "
         f"{results['config']['batch_size']}, seeds {results['config']['seed']} + batch index; device {env['device']}"
         f"{' (' + env['gpu'] + ')' if 'gpu' in env else ''}, {env['threads']} threads, torch {env['torch']}, flowzoo {env['flowzoo']}."
-        f" Judge: {results['judge'] or 'none'}. Time per batch: median of the timed batches after {results['config']['warmup']} warm-up."
+        f" Judge: {judge_label(results['judge'], results.get('judge_digest'))}. Time per batch: median of the timed batches after {results['config']['warmup']} warm-up."
     )
     if results.get("rescored"):
         was = results["rescored"]
         lines.append(f"Re-scored (`flowzoo benchmark --rescore`): GenPPL of the samples kept in {was['from']}, measured there under "
-                     f"{was['judge'] or 'no judge'} (`judge_eos: {was['judge_eos']}`), here under this table's judge; every other "
+                     f"{judge_label(was['judge'], was.get('judge_digest'), 'no judge')} (`judge_eos: {was['judge_eos']}`), here under this table's judge; every other "
                      "figure as measured there" + (f"; its {was['conditional_rows_dropped']} conditional rows are not re-scored"
                                                      if was.get("conditional_rows_dropped") else "") + ".")
     lines.append("")

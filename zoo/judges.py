@@ -212,6 +212,19 @@ def is_flowzoo_checkpoint(path: str | os.PathLike) -> bool:
     return config.is_file() and "flowzoo_version" in config.read_text()
 
 
+def weights_digest(spec: "str | os.PathLike | Judge") -> str | None:
+    """The first 12 hex digits of the SHA-256 of a local judge's weights (``model.safetensors`` of a folder, or the
+    file itself: a ``.ckpt``), which tell apart two judges kept at one path (a judge retrained in place); None for a
+    ``transformers`` Hub name or a folder without ``model.safetensors``."""
+    from flowzoo.data.text import sha256_file
+
+    if not isinstance(spec, (str, os.PathLike)):  # a Judge object
+        return None
+    path = Path(spec)
+    weights = path / "model.safetensors" if path.is_dir() else path
+    return sha256_file(weights)[:12] if weights.is_file() else None
+
+
 def load_judge(spec: "str | os.PathLike | Judge", device: str | torch.device = "cpu", **kwargs: Any) -> Judge:
     """A judge from a flowzoo checkpoint (.ckpt or save_pretrained dir) or a ``transformers`` name/path."""
     if isinstance(spec, Judge):

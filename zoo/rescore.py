@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from flowzoo.benchmark import headline
-from flowzoo.judges import check_eos, load_judge
+from flowzoo.judges import check_eos, load_judge, weights_digest
 from flowzoo.kept_samples import SAMPLES_FILE, KeptSamplesError, read_samples
 from flowzoo.metrics import GenerativePerplexity
 
@@ -48,9 +48,9 @@ def rescore(source: str | Path, judge: str, judge_eos: str | None = None, judge_
         metric = GenerativePerplexity(scorer, eos=eos)
         metric.update(entry["texts"])
         row["metrics"]["gen_ppl"] = float(metric.compute())
-    results["rescored"] = {"from": str(source), "judge": results.get("judge"), "judge_eos": config.get("judge_eos", "all"),
-                           "conditional_rows_dropped": len(results.get("conditional_rows") or [])}
-    results["judge"] = getattr(scorer, "name", str(judge))
+    results["rescored"] = {"from": str(source), "judge": results.get("judge"), "judge_digest": results.get("judge_digest"),
+                           "judge_eos": config.get("judge_eos", "all"), "conditional_rows_dropped": len(results.get("conditional_rows") or [])}
+    results["judge"], results["judge_digest"] = getattr(scorer, "name", str(judge)), weights_digest(judge)
     config.update(judge=str(judge), judge_eos=eos, judge_batch_size=judge_batch_size)
     results["conditional_rows"] = []  # their completions are not kept: they are not re-scored
     results["headline"] = headline(results, config)

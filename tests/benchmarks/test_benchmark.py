@@ -1,5 +1,6 @@
 """The benchmark harness: a tiny flow trained for 3 steps on markov, a flowzoo AR judge, outputs and reproducibility."""
 
+import hashlib
 import json
 
 import lightning as L
@@ -245,7 +246,15 @@ def test_kept_samples_are_rescored_under_another_judge_as_a_run_with_it_would_sc
         assert {k: v for k, v in new["metrics"].items() if k != "gen_ppl"} == {k: v for k, v in was["metrics"].items() if k != "gen_ppl"}
         assert new["seconds_per_batch"] == was["seconds_per_batch"]  # as measured then
     assert rescored["rescored"]["from"] == str(kept) and rescored["config"]["judge"] == str(other)
-    assert "Re-scored (`flowzoo benchmark --rescore`)" in (again / "results.md").read_text()
+    # each table names its judge's weights, so two judges kept at one path (one retrained in place) are told apart
+    digest = {j: hashlib.sha256(((j / "model.safetensors") if j.is_dir() else j).read_bytes()).hexdigest()[:12]
+              for j in (checkpoints / "judge", other)}
+    assert first["judge_digest"] == unchanged["judge_digest"] == digest[checkpoints / "judge"] != digest[other]
+    assert rescored["judge_digest"] == digest[other] and rescored["rescored"]["judge_digest"] == digest[checkpoints / "judge"]
+    md = (again / "results.md").read_text()
+    assert "Re-scored (`flowzoo benchmark --rescore`)" in md
+    assert f"measured there under {first['judge']} (weights sha256 {digest[checkpoints / 'judge']}…)" in md
+    assert f"Judge: {rescored['judge']} (weights sha256 {digest[other]}…)" in md
     assert (again / "samples.json.gz").read_bytes() == (kept / "samples.json.gz").read_bytes()  # it can be re-scored again
 
 
