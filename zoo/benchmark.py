@@ -660,12 +660,14 @@ def markdown(results: dict[str, Any]) -> str:
         f"{len(rows)} rows; {results['config']['num_samples']} samples of {results['length']} tokens per row, batches of "
         f"{results['config']['batch_size']}, seeds {results['config']['seed']} + batch index; device {env['device']}"
         f"{' (' + env['gpu'] + ')' if 'gpu' in env else ''}, {env['threads']} threads, torch {env['torch']}, flowzoo {env['flowzoo']}."
-        f" Judge: {judge_label(results['judge'], results.get('judge_digest'))}. Time per batch: median of the timed batches after {results['config']['warmup']} warm-up."
+        f" Judge: {judge_label(results['judge'], results.get('judge_digest'))}. Time per batch: median of the timed batches"
+        f" after {results['config']['warmup']} warm-up."
     )
     if results.get("rescored"):
         was = results["rescored"]
         lines.append(f"Re-scored (`flowzoo benchmark --rescore`): GenPPL of the samples kept in {was['from']}, measured there under "
-                     f"{judge_label(was['judge'], was.get('judge_digest'), 'no judge')} (`judge_eos: {was['judge_eos']}`), here under this table's judge; every other "
+                     f"{judge_label(was['judge'], was.get('judge_digest'), 'no judge')} (`judge_eos: {was['judge_eos']}`), here under "
+                     "this table's judge; every other "
                      "figure as measured there" + (f"; its {was['conditional_rows_dropped']} conditional rows are not re-scored"
                                                      if was.get("conditional_rows_dropped") else "") + ".")
     lines.append("")
