@@ -404,12 +404,15 @@ def fmt(value: Any, digits: int = 4) -> str:
 
 def table(results: dict[str, Any]) -> str:
     """Markdown: the command, the FLOPs formula, then one row per (series, checkpoint) and the data's row."""
+    from flowzoo.benchmark import judge_label
+
     metrics = [m for m, _ in METRICS[results["data"]]]
     lines = ["```", results["command"], "```", "",
              "Training FLOPs estimated as 6·N·B·L·k (N parameters, B·L tokens a step, k steps; 8·N·B·L·k with "
              "self-conditioning); a flow map adds its distillation, (6·N_student + 2·N_teacher)·B·L·d (4·N_teacher with "
              "teacher_self_condition), to its teacher "
-             f"checkpoint's. {results['num_samples']} samples per row, seed {results['seed']}; judge: {results['judge'] or '-'}.",
+             f"checkpoint's. {results['num_samples']} samples per row, seed {results['seed']}; judge: "
+             f"{judge_label(results['judge'], results.get('judge_digest'), '-')}.",
              "Conventions (docs/benchmark.md): `flowzoo benchmark`'s defaults, GenPPL `judge_text: decode`, `judge_eos: all`; MDLM's "
              "`ancestral` stops at MDLM time τ = the path's eps (1e-3), not MDLM's code's 1e-5.", "",
              "| series | train step | distill steps | training FLOPs | NFE | " + " | ".join(metrics) + " |",
@@ -554,8 +557,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     reference = reference_metrics(first, scores / "data.json", args, judge)
 
     from flowzoo.devices import resolve_device
+    from flowzoo.judges import weights_digest
 
     results = {"command": "python benchmarks/learning_curves.py " + " ".join(argv), "data": args.data, "judge": shown_path(judge) if judge else None,
+               "judge_digest": weights_digest(judge) if judge else None,
                "num_samples": args.num_samples, "seed": args.seed, "device": str(resolve_device(args.device, "--device")),
                "reference": reference, "points": results_points}
     results["goals"] = goals(results)

@@ -1,6 +1,7 @@
 """benchmarks/learning_curves.py: the FLOPs estimate, the checkpoint schedule it asks Lightning for, its table and
 plot, its refusals, and (slow) a --tiny run end to end on the mirror language."""
 
+import hashlib
 import importlib.util
 import json
 from pathlib import Path
@@ -160,7 +161,9 @@ def test_table_orders_each_series_by_flops_and_states_the_formula(tmp_path):
     assert "judge_text: decode" in text and "judge_eos: all" in text and "the path's eps (1e-3)" in text  # the conventions
     rows = [line for line in text.splitlines() if line.startswith("| flow")]
     assert [r.split("|")[2].strip() for r in rows] == ["250", "500"]
-    assert "| data (validation) |" in text
+    assert "| data (validation) |" in text and "judge: -." in text
+    judged = curves.table({**results(), "judge": "runs/j/pretrained", "judge_digest": "0123456789ab"})
+    assert "judge: runs/j/pretrained (weights sha256 0123456789ab…)." in judged  # which judge, not only where it was
     assert curves.plot(results(), tmp_path / "c.png").stat().st_size > 0
 
 
@@ -231,7 +234,8 @@ def test_scores_are_filed_by_the_judges_weights_not_its_path(tmp_path):
     (judge / "model.safetensors").write_bytes(b"weights one")
     (copy / "model.safetensors").write_bytes(b"weights one")
     first = curves.score_folder(tmp_path / "runs", args, judge)
-    assert first.parent == tmp_path / "runs" / "scores" and first.name.startswith("n256_seed0_judge-")
+    assert first.parent == tmp_path / "runs" / "scores"
+    assert first.name == "n256_seed0_judge-" + hashlib.sha256(b"weights one").hexdigest()[:12]  # the digest the tables print
     assert curves.score_folder(tmp_path / "runs", args, copy) == first
     (judge / "model.safetensors").write_bytes(b"weights two")  # retrained at the same path
     assert curves.score_folder(tmp_path / "runs", args, judge) != first
