@@ -8,8 +8,8 @@ For one data set (``shakespeare``, ``markov`` or ``mirror``), with the shared se
    ``last.ckpt`` at least every 250 steps (:func:`last_every`);
 2. distils a flow map (``distill``, the study's recipe) for ``--distill-steps`` from each chosen flow checkpoint
    (``--distill-at``, default every one);
-3. samples every checkpoint (flow: Euler ``--flow-steps``; flow map: ``--map-steps``; MDLM: ancestral
-   ``--mdlm-steps``; AR) and scores the samples as ``flowzoo benchmark`` does: GenPPL under the judge and unigram
+3. samples every checkpoint (or those of ``--score-at``; flow: Euler ``--flow-steps``; flow map: ``--map-steps``;
+   MDLM: ancestral ``--mdlm-steps``; AR) and scores the samples as ``flowzoo benchmark`` does: GenPPL under the judge and unigram
    entropy on text; valid transitions / NLL on markov; pair match / valid sequences / NLL on mirror;
 4. writes ``curves.md`` (a table), ``curves.json`` and ``curves.png`` (each metric against training FLOPs) into
    ``--output``.
@@ -470,6 +470,7 @@ def parse(argv: list[str] | None):
     parser.add_argument("--every", type=int, default=1500, help="a checkpoint every this many steps")
     parser.add_argument("--distill-steps", type=int, default=500, help="training steps of each flow map")
     parser.add_argument("--distill-at", help="comma-separated flow checkpoint steps to distil from (default: every one)")
+    parser.add_argument("--score-at", help="comma-separated checkpoint steps of flow, MDLM and AR to score (default: every one)")
     parser.add_argument("--flow-steps", type=int, nargs="+", default=[128], help="Euler steps of the flow")
     parser.add_argument("--euler-grid", choices=("linspace", "uniform"), default=EULER_DEFAULTS["grid"],
                         help="the Euler sampler's time grid")
@@ -510,6 +511,7 @@ def parse(argv: list[str] | None):
     if args.budget < 1 or args.every < 1 or args.distill_steps < 1 or args.every > args.budget:
         parser.error("--budget, --every and --distill-steps must be positive, --every at most --budget")
     args.distill_at = None if not args.distill_at else sorted({int(v) for v in args.distill_at.split(",")})
+    args.score_at = None if not args.score_at else sorted({int(v) for v in args.score_at.split(",")})
     return args
 
 
@@ -536,12 +538,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     scores, flow_flops, results_points = score_folder(runs, args, judge), {}, []
     for method, found in trained.items():
+        missing = sorted(set(args.score_at or ()) - set(found))
+        if missing and method in args.methods:
+            raise SystemExit(f"--score-at {missing}: no {method} checkpoint at those steps (there are {sorted(found)})")
         for step, ckpt in found.items():
             facts = model_facts(ckpt)
             flops = training_flops(facts["parameters"], tokens_per_step(facts["config"]), step, self_conditioned(facts["config"]))
             if method == "flow":
                 flow_flops[step] = (flops, facts["parameters"])
-            if method in args.methods:
+            if method in args.methods and (args.score_at is None or step in args.score_at):
                 name = score_name(method, step, args)
                 entry = {"name": name, "checkpoint": str(ckpt), "samplers": sampler_entries(method, args)}
                 results_points += points(method, step, score(entry, scores / f"{name}.json", args, judge), flops, facts["parameters"])

@@ -222,6 +222,12 @@ def test_tiny_run_end_to_end(tmp_path):
     assert {p["series"] for p in churned["points"] if p["method"] == "flow"} == {"flow, euler gamma=0.5 4"}
     assert {f.name for f in scores.iterdir()} - set(kept) == {"flow@2_gamma-0.5.json", "flow@4_gamma-0.5.json"}
     assert all(scores.joinpath(name).stat().st_mtime_ns == mtime for name, mtime in kept.items())  # the rest read from the cache
+    chosen = curves.main(["--data", "mirror", "--tiny", "--methods", "mdlm", "--score-at", "4", "--seed", "1",
+                          "--runs", str(tmp_path / "runs"), "--output", str(tmp_path / "out3")])
+    assert {p["train_step"] for p in chosen["points"]} == {4}  # the 2-step checkpoint is neither sampled nor scored
+    assert sorted(f.name for f in (scores.parent / "n8_seed1").iterdir()) == ["data.json", "mdlm@4.json"]
+    with pytest.raises(SystemExit, match=r"--score-at \[3\]: no mdlm checkpoint at those steps \(there are \[2, 4\]\)"):
+        curves.main(["--data", "mirror", "--tiny", "--methods", "mdlm", "--score-at", "3", "--runs", str(tmp_path / "runs")])
 
 
 def test_scores_are_filed_by_the_judges_weights_not_its_path(tmp_path):
