@@ -510,8 +510,12 @@ def parse(argv: list[str] | None):
         parser.error(f"--euler-gamma must lie in [0, 1], got {args.euler_gamma}")
     if args.budget < 1 or args.every < 1 or args.distill_steps < 1 or args.every > args.budget:
         parser.error("--budget, --every and --distill-steps must be positive, --every at most --budget")
-    args.distill_at = None if not args.distill_at else sorted({int(v) for v in args.distill_at.split(",")})
-    args.score_at = None if not args.score_at else sorted({int(v) for v in args.score_at.split(",")})
+    for flag in ("distill_at", "score_at"):
+        value = getattr(args, flag)
+        try:
+            setattr(args, flag, None if not value else sorted({int(v) for v in value.split(",")}))
+        except ValueError:
+            parser.error(f"--{flag.replace('_', '-')} expects comma-separated steps (2500,5000), got {value!r}")
     return args
 
 

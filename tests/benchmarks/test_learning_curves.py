@@ -123,12 +123,16 @@ def test_bad_options_are_refused_in_one_line(capsys):
                           (["--train-flag", "judge:--model.lr=1"], "--train-flag expects METHOD:--flag"),
                           (["--data-flag=--model.lr=1"], "--data-flag expects --data"),
                           (["--every", "10", "--budget", "5"], "--every at most --budget"),
-                          (["--euler-gamma", "1.5"], "--euler-gamma must lie in [0, 1], got 1.5")):
+                          (["--euler-gamma", "1.5"], "--euler-gamma must lie in [0, 1], got 1.5"),
+                          (["--score-at", "2500,x"], "--score-at expects comma-separated steps (2500,5000), got '2500,x'"),
+                          (["--distill-at", "5k"], "--distill-at expects comma-separated steps (2500,5000), got '5k'")):
         with pytest.raises(SystemExit):
             curves.parse(argv)
         assert message in capsys.readouterr().err
     flags = curves.parse(["--train-flag", "all:--seed_everything=1", "--train-flag", "flow_map:--model.lr=0.001"]).train_flags
     assert flags == [("all", "--seed_everything=1"), ("flow_map", "--model.lr=0.001")]
+    chosen = curves.parse(["--score-at", "5000,2500,5000", "--distill-at", "7500"])
+    assert (chosen.score_at, chosen.distill_at) == ([2500, 5000], [7500])
 
 
 def test_the_flows_cache_name_carries_its_euler_options_and_the_others_do_not():
