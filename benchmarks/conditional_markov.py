@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from flowzoo.benchmark import named_path
+from flowzoo.benchmark import method_checkpoint
 from flowzoo.checkpoints import load_checkpoint
 from flowzoo.prompt import Prompt
 from flowzoo.runs import step_checkpoints
@@ -54,11 +54,6 @@ INFILL = [("flow_map", "flow map 4", {"name": "flow_map", "init_args": {"steps":
           ("flow_map", "flow map 4 churn", CHURN, ("clean",)),
           ("flow_map", "flow map 1", {"name": "flow_map", "init_args": {"steps": 1}}, ("clean",)),
           ("mdlm", "MDLM 32", {"name": "ancestral", "init_args": {"steps": 32}}, ("-",))]
-
-
-def held_out(data, num: int) -> torch.Tensor:
-    """The first ``num`` validation rows (num, L) of the data the model was trained on."""
-    return torch.stack([data.splits["validation"][i]["input_ids"] for i in range(num)]).long()
 
 
 def measure(model, data, spec, prompt: Prompt, rows: torch.Tensor, seed: int, batch: int) -> dict[str, float]:
@@ -108,13 +103,9 @@ def parse_runs(value: str) -> tuple[str, Path]:
 def parse_checkpoint(value: str) -> tuple[str, str, str]:
     """``[LABEL/]METHOD=PATH`` -> (label, method, path)."""
     try:
-        name, path = named_path(value)
-    except ValueError:
-        name, path = "", ""
-    label, _, method = name.rpartition("/")
-    if not path or method not in METHODS:
-        raise argparse.ArgumentTypeError(f"--checkpoint expects [LABEL/]METHOD=PATH with METHOD one of {', '.join(METHODS)}, got {value!r}")
-    return label, method, path
+        return method_checkpoint(value, METHODS)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"--checkpoint {error}") from None
 
 
 def trained_as(model) -> str:
@@ -175,7 +166,7 @@ def main(argv: list[str] | None = None) -> list[tuple[str, str, dict]]:
         parser.error("the checkpoints must be trained on one and the same markov data (their held-out rows are the prompts); "
                      f"got {len(specs)} data specs")
     data = data_from_spec(next(iter(models.values())).data_spec)
-    rows = held_out(data, args.num)
+    rows = data.held_out(args.num)
     L = rows.shape[1]
     if not 1 <= args.prompt_len < L or 2 * args.context + args.hole > L:
         parser.error(f"--prompt-len must lie in [1, {L}) and 2 --context + --hole must not exceed {L}")

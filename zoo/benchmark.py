@@ -258,6 +258,20 @@ def named_path(value: str) -> tuple[str, str]:
     return value[:cuts[0]], value[cuts[0] + 1:]
 
 
+def method_checkpoint(value: str, methods: tuple[str, ...]) -> tuple[str, str, str]:
+    """``[LABEL/]METHOD=PATH`` as (label, method, path), '' without a label; METHOD must be one of ``methods``.
+
+    A malformed value raises ValueError naming the form and the methods (argparse shows it for a ``type=``)."""
+    try:
+        name, path = named_path(value)
+    except ValueError:
+        name, path = "", ""
+    label, _, method = name.rpartition("/")
+    if not path or method not in methods:
+        raise ValueError(f"expected [LABEL/]METHOD=PATH with METHOD one of {', '.join(methods)}, got {value!r}")
+    return label, method, path
+
+
 def quality_metrics(data, judge, judge_eos: str = "all") -> dict[str, Any]:
     metrics: dict[str, Any] = {"entropy": UnigramEntropy()}
     if getattr(data, "chain", None) is not None:

@@ -54,6 +54,31 @@ def test_a_broken_pair_is_seen():
     assert m["nll"] > lang.evaluate(x)["nll"] + math.log(1e6) / 8 - 1e-9
 
 
+def test_pair_match_by_distance_locates_the_broken_pairs():
+    lang = MirrorLanguage(8, "mirror", num_states=16, seed=0)
+    x = torch.from_numpy(lang.sample(64, seed=3))
+    assert lang.pair_match_by_distance(x) == {1: 1.0, 3: 1.0, 5: 1.0, 7: 1.0}
+    broken = x.clone()
+    broken[:, -1] = (broken[:, 0] + 1) % 16  # position 7 pairs with position 0: 7 apart
+    broken[:32, 5] = (broken[:32, 2] + 1) % 16  # position 5 pairs with 2: 3 apart, in half the rows
+    by_distance = lang.pair_match_by_distance(broken)
+    assert by_distance == {1: 1.0, 3: 0.5, 5: 1.0, 7: 0.0}
+    assert np.mean(list(by_distance.values())) == pytest.approx(lang.evaluate(broken)["pair_match"])
+    # copy mode: every pair L/2 apart
+    copy = MirrorLanguage(8, "copy", num_states=16, seed=0)
+    assert copy.pair_match_by_distance(torch.from_numpy(copy.sample(8, seed=1))) == {4: 1.0}
+
+
+def test_held_out_rows_are_the_validation_split_and_bounded():
+    data = MirrorData(seq_len=8, num_train=32, num_val=16)
+    rows = data.held_out(5)
+    assert rows.shape == (5, 8) and rows.dtype == torch.long
+    assert torch.equal(rows, torch.stack([data.splits["validation"][i]["input_ids"] for i in range(5)]).long())
+    assert data.evaluate_samples(rows)["valid_sequences"] == 1.0
+    with pytest.raises(DataError, match="validation split has 16"):
+        data.held_out(17)
+
+
 def test_bad_settings_are_refused():
     with pytest.raises(DataError, match="even"):
         MirrorLanguage(7)

@@ -162,6 +162,12 @@ class SyntheticData(TokenDataModule):
         """``n`` sequences of the language, (n, seq_len) token ids, drawn with ``seed``."""
         raise NotImplementedError
 
+    def held_out(self, num: int) -> torch.Tensor:
+        """The first ``num`` validation rows (num, seq_len) as token ids: prompts from data no model trained on."""
+        if not 1 <= num <= self.num_val:
+            raise DataError(f"asked for {num} held-out rows; the validation split has {self.num_val} (num_val)")
+        return torch.as_tensor(self.splits["validation"][:num]["input_ids"]).long()
+
     def build_splits(self):
         return {
             "train": datasets.Dataset.from_dict({"input_ids": self.rows(self.num_train, self.seed + 1)}),

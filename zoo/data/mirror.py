@@ -81,6 +81,17 @@ class MirrorLanguage:
         log_first = np.log(np.maximum(self.chain.stationary[x[:, 0]], floor))
         return log_first + np.log(np.maximum(probs, floor)).sum(1) + np.where(match, 0.0, math.log(floor)).sum(1)
 
+    def pair_match_by_distance(self, tokens) -> dict[int, float]:
+        """{d: share of the second-half tokens i with |i - partner(i)| = d equal to their partner}, d ascending.
+
+        In ``mirror`` mode each distance d = 1, 3, ..., L-1 is one pair per sequence (the middle pair is 1 apart,
+        the first and last tokens L-1); in ``copy`` mode every pair is L/2 apart, so there is one entry."""
+        x = self._check(tokens)
+        h = self.half
+        match = x[:, h:] == x[:, self.partner[h:]]  # (B, h)
+        distance = np.abs(np.arange(h, self.length) - self.partner[h:])  # (h,)
+        return {int(d): float(match[:, distance == d].mean()) for d in np.unique(distance)}
+
     def evaluate(self, tokens: torch.Tensor, floor: float = 1e-6) -> dict[str, float]:
         """Exact figures of samples (B, L) of this length.
 
