@@ -122,6 +122,7 @@ def main(argv: list[str] | None = None) -> list[tuple[str, dict]]:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     if args.num < 1 or args.bands < 1 or args.batch < 1:
         parser.error("--num, --bands and --batch must be positive")
@@ -146,7 +147,7 @@ def main(argv: list[str] | None = None) -> list[tuple[str, dict]]:
             results.append((name, figures))
             print(f"{name}: free {figures['free']:.3f}, copy {figures['copy']} ({figures['seconds']:.0f} s)", file=sys.stderr)
     reference = language.evaluate(rows)["pair_match"]
-    lines = ["```", "python benchmarks/mirror_pairs.py " + shlex.join(argv if argv is not None else sys.argv[1:]), "```", "",
+    lines = ["```", "python benchmarks/mirror_pairs.py " + shlex.join(argv), "```", "",
              f"Data: {data!r}. {args.num} free samples per row (seed {args.seed}), and the second half of the same number of "
              f"held-out rows generated from their first half (the copy test; the rows themselves: pair match {reference:.3f}). "
              f"Chance: {1 / language.num_states:.3f}. Checkpoints:", ""]

@@ -1,5 +1,6 @@
 """benchmarks/mirror_pairs.py: pair match by coupling distance, free and given the first half (the copy test)."""
 
+import json
 from types import SimpleNamespace
 
 import pytest
@@ -97,7 +98,7 @@ def test_every_method_end_to_end_and_refusals(tmp_path, capsys):
     text = out.read_text()
     assert "| model, sampler | NFE | free: pair match | d 1-3 | d 5-7 | copy, hold clean | copy, hold path / exact |" in text
     assert "the rows themselves: pair match 1.000" in text and f"- mdlm: `{checkpoints['mdlm']}`" in text
-    assert out.with_suffix(".json").exists()
+    assert json.loads(out.with_suffix(".json").read_text())["argv"] == argv
 
     with pytest.raises(SystemExit):
         _script().main(["--checkpoint", f"judge={checkpoints['flow']}", "--out", str(out)])
