@@ -33,7 +33,7 @@ from flowzoo.benchmark import method_checkpoint
 from flowzoo.checkpoints import load_checkpoint
 from flowzoo.prompt import Prompt
 from flowzoo.runs import step_checkpoints
-from flowzoo.sampling import data_from_spec
+from flowzoo.sampling import data_from_spec, generate_in_batches
 
 METHODS = ("flow", "flow_map", "mdlm", "ar")
 # the 4-step map with FMLM churn on docs/flow_maps.md's schedule: re-noised between jumps (gamma = 1), steps late in t
@@ -58,14 +58,9 @@ INFILL = [("flow_map", "flow map 4", {"name": "flow_map", "init_args": {"steps":
 
 def measure(model, data, spec, prompt: Prompt, rows: torch.Tensor, seed: int, batch: int) -> dict[str, float]:
     """Complete ``rows`` under ``prompt``'s mask in batches; the exact conditional figures over all rows."""
-    tokens, nfe, start = [], 0, time.perf_counter()
-    for i in range(0, rows.shape[0], batch):
-        chunk = rows[i:i + batch]
-        p = Prompt(chunk, prompt.mask.expand_as(chunk), prompt.hold)
-        out = model.generate(chunk.shape[0], chunk.shape[1], sampler=spec, seed=seed + i, prompt=p)
-        tokens.append(out.tokens.cpu())
-        nfe = out.nfe
-    x = torch.cat(tokens)
+    start = time.perf_counter()
+    x, nfe = generate_in_batches(model, rows.shape[0], rows.shape[1], spec, seed, batch,
+                                 Prompt(rows, prompt.mask.expand_as(rows), prompt.hold))
     known = prompt.mask.expand_as(x)
     assert torch.equal(x[known], rows[known]), "a sampler changed a known position"
     figures = data.evaluate_completions(x, known)
@@ -75,8 +70,7 @@ def measure(model, data, spec, prompt: Prompt, rows: torch.Tensor, seed: int, ba
 
 def measure_free(model, data, spec, num: int, length: int, seed: int, batch: int) -> dict[str, float]:
     """The sampler's unconditional figures: valid transitions and NLL per transition of ``num`` free samples."""
-    tokens = [model.generate(min(batch, num - i), length, sampler=spec, seed=seed + i).tokens.cpu() for i in range(0, num, batch)]
-    figures = data.evaluate_samples(torch.cat(tokens))
+    figures = data.evaluate_samples(generate_in_batches(model, num, length, spec, seed, batch)[0])
     return {"free_valid": float(figures["valid_transitions"]), "free_nll": float(figures["nll"])}
 
 

@@ -34,7 +34,7 @@ import torch
 from flowzoo.benchmark import method_checkpoint
 from flowzoo.checkpoints import load_checkpoint
 from flowzoo.prompt import Prompt
-from flowzoo.sampling import data_from_spec
+from flowzoo.sampling import data_from_spec, generate_in_batches
 
 METHODS = ("flow", "flow_map", "mdlm", "ar")
 # (method, row label, sampler spec, holds of the copy test: continuous samplers take both, the others '-')
@@ -59,23 +59,11 @@ def banded(by_distance: dict[int, float], groups: list[list[int]]) -> list[float
     return [float(np.mean([by_distance[d] for d in g])) for g in groups]
 
 
-def draw(model, spec, num: int, length: int, seed: int, batch: int, prompt: Prompt | None = None) -> tuple[torch.Tensor, int]:
-    """``num`` samples (num, length) in batches (``prompt``: known ids (num, length) and their mask), and the NFE."""
-    tokens, nfe = [], 0
-    for i in range(0, num, batch):
-        n = min(batch, num - i)
-        p = None if prompt is None else Prompt(prompt.known[i:i + n], prompt.mask[i:i + n], prompt.hold)
-        out = model.generate(n, length, sampler=spec, seed=seed + i, prompt=p)
-        tokens.append(out.tokens.cpu())
-        nfe = out.nfe
-    return torch.cat(tokens), nfe
-
-
 def measure(model, language, spec, holds, rows: torch.Tensor, args, groups) -> dict:
     """Free pair match (overall, by band) of ``args.num`` samples; the copy test's pair match under each hold."""
     start = time.perf_counter()
     L, h = language.length, language.half
-    free, nfe = draw(model, spec, args.num, L, args.seed, args.batch)
+    free, nfe = generate_in_batches(model, args.num, L, spec, args.seed, args.batch)
     by_distance = language.pair_match_by_distance(free)
     figures = {"nfe": nfe, "free": language.evaluate(free)["pair_match"], "free_by_distance": by_distance,
                "free_bands": banded(by_distance, groups), "copy": {}}
@@ -83,7 +71,7 @@ def measure(model, language, spec, holds, rows: torch.Tensor, args, groups) -> d
     mask[:, :h] = True
     for hold in holds:
         prompt = Prompt(rows, mask, "clean" if hold == "-" else hold)
-        done, _ = draw(model, spec, rows.shape[0], L, args.seed, args.batch, prompt)
+        done, _ = generate_in_batches(model, rows.shape[0], L, spec, args.seed, args.batch, prompt)
         if not torch.equal(done[:, :h], rows[:, :h]):
             raise RuntimeError(f"{spec['name']} changed a known position of the prompt")
         figures["copy"][hold] = language.evaluate(done)["pair_match"]
@@ -129,10 +117,10 @@ def main(argv: list[str] | None = None) -> list[tuple[str, dict]]:
     torch.set_num_threads(args.threads)
     models = [(label, method, path, load_checkpoint(path)) for label, method, path in args.checkpoint]
     specs = {json.dumps(m.data_spec, sort_keys=True) for *_, m in models}
-    if len(specs) != 1 or getattr(data_from_spec(models[0][3].data_spec), "language", None) is None:
+    data = data_from_spec(models[0][3].data_spec) if len(specs) == 1 else None
+    if getattr(data, "language", None) is None:
         parser.error("the checkpoints must be trained on one and the same mirror data (flowzoo.data.mirror); "
                      f"got {len(specs)} data spec(s): {sorted(specs)[0][:200]}")
-    data = data_from_spec(models[0][3].data_spec)
     language = data.language
     rows = data.held_out(args.num)
     groups = bands(language.coupling_distances(), args.bands)

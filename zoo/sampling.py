@@ -23,6 +23,20 @@ def data_from_spec(spec: dict[str, Any] | None):
     return registry.build("data", spec)
 
 
+def generate_in_batches(model, num: int, length: int, sampler, seed: int, batch: int,
+                        prompt: Prompt | None = None) -> tuple[torch.Tensor, int | None]:
+    """``num`` samples (num, length) drawn ``batch`` at a time, the batch starting at row i seeded ``seed + i``, and the
+    NFE of one draw. ``prompt``: known ids and mask of shape (num, length), sliced with the batches."""
+    tokens, nfe = [], None
+    for i in range(0, num, batch):
+        n = min(batch, num - i)
+        part = None if prompt is None else Prompt(prompt.known[i:i + n], prompt.mask[i:i + n], prompt.hold)
+        out = model.generate(n, length, sampler=sampler, seed=seed + i, prompt=part)
+        tokens.append(out.tokens.cpu())
+        nfe = out.nfe
+    return torch.cat(tokens), nfe
+
+
 def sampler_spec(model, sampler: str | None = None, overrides: dict[str, Any] | None = None, option_prefix: str = "") -> dict[str, Any]:
     """The spec of ``model``'s own sampler (or of the sampler named ``sampler``) with ``overrides`` on its options.
 

@@ -9,7 +9,6 @@ import torch
 from flowzoo.checkpoints.pretrained import save_pretrained
 from flowzoo.data.mirror import MirrorData
 from flowzoo.module import FlowLM
-from flowzoo.prompt import Prompt
 from helpers import benchmark_script
 
 MIRROR = {"name": "mirror", "init_args": {"num_states": 12, "num_train": 16, "num_val": 8, "seq_len": 8}}

@@ -237,3 +237,21 @@ def test_show_completion_sets_the_generated_spans_apart():
     known = torch.tensor([True, True, False, False, True, False])
     assert show_completion(chars, tokens, known) == "ab{{cd}}e{{f}}"
     assert show_completion(words, tokens, known) == "aa bb {{cc dd}} ee {{ff}}"
+
+
+def test_generate_in_batches_equals_one_draw_per_batch_with_its_row_offset_seed_and_prompt_rows():
+    from flowzoo.sampling import generate_in_batches
+
+    model = _model("euler")
+    rows = torch.randint(0, V, (5, L))
+    mask = torch.zeros(5, L, dtype=torch.bool)
+    mask[:, :4] = True
+    prompt = Prompt(rows, mask, "path")
+    tokens, nfe = generate_in_batches(model, 5, L, CASES["euler"][0], seed=7, batch=2, prompt=prompt)
+    assert tokens.shape == (5, L) and nfe == 3 and torch.equal(tokens[:, :4], rows[:, :4])
+    for i in (0, 2, 4):  # batches of rows 0-1, 2-3, 4, seeded 7 + i, each with its own rows of the prompt
+        part = Prompt(rows[i:i + 2], mask[i:i + 2], "path")
+        alone = model.generate(min(2, 5 - i), L, sampler=CASES["euler"][0], seed=7 + i, prompt=part).tokens
+        assert torch.equal(tokens[i:i + 2], alone)
+    free, _ = generate_in_batches(model, 3, L, CASES["euler"][0], seed=7, batch=2)
+    assert torch.equal(free[2:], model.generate(1, L, sampler=CASES["euler"][0], seed=9).tokens)
