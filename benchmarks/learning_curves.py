@@ -7,7 +7,8 @@ For one data set (``shakespeare``, ``markov`` or ``mirror``), with the shared se
    ``ModelCheckpoint(every_n_train_steps=K, save_top_k=-1)``; the EMA weights, as every flowzoo checkpoint) and
    ``last.ckpt`` at least every 250 steps (:func:`last_every`);
 2. distils a flow map (``distill``, the study's recipe) for ``--distill-steps`` from each chosen flow checkpoint
-   (``--distill-at``, default every one);
+   (``--distill-at``, default every one), and with ``flow_map_dmd`` among ``--methods`` fine-tunes each map with
+   ``dmd`` (the study's ``flow_map_dmd`` recipe) for ``--dmd-steps``;
 3. samples every checkpoint (or those of ``--score-at``; flow: Euler ``--flow-steps``; flow map: ``--map-steps``;
    MDLM: ancestral ``--mdlm-steps``; AR) and scores the samples as ``flowzoo benchmark`` does: GenPPL under the judge and unigram
    entropy on text; valid transitions / NLL on markov; pair match / valid sequences / NLL on mirror;
@@ -21,6 +22,9 @@ Training compute is estimated, not measured:
     distillation   C = C_flow(k) + (6 * N_student + 2 * N_teacher) * B * L * d    (d steps, one teacher forward per
                                                                token, two with teacher_self_condition; the
                                                                student's own no-grad target passes are not counted)
+    dmd fine-tune  C = C_map + d' * [(6 N_s + 2 N_t) B L + ((6 + 2 (c-1)) N_s + (4 + 6 c) N_t) G L]
+                                                              (d' steps; G one-step samples a step, c critic steps:
+                                                               the generator, D^real, D^fake, the critic's training)
 
 Every step is cached: a model whose last checkpoint exists is not retrained (an interrupted run resumes from its
 ``last.ckpt``), a checkpoint already scored (``<runs>/<data>/scores/n<N>_seed<S>[_judge-<digest of the judge's
@@ -55,10 +59,11 @@ _spec.loader.exec_module(study)
 
 DATA = ("shakespeare", "markov", "mirror")
 TRAINED = ("flow", "mdlm", "ar")  # trained from scratch with checkpoints along the way
-METHODS = (*TRAINED, "flow_map")  # flow_map: distilled from flow checkpoints
+DEFAULT_METHODS = (*TRAINED, "flow_map")  # flow_map: distilled from flow checkpoints
+METHODS = (*DEFAULT_METHODS, "flow_map_dmd")  # flow_map_dmd (when asked for): each map fine-tuned with dmd
 FLAG_TARGETS = (*METHODS, "all")
-SAMPLER = {"flow": "euler", "flow_map": "flow_map", "mdlm": "ancestral", "ar": "ar"}
-LABEL = {"flow": "flow", "flow_map": "flow map", "mdlm": "MDLM", "ar": "AR"}
+SAMPLER = {"flow": "euler", "flow_map": "flow_map", "flow_map_dmd": "flow_map", "mdlm": "ancestral", "ar": "ar"}
+LABEL = {"flow": "flow", "flow_map": "flow map", "flow_map_dmd": "flow map + dmd", "mdlm": "MDLM", "ar": "AR"}
 METRICS = {  # per data set: (metric, higher is better); entropy: closer to the data's
     "shakespeare": [("gen_ppl", False), ("entropy", None)],
     "markov": [("valid_transitions", True), ("nll", False), ("entropy", None)],
@@ -80,6 +85,33 @@ def distillation_flops(student: int, teacher: int, tokens_per_step: int, steps: 
     return (6.0 * student + 2.0 * teacher_passes * teacher) * tokens_per_step * steps
 
 
+def dmd_flops(student: int, teacher: int, tokens_per_step: int, generated_tokens: int, steps: int, critic_steps: int = 1,
+              teacher_passes: int = 1) -> float:
+    """A ``dmd`` fine-tune's d steps: ``distill``'s losses on the batch (:func:`distillation_flops`) plus, on the G·L
+    tokens of its one-step samples, the generator's forward and backward (6 N_s), D^real and D^fake reads (2 N_t
+    each; the critic is a copy of the teacher) and c critic steps (6 N_t each; those after the first on fresh
+    samples, 2 N_s): ((6 + 2 (c - 1)) N_s + (4 + 6 c) N_t) G·L a step."""
+    generated = ((6.0 + 2.0 * (critic_steps - 1)) * student + (4.0 + 6.0 * critic_steps) * teacher) * generated_tokens
+    return distillation_flops(student, teacher, tokens_per_step, steps, teacher_passes) + generated * steps
+
+
+DMD_UNCOUNTED = {"gan_weight": 0.0, "score_self_condition": False, "step_regression_weight": 0.0}  # options dmd_flops leaves out
+
+
+def dmd_setting(config: dict[str, Any]) -> tuple[int, int]:
+    """(G, c): a ``dmd`` model config's one-step samples a step (``num_generated``, 0: the batch size) and critic
+    steps; refused when it uses what :func:`dmd_flops` does not count (the GAN term, self-conditioned score reads,
+    multi-step generators)."""
+    options = (config.get("objective") or {}).get("init_args") or {}
+    extra = {k: options[k] for k, default in DMD_UNCOUNTED.items() if options.get(k, default) != default}
+    if list(options.get("generator_steps", [1])) != [1]:
+        extra["generator_steps"] = options["generator_steps"]
+    if extra:
+        raise SystemExit(f"the dmd FLOPs estimate counts one-step generators without a GAN term or self-conditioned reads; this model has {extra}")
+    generated = int(options.get("num_generated", 0)) or int(((config.get("data") or {}).get("init_args") or {})["batch_size"])
+    return generated, int(options.get("critic_steps", 1))
+
+
 # --- training --------------------------------------------------------------------------------------
 
 
@@ -92,9 +124,9 @@ def last_every(every: int, most: int = LAST_EVERY) -> int:
     return max(d for d in range(1, min(every, most) + 1) if every % d == 0)
 
 
-def fit_config(data: str, steps: int, every: int, out: Path, last_most: int = LAST_EVERY) -> Path:
+def fit_config(data: str, steps: int, every: int, out: Path, last_most: int = LAST_EVERY, ema_decay: float | None = None) -> Path:
     """The study's shared settings with ``steps`` steps and a checkpoint every ``every`` steps, written to ``out``;
-    ``last.ckpt`` every :func:`last_every` steps.
+    ``last.ckpt`` every :func:`last_every` steps; its EMA's decay set to ``ema_decay`` when given (a fine-tune's).
 
     One ModelCheckpoint keeps the points (``step=K.ckpt``, ``save_last`` off); a second one alone writes
     ``last.ckpt`` (``save_top_k=0``, no version counter: two callbacks writing ``last.ckpt``, or one resumed beside
@@ -108,6 +140,12 @@ def fit_config(data: str, steps: int, every: int, out: Path, last_most: int = LA
     points = {"filename": "{step}", "every_n_train_steps": every, "save_top_k": -1, "save_last": last == every,
               "enable_version_counter": False}
     trainer["callbacks"] = [c for c in trainer.get("callbacks", []) if "ModelCheckpoint" not in c["class_path"]]
+    if ema_decay is not None:
+        emas = [c for c in trainer["callbacks"] if c["class_path"].endswith(".EMA")]
+        if not emas:
+            raise SystemExit(f"benchmarks/study/{data}.yaml has no EMA callback to set the fine-tune's decay {ema_decay} on")
+        for c in emas:
+            c.setdefault("init_args", {})["decay"] = ema_decay
     trainer["callbacks"].append({"class_path": checkpoint, "init_args": points})
     if last != every:  # (the same cadence in two callbacks would be one Lightning state key: the points' one writes it)
         trainer["callbacks"].append({"class_path": checkpoint, "init_args": {
@@ -134,16 +172,19 @@ def check_budget(out: Path, steps: int) -> None:
         )
 
 
-def train(method: str, out: Path, steps: int, every: int, args, teacher: Path | None = None) -> dict[int, Path]:
+def train(method: str, out: Path, steps: int, every: int, args, teacher: Path | None = None, student: Path | None = None) -> dict[int, Path]:
     """Train ``method`` into ``out`` (unless its step-``steps`` checkpoint exists; an interrupted run resumes from its
-    last.ckpt); returns its checkpoints by step."""
+    last.ckpt), distilled from ``teacher`` and fine-tuned from ``student`` where the method is; returns its
+    checkpoints by step."""
     found = curve_points(out, steps, every)
     if steps in found:
         print(f"= {out.name}: trained ({len(found)} checkpoints), not retrained", flush=True)
         return found
     check_budget(out, steps)
-    config = fit_config(args.data, steps, every, out)
-    flags = [f.format(teacher=teacher, distill_steps=steps) for f in study.FLAGS[method]]
+    flags = [f.format(teacher=teacher, student=student, distill_steps=steps, dmd_steps=steps) for f in study.FLAGS[method]]
+    fine_tune = set(study.EMA_099) <= set(flags)  # the study's fine-tune EMA, whose flags would drop the checkpoint callbacks
+    flags = [f for f in flags if not (fine_tune and f in study.EMA_099)]
+    config = fit_config(args.data, steps, every, out, ema_decay=study.FINE_TUNE_EMA if fine_tune else None)
     extra = (study.TINY_TRAIN + study.TINY_DATA[args.data]) if args.tiny else []
     extra += args.data_flags + [flag for target, flag in args.train_flags if target in (method, "all")]
     resume = ["--ckpt_path", "last"] if (out / "checkpoints" / "last.ckpt").is_file() else []
@@ -179,7 +220,7 @@ def sampler_entries(method: str, args) -> list[dict[str, Any]]:
     """The samplers a checkpoint of ``method`` is scored with."""
     if method == "ar":
         return [{"name": "ar"}]
-    steps = {"flow": args.flow_steps, "flow_map": args.map_steps, "mdlm": args.mdlm_steps}[method]
+    steps = {"flow": args.flow_steps, "flow_map": args.map_steps, "flow_map_dmd": args.map_steps, "mdlm": args.mdlm_steps}[method]
     init_args = {"grid": args.euler_grid, "gamma": args.euler_gamma} if method == "flow" else {}
     return [{"name": SAMPLER[method], "steps": list(steps), "init_args": init_args}]
 
@@ -287,12 +328,14 @@ def teacher_self_conditioned(config: dict[str, Any]) -> bool:
     return config_flag(config, "objective", "teacher_self_condition")
 
 
-def points(method: str, step: int, scored: dict[str, Any], flops: float, parameters: int, distill: int | None = None) -> list[dict[str, Any]]:
-    """One point per sampler row of a scored checkpoint."""
+def points(method: str, step: int, scored: dict[str, Any], flops: float, parameters: int, distill: int | None = None,
+           dmd: int | None = None) -> list[dict[str, Any]]:
+    """One point per sampler row of a scored checkpoint (a map's: its distillation steps, and its dmd fine-tune's)."""
     out = []
     for row in scored["rows"]:
         series = LABEL[method] if method == "ar" else f"{LABEL[method]}, {row['sampler_label']} {row.get('steps')}"
-        out.append({"series": series, "method": method, "steps": row.get("steps"), "train_step": step, "distill_steps": distill, "nfe": row["nfe"],
+        out.append({"series": series, "method": method, "steps": row.get("steps"), "train_step": step, "distill_steps": distill,
+                    **({"dmd_steps": dmd} if dmd else {}), "nfe": row["nfe"],
                     "flops": flops, "parameters": parameters, "metrics": row["metrics"],
                     "validation": scored.get("validation"), "example": row.get("example")})
     return out
@@ -304,6 +347,7 @@ PRIMARY = {"shakespeare": ("gen_ppl", False), "markov": ("valid_transitions", Tr
 GOALS = (  # (method, sampler steps) against (method, sampler steps): issue 20's two goals
     (("flow", 128), ("mdlm", 128)),
     (("flow_map", 1), ("mdlm", 8)),
+    (("flow_map_dmd", 1), ("mdlm", 8)),  # rows only when flow_map_dmd was scored
 )
 FLOPS_TOLERANCE = 0.02  # a FLOPs figure this close past a curve's end reads its end (N differs by the mask token)
 
@@ -411,14 +455,18 @@ def table(results: dict[str, Any]) -> str:
              "Training FLOPs estimated as 6·N·B·L·k (N parameters, B·L tokens a step, k steps; 8·N·B·L·k with "
              "self-conditioning); a flow map adds its distillation, (6·N_student + 2·N_teacher)·B·L·d (4·N_teacher with "
              "teacher_self_condition), to its teacher "
-             f"checkpoint's. {results['num_samples']} samples per row, seed {results['seed']}; judge: "
+             "checkpoint's" + ("; a dmd fine-tune adds d' steps of that plus ((6 + 2(c−1))·N_student + (4 + 6c)·N_teacher)·G·L "
+                               "(G one-step samples a step, c critic steps) to its map's"
+                               if any(p.get("dmd_steps") for p in results["points"]) else "") + ". "
+             f"{results['num_samples']} samples per row, seed {results['seed']}; judge: "
              f"{judge_label(results['judge'], results.get('judge_digest'), '-')}.",
              "Conventions (docs/benchmark.md): `flowzoo benchmark`'s defaults, GenPPL `judge_text: decode`, `judge_eos: all`; MDLM's "
              "`ancestral` stops at MDLM time τ = the path's eps (1e-3), not MDLM's code's 1e-5.", "",
              "| series | train step | distill steps | training FLOPs | NFE | " + " | ".join(metrics) + " |",
              "|---|---:|---:|---:|---:|" + "---:|" * len(metrics)]
     for p in sorted(results["points"], key=lambda p: (p["series"], p["flops"])):
-        cells = [p["series"], str(p["train_step"]), fmt(p["distill_steps"]), f"{p['flops']:.3e}", fmt(p["nfe"])]
+        distill = fmt(p["distill_steps"]) + (f" + {p['dmd_steps']} dmd" if p.get("dmd_steps") else "")
+        cells = [p["series"], str(p["train_step"]), distill, f"{p['flops']:.3e}", fmt(p["nfe"])]
         lines.append("| " + " | ".join(cells + [fmt(p["metrics"].get(m)) for m in metrics]) + " |")
     if results.get("reference"):
         lines.append("| data (validation) | | | | | " + " | ".join(fmt(results["reference"].get(m)) for m in metrics) + " |")
@@ -465,10 +513,12 @@ def plot(results: dict[str, Any], path: Path) -> Path:
 def parse(argv: list[str] | None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", choices=DATA, default="shakespeare")
-    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
+    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                        help=f"comma-separated subset of {','.join(METHODS)} (default {','.join(DEFAULT_METHODS)})")
     parser.add_argument("--budget", type=int, default=15000, help="training steps of flow, MDLM and AR")
     parser.add_argument("--every", type=int, default=1500, help="a checkpoint every this many steps")
     parser.add_argument("--distill-steps", type=int, default=500, help="training steps of each flow map")
+    parser.add_argument("--dmd-steps", type=int, default=1200, help="training steps of each flow map's dmd fine-tune (flow_map_dmd)")
     parser.add_argument("--distill-at", help="comma-separated flow checkpoint steps to distil from (default: every one)")
     parser.add_argument("--score-at", help="comma-separated checkpoint steps of flow, MDLM and AR to score (default: every one)")
     parser.add_argument("--flow-steps", type=int, nargs="+", default=[128], help="Euler steps of the flow")
@@ -503,13 +553,13 @@ def parse(argv: list[str] | None):
     if any(not f.startswith("--data.") for f in args.data_flags):
         parser.error(f"--data-flag expects --data.… flags, got {args.data_flags}")
     if args.tiny:
-        args.budget, args.every, args.distill_steps = 4, 2, 2
+        args.budget, args.every, args.distill_steps, args.dmd_steps = 4, 2, 2, 2
         args.flow_steps, args.map_steps, args.mdlm_steps = [4], [1, 2], [2, 4]
         args.num_samples, args.batch_size, args.val_batches = 8, 4, 1
     if not 0.0 <= args.euler_gamma <= 1.0:
         parser.error(f"--euler-gamma must lie in [0, 1], got {args.euler_gamma}")
-    if args.budget < 1 or args.every < 1 or args.distill_steps < 1 or args.every > args.budget:
-        parser.error("--budget, --every and --distill-steps must be positive, --every at most --budget")
+    if min(args.budget, args.every, args.distill_steps, args.dmd_steps) < 1 or args.every > args.budget:
+        parser.error("--budget, --every, --distill-steps and --dmd-steps must be positive, --every at most --budget")
     for flag in ("distill_at", "score_at"):
         value = getattr(args, flag)
         try:
@@ -529,16 +579,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     trained = {}  # method -> {step: checkpoint}
     for method in TRAINED:
-        if method in args.methods or (method == "flow" and "flow_map" in args.methods):
+        if method in args.methods or (method == "flow" and {"flow_map", "flow_map_dmd"} & set(args.methods)):
             trained[method] = train(method, runs / method, args.budget, args.every, args)
-    maps = {}  # teacher step -> {step: checkpoint}
-    if "flow_map" in args.methods:
+    maps, tuned = {}, {}  # teacher step -> {step: checkpoint} of its map, and of that map's dmd fine-tune
+    if {"flow_map", "flow_map_dmd"} & set(args.methods):
         chosen = args.distill_at or list(trained["flow"])
         missing = sorted(set(chosen) - set(trained["flow"]))
         if missing:
             raise SystemExit(f"--distill-at {missing}: no flow checkpoint at those steps (there are {sorted(trained['flow'])})")
         for k in chosen:
             maps[k] = train("flow_map", runs / f"flow_map_from_{k}", args.distill_steps, args.distill_steps, args, teacher=trained["flow"][k])
+            if "flow_map_dmd" in args.methods:
+                tuned[k] = train("flow_map_dmd", runs / f"flow_map_dmd_from_{k}", args.dmd_steps, args.dmd_steps, args,
+                                 teacher=trained["flow"][k], student=maps[k][args.distill_steps])
 
     scores, flow_flops, results_points = score_folder(runs, args, judge), {}, []
     for method, found in trained.items():
@@ -556,12 +609,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 results_points += points(method, step, score(entry, scores / f"{name}.json", args, judge), flops, facts["parameters"])
     for k, found in maps.items():
         d = max(found)
-        name, facts = f"flow_map@{k}+{d}", model_facts(found[d])
-        entry = {"name": name, "checkpoint": str(found[d]), "samplers": sampler_entries("flow_map", args)}
+        facts = model_facts(found[d])
         teacher_flops, teacher_parameters = flow_flops[k]
         passes = 2 if teacher_self_conditioned(facts["config"]) else 1
         flops = teacher_flops + distillation_flops(facts["parameters"], teacher_parameters, tokens_per_step(facts["config"]), d, passes)
-        results_points += points("flow_map", k, score(entry, scores / f"{name}.json", args, judge), flops, facts["parameters"], distill=d)
+        if "flow_map" in args.methods:
+            name = f"flow_map@{k}+{d}"
+            entry = {"name": name, "checkpoint": str(found[d]), "samplers": sampler_entries("flow_map", args)}
+            results_points += points("flow_map", k, score(entry, scores / f"{name}.json", args, judge), flops, facts["parameters"], distill=d)
+        if k in tuned:
+            m = max(tuned[k])
+            name, tuned_facts = f"flow_map_dmd@{k}+{d}+{m}", model_facts(tuned[k][m])
+            generated, critic_steps = dmd_setting(tuned_facts["config"])
+            tuned_flops = flops + dmd_flops(tuned_facts["parameters"], teacher_parameters, tokens_per_step(tuned_facts["config"]),
+                                            generated * int(tuned_facts["config"]["data"]["init_args"]["seq_len"]), m, critic_steps,
+                                            2 if teacher_self_conditioned(tuned_facts["config"]) else 1)
+            entry = {"name": name, "checkpoint": str(tuned[k][m]), "samplers": sampler_entries("flow_map_dmd", args)}
+            results_points += points("flow_map_dmd", k, score(entry, scores / f"{name}.json", args, judge), tuned_flops,
+                                     tuned_facts["parameters"], distill=d, dmd=m)
     first = next(iter(next(iter(trained.values())).values()))
     reference = reference_metrics(first, scores / "data.json", args, judge)
 

@@ -54,9 +54,10 @@ METHODS = ("flow", "flow_map", "mdlm", "ar", "flow_map_dmd", "flow_map_refine", 
 DEFAULT_METHODS = ("flow", "flow_map", "mdlm", "ar")
 DISTILLED = ("flow_map", "flow_map_dmd", "flow_map_refine")  # methods trained from the flow, with their own step budget
 DISCRETE_DISTILLED = {"duo_dcd": "duo", "mdlm_sdtt": "mdlm"}  # distilled discrete baselines and the model they distil
-EMA_099 = [  # a short fine-tune averages its own last ~100 steps (flowzoo's EMA with warm-up, final decay 0.99)
+FINE_TUNE_EMA = 0.99  # a short fine-tune averages its own last ~100 steps (flowzoo's EMA with warm-up)
+EMA_099 = [  # (these flags replace the config's callback list: benchmarks/learning_curves.py writes the decay into its config)
     "--trainer.callbacks=flowzoo.callbacks.EMA",
-    "--trainer.callbacks.decay=0.99",
+    f"--trainer.callbacks.decay={FINE_TUNE_EMA}",
 ]
 
 

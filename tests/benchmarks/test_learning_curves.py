@@ -34,6 +34,18 @@ def test_flops_are_six_n_t_k_and_distillation_adds_the_teachers_forward():
         curves.tokens_per_step({"data": None})
 
 
+def test_dmd_adds_its_generator_reads_and_critic_to_the_distillation_step():
+    distill = curves.distillation_flops(1000, 3000, 2048, 5)
+    assert curves.dmd_flops(1000, 3000, 2048, 32 * 32, 5) == distill + (6 * 1000 + 10 * 3000) * 1024 * 5
+    assert curves.dmd_flops(1000, 3000, 2048, 1024, 5, critic_steps=2) == distill + (8 * 1000 + 16 * 3000) * 1024 * 5
+    data = {"init_args": {"batch_size": 64, "seq_len": 32}}
+    assert curves.dmd_setting({"objective": {"init_args": {"num_generated": 32, "critic_steps": 2}}, "data": data}) == (32, 2)
+    assert curves.dmd_setting({"objective": {"init_args": {"num_generated": 0}}, "data": data}) == (64, 1)  # 0: the batch
+    for uncounted in ({"gan_weight": 0.1}, {"score_self_condition": True}, {"generator_steps": [1, 4]}):
+        with pytest.raises(SystemExit, match=next(iter(uncounted))):
+            curves.dmd_setting({"objective": {"init_args": uncounted}, "data": data})
+
+
 def test_fit_config_checkpoints_every_k_steps_and_keeps_every_one(tmp_path):
     path = curves.fit_config("mirror", 3000, 500, tmp_path)
     config = yaml.safe_load(path.read_text())
@@ -46,6 +58,8 @@ def test_fit_config_checkpoints_every_k_steps_and_keeps_every_one(tmp_path):
     assert config["model"]["num_val_samples"] == 0 and config["data"]["class_path"] == "flowzoo.data.mirror.MirrorData"
     single = yaml.safe_load(curves.fit_config("mirror", 400, 200, tmp_path).read_text())["trainer"]["callbacks"][1:]
     assert len(single) == 1 and single[0]["init_args"]["save_last"]  # last.ckpt as often as the points: one callback
+    tuned = yaml.safe_load(curves.fit_config("mirror", 400, 200, tmp_path, ema_decay=0.99).read_text())["trainer"]["callbacks"]
+    assert [c["init_args"].get("decay") for c in tuned] == [0.99, None]  # a fine-tune's average, beside the checkpoints
 
 
 def test_last_ckpt_is_written_at_the_largest_divisor_of_the_points_cadence_up_to_250_steps():
@@ -230,6 +244,19 @@ def test_tiny_run_end_to_end(tmp_path):
                           "--runs", str(tmp_path / "runs"), "--output", str(tmp_path / "out3")])
     assert {p["train_step"] for p in chosen["points"]} == {4}  # the 2-step checkpoint is neither sampled nor scored
     assert sorted(f.name for f in (scores.parent / "n8_seed1").iterdir()) == ["data.json", "mdlm@4.json"]
+    tuned = curves.main(["--data", "mirror", "--tiny", "--methods", "flow_map_dmd", "--distill-at", "4",
+                         "--runs", str(tmp_path / "runs"), "--output", str(tmp_path / "out4")])
+    assert {p["series"] for p in tuned["points"]} == {"flow map + dmd, flow_map 1", "flow map + dmd, flow_map 2"}
+    point = tuned["points"][0]
+    assert (point["train_step"], point["distill_steps"], point["dmd_steps"]) == (4, 2, 2)
+    facts = curves.model_facts(tmp_path / "runs" / "mirror" / "flow_map_dmd_from_4" / "checkpoints" / "step=2.ckpt")  # the points' callback kept
+    ran = yaml.safe_load((tmp_path / "runs" / "mirror" / "flow_map_dmd_from_4" / "latest" / "config.yaml").read_text())["trainer"]["callbacks"]
+    assert [c["init_args"]["decay"] for c in ran if c["class_path"].endswith(".EMA")] == [0.99]  # the fine-tune's average, once
+    started = facts["config"]["objective"]["init_args"]
+    assert started["init_from"].endswith("flow_map_from_4/version_0/checkpoints/step=2.ckpt") and started["teacher"].endswith("step=4.ckpt")
+    generated, critic_steps = curves.dmd_setting(facts["config"])
+    assert point["flops"] == pytest.approx(maps[4] + curves.dmd_flops(facts["parameters"], facts["parameters"], 16 * 32, generated * 32, 2, critic_steps))
+    assert "+ 2 dmd" in (tmp_path / "out4" / "curves.md").read_text() and (scores / "flow_map_dmd@4+2+2.json").is_file()
     with pytest.raises(SystemExit, match=r"--score-at \[3\]: no mdlm checkpoint at those steps \(there are \[2, 4\]\)"):
         curves.main(["--data", "mirror", "--tiny", "--methods", "mdlm", "--score-at", "3", "--runs", str(tmp_path / "runs")])
 
