@@ -24,7 +24,8 @@ Training compute is estimated, not measured:
                                                                student's own no-grad target passes are not counted)
     dmd fine-tune  C = C_map + d' * [(6 N_s + 2 N_t) B L + ((6 + 2 (c-1)) N_s + (4 + 6 c) N_t) G L]
                                                               (d' steps; G one-step samples a step, c critic steps:
-                                                               the generator, D^real, D^fake, the critic's training)
+                                                               the generator, D^real, D^fake, the critic's training;
+                                                               (4 + 12 c) N_t G L more with the GAN term)
 
 Every step is cached: a model whose last checkpoint exists is not retrained (an interrupted run resumes from its
 ``last.ckpt``), a checkpoint already scored (``<runs>/<data>/scores/n<N>_seed<S>[_judge-<digest of the judge's
@@ -86,30 +87,33 @@ def distillation_flops(student: int, teacher: int, tokens_per_step: int, steps: 
 
 
 def dmd_flops(student: int, teacher: int, tokens_per_step: int, generated_tokens: int, steps: int, critic_steps: int = 1,
-              teacher_passes: int = 1) -> float:
+              teacher_passes: int = 1, gan: bool = False) -> float:
     """A ``dmd`` fine-tune's d steps: ``distill``'s losses on the batch (:func:`distillation_flops`) plus, on the G·L
     tokens of its one-step samples, the generator's forward and backward (6 N_s), D^real and D^fake reads (2 N_t
     each; the critic is a copy of the teacher) and c critic steps (6 N_t each; those after the first on fresh
-    samples, 2 N_s): ((6 + 2 (c - 1)) N_s + (4 + 6 c) N_t) G·L a step."""
-    generated = ((6.0 + 2.0 * (critic_steps - 1)) * student + (4.0 + 6.0 * critic_steps) * teacher) * generated_tokens
+    samples, 2 N_s): ((6 + 2 (c - 1)) N_s + (4 + 6 c) N_t) G·L a step. With the GAN term (``gan``) the critic's
+    steps also train the discriminator on as many data rows and samples (12 N_t each step) and the map's loss reads
+    it with a gradient to its input (4 N_t): (4 + 12 c) N_t G·L more."""
+    critic = (4.0 + 6.0 * critic_steps) + ((4.0 + 12.0 * critic_steps) if gan else 0.0)
+    generated = ((6.0 + 2.0 * (critic_steps - 1)) * student + critic * teacher) * generated_tokens
     return distillation_flops(student, teacher, tokens_per_step, steps, teacher_passes) + generated * steps
 
 
-DMD_UNCOUNTED = {"gan_weight": 0.0, "score_self_condition": False, "step_regression_weight": 0.0}  # options dmd_flops leaves out
+DMD_UNCOUNTED = {"score_self_condition": False, "step_regression_weight": 0.0}  # options dmd_flops leaves out
 
 
-def dmd_setting(config: dict[str, Any]) -> tuple[int, int]:
-    """(G, c): a ``dmd`` model config's one-step samples a step (``num_generated``, 0: the batch size) and critic
-    steps; refused when it uses what :func:`dmd_flops` does not count (the GAN term, self-conditioned score reads,
-    multi-step generators)."""
+def dmd_setting(config: dict[str, Any]) -> tuple[int, int, bool]:
+    """(G, c, GAN): a ``dmd`` model config's one-step samples a step (``num_generated``, 0: the batch size), critic
+    steps and whether it has the GAN term (``gan_weight`` > 0); refused when it uses what :func:`dmd_flops` does not
+    count (self-conditioned score reads, multi-step generators)."""
     options = (config.get("objective") or {}).get("init_args") or {}
     extra = {k: options[k] for k, default in DMD_UNCOUNTED.items() if options.get(k, default) != default}
     if list(options.get("generator_steps", [1])) != [1]:
         extra["generator_steps"] = options["generator_steps"]
     if extra:
-        raise SystemExit(f"the dmd FLOPs estimate counts one-step generators without a GAN term or self-conditioned reads; this model has {extra}")
+        raise SystemExit(f"the dmd FLOPs estimate counts one-step generators without self-conditioned reads; this model has {extra}")
     generated = int(options.get("num_generated", 0)) or int(((config.get("data") or {}).get("init_args") or {})["batch_size"])
-    return generated, int(options.get("critic_steps", 1))
+    return generated, int(options.get("critic_steps", 1)), float(options.get("gan_weight", 0.0)) > 0
 
 
 # --- training --------------------------------------------------------------------------------------
@@ -456,7 +460,7 @@ def table(results: dict[str, Any]) -> str:
              "self-conditioning); a flow map adds its distillation, (6·N_student + 2·N_teacher)·B·L·d (4·N_teacher with "
              "teacher_self_condition), to its teacher "
              "checkpoint's" + ("; a dmd fine-tune adds d' steps of that plus ((6 + 2(c−1))·N_student + (4 + 6c)·N_teacher)·G·L "
-                               "(G one-step samples a step, c critic steps) to its map's"
+                               "(G one-step samples a step, c critic steps; (4 + 12c)·N_teacher·G·L more with its GAN term) to its map's"
                                if any(p.get("dmd_steps") for p in results["points"]) else "") + ". "
              f"{results['num_samples']} samples per row, seed {results['seed']}; judge: "
              f"{judge_label(results['judge'], results.get('judge_digest'), '-')}.",
@@ -620,10 +624,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if k in tuned:
             m = max(tuned[k])
             name, tuned_facts = f"flow_map_dmd@{k}+{d}+{m}", model_facts(tuned[k][m])
-            generated, critic_steps = dmd_setting(tuned_facts["config"])
+            generated, critic_steps, gan = dmd_setting(tuned_facts["config"])
             tuned_flops = flops + dmd_flops(tuned_facts["parameters"], teacher_parameters, tokens_per_step(tuned_facts["config"]),
                                             generated * int(tuned_facts["config"]["data"]["init_args"]["seq_len"]), m, critic_steps,
-                                            2 if teacher_self_conditioned(tuned_facts["config"]) else 1)
+                                            2 if teacher_self_conditioned(tuned_facts["config"]) else 1, gan)
             entry = {"name": name, "checkpoint": str(tuned[k][m]), "samplers": sampler_entries("flow_map_dmd", args)}
             results_points += points("flow_map_dmd", k, score(entry, scores / f"{name}.json", args, judge), tuned_flops,
                                      tuned_facts["parameters"], distill=d, dmd=m)

@@ -39,9 +39,10 @@ def test_dmd_adds_its_generator_reads_and_critic_to_the_distillation_step():
     assert curves.dmd_flops(1000, 3000, 2048, 32 * 32, 5) == distill + (6 * 1000 + 10 * 3000) * 1024 * 5
     assert curves.dmd_flops(1000, 3000, 2048, 1024, 5, critic_steps=2) == distill + (8 * 1000 + 16 * 3000) * 1024 * 5
     data = {"init_args": {"batch_size": 64, "seq_len": 32}}
-    assert curves.dmd_setting({"objective": {"init_args": {"num_generated": 32, "critic_steps": 2}}, "data": data}) == (32, 2)
-    assert curves.dmd_setting({"objective": {"init_args": {"num_generated": 0}}, "data": data}) == (64, 1)  # 0: the batch
-    for uncounted in ({"gan_weight": 0.1}, {"score_self_condition": True}, {"generator_steps": [1, 4]}):
+    assert curves.dmd_flops(1000, 3000, 2048, 1024, 5, gan=True) == distill + (6 * 1000 + 26 * 3000) * 1024 * 5  # + (4 + 12) N_t
+    assert curves.dmd_setting({"objective": {"init_args": {"num_generated": 32, "critic_steps": 2}}, "data": data}) == (32, 2, False)
+    assert curves.dmd_setting({"objective": {"init_args": {"num_generated": 0, "gan_weight": 1.0}}, "data": data}) == (64, 1, True)  # 0: the batch
+    for uncounted in ({"score_self_condition": True}, {"generator_steps": [1, 4]}):
         with pytest.raises(SystemExit, match=next(iter(uncounted))):
             curves.dmd_setting({"objective": {"init_args": uncounted}, "data": data})
 
@@ -254,8 +255,8 @@ def test_tiny_run_end_to_end(tmp_path):
     assert [c["init_args"]["decay"] for c in ran if c["class_path"].endswith(".EMA")] == [0.99]  # the fine-tune's average, once
     started = facts["config"]["objective"]["init_args"]
     assert started["init_from"].endswith("flow_map_from_4/version_0/checkpoints/step=2.ckpt") and started["teacher"].endswith("step=4.ckpt")
-    generated, critic_steps = curves.dmd_setting(facts["config"])
-    assert point["flops"] == pytest.approx(maps[4] + curves.dmd_flops(facts["parameters"], facts["parameters"], 16 * 32, generated * 32, 2, critic_steps))
+    generated, critic_steps, gan = curves.dmd_setting(facts["config"])
+    assert not gan and point["flops"] == pytest.approx(maps[4] + curves.dmd_flops(facts["parameters"], facts["parameters"], 16 * 32, generated * 32, 2, critic_steps))
     assert "+ 2 dmd" in (tmp_path / "out4" / "curves.md").read_text() and (scores / "flow_map_dmd@4+2+2.json").is_file()
     with pytest.raises(SystemExit, match=r"--score-at \[3\]: no mdlm checkpoint at those steps \(there are \[2, 4\]\)"):
         curves.main(["--data", "mirror", "--tiny", "--methods", "mdlm", "--score-at", "3", "--runs", str(tmp_path / "runs")])
