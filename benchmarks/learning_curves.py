@@ -254,10 +254,13 @@ def judge_key(judge: Path | None) -> str:
 
 
 def score_folder(runs: Path, args, judge: Path | None) -> Path:
-    """``<runs>/<data>/scores/n<N>_seed<S>[_judge-<key>]``: the scores of one sample count, seed and GenPPL judge, so
-    scores under another judge are never read back as this one's."""
+    """``<runs>/<data>/scores/n<N>_seed<S>[_disjoint][_judge-<key>]``: the scores of one sample count, seed and GenPPL
+    judge, so scores under another judge are never read back as this one's. A seed other than 0 carries
+    ``_disjoint``: its draws are ``flowzoo.sampling.batch_seed``'s, which share none with seed 0's, and a folder
+    scored before (batch b seeded seed + b: seed 1 redrew a quarter of seed 0's samples) is not read back."""
     key = judge_key(judge)
-    return runs / "scores" / (f"n{args.num_samples}_seed{args.seed}" + (f"_judge-{key}" if key else ""))
+    seed = f"seed{args.seed}" + ("_disjoint" if args.seed else "")
+    return runs / "scores" / (f"n{args.num_samples}_{seed}" + (f"_judge-{key}" if key else ""))
 
 
 def cached(cache: Path, compute) -> Any:

@@ -3,7 +3,7 @@
 A thin wrapper around ``flowzoo benchmark`` (:func:`flowzoo.benchmark.run`): every checkpoint is sampled
 with its own sampler (``ancestral`` for MDLM, ``euler`` for a flow, ``flow_map`` for a flow map; a sampler
 without a ``steps`` option, like ``ar``, gives one row) at each of ``--steps``, ``--num-samples`` sequences
-in batches seeded ``seed + batch index`` (the same for every row), and scored by the data module's
+in batches seeded ``seed·10^6 + batch index`` (flowzoo.sampling.batch_seed; the same for every row), and scored by the data module's
 ``evaluate_samples`` (on ``markov``: valid-transition rate, exact NLL per transition, its gap to the
 entropy rate, the bigram TV to the chain) plus unigram entropy and the share of distinct samples. A row of real validation sequences
 is the reference. Writes a Markdown table to ``--output`` (the command that produced it on top) and the
@@ -96,7 +96,7 @@ def table(results: dict[str, Any], command: str) -> str:
     rate = f"; entropy rate H = {first['entropy_rate']:.4f} nats/transition" if first else ""
     lines.append(
         f"{config['num_samples']} samples of {results['length']} tokens per row, batches of {config['batch_size']} seeded "
-        f"{config['seed']} + batch index{rate}; device {results['environment']['device']}, torch {results['environment']['torch']}, "
+        f"{config['seed']}·10^6 + batch index{rate}; device {results['environment']['device']}, torch {results['environment']['torch']}, "
         f"flowzoo {results['environment']['flowzoo']}."
     )
     lines += ["", "| model | sampler | steps | NFE | " + " | ".join(COLUMNS[m] for m in columns) + " |", "|" + "---|" * (4 + len(columns))]

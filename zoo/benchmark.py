@@ -1,7 +1,8 @@
 """``flowzoo benchmark``: every checkpoint x every sampler setting, same samples, same seeds, one table.
 
 For each row (a model and a sampler spec) the harness draws ``num_samples`` sequences of ``length``
-tokens in batches of ``batch_size``, batch b with seed ``seed + b`` (the same for every row), and records:
+tokens in batches of ``batch_size``, batch b with seed ``batch_seed(seed, b)`` = seed · 10^6 + b (the same for every
+row; two sampling seeds share no batch), and records:
 
 - quality: unigram entropy; generative perplexity under the judge (if one is configured); on
   ``markov`` the valid-transition rate, exact NLL per transition, its gap to the entropy rate and the bigram TV to the chain;
@@ -43,7 +44,7 @@ from flowzoo.judges import EOS_CONVENTIONS
 from flowzoo.kept_samples import write_samples
 from flowzoo.metrics import CompletionPerplexity, GenerativePerplexity, MarkovQuality, UnigramEntropy, ValidationLoss
 from flowzoo.progress import progress
-from flowzoo.sampling import refuse_ignored_options
+from flowzoo.sampling import batch_seed, refuse_ignored_options
 from flowzoo.validation import check_choice
 
 DEFAULTS: dict[str, Any] = {
@@ -379,7 +380,7 @@ def run_conditional_row(model, sampler: dict | None, data, prompts: torch.Tensor
     tokens, nfe = [], None
     for b, start in enumerate(range(0, prompts.shape[0], batch_size)):
         chunk = prompts[start:start + batch_size]
-        out = model.generate(chunk.shape[0], length, sampler=chosen, seed=seed + b, prompt=Prompt.prefix(chunk, length))
+        out = model.generate(chunk.shape[0], length, sampler=chosen, seed=batch_seed(seed, b), prompt=Prompt.prefix(chunk, length))
         tokens.append(out.tokens.cpu())
         nfe = out.nfe
     samples = torch.cat(tokens)
@@ -443,7 +444,7 @@ def run_row(model, sampler: dict | None, data, judge, config: dict[str, Any], le
     tokens, seconds, nfe = [], [], None
     for b, start in enumerate(range(0, num_samples, batch_size)):
         n = min(batch_size, num_samples - start)
-        out, elapsed = timed(lambda: generate(n, seed + b), device)
+        out, elapsed = timed(lambda: generate(n, batch_seed(seed, b)), device)
         tokens.append(out.tokens.cpu())
         nfe = out.nfe
         if n == batch_size:  # a short last batch is not a batch-time measurement
@@ -672,7 +673,7 @@ def markdown(results: dict[str, Any]) -> str:
     env = results["environment"]
     lines.append(
         f"{len(rows)} rows; {results['config']['num_samples']} samples of {results['length']} tokens per row, batches of "
-        f"{results['config']['batch_size']}, seeds {results['config']['seed']} + batch index; device {env['device']}"
+        f"{results['config']['batch_size']}, seeds {results['config']['seed']}·10^6 + batch index; device {env['device']}"
         f"{' (' + env['gpu'] + ')' if 'gpu' in env else ''}, {env['threads']} threads, torch {env['torch']}, flowzoo {env['flowzoo']}."
         f" Judge: {judge_label(results['judge'], results.get('judge_digest'))}. Time per batch: median of the timed batches"
         f" after {results['config']['warmup']} warm-up."

@@ -23,15 +23,28 @@ def data_from_spec(spec: dict[str, Any] | None):
     return registry.build("data", spec)
 
 
+SEED_STRIDE = 1_000_000  # draws of one sampling seed: batch indices or row offsets below this
+
+
+def batch_seed(seed: int, index: int) -> int:
+    """The generator seed of draw ``index`` (a batch index or a row offset) under sampling seed ``seed``:
+    seed · 10^6 + index. Two sampling seeds share no draw (with ``seed + index``, seed 1's batches 0, 1, 2 were seed
+    0's batches 1, 2, 3), and seed 0 keeps its draws (``index`` alone, as before)."""
+    if not 0 <= index < SEED_STRIDE:
+        raise ValueError(f"a draw index must lie in [0, {SEED_STRIDE}), got {index}")
+    return seed * SEED_STRIDE + index
+
+
 def generate_in_batches(model, num: int, length: int, sampler, seed: int, batch: int,
                         prompt: Prompt | None = None) -> tuple[torch.Tensor, int | None]:
-    """``num`` samples (num, length) drawn ``batch`` at a time, the batch starting at row i seeded ``seed + i``, and the
-    NFE of one draw. ``prompt``: known ids and mask of shape (num, length), sliced with the batches."""
+    """``num`` samples (num, length) drawn ``batch`` at a time, the batch starting at row i seeded
+    ``batch_seed(seed, i)``, and the NFE of one draw. ``prompt``: known ids and mask of shape (num, length), sliced with
+    the batches."""
     tokens, nfe = [], None
     for i in range(0, num, batch):
         n = min(batch, num - i)
         part = None if prompt is None else Prompt(prompt.known[i:i + n], prompt.mask[i:i + n], prompt.hold)
-        out = model.generate(n, length, sampler=sampler, seed=seed + i, prompt=part)
+        out = model.generate(n, length, sampler=sampler, seed=batch_seed(seed, i), prompt=part)
         tokens.append(out.tokens.cpu())
         nfe = out.nfe
     return torch.cat(tokens), nfe

@@ -244,7 +244,7 @@ def test_tiny_run_end_to_end(tmp_path):
     chosen = curves.main(["--data", "mirror", "--tiny", "--methods", "mdlm", "--score-at", "4", "--seed", "1",
                           "--runs", str(tmp_path / "runs"), "--output", str(tmp_path / "out3")])
     assert {p["train_step"] for p in chosen["points"]} == {4}  # the 2-step checkpoint is neither sampled nor scored
-    assert sorted(f.name for f in (scores.parent / "n8_seed1").iterdir()) == ["data.json", "mdlm@4.json"]
+    assert sorted(f.name for f in (scores.parent / "n8_seed1_disjoint").iterdir()) == ["data.json", "mdlm@4.json"]  # not seed + b's
     tuned = curves.main(["--data", "mirror", "--tiny", "--methods", "flow_map_dmd", "--distill-at", "4",
                          "--runs", str(tmp_path / "runs"), "--output", str(tmp_path / "out4")])
     assert {p["series"] for p in tuned["points"]} == {"flow map + dmd, flow_map 1", "flow map + dmd, flow_map 2"}
@@ -279,3 +279,5 @@ def test_scores_are_filed_by_the_judges_weights_not_its_path(tmp_path):
     assert curves.score_folder(tmp_path / "runs", args, judge) != first
     assert curves.score_folder(tmp_path / "runs", args, Path("gpt2")) != curves.score_folder(tmp_path / "runs", args, Path("gpt2-medium"))
     assert curves.score_folder(tmp_path / "runs", args, None).name == "n256_seed0"
+    resampled = curves.parse(["--data", "mirror", "--num-samples", "256", "--seed", "1"])
+    assert curves.score_folder(tmp_path / "runs", resampled, None).name == "n256_seed1_disjoint"  # not the seed + b draws' folder

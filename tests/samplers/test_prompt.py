@@ -1,5 +1,7 @@
 """Conditional generation: every sampler returns the prompt's known positions unchanged; impossible requests fail clearly."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -249,9 +251,30 @@ def test_generate_in_batches_equals_one_draw_per_batch_with_its_row_offset_seed_
     prompt = Prompt(rows, mask, "path")
     tokens, nfe = generate_in_batches(model, 5, L, CASES["euler"][0], seed=7, batch=2, prompt=prompt)
     assert tokens.shape == (5, L) and nfe == 3 and torch.equal(tokens[:, :4], rows[:, :4])
-    for i in (0, 2, 4):  # batches of rows 0-1, 2-3, 4, seeded 7 + i, each with its own rows of the prompt
+    for i in (0, 2, 4):  # batches of rows 0-1, 2-3, 4, seeded 7·10^6 + i, each with its own rows of the prompt
         part = Prompt(rows[i:i + 2], mask[i:i + 2], "path")
-        alone = model.generate(min(2, 5 - i), L, sampler=CASES["euler"][0], seed=7 + i, prompt=part).tokens
+        alone = model.generate(min(2, 5 - i), L, sampler=CASES["euler"][0], seed=7_000_000 + i, prompt=part).tokens
         assert torch.equal(tokens[i:i + 2], alone)
-    free, _ = generate_in_batches(model, 3, L, CASES["euler"][0], seed=7, batch=2)
-    assert torch.equal(free[2:], model.generate(1, L, sampler=CASES["euler"][0], seed=9).tokens)
+    free, _ = generate_in_batches(model, 3, L, CASES["euler"][0], seed=0, batch=2)
+    assert torch.equal(free[2:], model.generate(1, L, sampler=CASES["euler"][0], seed=2).tokens)  # seed 0: the row offset alone
+
+
+def test_two_sampling_seeds_share_no_draw_and_seed_0_keeps_its_own():
+    """With seed + index, sampling seed 1's batches 0..2 were seed 0's batches 1..3: a 'second seed' redrew a quarter."""
+    from flowzoo.sampling import batch_seed, generate_in_batches
+
+    assert [batch_seed(0, b) for b in range(4)] == [0, 1, 2, 3]  # seed 0's draws as before
+    first = {batch_seed(0, b) for b in range(1000)}
+    assert not first & {batch_seed(1, b) for b in range(1000)}
+    with pytest.raises(ValueError, match="draw index"):
+        batch_seed(1, 1_000_000)
+
+    class Noise:  # a stand-in whose draws are its seed's noise, (n, length) ids from a 10^6-token vocabulary
+        def generate(self, n, length, sampler=None, seed=None, prompt=None):
+            tokens = torch.randint(0, 1_000_000, (n, length), generator=torch.Generator().manual_seed(seed))
+            return SimpleNamespace(tokens=tokens, nfe=1)
+
+    zero, _ = generate_in_batches(Noise(), 8, L, None, seed=0, batch=2)
+    one, _ = generate_in_batches(Noise(), 8, L, None, seed=1, batch=1)
+    rows_of = lambda tokens: {tuple(r.tolist()) for r in tokens}  # noqa: E731
+    assert len(rows_of(zero)) == 8 and not rows_of(zero) & rows_of(one)  # (seed + index: rows 1, 2 … of seed 1 were seed 0's)
