@@ -6,6 +6,7 @@ import torch
 
 from flowzoo import registry
 from flowzoo.samplers.base import SampleOutput
+from flowzoo.sampling import batch_seed
 
 
 @torch.no_grad()
@@ -15,7 +16,7 @@ def best_of_n(model, reward, n: int, num_samples: int, length: int, sampler=None
 
     ``tilt`` lambda instead draws one of the n ∝ exp(lambda r) (sampling-importance-resampling: as n grows its law
     tends to rho_r ∝ e^{lambda r} rho_1). ``reward`` is a bound Reward (or a spec, bound to the model's size);
-    ``batch_size`` splits the num_samples * n draws (seeds seed, seed + 1, ...). Returns the chosen tokens, the
+    ``batch_size`` splits the num_samples * n draws (batch k seeded ``batch_seed(seed, k)``: two seeds share no draw). Returns the chosen tokens, the
     NFE per draw, ``reward_evaluations`` = num_samples * n and their rewards.
     """
     if n < 1:
@@ -29,7 +30,7 @@ def best_of_n(model, reward, n: int, num_samples: int, length: int, sampler=None
     draws, nfe = [], 0
     for k, start in enumerate(range(0, total, size)):
         out = model.generate(min(size, total - start), length, sampler=sampler,
-                             seed=None if seed is None else seed + k)
+                             seed=None if seed is None else batch_seed(seed, k))
         draws.append(out.tokens)
         nfe = out.nfe
     tokens = torch.cat(draws)  # (num_samples n, L): sample b's draws are rows b n ... b n + n - 1

@@ -154,7 +154,9 @@ def test_best_of_n_picks_the_highest_reward_of_n_draws(model):
 
     zeros = {"name": "token_count", "init_args": {"tokens": [0]}}
     n, N = 8, 4
-    draws = model.generate(n * N, L, sampler=FlowMapSampler(steps=2), seed=5).tokens
+    from flowzoo.sampling import batch_seed
+
+    draws = model.generate(n * N, L, sampler=FlowMapSampler(steps=2), seed=batch_seed(5, 0)).tokens  # one batch: the seed's first
     out = best_of_n(model, zeros, N, n, L, sampler=FlowMapSampler(steps=2), seed=5)
     expected = (draws == 0).sum(1).float().view(n, N).max(1).values
     assert torch.equal(out.reward, expected) and torch.equal((out.tokens == 0).sum(1).float(), expected)
