@@ -47,7 +47,7 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 
@@ -87,33 +87,50 @@ def distillation_flops(student: int, teacher: int, tokens_per_step: int, steps: 
 
 
 def dmd_flops(student: int, teacher: int, tokens_per_step: int, generated_tokens: int, steps: int, critic_steps: int = 1,
-              teacher_passes: int = 1, gan: bool = False) -> float:
+              teacher_passes: int = 1, gan: bool = False, mean_generator_steps: float = 1.0,
+              regressed_fraction: float = 0.0) -> float:
     """A ``dmd`` fine-tune's d steps: ``distill``'s losses on the batch (:func:`distillation_flops`) plus, on the G·L
-    tokens of its one-step samples, the generator's forward and backward (6 N_s), D^real and D^fake reads (2 N_t
-    each; the critic is a copy of the teacher) and c critic steps (6 N_t each; those after the first on fresh
-    samples, 2 N_s): ((6 + 2 (c - 1)) N_s + (4 + 6 c) N_t) G·L a step. With the GAN term (``gan``) the critic's
-    steps also train the discriminator on as many data rows and samples (12 N_t each step) and the map's loss reads
-    it with a gradient to its input (4 N_t): (4 + 12 c) N_t G·L more."""
+    tokens of its samples, the generator's forward and backward (6 N_s), D^real and D^fake reads (2 N_t each; the
+    critic is a copy of the teacher) and c critic steps (6 N_t each; those after the first on fresh samples, 2 N_s):
+    ((6 + 2 (c - 1)) N_s + (4 + 6 c) N_t) G·L a step. With the GAN term (``gan``) the critic's steps also train the
+    discriminator on as many data rows and samples (12 N_t each step) and the map's loss reads it with a gradient to
+    its input (4 N_t): (4 + 12 c) N_t G·L more. A multi-step generator (``generator_steps``, its rows' mean step
+    count k̄) adds k̄ - 1 jumps without gradient to each draw (2 N_s each, so every fresh draw costs 2 k̄ N_s); the
+    paired regression (``step_regression_weight``) a forward and backward of the 1-step map on the fraction r of
+    rows it fits: ((6 + 2 (k̄ - 1) + 2 k̄ (c - 1) + 6 r) N_s + ...) G·L."""
     critic = (4.0 + 6.0 * critic_steps) + ((4.0 + 12.0 * critic_steps) if gan else 0.0)
-    generated = ((6.0 + 2.0 * (critic_steps - 1)) * student + critic * teacher) * generated_tokens
+    k = mean_generator_steps
+    generator = 6.0 + 2.0 * (k - 1) + 2.0 * k * (critic_steps - 1) + 6.0 * regressed_fraction
+    generated = (generator * student + critic * teacher) * generated_tokens
     return distillation_flops(student, teacher, tokens_per_step, steps, teacher_passes) + generated * steps
 
 
-DMD_UNCOUNTED = {"score_self_condition": False, "step_regression_weight": 0.0}  # options dmd_flops leaves out
+class DmdSetting(NamedTuple):
+    """What :func:`dmd_flops` reads of a ``dmd`` config: G samples a step, c critic steps, the GAN term, the
+    samples' mean step count k̄ and the fraction r of rows the paired regression fits."""
+
+    generated: int
+    critic_steps: int
+    gan: bool
+    mean_generator_steps: float = 1.0
+    regressed_fraction: float = 0.0
 
 
-def dmd_setting(config: dict[str, Any]) -> tuple[int, int, bool]:
-    """(G, c, GAN): a ``dmd`` model config's one-step samples a step (``num_generated``, 0: the batch size), critic
-    steps and whether it has the GAN term (``gan_weight`` > 0); refused when it uses what :func:`dmd_flops` does not
-    count (self-conditioned score reads, multi-step generators)."""
+def dmd_setting(config: dict[str, Any]) -> DmdSetting:
+    """A ``dmd`` model config's :class:`DmdSetting` (``num_generated`` 0: the batch size; the generator's rows split
+    into ``generator_steps``' contiguous blocks as :meth:`flowzoo.objectives.DMD.generator_steps_of` splits them);
+    refused when it uses what :func:`dmd_flops` does not count (self-conditioned score reads)."""
     options = (config.get("objective") or {}).get("init_args") or {}
-    extra = {k: options[k] for k, default in DMD_UNCOUNTED.items() if options.get(k, default) != default}
-    if list(options.get("generator_steps", [1])) != [1]:
-        extra["generator_steps"] = options["generator_steps"]
-    if extra:
-        raise SystemExit(f"the dmd FLOPs estimate counts one-step generators without self-conditioned reads; this model has {extra}")
+    if options.get("score_self_condition", False):
+        raise SystemExit("the dmd FLOPs estimate counts one-pass score reads; this model has {'score_self_condition': True}")
     generated = int(options.get("num_generated", 0)) or int(((config.get("data") or {}).get("init_args") or {})["batch_size"])
-    return generated, int(options.get("critic_steps", 1)), float(options.get("gan_weight", 0.0)) > 0
+    blocks = options.get("generator_steps", [1])
+    blocks = [int(blocks)] if isinstance(blocks, (int, float)) else [int(k) for k in blocks]
+    per = -(-generated // len(blocks))
+    rows = [blocks[i // per] for i in range(generated)]  # each sample's step count, as DMD.generator_steps_of
+    regressed = rows.count(max(rows)) / generated if float(options.get("step_regression_weight", 0.0)) > 0 else 0.0
+    return DmdSetting(generated, int(options.get("critic_steps", 1)), float(options.get("gan_weight", 0.0)) > 0,
+                      sum(rows) / generated, regressed)
 
 
 # --- training --------------------------------------------------------------------------------------
@@ -627,10 +644,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if k in tuned:
             m = max(tuned[k])
             name, tuned_facts = f"flow_map_dmd@{k}+{d}+{m}", model_facts(tuned[k][m])
-            generated, critic_steps, gan = dmd_setting(tuned_facts["config"])
+            setting = dmd_setting(tuned_facts["config"])
             tuned_flops = flops + dmd_flops(tuned_facts["parameters"], teacher_parameters, tokens_per_step(tuned_facts["config"]),
-                                            generated * int(tuned_facts["config"]["data"]["init_args"]["seq_len"]), m, critic_steps,
-                                            2 if teacher_self_conditioned(tuned_facts["config"]) else 1, gan)
+                                            setting.generated * int(tuned_facts["config"]["data"]["init_args"]["seq_len"]), m,
+                                            setting.critic_steps, 2 if teacher_self_conditioned(tuned_facts["config"]) else 1,
+                                            setting.gan, setting.mean_generator_steps, setting.regressed_fraction)
             entry = {"name": name, "checkpoint": str(tuned[k][m]), "samplers": sampler_entries("flow_map_dmd", args)}
             results_points += points("flow_map_dmd", k, score(entry, scores / f"{name}.json", args, judge), tuned_flops,
                                      tuned_facts["parameters"], distill=d, dmd=m)

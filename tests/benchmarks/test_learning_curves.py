@@ -40,11 +40,19 @@ def test_dmd_adds_its_generator_reads_and_critic_to_the_distillation_step():
     assert curves.dmd_flops(1000, 3000, 2048, 1024, 5, critic_steps=2) == distill + (8 * 1000 + 16 * 3000) * 1024 * 5
     data = {"init_args": {"batch_size": 64, "seq_len": 32}}
     assert curves.dmd_flops(1000, 3000, 2048, 1024, 5, gan=True) == distill + (6 * 1000 + 26 * 3000) * 1024 * 5  # + (4 + 12) N_t
-    assert curves.dmd_setting({"objective": {"init_args": {"num_generated": 32, "critic_steps": 2}}, "data": data}) == (32, 2, False)
-    assert curves.dmd_setting({"objective": {"init_args": {"num_generated": 0, "gan_weight": 1.0}}, "data": data}) == (64, 1, True)  # 0: the batch
-    for uncounted in ({"score_self_condition": True}, {"generator_steps": [1, 4]}):
-        with pytest.raises(SystemExit, match=next(iter(uncounted))):
-            curves.dmd_setting({"objective": {"init_args": uncounted}, "data": data})
+    assert curves.dmd_setting({"objective": {"init_args": {"num_generated": 32, "critic_steps": 2}}, "data": data}) == (32, 2, False, 1.0, 0.0)
+    assert curves.dmd_setting({"objective": {"init_args": {"num_generated": 0, "gan_weight": 1.0}}, "data": data}) == (64, 1, True, 1.0, 0.0)  # 0: the batch
+    # a multi-step generator: k̄ - 1 gradient-free jumps a draw (fresh draws of later critic steps too), and the paired
+    # regression's forward and backward on its rows: [1, 4] over 32 rows is 16 one-step and 16 four-step samples
+    multi = curves.dmd_setting({"objective": {"init_args": {"num_generated": 32, "generator_steps": [1, 4], "critic_steps": 2,
+                                                            "step_regression_weight": 1.0}}, "data": data})
+    assert multi == (32, 2, False, 2.5, 0.5)
+    assert curves.dmd_flops(1000, 3000, 2048, 1024, 5, 2, 1, False, 2.5, 0.5) == distill + (
+        (6 + 2 * 1.5 + 2 * 2.5 + 3) * 1000 + 16 * 3000) * 1024 * 5
+    uneven = curves.dmd_setting({"objective": {"init_args": {"num_generated": 5, "generator_steps": [1, 2, 4]}}, "data": data})
+    assert uneven.mean_generator_steps == pytest.approx((1 + 1 + 2 + 2 + 4) / 5) and uneven.regressed_fraction == 0  # DMD's blocks
+    with pytest.raises(SystemExit, match="score_self_condition"):
+        curves.dmd_setting({"objective": {"init_args": {"score_self_condition": True}}, "data": data})
 
 
 def test_fit_config_checkpoints_every_k_steps_and_keeps_every_one(tmp_path):
@@ -255,8 +263,9 @@ def test_tiny_run_end_to_end(tmp_path):
     assert [c["init_args"]["decay"] for c in ran if c["class_path"].endswith(".EMA")] == [0.99]  # the fine-tune's average, once
     started = facts["config"]["objective"]["init_args"]
     assert started["init_from"].endswith("flow_map_from_4/version_0/checkpoints/step=2.ckpt") and started["teacher"].endswith("step=4.ckpt")
-    generated, critic_steps, gan = curves.dmd_setting(facts["config"])
-    assert not gan and point["flops"] == pytest.approx(maps[4] + curves.dmd_flops(facts["parameters"], facts["parameters"], 16 * 32, generated * 32, 2, critic_steps))
+    setting = curves.dmd_setting(facts["config"])
+    assert setting[2:] == (False, 1.0, 0.0) and point["flops"] == pytest.approx(
+        maps[4] + curves.dmd_flops(facts["parameters"], facts["parameters"], 16 * 32, setting.generated * 32, 2, setting.critic_steps))
     assert "+ 2 dmd" in (tmp_path / "out4" / "curves.md").read_text() and (scores / "flow_map_dmd@4+2+2.json").is_file()
     with pytest.raises(SystemExit, match=r"--score-at \[3\]: no mdlm checkpoint at those steps \(there are \[2, 4\]\)"):
         curves.main(["--data", "mirror", "--tiny", "--methods", "mdlm", "--score-at", "3", "--runs", str(tmp_path / "runs")])
