@@ -25,7 +25,10 @@ Training compute is estimated, not measured:
     dmd fine-tune  C = C_map + d' * [(6 N_s + 2 N_t) B L + ((6 + 2 (c-1)) N_s + (4 + 6 c) N_t) G L]
                                                               (d' steps; G one-step samples a step, c critic steps:
                                                                the generator, D^real, D^fake, the critic's training;
-                                                               (4 + 12 c) N_t G L more with the GAN term)
+                                                               (4 + 12 c) N_t G L more with the GAN term; the
+                                                               generator's 6 is 6 + 2 (k - 1) + 2 k (c - 1) + 6 r with
+                                                               generator_steps (mean k) and the paired regression
+                                                               on a fraction r of the samples)
 
 Every step is cached: a model whose last checkpoint exists is not retrained (an interrupted run resumes from its
 ``last.ckpt``), a checkpoint already scored (``<runs>/<data>/scores/n<N>_seed<S>[_judge-<digest of the judge's
@@ -480,7 +483,9 @@ def table(results: dict[str, Any]) -> str:
              "self-conditioning); a flow map adds its distillation, (6·N_student + 2·N_teacher)·B·L·d (4·N_teacher with "
              "teacher_self_condition), to its teacher "
              "checkpoint's" + ("; a dmd fine-tune adds d' steps of that plus ((6 + 2(c−1))·N_student + (4 + 6c)·N_teacher)·G·L "
-                               "(G one-step samples a step, c critic steps; (4 + 12c)·N_teacher·G·L more with its GAN term) to its map's"
+                               "(G one-step samples a step, c critic steps; (4 + 12c)·N_teacher·G·L more with its GAN term; the generator's 6 "
+                               "is 6 + 2(k̄−1) + 2k̄(c−1) + 6r with a multi-step generator of mean k̄ steps and the paired regression on a "
+                               "fraction r of its samples) to its map's"
                                if any(p.get("dmd_steps") for p in results["points"]) else "") + ". "
              f"{results['num_samples']} samples per row, seed {results['seed']}; judge: "
              f"{judge_label(results['judge'], results.get('judge_digest'), '-')}.",
