@@ -1,0 +1,149 @@
+"""Can one network pass draw what the k-step map draws? Fit a 1-step map to a frozen k-step sampler, noise for noise.
+
+    python benchmarks/one_step_fit.py --target runs/curves_mirror24000/mirror/flow_map_from_24000/pretrained \\
+        --steps 1200 --out docs/benchmark/curves/mirror24000/one_step_fit.md
+
+The k-step flow map (``--k``, default 4) of ``--target``, frozen, draws x^_k(eps) from prior noise eps; a student
+(``--student``, default a copy of the target) is trained on fresh noise every step with the regression alone,
+
+    min E_eps CE( x^_k(eps) || delta_{0,1}(eps) ),
+
+Adam at ``--lr``, bf16 autocast. The data are unlimited (every step draws new noise), so what the student does not
+reach is approximation or optimisation, not overfitting: whether the noise -> sequence function the k-step sampler
+computes in k passes fits in one pass of this network. Every ``--eval-every`` steps, on the same ``--num`` held-out
+noises: the share of tokens the student's 1-step argmax shares with the target's (agreement), the student's pair
+match and entropy (mirror data), and the target's own. Unlike ``dmd``'s ``step_regression_weight``, the target does
+not move (it is the map the student started from, not the student's own k-step sampler), and nothing else trains.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from flowzoo.checkpoints import load_checkpoint
+from flowzoo.metrics import UnigramEntropy
+from flowzoo.sampling import data_from_spec
+
+
+def k_step_tokens(model, eps: torch.Tensor, k: int) -> torch.Tensor:
+    """The k-step flow-map sampler's tokens (B, L) from prior noise eps (B, L, V): k - 1 jumps along the path's
+    grid, the last one to t = 1 decoded by argmax (the sampler's default decode)."""
+    times = model.path.schedule(k, end=1.0, device=eps.device)
+    x = eps
+    for s, t in zip(times[:-2], times[1:-1]):
+        s, t = s.expand(len(x)), t.expand(len(x))
+        x = model.path.flow_map(x, model.denoise(x, t, s).to(x.dtype), s, t).float()
+    source = times[-2].expand(len(x))
+    return model.logits(x, torch.ones_like(source), source).argmax(-1)
+
+
+def one_step_logits(model, eps: torch.Tensor) -> torch.Tensor:
+    """delta_{0,1}(eps)'s logits (B, L, V)."""
+    one = torch.ones(len(eps), device=eps.device)
+    return model.logits(eps, one, torch.zeros_like(one))
+
+
+def noise(model, n: int, length: int, generator: torch.Generator) -> torch.Tensor:
+    return model.path.sample_prior(n, length, model.vocab_size, generator=generator)  # (n, L, V)
+
+
+def evaluate(language, tokens: torch.Tensor) -> dict[str, float]:
+    entropy = UnigramEntropy()
+    entropy.update(tokens)
+    figures = language.evaluate(tokens)
+    return {"pair_match": figures["pair_match"], "valid_sequences": figures["valid_sequences"],
+            "entropy": float(entropy.compute())}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--target", required=True, help="the flow map whose k-step samples are fitted (frozen)")
+    parser.add_argument("--student", default=None, help="the map to train (default: a copy of --target)")
+    parser.add_argument("--k", type=int, default=4, help="the target sampler's steps")
+    parser.add_argument("--steps", type=int, default=1200)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--eval-every", type=int, default=300)
+    parser.add_argument("--num", type=int, default=256, help="held-out noises the figures are read on")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", required=True, help="the table (Markdown); the figures go beside it as .json")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parser.parse_args(argv)
+    if min(args.k, args.steps, args.batch, args.eval_every, args.num) < 1 or args.lr <= 0:
+        parser.error("--k, --steps, --batch, --eval-every, --num and --lr must be positive")
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    target = load_checkpoint(args.target).eval()
+    student = load_checkpoint(args.student or args.target)
+    if student.vocab_size != target.vocab_size or type(student.path) is not type(target.path):
+        parser.error(f"--student must share the target's vocabulary and path (V {student.vocab_size} against {target.vocab_size})")
+    data = data_from_spec(target.data_spec)
+    language = getattr(data, "language", None)
+    if language is None:
+        parser.error("the target must be trained on mirror data (flowzoo.data.mirror): its pair match is what is read")
+    length = language.length
+    for p in target.parameters():
+        p.requires_grad_(False)
+    held = torch.Generator().manual_seed(10_000 + args.seed)
+    eval_noise = noise(target, args.num, length, held)  # (num, L, V), the same for every reading
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16)
+    with torch.no_grad(), autocast:
+        eval_target = torch.cat([k_step_tokens(target, e, args.k) for e in eval_noise.split(args.batch)])
+    reference = {"target": evaluate(language, eval_target)}
+
+    def reading(step: int) -> dict:
+        student.eval()
+        with torch.no_grad(), autocast:
+            tokens = torch.cat([one_step_logits(student, e).argmax(-1) for e in eval_noise.split(args.batch)])
+        student.train()
+        return {"step": step, "agreement": float((tokens == eval_target).float().mean()), **evaluate(language, tokens)}
+
+    readings = [reading(0)]
+    print(f"target: {reference['target']}; step 0: {readings[-1]}", file=sys.stderr)
+    optimizer = torch.optim.Adam([p for p in student.parameters() if p.requires_grad], lr=args.lr)
+    train = torch.Generator().manual_seed(args.seed)
+    student.train()
+    start, losses = time.perf_counter(), []
+    for step in range(1, args.steps + 1):
+        eps = noise(target, args.batch, length, train)
+        with torch.no_grad(), autocast:
+            aim = k_step_tokens(target, eps, args.k)  # (B, L)
+        with autocast:
+            logits = one_step_logits(student, eps).float()  # (B, L, V)
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), aim.flatten())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+        if step % args.eval_every == 0 or step == args.steps:
+            readings.append({**reading(step), "loss": sum(losses[-args.eval_every:]) / len(losses[-args.eval_every:])})
+            print(f"step {step} ({time.perf_counter() - start:.0f} s): {readings[-1]}", file=sys.stderr)
+    lines = ["```", "python benchmarks/one_step_fit.py " + shlex.join(argv), "```", "",
+             f"The {args.k}-step map of `{args.target}` (frozen) against its 1-step map fitted to it: on {args.num} held-out "
+             f"noises, the target's own samples read pair match {reference['target']['pair_match']:.3f}, entropy "
+             f"{reference['target']['entropy']:.3f}; the student started as `{args.student or args.target}`; "
+             f"batch {args.batch}, lr {args.lr}, fresh noise every step.", "",
+             "| step | CE to the target (train, nats/token) | agreement with the target | pair match | valid sequences | entropy |",
+             "|---:|---:|---:|---:|---:|---:|"]
+    for r in readings:
+        loss = f"{r['loss']:.3f}" if "loss" in r else "-"
+        lines.append(f"| {r['step']} | {loss} | {r['agreement']:.3f} | {r['pair_match']:.3f} | {r['valid_sequences']:.3f} | {r['entropy']:.3f} |")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
+    results = {"argv": argv, "reference": reference, "readings": readings}
+    out.with_suffix(".json").write_text(json.dumps(results, indent=1))
+    print(f"wrote {out} and {out.with_suffix('.json')}", file=sys.stderr)
+    return results
+
+
+if __name__ == "__main__":
+    main()

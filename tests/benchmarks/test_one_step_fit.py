@@ -1,0 +1,66 @@
+"""benchmarks/one_step_fit.py: a 1-step map fitted to a frozen k-step sampler's samples, noise for noise."""
+
+import json
+
+import pytest
+import torch
+
+from flowzoo.checkpoints import load_checkpoint
+from flowzoo.checkpoints.pretrained import save_pretrained
+from flowzoo.module import FlowLM
+from helpers import benchmark_script
+
+MIRROR = {"name": "mirror", "init_args": {"num_states": 12, "num_train": 16, "num_val": 8, "seq_len": 8}}
+TINY = {"name": "dit", "init_args": {"width": 32, "depth": 1, "heads": 2, "cond_dim": 16}}
+
+
+def _map(folder, data=MIRROR, seed=0):
+    torch.manual_seed(seed)
+    model = FlowLM(backbone=TINY, vocab_size=12, num_val_samples=0, objective="lsd", sampler="flow_map")
+    with torch.no_grad():  # off the zero-initialised output (whose draws are all one token): draws that vary with the noise
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    model.data_spec = data
+    save_pretrained(model, folder)
+    return str(folder)
+
+
+def test_the_target_is_the_flow_map_samplers_k_step_draw_from_the_same_noise(tmp_path):
+    script = benchmark_script("one_step_fit")
+    model = load_checkpoint(_map(tmp_path / "map")).eval()
+    for k in (1, 2, 4):
+        drawn = model.generate(5, 8, sampler={"name": "flow_map", "init_args": {"steps": k}}, seed=3).tokens
+        eps = script.noise(model, 5, 8, torch.Generator().manual_seed(3))
+        with torch.no_grad():
+            assert torch.equal(script.k_step_tokens(model, eps, k), drawn)
+            if k == 1:
+                assert torch.equal(script.one_step_logits(model, eps).argmax(-1), drawn)
+
+
+def test_fit_trains_the_student_only_and_writes_its_readings(tmp_path, capsys):
+    script = benchmark_script("one_step_fit")
+    target = _map(tmp_path / "map")
+    before = {k: v.clone() for k, v in load_checkpoint(target).state_dict().items()}
+    out = tmp_path / "fit.md"
+    student = _map(tmp_path / "student", seed=1)  # another network: its draws differ from the target's
+    argv = ["--target", target, "--student", student, "--steps", "40", "--eval-every", "20", "--num", "16", "--batch", "16", "--lr", "3e-3",
+            "--out", str(out)]
+    results = script.main(argv)
+    readings = results["readings"]
+    assert [r["step"] for r in readings] == [0, 20, 40]
+    assert all(0.0 <= r["agreement"] <= 1.0 and 0.0 <= r["pair_match"] <= 1.0 for r in readings)
+    assert readings[0]["agreement"] < 0.1 < 0.4 < readings[-1]["agreement"]  # the regression brings the 1-step draw to the target's
+    assert readings[-1]["loss"] < readings[1]["loss"]
+    after = load_checkpoint(target).state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the target on disk untouched
+    text = out.read_text()
+    assert "| step | CE to the target (train, nats/token) | agreement with the target |" in text and "| 40 |" in text
+    assert json.loads(out.with_suffix(".json").read_text())["argv"] == argv
+
+    markov = _map(tmp_path / "markov", data={"name": "markov", "init_args": {"num_states": 12, "num_train": 16, "num_val": 8, "seq_len": 8}})
+    with pytest.raises(SystemExit):
+        script.main(["--target", markov, "--out", str(out)])
+    assert "trained on mirror data" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        script.main(["--target", target, "--k", "0", "--out", str(out)])
+    assert "must be positive" in capsys.readouterr().err
