@@ -10,7 +10,8 @@ The k-step flow map (``--k``, default 4) of ``--target``, frozen, draws x^_k(eps
 
 Adam at ``--lr``, bf16 autocast. The data are unlimited (every step draws new noise), so what the student does not
 reach is approximation or optimisation, not overfitting: whether the noise -> sequence function the k-step sampler
-computes in k passes fits in one pass of this network. Every ``--eval-every`` steps, on the same ``--num`` held-out
+computes in k passes fits in one pass of this network (training FLOPs: (2k + 6) N B L a step, k target passes and
+the student's forward and backward). Every ``--eval-every`` steps, on the same ``--num`` held-out
 noises: the share of tokens the student's 1-step argmax shares with the target's (agreement), the student's pair
 match and entropy (mirror data), and the target's own. Unlike ``dmd``'s ``step_regression_weight``, the target does
 not move (it is the map the student started from, not the student's own k-step sampler), and nothing else trains.
@@ -28,6 +29,7 @@ from pathlib import Path
 import torch
 
 from flowzoo.checkpoints import load_checkpoint
+from flowzoo.checkpoints.pretrained import save_pretrained
 from flowzoo.metrics import UnigramEntropy
 from flowzoo.sampling import data_from_spec
 
@@ -75,6 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", required=True, help="the table (Markdown); the figures go beside it as .json")
+    parser.add_argument("--save", default=None, help="a folder to save the fitted student in (save_pretrained), to sample it later")
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     if min(args.k, args.steps, args.batch, args.eval_every, args.num) < 1 or args.lr <= 0:
@@ -136,6 +139,9 @@ def main(argv: list[str] | None = None) -> dict:
     for r in readings:
         loss = f"{r['loss']:.3f}" if "loss" in r else "-"
         lines.append(f"| {r['step']} | {loss} | {r['agreement']:.3f} | {r['pair_match']:.3f} | {r['valid_sequences']:.3f} | {r['entropy']:.3f} |")
+    if args.save:
+        save_pretrained(student, args.save)
+        lines += ["", f"The fitted student: `{args.save}` (save_pretrained)."]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")

@@ -44,7 +44,7 @@ def test_fit_trains_the_student_only_and_writes_its_readings(tmp_path, capsys):
     out = tmp_path / "fit.md"
     student = _map(tmp_path / "student", seed=1)  # another network: its draws differ from the target's
     argv = ["--target", target, "--student", student, "--steps", "40", "--eval-every", "20", "--num", "16", "--batch", "16", "--lr", "3e-3",
-            "--out", str(out)]
+            "--out", str(out), "--save", str(tmp_path / "fitted")]
     results = script.main(argv)
     readings = results["readings"]
     assert [r["step"] for r in readings] == [0, 20, 40]
@@ -56,6 +56,12 @@ def test_fit_trains_the_student_only_and_writes_its_readings(tmp_path, capsys):
     text = out.read_text()
     assert "| step | CE to the target (train, nats/token) | agreement with the target |" in text and "| 40 |" in text
     assert json.loads(out.with_suffix(".json").read_text())["argv"] == argv
+    fitted = load_checkpoint(tmp_path / "fitted").eval()  # the student as trained: its 1-step draws read as the last reading
+    eps = script.noise(fitted, 16, 8, torch.Generator().manual_seed(10_000))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        tokens = script.one_step_logits(fitted, eps).argmax(-1)
+        aim = script.k_step_tokens(load_checkpoint(target).eval(), eps, 4)
+    assert float((tokens == aim).float().mean()) == pytest.approx(readings[-1]["agreement"])
 
     markov = _map(tmp_path / "markov", data={"name": "markov", "init_args": {"num_states": 12, "num_train": 16, "num_val": 8, "seq_len": 8}})
     with pytest.raises(SystemExit):
