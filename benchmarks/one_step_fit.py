@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> dict:
             readings.append({**reading(step), "loss": sum(losses[-args.eval_every:]) / len(losses[-args.eval_every:])})
             print(f"step {step} ({time.perf_counter() - start:.0f} s): {readings[-1]}", file=sys.stderr)
     lines = ["```", "python benchmarks/one_step_fit.py " + shlex.join(argv), "```", "",
-             f"The {args.k}-step map of `{args.target}` (frozen) against its 1-step map fitted to it: on {args.num} held-out "
+             f"The {args.k}-step map of `{args.target}` (frozen), and a 1-step map fitted to its samples: on {args.num} held-out "
              f"noises, the target's own samples read pair match {reference['target']['pair_match']:.3f}, entropy "
              f"{reference['target']['entropy']:.3f}; the student started as `{args.student or args.target}`; "
              f"batch {args.batch}, lr {args.lr}, fresh noise every step.", "",
