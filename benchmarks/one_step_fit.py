@@ -1,7 +1,7 @@
 """Can one network pass draw what the k-step map draws? Fit a 1-step map to a frozen k-step sampler, noise for noise.
 
     python benchmarks/one_step_fit.py --target runs/curves_mirror24000/mirror/flow_map_from_24000/pretrained \\
-        --steps 1200 --out docs/benchmark/curves/mirror24000/one_step_fit.md
+        --steps 1200 --out runs/one_step_fit/d3.md   # copied to docs/benchmark/curves/mirror24000/one_step_fit/
 
 The k-step flow map (``--k``, default 4) of ``--target``, frozen, draws x^_k(eps) from prior noise eps; a student
 (``--student``, default a copy of the target) is trained on fresh noise every step with the regression alone,
@@ -10,11 +10,12 @@ The k-step flow map (``--k``, default 4) of ``--target``, frozen, draws x^_k(eps
 
 Adam at ``--lr``, bf16 autocast. The data are unlimited (every step draws new noise), so what the student does not
 reach is approximation or optimisation, not overfitting: whether the noise -> sequence function the k-step sampler
-computes in k passes fits in one pass of this network (training FLOPs: (2k + 6) N B L a step, k target passes and
-the student's forward and backward). Every ``--eval-every`` steps, on the same ``--num`` held-out
+computes in k passes fits in one pass of this network (training FLOPs: (2k N_target + 6 N_student) B L a step, k
+target passes and the student's forward and backward). Every ``--eval-every`` steps, on the same ``--num`` held-out
 noises: the share of tokens the student's 1-step argmax shares with the target's (agreement), the student's pair
 match and entropy (mirror data), and the target's own. Unlike ``dmd``'s ``step_regression_weight``, the target does
-not move (it is the map the student started from, not the student's own k-step sampler), and nothing else trains.
+not move (a frozen map, by default the one the student starts as, not the student's own k-step sampler), and
+nothing else trains.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import torch
 
 from flowzoo.checkpoints import load_checkpoint
 from flowzoo.checkpoints.pretrained import save_pretrained
+from flowzoo.heads import CategoricalHead
 from flowzoo.metrics import UnigramEntropy
 from flowzoo.sampling import data_from_spec
 
@@ -88,6 +90,8 @@ def main(argv: list[str] | None = None) -> dict:
     student = load_checkpoint(args.student or args.target)
     if student.vocab_size != target.vocab_size or type(student.path) is not type(target.path):
         parser.error(f"--student must share the target's vocabulary and path (V {student.vocab_size} against {target.vocab_size})")
+    if not isinstance(student.head, CategoricalHead):
+        parser.error(f"the fit is a cross-entropy on the student's logits: it needs the categorical head, not {type(student.head).__name__}")
     data = data_from_spec(target.data_spec)
     language = getattr(data, "language", None)
     if language is None:

@@ -14,9 +14,9 @@ MIRROR = {"name": "mirror", "init_args": {"num_states": 12, "num_train": 16, "nu
 TINY = {"name": "dit", "init_args": {"width": 32, "depth": 1, "heads": 2, "cond_dim": 16}}
 
 
-def _map(folder, data=MIRROR, seed=0):
+def _map(folder, data=MIRROR, seed=0, **parts):
     torch.manual_seed(seed)
-    model = FlowLM(backbone=TINY, vocab_size=12, num_val_samples=0, objective="lsd", sampler="flow_map")
+    model = FlowLM(backbone=TINY, vocab_size=12, num_val_samples=0, objective="lsd", sampler="flow_map", **parts)
     with torch.no_grad():  # off the zero-initialised output (whose draws are all one token): draws that vary with the noise
         for p in model.parameters():
             p.add_(0.3 * torch.randn_like(p))
@@ -67,6 +67,10 @@ def test_fit_trains_the_student_only_and_writes_its_readings(tmp_path, capsys):
     with pytest.raises(SystemExit):
         script.main(["--target", markov, "--out", str(out)])
     assert "trained on mirror data" in capsys.readouterr().err
+    gaussian = _map(tmp_path / "gaussian", head="gaussian")
+    with pytest.raises(SystemExit):
+        script.main(["--target", target, "--student", gaussian, "--out", str(out)])
+    assert "needs the categorical head, not GaussianHead" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         script.main(["--target", target, "--k", "0", "--out", str(out)])
     assert "must be positive" in capsys.readouterr().err
