@@ -121,16 +121,15 @@ class DmdSetting(NamedTuple):
 
 def dmd_setting(config: dict[str, Any]) -> DmdSetting:
     """A ``dmd`` model config's :class:`DmdSetting` (``num_generated`` 0: the batch size; the generator's rows split
-    into ``generator_steps``' contiguous blocks as :meth:`flowzoo.objectives.DMD.generator_steps_of` splits them);
+    into ``generator_steps``' contiguous blocks by :func:`flowzoo.objectives.dmd.steps_per_sample`, as the objective does);
     refused when it uses what :func:`dmd_flops` does not count (self-conditioned score reads)."""
+    from flowzoo.objectives.dmd import steps_per_sample
+
     options = (config.get("objective") or {}).get("init_args") or {}
     if options.get("score_self_condition", False):
         raise SystemExit("the dmd FLOPs estimate counts one-pass score reads; this model has {'score_self_condition': True}")
     generated = int(options.get("num_generated", 0)) or int(((config.get("data") or {}).get("init_args") or {})["batch_size"])
-    blocks = options.get("generator_steps", [1])
-    blocks = [int(blocks)] if isinstance(blocks, (int, float)) else [int(k) for k in blocks]
-    per = -(-generated // len(blocks))
-    rows = [blocks[i // per] for i in range(generated)]  # each sample's step count, as DMD.generator_steps_of
+    rows = steps_per_sample(options.get("generator_steps", [1]), generated)  # each sample's step count, as DMD splits them
     regressed = rows.count(max(rows)) / generated if float(options.get("step_regression_weight", 0.0)) > 0 else 0.0
     return DmdSetting(generated, int(options.get("critic_steps", 1)), float(options.get("gan_weight", 0.0)) > 0,
                       sum(rows) / generated, regressed)

@@ -17,6 +17,19 @@ CRITIC_SELF_CONDITION_SHARE = 0.5  # with score_self_condition: the critic's row
 GRADIENTS_THROUGH = ("probs", "logits")
 
 
+def generator_step_list(generator_steps: int | list[int] | tuple[int, ...]) -> list[int]:
+    """``generator_steps`` (one step count, or a list of them) as a list of step counts."""
+    return [generator_steps] if isinstance(generator_steps, int) else [int(k) for k in generator_steps]
+
+
+def steps_per_sample(generator_steps: int | list[int] | tuple[int, ...], n: int) -> list[int]:
+    """The map's step count k for each of n samples: ``generator_steps``' entries in contiguous blocks of
+    ceil(n / K) samples (K entries), e.g. [1, 4] over 5 samples: [1, 1, 1, 4, 4]."""
+    steps = generator_step_list(generator_steps)
+    per = -(-n // len(steps))
+    return [steps[i // per] for i in range(n)]
+
+
 @register("objective", "dmd")
 class DistributionMatching(Distill):
     """``distill``'s losses plus distribution matching of the one-step samples (DMD, Yin et al. 2024).
@@ -83,7 +96,7 @@ class DistributionMatching(Distill):
         **distill,
     ) -> None:
         super().__init__(**distill)
-        steps = [generator_steps] if isinstance(generator_steps, int) else [int(k) for k in generator_steps]
+        steps = generator_step_list(generator_steps)
         if not steps or min(steps) < 1:
             raise ValueError(f"generator_steps must be a step count >= 1 or a list of them, got {generator_steps}")
         self.generator_steps = steps
@@ -190,9 +203,8 @@ class DistributionMatching(Distill):
         return network.head.denoise(reader.logits(xt, t, t)).float()
 
     def generator_steps_of(self, n: int) -> list[int]:
-        """The map's step count k for each of n samples: ``generator_steps``' entries in contiguous blocks."""
-        per = -(-n // len(self.generator_steps))
-        return [self.generator_steps[i // per] for i in range(n)]
+        """The map's step count k for each of n samples (:func:`steps_per_sample`)."""
+        return steps_per_sample(self.generator_steps, n)
 
     def rows_with_steps(self, n: int, k: int, device) -> torch.Tensor:
         """The indices (m,) of the samples among n that the map draws in k steps."""
