@@ -8,7 +8,8 @@ The k-step flow map (``--k``, default 4) of ``--target``, frozen, draws x^_k(eps
 
     min E_eps CE( x^_k(eps) || delta_{0,1}(eps) ),
 
-Adam at ``--lr``, bf16 autocast. The data are unlimited (every step draws new noise), so what the student does not
+the ``paired_regression`` objective's loss (``flowzoo fit --model.objective=paired_regression`` trains the same with
+checkpoints and resumption; this script adds the readings below), Adam at ``--lr``, bf16 autocast. The data are unlimited (every step draws new noise), so what the student does not
 reach is approximation or optimisation, not overfitting: whether the noise -> sequence function the k-step sampler
 computes in k passes fits in one pass of this network (training FLOPs: (2k N_target + 6 N_student) B L a step, k
 target passes and the student's forward and backward). Every ``--eval-every`` steps, on the same ``--num`` held-out
@@ -30,28 +31,12 @@ from pathlib import Path
 import torch
 
 from flowzoo.checkpoints import load_checkpoint
+from flowzoo.errors import CheckpointError
 from flowzoo.checkpoints.pretrained import save_pretrained
 from flowzoo.heads import CategoricalHead
 from flowzoo.metrics import UnigramEntropy
+from flowzoo.objectives.paired_regression import PairedRegression, one_step_logits
 from flowzoo.sampling import data_from_spec
-
-
-def k_step_tokens(model, eps: torch.Tensor, k: int) -> torch.Tensor:
-    """The k-step flow-map sampler's tokens (B, L) from prior noise eps (B, L, V): k - 1 jumps along the path's
-    grid, the last one to t = 1 decoded by argmax (the sampler's default decode)."""
-    times = model.path.schedule(k, end=1.0, device=eps.device)
-    x = eps
-    for s, t in zip(times[:-2], times[1:-1]):
-        s, t = s.expand(len(x)), t.expand(len(x))
-        x = model.path.flow_map(x, model.denoise(x, t, s).to(x.dtype), s, t).float()
-    source = times[-2].expand(len(x))
-    return model.logits(x, torch.ones_like(source), source).argmax(-1)
-
-
-def one_step_logits(model, eps: torch.Tensor) -> torch.Tensor:
-    """delta_{0,1}(eps)'s logits (B, L, V)."""
-    one = torch.ones(len(eps), device=eps.device)
-    return model.logits(eps, one, torch.zeros_like(one))
 
 
 def noise(model, n: int, length: int, generator: torch.Generator) -> torch.Tensor:
@@ -79,7 +64,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", required=True, help="the table (Markdown); the figures go beside it as .json")
-    parser.add_argument("--save", default=None, help="a folder to save the fitted student in (save_pretrained), to sample it later")
+    parser.add_argument("--save", default=None, help="a folder to save the fitted student in (save_pretrained) at every reading, to sample it later")
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     if min(args.k, args.steps, args.batch, args.eval_every, args.num) < 1 or args.lr <= 0:
@@ -97,13 +82,16 @@ def main(argv: list[str] | None = None) -> dict:
     if language is None:
         parser.error("the target must be trained on mirror data (flowzoo.data.mirror): its pair match is what is read")
     length = language.length
-    for p in target.parameters():
-        p.requires_grad_(False)
+    objective = PairedRegression(teacher_steps=args.k)  # the loss and the targets; the target frozen by set_teacher
+    try:
+        objective.set_teacher(target)
+    except CheckpointError as error:
+        parser.error(str(error))
     held = torch.Generator().manual_seed(10_000 + args.seed)
     eval_noise = noise(target, args.num, length, held)  # (num, L, V), the same for every reading
     autocast = torch.autocast("cpu", dtype=torch.bfloat16)
     with torch.no_grad(), autocast:
-        eval_target = torch.cat([k_step_tokens(target, e, args.k) for e in eval_noise.split(args.batch)])
+        eval_target = torch.cat([objective.targets(e) for e in eval_noise.split(args.batch)])  # (num, L)
     reference = {"target": evaluate(language, eval_target)}
 
     def reading(step: int) -> dict:
@@ -121,11 +109,8 @@ def main(argv: list[str] | None = None) -> dict:
     start, losses = time.perf_counter(), []
     for step in range(1, args.steps + 1):
         eps = noise(target, args.batch, length, train)
-        with torch.no_grad(), autocast:
-            aim = k_step_tokens(target, eps, args.k)  # (B, L)
         with autocast:
-            logits = one_step_logits(student, eps).float()  # (B, L, V)
-        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), aim.flatten())
+            loss = objective.regression(student, eps)["loss"]  # CE(x^_k(eps) || delta_{0,1}(eps)), the target's draw without grad
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -133,6 +118,8 @@ def main(argv: list[str] | None = None) -> dict:
         if step % args.eval_every == 0 or step == args.steps:
             readings.append({**reading(step), "loss": sum(losses[-args.eval_every:]) / len(losses[-args.eval_every:])})
             print(f"step {step} ({time.perf_counter() - start:.0f} s): {readings[-1]}", file=sys.stderr)
+            if args.save:  # kept at every reading, so a stopped run leaves its latest student
+                save_pretrained(student, args.save)
     lines = ["```", "python benchmarks/one_step_fit.py " + shlex.join(argv), "```", "",
              f"The {args.k}-step map of `{args.target}` (frozen), and a 1-step map fitted to its samples: on {args.num} held-out "
              f"noises, the target's own samples read pair match {reference['target']['pair_match']:.3f}, entropy "
@@ -144,7 +131,6 @@ def main(argv: list[str] | None = None) -> dict:
         loss = f"{r['loss']:.3f}" if "loss" in r else "-"
         lines.append(f"| {r['step']} | {loss} | {r['agreement']:.3f} | {r['pair_match']:.3f} | {r['valid_sequences']:.3f} | {r['entropy']:.3f} |")
     if args.save:
-        save_pretrained(student, args.save)
         lines += ["", f"The fitted student: `{args.save}` (save_pretrained)."]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -71,9 +71,11 @@ class FlowMapSampler(SteerableSampling, EmbeddedSampling, Sampler):
         return path.schedule(self.steps, end=1.0, device=device)
 
     @torch.no_grad()
-    def sample(self, model, num_samples, length, generator=None, prompt=None):
+    def sample(self, model, num_samples, length, generator=None, prompt=None, noise=None):
+        """``noise``: the prior draw x_0 (num_samples, length, V) to start from (default: drawn with ``generator``),
+        so a sample can be paired with its noise (:meth:`SteerableSampling.begin`)."""
         steer = self.steering
-        num_samples, state, x = self.begin(model, num_samples, length, generator, prompt)
+        num_samples, state, x = self.begin(model, num_samples, length, generator, prompt, noise)
         times = self.schedule(model.path, device=model.device)
         nfe, previous = self.steps, torch.zeros(num_samples, device=model.device)  # previous: r_prev of the particles
         for i in progress(range(self.steps), desc="flow_map"):

@@ -162,15 +162,28 @@ class SteerableSampling:
         if self.steering is not None and fused:
             raise ValueError(f"{who}: steering runs on the dense state (it needs grad_x); set fused=false or leave it unset")
 
-    def begin(self, model, num_samples: int, length: int, generator=None, prompt=None):
+    def begin(self, model, num_samples: int, length: int, generator=None, prompt=None, noise=None):
         """(rows, state, x_0): the row count (K per sample when steered, consecutive), the state carrying the
         sample (dense (B, L, V) or embedded (B, L, D): the one place the kernels are chosen; steering: dense), and
-        its prior draw (B, L, V) or (B, L, D)."""
+        its prior draw (B, L, V) or (B, L, D). ``noise``: a prior draw x_0 (num_samples, length, V) to start from
+        instead (the dense state; not with a prompt, steering or fused=true), e.g. to pair samples with their noise."""
+        if noise is not None:
+            return num_samples, DenseState(model), self.given_prior(model, noise, num_samples, length, prompt)
         steer = self.steering
         if steer is not None:
             num_samples = steer.start(model, num_samples, prompt)
         state = held(self.state(model) if steer is None else DenseState(model), prompt)
         return num_samples, state, state.prior(num_samples, length, generator)
+
+    def given_prior(self, model, noise: torch.Tensor, num_samples: int, length: int, prompt=None) -> torch.Tensor:
+        """``noise`` checked as the prior draw x_0 (num_samples, length, V) of a dense, unsteered, unprompted run."""
+        if prompt is not None or self.steering is not None or self.fused is True:
+            raise ValueError("a given prior draw (noise=) starts a plain run on the dense state: not with a prompt, "
+                             "steering or fused=true")
+        expected = (num_samples, length, model.vocab_size)
+        if tuple(noise.shape) != expected:
+            raise ValueError(f"noise must be the prior draw x_0 of shape (num_samples, length, V) = {expected}, got {tuple(noise.shape)}")
+        return noise.to(model.device)
 
     def end(self, tokens, prediction, nfe: int, previous, generator=None) -> SampleOutput:
         """The sample's output; a steered one's scored, with one particle of each sample's K chosen."""

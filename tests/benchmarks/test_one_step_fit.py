@@ -8,6 +8,7 @@ import torch
 from flowzoo.checkpoints import load_checkpoint
 from flowzoo.checkpoints.pretrained import save_pretrained
 from flowzoo.module import FlowLM
+from flowzoo.objectives.paired_regression import PairedRegression, one_step_logits
 from helpers import benchmark_script
 
 MIRROR = {"name": "mirror", "init_args": {"num_states": 12, "num_train": 16, "num_val": 8, "seq_len": 8}}
@@ -16,25 +17,14 @@ TINY = {"name": "dit", "init_args": {"width": 32, "depth": 1, "heads": 2, "cond_
 
 def _map(folder, data=MIRROR, seed=0, **parts):
     torch.manual_seed(seed)
-    model = FlowLM(backbone=TINY, vocab_size=12, num_val_samples=0, objective="lsd", sampler="flow_map", **parts)
+    parts = {"objective": "lsd", "sampler": "flow_map", **parts}
+    model = FlowLM(backbone=TINY, vocab_size=12, num_val_samples=0, **parts)
     with torch.no_grad():  # off the zero-initialised output (whose draws are all one token): draws that vary with the noise
         for p in model.parameters():
             p.add_(0.3 * torch.randn_like(p))
     model.data_spec = data
     save_pretrained(model, folder)
     return str(folder)
-
-
-def test_the_target_is_the_flow_map_samplers_k_step_draw_from_the_same_noise(tmp_path):
-    script = benchmark_script("one_step_fit")
-    model = load_checkpoint(_map(tmp_path / "map")).eval()
-    for k in (1, 2, 4):
-        drawn = model.generate(5, 8, sampler={"name": "flow_map", "init_args": {"steps": k}}, seed=3).tokens
-        eps = script.noise(model, 5, 8, torch.Generator().manual_seed(3))
-        with torch.no_grad():
-            assert torch.equal(script.k_step_tokens(model, eps, k), drawn)
-            if k == 1:
-                assert torch.equal(script.one_step_logits(model, eps).argmax(-1), drawn)
 
 
 def test_fit_trains_the_student_only_and_writes_its_readings(tmp_path, capsys):
@@ -58,9 +48,11 @@ def test_fit_trains_the_student_only_and_writes_its_readings(tmp_path, capsys):
     assert json.loads(out.with_suffix(".json").read_text())["argv"] == argv
     fitted = load_checkpoint(tmp_path / "fitted").eval()  # the student as trained: its 1-step draws read as the last reading
     eps = script.noise(fitted, 16, 8, torch.Generator().manual_seed(10_000))
+    objective = PairedRegression(teacher_steps=4)
+    objective.set_teacher(load_checkpoint(target))
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        tokens = script.one_step_logits(fitted, eps).argmax(-1)
-        aim = script.k_step_tokens(load_checkpoint(target).eval(), eps, 4)
+        tokens = one_step_logits(fitted, eps).argmax(-1)
+        aim = objective.targets(eps)
     assert float((tokens == aim).float().mean()) == pytest.approx(readings[-1]["agreement"])
 
     markov = _map(tmp_path / "markov", data={"name": "markov", "init_args": {"num_states": 12, "num_train": 16, "num_val": 8, "seq_len": 8}})
@@ -71,6 +63,10 @@ def test_fit_trains_the_student_only_and_writes_its_readings(tmp_path, capsys):
     with pytest.raises(SystemExit):
         script.main(["--target", target, "--student", gaussian, "--out", str(out)])
     assert "needs the categorical head, not GaussianHead" in capsys.readouterr().err
+    flow = _map(tmp_path / "flow", objective="flow_matching", sampler="euler")
+    with pytest.raises(SystemExit):
+        script.main(["--target", flow, "--out", str(out)])
+    assert "teacher must be a flow map" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         script.main(["--target", target, "--k", "0", "--out", str(out)])
     assert "must be positive" in capsys.readouterr().err

@@ -49,3 +49,26 @@ def test_flow_map_sampler_churn_and_validation():
     for bad in ({"times": [0.0, 0.5]}, {"times": [0.0, 0.6, 0.4, 1.0]}, {"steps": 0}, {"gamma": 2.0}):
         with pytest.raises(ValueError):
             FlowMapSampler(**bad)
+
+
+def test_flow_map_sampler_starts_from_a_given_prior_draw():
+    """noise= x_0 draws what the seeded run draws from the same x_0 (so a sample can be paired with its noise);
+    a draw of the wrong shape, or one combined with a prompt or fused=true, is refused."""
+    from flowzoo.prompt import Prompt
+
+    model = small_model().eval()
+    for k in (1, 2, 4):
+        sampler = FlowMapSampler(steps=k)
+        seeded = sampler.sample(model, 5, L, generator=torch.Generator().manual_seed(3))
+        x0 = model.path.sample_prior(5, L, V, generator=torch.Generator().manual_seed(3))
+        given = sampler.sample(model, 5, L, noise=x0)
+        assert torch.equal(given.tokens, seeded.tokens) and given.nfe == k
+    other = FlowMapSampler(steps=2).sample(model, 5, L, noise=model.path.sample_prior(5, L, V, generator=torch.Generator().manual_seed(4)))
+    assert not torch.equal(other.tokens, FlowMapSampler(steps=2).sample(model, 5, L, noise=x0).tokens)  # the draw is read
+    with pytest.raises(ValueError, match=r"shape \(num_samples, length, V\) = \(4, 6, 11\), got \(5, 6, 11\)"):
+        FlowMapSampler(steps=2).sample(model, 4, L, noise=x0)
+    prompt = Prompt(torch.zeros(5, L, dtype=torch.long), torch.zeros(5, L, dtype=torch.bool))
+    with pytest.raises(ValueError, match="not with a prompt, steering or fused=true"):
+        FlowMapSampler(steps=2).sample(model, 5, L, noise=x0, prompt=prompt)
+    with pytest.raises(ValueError, match="not with a prompt, steering or fused=true"):
+        FlowMapSampler(steps=2, fused=True).sample(model, 5, L, noise=x0)
