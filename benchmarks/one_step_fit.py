@@ -82,11 +82,15 @@ def main(argv: list[str] | None = None) -> dict:
     if language is None:
         parser.error("the target must be trained on mirror data (flowzoo.data.mirror): its pair match is what is read")
     length = language.length
-    objective = PairedRegression(teacher_steps=args.k)  # the loss and the targets; the target frozen by set_teacher
+    # the loss and the targets (the target frozen by set_teacher); it becomes the student's objective, so a saved
+    # student's config names how it was trained (paired_regression from --target, started as --student)
+    objective = PairedRegression(teacher=args.target, teacher_steps=args.k, init_from_teacher=False, init_from=args.student or args.target)
     try:
         objective.set_teacher(target)
     except CheckpointError as error:
         parser.error(str(error))
+    objective.teacher_copied.fill_(True)  # the student already holds --student's weights
+    student.objective = objective
     held = torch.Generator().manual_seed(10_000 + args.seed)
     eval_noise = noise(target, args.num, length, held)  # (num, L, V), the same for every reading
     autocast = torch.autocast("cpu", dtype=torch.bfloat16)

@@ -47,6 +47,8 @@ def test_fit_trains_the_student_only_and_writes_its_readings(tmp_path, capsys):
     assert "| step | CE to the target (train, nats/token) | agreement with the target |" in text and "| 40 |" in text
     assert json.loads(out.with_suffix(".json").read_text())["argv"] == argv
     fitted = load_checkpoint(tmp_path / "fitted").eval()  # the student as trained: its 1-step draws read as the last reading
+    assert fitted.objective.registry_name == "paired_regression" and fitted.objective.teacher_path == target  # how it was trained
+    assert fitted.objective.init_from == student and fitted.objective.teacher_steps == 4
     eps = script.noise(fitted, 16, 8, torch.Generator().manual_seed(10_000))
     objective = PairedRegression(teacher_steps=4)
     objective.set_teacher(load_checkpoint(target))
