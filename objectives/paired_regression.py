@@ -8,8 +8,8 @@ from flowzoo.errors import CheckpointError
 from flowzoo.objectives._flowmap import FlowMapObjective, check_flow_map_parts
 from flowzoo.objectives._teacher import FrozenTeacher
 from flowzoo.objectives.base import Objective
+from flowzoo import registry
 from flowzoo.registry import register
-from flowzoo.samplers.flow_map import FlowMapSampler
 
 
 def one_step_logits(model, eps: torch.Tensor) -> torch.Tensor:
@@ -48,7 +48,9 @@ class PairedRegression(FrozenTeacher, Objective):
             raise ValueError(f"paired_regression needs teacher_steps >= 1 and num_generated >= 0, got {teacher_steps}, {num_generated}")
         self.init_teacher(teacher, init_from_teacher, init_from)
         self.teacher_steps, self.num_generated = int(teacher_steps), int(num_generated)
-        self.sampler = FlowMapSampler(steps=self.teacher_steps, fused=False)  # the teacher's k-step draw from a given eps
+        # the teacher's k-step draw from a given eps: the flow_map sampler, built through the registry (objectives do
+        # not import samplers: docs/design.md)
+        self.sampler = registry.build("sampler", {"name": "flow_map", "init_args": {"steps": self.teacher_steps, "fused": False}})
 
     def incompatibility(self, parts):
         return check_flow_map_parts(parts)
