@@ -9,10 +9,11 @@ The k-step flow map (``--k``, default 4) of ``--target``, frozen, draws x^_k(eps
     min E_eps CE( x^_k(eps) || delta_{0,1}(eps) ),
 
 the ``paired_regression`` objective's loss (``flowzoo fit --model.objective=paired_regression`` trains the same with
-checkpoints and resumption; this script adds the readings below), Adam at ``--lr``, bf16 autocast. The data are unlimited (every step draws new noise), so what the student does not
-reach is approximation or optimisation, not overfitting: whether the noise -> sequence function the k-step sampler
-computes in k passes fits in one pass of this network (training FLOPs: (2k N_target + 6 N_student) B L a step, k
-target passes and the student's forward and backward). Every ``--eval-every`` steps, on the same ``--num`` held-out
+checkpoints and resumption; this script adds the readings below), Adam at ``--lr``, bf16 autocast. The data are
+unlimited (every step draws new noise), so what the student does not reach is approximation or optimisation, not
+overfitting: whether the noise -> sequence function the k-step sampler computes in k passes fits in one pass of
+this network (training FLOPs: (2k N_target + 6 N_student) B L a step, k target passes and the student's forward and
+backward). Every ``--eval-every`` steps, on the same ``--num`` held-out
 noises: the share of tokens the student's 1-step argmax shares with the target's (agreement), the student's pair
 match and entropy (mirror data), and the target's own. Unlike ``dmd``'s ``step_regression_weight``, the target does
 not move (a frozen map, by default the one the student starts as, not the student's own k-step sampler), and
@@ -31,8 +32,8 @@ from pathlib import Path
 import torch
 
 from flowzoo.checkpoints import load_checkpoint
-from flowzoo.errors import CheckpointError
 from flowzoo.checkpoints.pretrained import save_pretrained
+from flowzoo.errors import CheckpointError
 from flowzoo.heads import CategoricalHead
 from flowzoo.metrics import UnigramEntropy
 from flowzoo.objectives.paired_regression import PairedRegression, one_step_logits

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import torch
 
+from flowzoo import registry
 from flowzoo.errors import CheckpointError
 from flowzoo.objectives._flowmap import FlowMapObjective, check_flow_map_parts
 from flowzoo.objectives._teacher import FrozenTeacher
 from flowzoo.objectives.base import Objective
-from flowzoo import registry
 from flowzoo.registry import register
 
 
