@@ -85,6 +85,12 @@ def check_flow_map_parts(parts) -> tuple[str, str] | None:
     return ("path", reason) if reason else None
 
 
+def one_step_logits(model, x0: torch.Tensor) -> torch.Tensor:
+    """delta_{0,1}(x0)'s logits (n, L, V): the one-step map read from the prior draws x0 (n, L, V)."""
+    one = torch.ones(x0.shape[0], device=x0.device)
+    return model.logits(x0, one, torch.zeros_like(one))
+
+
 def weighted_mean(per_token: torch.Tensor, weight: torch.Tensor | None = None, known: torch.Tensor | None = None) -> torch.Tensor:
     """Mean of a (B, L) loss, optionally weighted per sequence (B,), over the positions not ``known`` (B, L)."""
     if per_token.numel() == 0:

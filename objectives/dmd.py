@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from flowzoo.objectives._flowmap import one_step_logits
 from flowzoo.objectives._teacher import SelfConditionedTeacher, require_self_conditioned
 from flowzoo.objectives.distill import Distill
 from flowzoo.registry import register
@@ -216,8 +217,7 @@ class DistributionMatching(Distill):
         rows = self.rows_with_steps(eps.shape[0], max(self.generator_steps), eps.device)
         if not len(rows):  # fewer samples than blocks: the k-step block drew none
             return eps.new_zeros(())
-        one = torch.ones(len(rows), device=eps.device)
-        logits = model.logits(eps[rows], one, torch.zeros_like(one))  # (m, L, V): delta_{0,1}'s logits
+        logits = one_step_logits(model, eps[rows])  # (m, L, V)
         return model.head.loss(logits, sample[rows].detach()).mean()
 
     def generate(self, model, n: int, length: int, device, noise: torch.Tensor | None = None):

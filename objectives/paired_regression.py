@@ -6,16 +6,12 @@ import torch
 
 from flowzoo import registry
 from flowzoo.errors import CheckpointError
-from flowzoo.objectives._flowmap import FlowMapObjective, check_flow_map_parts
+from flowzoo.objectives._flowmap import FlowMapObjective, check_flow_map_parts, one_step_logits
 from flowzoo.objectives._teacher import FrozenTeacher
 from flowzoo.objectives.base import Objective
 from flowzoo.registry import register
 
-
-def one_step_logits(model, eps: torch.Tensor) -> torch.Tensor:
-    """delta_{0,1}(eps)'s logits (n, L, V) from the prior draws eps (n, L, V)."""
-    one = torch.ones(eps.shape[0], device=eps.device)
-    return model.logits(eps, one, torch.zeros_like(one))
+__all__ = ["PairedRegression", "one_step_logits"]  # one_step_logits: also for benchmarks/one_step_fit.py
 
 
 @register("objective", "paired_regression")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from flowzoo.objectives._flowmap import one_step_logits
 from flowzoo.objectives.distill import Distill, trajectory_target
 from flowzoo.registry import register
 
@@ -65,7 +66,7 @@ class RefinedDistill(Distill):
         """CE of the one-step map on n fresh noises against the teacher's repair of its own decodes."""
         teacher = self.teacher(model, device)
         x0 = model.path.sample_prior(n, length, model.vocab_size, device=device)  # (n, L, V)
-        logits = model.logits(x0, torch.ones(n, device=device), torch.zeros(n, device=device)).float()  # delta_{0,1}
+        logits = one_step_logits(model, x0).float()  # (n, L, V)
         decoded = logits.detach().argmax(-1)  # x^ as token ids, (n, L)
         target = self.refined(teacher, x0, decoded)
         return {"refine": model.head.loss(logits, target).mean(), "refine_changed": (target != decoded).float().mean()}
