@@ -30,6 +30,12 @@ Training compute is estimated, not measured:
                                                                generator_steps (mean k) and the paired regression
                                                                on a fraction r of the samples)
 
+``--extend RUNS`` continues flow, MDLM and AR from their runs in another ``--runs`` folder instead of training them
+from scratch: each resumes its last step checkpoint there (step K, with its optimizer, EMA and step count) on this
+``--budget``'s schedule, so the cosine rate goes back up to its value at step K of the longer schedule (a warm
+restart, not a run planned for ``--budget`` from step 0), and the source's checkpoints up to K are linked in as the
+curve's earlier points; FLOPs count all ``--budget`` steps alike.
+
 Every step is cached: a model whose last checkpoint exists is not retrained (an interrupted run resumes from its
 ``last.ckpt``), a checkpoint already scored (``<runs>/<data>/scores/n<N>_seed<S>[_judge-<digest of the judge's
 weights>]/*.json``) is not sampled again; under another judge it is scored again.
@@ -54,7 +60,7 @@ from typing import Any, NamedTuple
 
 import yaml
 
-from flowzoo.runs import step_checkpoints
+from flowzoo.runs import latest_run, step_checkpoints
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("flowzoo_study", ROOT / "benchmarks" / "study.py")
@@ -195,12 +201,39 @@ def check_budget(out: Path, steps: int) -> None:
         )
 
 
-def train(method: str, out: Path, steps: int, every: int, args, teacher: Path | None = None, student: Path | None = None) -> dict[int, Path]:
+def extension_start(source: Path, steps: int) -> tuple[int, Path]:
+    """(K, checkpoint) an extended run resumes: the last step checkpoint of ``source`` (the same method's run in the
+    ``--extend`` folder) before step ``steps``; refused when there is none."""
+    found = {k: path for k, path in step_checkpoints(source).items() if k < steps}
+    if not found:
+        there = sorted(step_checkpoints(source))
+        raise SystemExit(f"--extend: no step checkpoint before step {steps} in {source} to continue from"
+                         + (f" (there are steps {there})" if there else " (it has none)"))
+    start = max(found)
+    return start, found[start]
+
+
+def link_extended_points(source: Path, out: Path, start: int) -> None:
+    """Link ``source``'s step checkpoints up to step ``start`` into ``out``'s newest run, beside the steps trained there
+    from ``start`` on, so the extended curve keeps its earlier points (the links are the source's files, not copies)."""
+    folder = (latest_run(out) or out) / "checkpoints"
+    for step, path in step_checkpoints(source).items():
+        link = folder / path.name
+        if step <= start and step not in step_checkpoints(out) and not link.exists():
+            link.symlink_to(path)
+
+
+def train(method: str, out: Path, steps: int, every: int, args, teacher: Path | None = None, student: Path | None = None,
+          extend: Path | None = None) -> dict[int, Path]:
     """Train ``method`` into ``out`` (unless its step-``steps`` checkpoint exists; an interrupted run resumes from its
-    last.ckpt), distilled from ``teacher`` and fine-tuned from ``student`` where the method is; returns its
-    checkpoints by step."""
+    last.ckpt), distilled from ``teacher`` and fine-tuned from ``student`` where the method is, or continued from the
+    same method's run ``extend`` (:func:`extension_start`); returns its checkpoints by step."""
+    start = extension_start(extend, steps) if extend is not None else None
     found = curve_points(out, steps, every)
     if steps in found:
+        if start is not None:
+            link_extended_points(extend, out, start[0])
+            found = curve_points(out, steps, every)
         print(f"= {out.name}: trained ({len(found)} checkpoints), not retrained", flush=True)
         return found
     check_budget(out, steps)
@@ -211,7 +244,12 @@ def train(method: str, out: Path, steps: int, every: int, args, teacher: Path | 
     extra = (study.TINY_TRAIN + study.TINY_DATA[args.data]) if args.tiny else []
     extra += args.data_flags + [flag for target, flag in args.train_flags if target in (method, "all")]
     resume = ["--ckpt_path", "last"] if (out / "checkpoints" / "last.ckpt").is_file() else []
+    if start is not None and not resume:
+        print(f"+ {out.name}: continued from step {start[0]} of {start[1]} on the {steps}-step schedule", flush=True)
+        resume = ["--ckpt_path", str(start[1])]
     study.run(study.flowzoo("fit", "--config", str(config), *flags, f"--trainer.default_root_dir={out}", *extra, *resume), args.threads)
+    if start is not None:
+        link_extended_points(extend, out, start[0])
     found = curve_points(out, steps, every)
     if steps not in found:
         raise SystemExit(f"{out}: training ended without its step-{steps} checkpoint (found steps {sorted(found)})")
@@ -543,7 +581,7 @@ def parse(argv: list[str] | None):
     parser.add_argument("--data", choices=DATA, default="shakespeare")
     parser.add_argument("--methods", default=",".join(DEFAULT_METHODS),
                         help=f"comma-separated subset of {','.join(METHODS)} (default {','.join(DEFAULT_METHODS)})")
-    parser.add_argument("--budget", type=int, default=15000, help="training steps of flow, MDLM and AR")
+    parser.add_argument("--budget", type=int, help="training steps of flow, MDLM and AR (default 15000; with --tiny 4)")
     parser.add_argument("--every", type=int, default=1500, help="a checkpoint every this many steps")
     parser.add_argument("--distill-steps", type=int, default=500, help="training steps of each flow map")
     parser.add_argument("--dmd-steps", type=int, default=1200, help="training steps of each flow map's dmd fine-tune (flow_map_dmd)")
@@ -567,6 +605,8 @@ def parse(argv: list[str] | None):
     parser.add_argument("--data-flag", action="append", default=[], metavar="FLAG",
                         help="a data flag for every model and the judge, e.g. --data-flag=--data.init_args.tokenizer=bpe")
     parser.add_argument("--runs", default="runs/curves", help="where the models, checkpoints and scores go")
+    parser.add_argument("--extend", metavar="RUNS", help="continue flow, MDLM and AR from their last checkpoints in this "
+                        "--runs folder on the longer --budget schedule (a warm restart), its earlier checkpoints linked in")
     parser.add_argument("--output", help="folder for curves.{md,json,png} (default: <runs>/<data>)")
     parser.add_argument("--device", default="cpu", help="sampling device: cpu, cuda or auto")
     parser.add_argument("--threads", type=int, default=1)
@@ -580,10 +620,11 @@ def parse(argv: list[str] | None):
     args.data_flags = args.data_flag
     if any(not f.startswith("--data.") for f in args.data_flags):
         parser.error(f"--data-flag expects --data.… flags, got {args.data_flags}")
-    if args.tiny:
-        args.budget, args.every, args.distill_steps, args.dmd_steps = 4, 2, 2, 2
+    if args.tiny:  # a --budget given beside --tiny is kept (a tiny run extended with --extend)
+        args.budget, args.every, args.distill_steps, args.dmd_steps = args.budget or 4, 2, 2, 2
         args.flow_steps, args.map_steps, args.mdlm_steps = [4], [1, 2], [2, 4]
         args.num_samples, args.batch_size, args.val_batches = 8, 4, 1
+    args.budget = 15000 if args.budget is None else args.budget
     if not 0.0 <= args.euler_gamma <= 1.0:
         parser.error(f"--euler-gamma must lie in [0, 1], got {args.euler_gamma}")
     if min(args.budget, args.every, args.distill_steps, args.dmd_steps) < 1 or args.every > args.budget:
@@ -605,10 +646,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     output.mkdir(parents=True, exist_ok=True)
     judge = train_judge(runs, args) if args.data == "shakespeare" else (Path(args.judge) if args.judge else None)
 
+    extend = (ROOT / args.extend).resolve() / args.data if args.extend else None
+    if extend is not None and extend == runs:
+        raise SystemExit(f"--extend names the --runs folder itself ({args.runs}): extend into another one")
     trained = {}  # method -> {step: checkpoint}
     for method in TRAINED:
         if method in args.methods or (method == "flow" and {"flow_map", "flow_map_dmd"} & set(args.methods)):
-            trained[method] = train(method, runs / method, args.budget, args.every, args)
+            trained[method] = train(method, runs / method, args.budget, args.every, args, extend=extend / method if extend else None)
     maps, tuned = {}, {}  # teacher step -> {step: checkpoint} of its map, and of that map's dmd fine-tune
     if {"flow_map", "flow_map_dmd"} & set(args.methods):
         chosen = args.distill_at or list(trained["flow"])

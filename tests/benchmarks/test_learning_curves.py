@@ -141,6 +141,25 @@ def test_a_run_is_resumed_only_under_its_own_budget(tmp_path):
         curves.check_budget(out, 4800)
 
 
+def test_an_extended_run_starts_from_the_sources_last_checkpoint_before_its_budget_and_links_the_earlier_ones(tmp_path):
+    source, out = tmp_path / "short" / "mdlm", tmp_path / "long" / "mdlm"
+    with pytest.raises(SystemExit, match=r"no step checkpoint before step 48000 in .*short/mdlm to continue from \(it has none\)"):
+        curves.extension_start(source, 48000)
+    (source / "checkpoints").mkdir(parents=True)
+    for step in (12000, 24000):
+        (source / "checkpoints" / f"step={step}.ckpt").write_text(str(step))
+    assert curves.extension_start(source, 48000) == (24000, (source / "checkpoints" / "step=24000.ckpt").resolve())
+    assert curves.extension_start(source, 24000)[0] == 12000  # the source's own budget: its last step is not before it
+    with pytest.raises(SystemExit, match=r"before step 12000 .*\(there are steps \[12000, 24000\]\)"):
+        curves.extension_start(source, 12000)
+    (out / "version_0" / "checkpoints").mkdir(parents=True)
+    (out / "version_0" / "checkpoints" / "step=36000.ckpt").write_text("36000")
+    curves.link_extended_points(source, out, 24000)
+    curves.link_extended_points(source, out, 24000)  # again (a finished run read a second time): no error, no copies
+    assert {k: p.read_text() for k, p in curves.curve_points(out, 48000, 12000).items()} == {12000: "12000", 24000: "24000", 36000: "36000"}
+    assert (out / "version_0" / "checkpoints" / "step=24000.ckpt").is_symlink()
+
+
 def test_bad_options_are_refused_in_one_line(capsys):
     for argv, message in ((["--methods", "flow,sedd"], "unknown methods ['sedd']"),
                           (["--train-flag", "judge:--model.lr=1"], "--train-flag expects METHOD:--flag"),
@@ -269,6 +288,27 @@ def test_tiny_run_end_to_end(tmp_path):
     assert "+ 2 dmd" in (tmp_path / "out4" / "curves.md").read_text() and (scores / "flow_map_dmd@4+2+2.json").is_file()
     with pytest.raises(SystemExit, match=r"--score-at \[3\]: no mdlm checkpoint at those steps \(there are \[2, 4\]\)"):
         curves.main(["--data", "mirror", "--tiny", "--methods", "mdlm", "--score-at", "3", "--runs", str(tmp_path / "runs")])
+    # MDLM continued from its 4-step run to 8 steps: steps 5 to 8 trained on the 8-step schedule, 2 and 4 the source's
+    # (warm-up 1 step, so that the rate at step 6 is the cosine's: 8 steps' differs from 4 steps' floor)
+    extended = curves.main(["--data", "mirror", "--tiny", "--methods", "mdlm", "--budget", "8", "--extend", str(tmp_path / "runs"),
+                            "--runs", str(tmp_path / "runs8"), "--output", str(tmp_path / "out5"),
+                            "--train-flag", "mdlm:--model.warmup_steps=1"])
+    mdlm = {p["train_step"]: p["flops"] for p in extended["points"] if p["series"] == "MDLM, ancestral 2"}
+    assert sorted(mdlm) == [2, 4, 6, 8] and mdlm[8] == pytest.approx(4 * mdlm[2])
+    source = curves.step_checkpoints(tmp_path / "runs" / "mirror" / "mdlm")
+    continued = curves.step_checkpoints(tmp_path / "runs8" / "mirror" / "mdlm")
+    folder = continued[6].parent
+    assert [(folder / f"step={k}.ckpt").is_symlink() for k in (2, 4, 6, 8)] == [True, True, False, False]  # resumed, not retrained
+    assert continued[2] == source[2] and continued[4] == source[4]
+    import torch
+
+    from flowzoo.module import lr_factor
+
+    state = torch.load(continued[6], map_location="cpu", weights_only=False)
+    hparams = state["hyper_parameters"]
+    rate = {total: hparams["lr"] * lr_factor(6, hparams["warmup_steps"], total, "cosine", hparams["min_lr_ratio"]) for total in (4, 8)}
+    assert hparams["warmup_steps"] == 1 and rate[8] > 1.5 * rate[4]
+    assert state["global_step"] == 6 and state["lr_schedulers"][0]["_last_lr"][0] == pytest.approx(rate[8])  # the longer schedule's
 
 
 def test_scores_are_filed_by_the_judges_weights_not_its_path(tmp_path):
