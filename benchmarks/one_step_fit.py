@@ -66,10 +66,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", required=True, help="the table (Markdown); the figures go beside it as .json")
     parser.add_argument("--save", default=None, help="a folder to save the fitted student in (save_pretrained) at every reading, to sample it later")
+    parser.add_argument("--keep-readings", action="store_true",
+                        help="with --save, also keep each reading's student in <save>_step<K> (to score it at its own FLOPs)")
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     if min(args.k, args.steps, args.batch, args.eval_every, args.num) < 1 or args.lr <= 0:
         parser.error("--k, --steps, --batch, --eval-every, --num and --lr must be positive")
+    if args.keep_readings and not args.save:
+        parser.error("--keep-readings keeps students beside --save's folder: give --save")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     target = load_checkpoint(args.target).eval()
@@ -125,6 +129,8 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"step {step} ({time.perf_counter() - start:.0f} s): {readings[-1]}", file=sys.stderr)
             if args.save:  # kept at every reading, so a stopped run leaves its latest student
                 save_pretrained(student, args.save)
+                if args.keep_readings:
+                    save_pretrained(student, f"{args.save}_step{step}")
     lines = ["```", "python benchmarks/one_step_fit.py " + shlex.join(argv), "```", "",
              f"The {args.k}-step map of `{args.target}` (frozen), and a 1-step map fitted to its samples: on {args.num} held-out "
              f"noises, the target's own samples read pair match {reference['target']['pair_match']:.3f}, entropy "
@@ -136,7 +142,8 @@ def main(argv: list[str] | None = None) -> dict:
         loss = f"{r['loss']:.3f}" if "loss" in r else "-"
         lines.append(f"| {r['step']} | {loss} | {r['agreement']:.3f} | {r['pair_match']:.3f} | {r['valid_sequences']:.3f} | {r['entropy']:.3f} |")
     if args.save:
-        lines += ["", f"The fitted student: `{args.save}` (save_pretrained)."]
+        lines += ["", f"The fitted student: `{args.save}` (save_pretrained)"
+                  + (f"; each reading's in `{args.save}_step<K>`." if args.keep_readings else ".")]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")

@@ -34,7 +34,7 @@ def test_fit_trains_the_student_only_and_writes_its_readings(tmp_path, capsys):
     out = tmp_path / "fit.md"
     student = _map(tmp_path / "student", seed=1)  # another network: its draws differ from the target's
     argv = ["--target", target, "--student", student, "--steps", "40", "--eval-every", "20", "--num", "16", "--batch", "16", "--lr", "3e-3",
-            "--out", str(out), "--save", str(tmp_path / "fitted")]
+            "--out", str(out), "--save", str(tmp_path / "fitted"), "--keep-readings"]
     results = script.main(argv)
     readings = results["readings"]
     assert [r["step"] for r in readings] == [0, 20, 40]
@@ -56,6 +56,10 @@ def test_fit_trains_the_student_only_and_writes_its_readings(tmp_path, capsys):
         tokens = one_step_logits(fitted, eps).argmax(-1)
         aim = objective.targets(eps)
     assert float((tokens == aim).float().mean()) == pytest.approx(readings[-1]["agreement"])
+    kept = {step: load_checkpoint(tmp_path / f"fitted_step{step}").state_dict() for step in (20, 40)}  # --keep-readings
+    assert all(torch.equal(kept[40][k], v) for k, v in fitted.state_dict().items())
+    assert not all(torch.equal(kept[20][k], v) for k, v in fitted.state_dict().items())  # the step-20 student, not a copy of the last
+    assert not (tmp_path / "fitted_step0").exists() and "each reading's in" in text
 
     markov = _map(tmp_path / "markov", data={"name": "markov", "init_args": {"num_states": 12, "num_train": 16, "num_val": 8, "seq_len": 8}})
     with pytest.raises(SystemExit):
@@ -72,3 +76,6 @@ def test_fit_trains_the_student_only_and_writes_its_readings(tmp_path, capsys):
     with pytest.raises(SystemExit):
         script.main(["--target", target, "--k", "0", "--out", str(out)])
     assert "must be positive" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        script.main(["--target", target, "--keep-readings", "--out", str(out)])
+    assert "--keep-readings keeps students beside --save's folder" in capsys.readouterr().err
