@@ -621,7 +621,7 @@ def parse(argv: list[str] | None):
     if any(not f.startswith("--data.") for f in args.data_flags):
         parser.error(f"--data-flag expects --data.… flags, got {args.data_flags}")
     if args.tiny:  # a --budget given beside --tiny is kept (a tiny run extended with --extend)
-        args.budget, args.every, args.distill_steps, args.dmd_steps = args.budget or 4, 2, 2, 2
+        args.budget, args.every, args.distill_steps, args.dmd_steps = 4 if args.budget is None else args.budget, 2, 2, 2
         args.flow_steps, args.map_steps, args.mdlm_steps = [4], [1, 2], [2, 4]
         args.num_samples, args.batch_size, args.val_batches = 8, 4, 1
     args.budget = 15000 if args.budget is None else args.budget

@@ -158,6 +158,9 @@ def test_an_extended_run_starts_from_the_sources_last_checkpoint_before_its_budg
     curves.link_extended_points(source, out, 24000)  # again (a finished run read a second time): no error, no copies
     assert {k: p.read_text() for k, p in curves.curve_points(out, 48000, 12000).items()} == {12000: "12000", 24000: "24000", 36000: "36000"}
     assert (out / "version_0" / "checkpoints" / "step=24000.ckpt").is_symlink()
+    with pytest.raises(SystemExit, match=r"--extend names the --runs folder itself"):
+        curves.main(["--data", "mirror", "--tiny", "--runs", str(tmp_path / "same"), "--extend", str(tmp_path / "same"),
+                     "--output", str(tmp_path / "out")])
 
 
 def test_bad_options_are_refused_in_one_line(capsys):
