@@ -126,7 +126,17 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> dict[str, A
     for entry in config["models"]:
         if not isinstance(entry, dict) or "checkpoint" not in entry:
             raise BenchmarkConfigError(f"each model needs a 'checkpoint' (and optionally 'name', 'samplers'): got {entry!r}")
+    names = [model_name(entry) for entry in config["models"]]  # rows and results are filed by name: two alike would merge
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise BenchmarkConfigError(f"two models share the name {', '.join(map(repr, repeated))} (a model's name is its 'name', "
+                                   "else its checkpoint's file or folder name): give each a 'name' of its own")
     return config
+
+
+def model_name(entry: dict) -> str:
+    """The name a model's rows are filed under: its ``name``, else its checkpoint's file or folder name."""
+    return entry.get("name") or Path(entry["checkpoint"]).stem
 
 
 def sampler_grid(entries: list[Any] | None) -> list[dict[str, Any] | None]:
@@ -521,7 +531,7 @@ def run(config: dict[str, Any], output: str | Path | None = None) -> dict[str, A
     loaded: dict[str, Any] = {}
     kept: list | None = [] if config["save_samples"] else None  # each row's judge texts, in the rows' order
     for entry, spec in progress(plan, desc="benchmark", min_total=1):
-        name = entry.get("name") or Path(entry["checkpoint"]).stem
+        name = model_name(entry)
         if name not in loaded:
             loaded.clear()  # one model in memory at a time
             model = load_checkpoint(entry["checkpoint"]).to(device).eval()

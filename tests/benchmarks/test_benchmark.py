@@ -139,6 +139,14 @@ def test_config_errors_are_clear(tmp_path):
     with pytest.raises(BenchmarkConfigError, match="no models"):
         load_config(path)
     assert main(["benchmark", "--config", str(path)]) == 2
+    # two models filed under one name (their rows would merge): an explicit name twice, or two checkpoints' folder names
+    for models in ([{"name": "a", "checkpoint": "x"}, {"name": "a", "checkpoint": "y"}],
+                   [{"checkpoint": "runs/one/pretrained"}, {"checkpoint": "runs/two/pretrained"}]):
+        path.write_text(yaml.safe_dump({"models": models}))
+        with pytest.raises(BenchmarkConfigError, match=r"two models share the name '(a|pretrained)'.*give each a 'name' of its own"):
+            load_config(path)
+    path.write_text(yaml.safe_dump({"models": [{"checkpoint": "runs/one/pretrained"}, {"name": "two", "checkpoint": "runs/two/pretrained"}]}))
+    assert [m.get("name") for m in load_config(path)["models"]] == [None, "two"]
 
 
 def _row(model, sampler, steps, nll, seconds):
