@@ -216,10 +216,10 @@ def extension_start(source: Path, steps: int) -> tuple[int, Path]:
 def link_extended_points(source: Path, out: Path, start: int) -> None:
     """Link ``source``'s step checkpoints up to step ``start`` into ``out``'s newest run, beside the steps trained there
     from ``start`` on, so the extended curve keeps its earlier points (the links are the source's files, not copies)."""
-    folder = (latest_run(out) or out) / "checkpoints"
+    folder, trained = (latest_run(out) or out) / "checkpoints", step_checkpoints(out)
     for step, path in step_checkpoints(source).items():
         link = folder / path.name
-        if step <= start and step not in step_checkpoints(out) and not link.exists():
+        if step <= start and step not in trained and not link.exists():
             link.symlink_to(path)
 
 

@@ -23,6 +23,7 @@ from typing import Sequence
 import torch
 
 from flowzoo import registry
+from flowzoo.objectives.paired_regression import one_step_logits
 
 METRICS = ("valid_transitions", "nll", "bigram_tv")
 
@@ -38,9 +39,8 @@ def rows_for(teacher, student, data, refine_from: Sequence[float], steps: int, n
     g = torch.Generator().manual_seed(seed)
     length, V = data.seq_len, teacher.vocab_size
     x0 = teacher.path.sample_prior(num_samples, length, V, generator=g)  # (B, L, V)
-    ones, zeros = torch.ones(num_samples), torch.zeros(num_samples)
     real = data.splits["validation"][:num_samples]["input_ids"]  # (B, L)
-    sources = {"student one-step": student.logits(x0, ones, zeros).argmax(-1), "data (validation)": real}
+    sources = {"student one-step": one_step_logits(student, x0).argmax(-1), "data (validation)": real}
     rows = []
     for name, ids in sources.items():
         x = x0[: len(ids)]

@@ -11,7 +11,7 @@ from flowzoo.objectives._teacher import FrozenTeacher
 from flowzoo.objectives.base import Objective
 from flowzoo.registry import register
 
-__all__ = ["PairedRegression", "one_step_logits"]  # one_step_logits: also for benchmarks/one_step_fit.py
+__all__ = ["PairedRegression", "one_step_logits"]  # one_step_logits: also for benchmarks (one_step_fit, refine_targets)
 
 
 @register("objective", "paired_regression")
