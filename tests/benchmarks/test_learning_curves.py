@@ -141,6 +141,23 @@ def test_a_run_is_resumed_only_under_its_own_budget(tmp_path):
         curves.check_budget(out, 4800)
 
 
+def test_a_run_is_reused_or_resumed_only_under_the_flags_it_was_trained_with(tmp_path):
+    """An ablation pointed at the baseline's --runs must not be read from the baseline's models."""
+    out = tmp_path / "flow"
+    curves.check_flags(out, ["--seed_everything=1"])  # nothing trained yet
+    curves.record_flags(out, ["--data.init_args.tokenizer=bpe", "--seed_everything=1"])
+    curves.check_flags(out, ["--data.init_args.tokenizer=bpe", "--seed_everything=1"])
+    with pytest.raises(SystemExit, match=r"trained with other flags .*flags.yaml\): \['--seed_everything=1'\] there, "
+                                         r"\['--seed_everything=2'\] here\. Use another --runs folder"):
+        curves.check_flags(out, ["--data.init_args.tokenizer=bpe", "--seed_everything=2"])
+    with pytest.raises(SystemExit, match=r"none there, \['--model.lr=1'\] here"):
+        curves.check_flags(out, ["--data.init_args.tokenizer=bpe", "--seed_everything=1", "--model.lr=1"])
+    with pytest.raises(SystemExit, match=r"in another order"):
+        curves.check_flags(out, ["--seed_everything=1", "--data.init_args.tokenizer=bpe"])
+    (tmp_path / "old").mkdir()
+    curves.check_flags(tmp_path / "old", ["--model.lr=1"])  # a run from before the record: taken as it is
+
+
 def test_an_extended_run_starts_from_the_sources_last_checkpoint_before_its_budget_and_links_the_earlier_ones(tmp_path):
     source, out = tmp_path / "short" / "mdlm", tmp_path / "long" / "mdlm"
     with pytest.raises(SystemExit, match=r"no step checkpoint before step 48000 in .*short/mdlm to continue from \(it has none\)"):
@@ -275,6 +292,9 @@ def test_tiny_run_end_to_end(tmp_path):
                           "--runs", str(tmp_path / "runs"), "--output", str(tmp_path / "out3")])
     assert {p["train_step"] for p in chosen["points"]} == {4}  # the 2-step checkpoint is neither sampled nor scored
     assert sorted(f.name for f in (scores.parent / "n8_seed1_disjoint").iterdir()) == ["data.json", "mdlm@4.json"]  # not seed + b's
+    with pytest.raises(SystemExit, match=r"mdlm was trained with other flags .* none there, \['--model.lr=0.5'\] here"):
+        curves.main(["--data", "mirror", "--tiny", "--methods", "mdlm", "--train-flag", "mdlm:--model.lr=0.5",
+                     "--runs", str(tmp_path / "runs"), "--output", str(tmp_path / "out3")])  # an ablation on the baseline's runs
     tuned = curves.main(["--data", "mirror", "--tiny", "--methods", "flow_map_dmd", "--distill-at", "4",
                          "--runs", str(tmp_path / "runs"), "--output", str(tmp_path / "out4")])
     assert {p["series"] for p in tuned["points"]} == {"flow map + dmd, flow_map 1", "flow map + dmd, flow_map 2"}
