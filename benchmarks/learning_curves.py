@@ -202,33 +202,6 @@ def check_budget(out: Path, steps: int) -> None:
         )
 
 
-FLAGS_RECORD = "flags.yaml"  # the flags a run was trained with, beside its fit.yaml
-
-
-def check_flags(out: Path, flags: list[str]) -> None:
-    """Refuse to reuse or resume the run in ``out`` under other flags than it was trained with (``--tiny``'s, the
-    ``--data-flag`` and ``--train-flag`` ones that reach its method): a model trained for one ablation would otherwise
-    be scored as another's, or finished with a second one's settings. Runs that predate the record are taken as
-    they are."""
-    saved = out / FLAGS_RECORD
-    if not saved.is_file():
-        return
-    trained = yaml.safe_load(saved.read_text()) or []
-    if trained != flags:
-        there, here = [f for f in trained if f not in flags], [f for f in flags if f not in trained]
-        raise SystemExit(
-            f"{out} was trained with other flags ({saved}): {there or 'none'} there, {here or 'none'} here"
-            + (" (the same flags in another order)" if not there and not here else "")
-            + ". Use another --runs folder for these flags, or give the run's own."
-        )
-
-
-def record_flags(out: Path, flags: list[str]) -> None:
-    """Write the flags the run in ``out`` is trained with (:func:`check_flags` reads them)."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / FLAGS_RECORD).write_text(yaml.safe_dump(flags))
-
-
 def extension_start(source: Path, steps: int) -> tuple[int, Path]:
     """(K, checkpoint) an extended run resumes: the last step checkpoint of ``source`` (the same method's run in the
     ``--extend`` folder) before step ``steps``; refused when there is none."""
@@ -259,7 +232,7 @@ def train(method: str, out: Path, steps: int, every: int, args, teacher: Path | 
     start = extension_start(extend, steps) if extend is not None else None
     extra = (study.TINY_TRAIN + study.TINY_DATA[args.data]) if args.tiny else []
     extra += args.data_flags + [flag for target, flag in args.train_flags if target in (method, "all")]
-    check_flags(out, extra)
+    study.check_flags(out, extra)
     found = curve_points(out, steps, every)
     if steps in found:
         if start is not None:
@@ -272,7 +245,7 @@ def train(method: str, out: Path, steps: int, every: int, args, teacher: Path | 
     fine_tune = set(study.EMA_099) <= set(flags)  # the study's fine-tune EMA, whose flags would drop the checkpoint callbacks
     flags = [f for f in flags if not (fine_tune and f in study.EMA_099)]
     config = fit_config(args.data, steps, every, out, ema_decay=study.FINE_TUNE_EMA if fine_tune else None)
-    record_flags(out, extra)
+    study.record_flags(out, extra)
     resume = ["--ckpt_path", "last"] if (out / "checkpoints" / "last.ckpt").is_file() else []
     if start is not None and not resume:
         print(f"+ {out.name}: continued from step {start[0]} of {start[1]} on the {steps}-step schedule", flush=True)

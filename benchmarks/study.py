@@ -2,7 +2,8 @@
 CPU, then put side by side by ``flowzoo benchmark`` (quality against NFE and wall-clock).
 
 Per data set (``markov``, ``shakespeare``) it trains, with ``flowzoo fit`` and the shared settings in
-``benchmarks/study/<data>.yaml`` (skipping any model whose ``pretrained`` directory exists):
+``benchmarks/study/<data>.yaml`` (skipping any model whose ``pretrained`` directory exists; each run keeps the flags
+it was trained with in ``flags.yaml`` and is reused only under the same ones):
 
 - ``flow``: linear path, flow matching (cross-entropy), Euler sampler;
 - ``flow_map``: distilled from that flow (``distill`` objective, FMLM recipe, student initialised from
@@ -170,6 +171,33 @@ def flowzoo(*args: str) -> list[str]:
     return [sys.executable, "-m", "flowzoo", *args]
 
 
+FLAGS_RECORD = "flags.yaml"  # the flags a run was trained with, beside its fit.yaml
+
+
+def check_flags(out: Path, flags: list[str]) -> None:
+    """Refuse to reuse or resume the run in ``out`` under other flags than it was trained with (the flags the caller
+    records: its step counts, ``--tiny``'s, the data and ``--train-flag`` ones that reach the method): a model trained
+    for one ablation would otherwise be read as another's, or finished with a second one's settings. Runs that
+    predate the record are taken as they are."""
+    saved = out / FLAGS_RECORD
+    if not saved.is_file():
+        return
+    trained = yaml.safe_load(saved.read_text()) or []
+    if trained != flags:
+        there, here = [f for f in trained if f not in flags], [f for f in flags if f not in trained]
+        raise SystemExit(
+            f"{out} was trained with other flags ({saved}): {there or 'none'} there, {here or 'none'} here"
+            + (" (the same flags in another order)" if not there and not here else "")
+            + ". Use another --runs folder for these flags, or give the run's own."
+        )
+
+
+def record_flags(out: Path, flags: list[str]) -> None:
+    """Write the flags the run in ``out`` is trained with (:func:`check_flags` reads them)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / FLAGS_RECORD).write_text(yaml.safe_dump(flags))
+
+
 def resume_flags(out: Path, name: str) -> list[str] | None:
     """None when ``out`` holds a finished run (its ``pretrained/`` is used as it is); else the flags its fit needs:
     ``--ckpt_path last`` for a run that stopped before its ``max_steps`` (an interrupted run also writes
@@ -202,9 +230,6 @@ def train(data: str, method: str, runs: Path, args, teacher: Path | None, studen
     if given:
         return Path(given)
     out = runs / data / method
-    resume = resume_flags(out, method)
-    if resume is None:
-        return out / "pretrained"
     distill_steps = args.distill_steps if not args.tiny else 3
     shared = yaml.safe_load((ROOT / "benchmarks" / "study" / f"{data}.yaml").read_text())
     steps = 4 if args.tiny else (args.max_steps or shared["trainer"]["max_steps"])
@@ -219,6 +244,12 @@ def train(data: str, method: str, runs: Path, args, teacher: Path | None, studen
     if args.max_steps and not args.tiny and method not in DISTILLED and method not in DISCRETE_DISTILLED:  # a reduced budget, the same for every method
         extra = [f"--trainer.max_steps={args.max_steps}", f"--trainer.val_check_interval={min(1000, args.max_steps)}"]
     extra += [flag for target, flag in args.train_flags if target == method]
+    recorded = [f.format(**values) for f in FLAGS[method] if "{teacher}" not in f and "{student}" not in f] + extra
+    check_flags(out, recorded)  # the teacher's and student's paths are left out: one run may be named two ways
+    resume = resume_flags(out, method)
+    if resume is None:
+        return out / "pretrained"
+    record_flags(out, recorded)
     cmd = flowzoo("fit", "--config", str(ROOT / "benchmarks" / "study" / f"{data}.yaml"), *flags, f"--trainer.default_root_dir={out}", *extra, *resume)
     run(cmd, args.threads)
     return out / "pretrained"
@@ -229,12 +260,14 @@ def train_judge(data: str, out: Path, args, data_flags: list[str] | tuple[str, .
     ``data_flags`` unless finished; a run stopped part-way is resumed, not used half-trained)."""
     if args.judge:
         return Path(args.judge)
-    resume = resume_flags(out, "judge")
-    if resume is None:
-        return out / "pretrained"
     extra = TINY_TRAIN + TINY_DATA[data] + ["--trainer.max_steps=4"] if args.tiny else []
     if args.judge_steps and not args.tiny:
         extra = [f"--trainer.max_steps={args.judge_steps}", "--trainer.precision=bf16-mixed"]
+    check_flags(out, [*data_flags, *extra])  # a judge of characters is not one of BPE tokens
+    resume = resume_flags(out, "judge")
+    if resume is None:
+        return out / "pretrained"
+    record_flags(out, [*data_flags, *extra])
     run(flowzoo("judge", "fit", "--config", str(ROOT / "configs" / f"judge_{data}.yaml"), f"--trainer.default_root_dir={out}",
                 *data_flags, *extra, *resume), args.threads)
     return out / "pretrained"

@@ -1,6 +1,7 @@
 """benchmarks/learning_curves.py: the FLOPs estimate, the checkpoint schedule it asks Lightning for, its table and
 plot, its refusals, and (slow) a --tiny run end to end on the mirror language."""
 
+import argparse
 import hashlib
 import importlib.util
 import json
@@ -144,18 +145,23 @@ def test_a_run_is_resumed_only_under_its_own_budget(tmp_path):
 def test_a_run_is_reused_or_resumed_only_under_the_flags_it_was_trained_with(tmp_path):
     """An ablation pointed at the baseline's --runs must not be read from the baseline's models."""
     out = tmp_path / "flow"
-    curves.check_flags(out, ["--seed_everything=1"])  # nothing trained yet
-    curves.record_flags(out, ["--data.init_args.tokenizer=bpe", "--seed_everything=1"])
-    curves.check_flags(out, ["--data.init_args.tokenizer=bpe", "--seed_everything=1"])
+    curves.study.check_flags(out, ["--seed_everything=1"])  # nothing trained yet
+    curves.study.record_flags(out, ["--data.init_args.tokenizer=bpe", "--seed_everything=1"])
+    curves.study.check_flags(out, ["--data.init_args.tokenizer=bpe", "--seed_everything=1"])
     with pytest.raises(SystemExit, match=r"trained with other flags .*flags.yaml\): \['--seed_everything=1'\] there, "
                                          r"\['--seed_everything=2'\] here\. Use another --runs folder"):
-        curves.check_flags(out, ["--data.init_args.tokenizer=bpe", "--seed_everything=2"])
+        curves.study.check_flags(out, ["--data.init_args.tokenizer=bpe", "--seed_everything=2"])
     with pytest.raises(SystemExit, match=r"none there, \['--model.lr=1'\] here"):
-        curves.check_flags(out, ["--data.init_args.tokenizer=bpe", "--seed_everything=1", "--model.lr=1"])
+        curves.study.check_flags(out, ["--data.init_args.tokenizer=bpe", "--seed_everything=1", "--model.lr=1"])
     with pytest.raises(SystemExit, match=r"in another order"):
-        curves.check_flags(out, ["--seed_everything=1", "--data.init_args.tokenizer=bpe"])
+        curves.study.check_flags(out, ["--seed_everything=1", "--data.init_args.tokenizer=bpe"])
     (tmp_path / "old").mkdir()
-    curves.check_flags(tmp_path / "old", ["--model.lr=1"])  # a run from before the record: taken as it is
+    curves.study.check_flags(tmp_path / "old", ["--model.lr=1"])  # a run from before the record: taken as it is
+    judge = tmp_path / "judge"  # benchmarks/study.py's judge: one of characters is not reused for BPE tokens
+    curves.study.record_flags(judge, ["--trainer.max_steps=2000", "--trainer.precision=bf16-mixed"])
+    args = argparse.Namespace(judge=None, tiny=False, judge_steps=2000)
+    with pytest.raises(SystemExit, match=r"none there, \['--data.init_args.tokenizer=bpe'\] here"):
+        curves.study.train_judge("shakespeare", judge, args, ["--data.init_args.tokenizer=bpe"])
 
 
 def test_an_extended_run_starts_from_the_sources_last_checkpoint_before_its_budget_and_links_the_earlier_ones(tmp_path):
