@@ -38,8 +38,9 @@ curve's earlier points; FLOPs count all ``--budget`` steps alike.
 
 Every step is cached: a model whose last checkpoint exists is not retrained (an interrupted run resumes from its
 ``last.ckpt``; each run keeps the flags it was trained with in ``flags.yaml`` and is reused or resumed under the same
-flags only, so an ablation given the baseline's ``--runs`` is refused, not read from the baseline), a checkpoint already scored (``<runs>/<data>/scores/n<N>_seed<S>[_judge-<digest of the judge's
-weights>]/*.json``) is not sampled again; under another judge it is scored again.
+flags only, so an ablation given the baseline's ``--runs`` is refused, not read from the baseline), a checkpoint
+already scored (``<runs>/<data>/scores/n<N>_seed<S>[_judge-<digest of the judge's weights>]/*.json``) is not sampled
+again; under another judge it is scored again.
 
     python benchmarks/learning_curves.py --data markov --tiny --runs /tmp/curves --output /tmp/curves/out   # seconds
     python benchmarks/learning_curves.py --data shakespeare --budget 15000 --every 1500 --distill-steps 500 \\
