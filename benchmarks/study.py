@@ -198,6 +198,16 @@ def record_flags(out: Path, flags: list[str]) -> None:
     (out / FLAGS_RECORD).write_text(yaml.safe_dump(flags))
 
 
+def start_flags(out: Path, name: str, flags: list[str]) -> list[str] | None:
+    """:func:`resume_flags` for a run trained with ``flags``: refused when ``out`` was trained with others
+    (:func:`check_flags`), and ``flags`` recorded when the run is started or resumed."""
+    check_flags(out, flags)
+    resume = resume_flags(out, name)
+    if resume is not None:
+        record_flags(out, flags)
+    return resume
+
+
 def resume_flags(out: Path, name: str) -> list[str] | None:
     """None when ``out`` holds a finished run (its ``pretrained/`` is used as it is); else the flags its fit needs:
     ``--ckpt_path last`` for a run that stopped before its ``max_steps`` (an interrupted run also writes
@@ -244,12 +254,11 @@ def train(data: str, method: str, runs: Path, args, teacher: Path | None, studen
     if args.max_steps and not args.tiny and method not in DISTILLED and method not in DISCRETE_DISTILLED:  # a reduced budget, the same for every method
         extra = [f"--trainer.max_steps={args.max_steps}", f"--trainer.val_check_interval={min(1000, args.max_steps)}"]
     extra += [flag for target, flag in args.train_flags if target == method]
+    # the teacher's and student's paths are left out of the record: one run may be named two ways
     recorded = [f.format(**values) for f in FLAGS[method] if "{teacher}" not in f and "{student}" not in f] + extra
-    check_flags(out, recorded)  # the teacher's and student's paths are left out: one run may be named two ways
-    resume = resume_flags(out, method)
+    resume = start_flags(out, method, recorded)
     if resume is None:
         return out / "pretrained"
-    record_flags(out, recorded)
     cmd = flowzoo("fit", "--config", str(ROOT / "benchmarks" / "study" / f"{data}.yaml"), *flags, f"--trainer.default_root_dir={out}", *extra, *resume)
     run(cmd, args.threads)
     return out / "pretrained"
@@ -263,11 +272,9 @@ def train_judge(data: str, out: Path, args, data_flags: list[str] | tuple[str, .
     extra = TINY_TRAIN + TINY_DATA[data] + ["--trainer.max_steps=4"] if args.tiny else []
     if args.judge_steps and not args.tiny:
         extra = [f"--trainer.max_steps={args.judge_steps}", "--trainer.precision=bf16-mixed"]
-    check_flags(out, [*data_flags, *extra])  # a judge of characters is not one of BPE tokens
-    resume = resume_flags(out, "judge")
+    resume = start_flags(out, "judge", [*data_flags, *extra])  # a judge of characters is not one of BPE tokens
     if resume is None:
         return out / "pretrained"
-    record_flags(out, [*data_flags, *extra])
     run(flowzoo("judge", "fit", "--config", str(ROOT / "configs" / f"judge_{data}.yaml"), f"--trainer.default_root_dir={out}",
                 *data_flags, *extra, *resume), args.threads)
     return out / "pretrained"
