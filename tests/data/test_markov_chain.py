@@ -2,12 +2,15 @@
 entropy rate that agrees with an independent computation (and with the chain's own samples)."""
 
 import math
+import warnings
 
 import numpy as np
 import pytest
 import torch
 
-from flowzoo.data.markov import _PAIRS, MarkovChain
+from flowzoo.data.markov import _PAIRS, MarkovChain, MarkovData
+from flowzoo.data.mirror import MirrorData
+from flowzoo.errors import DataError
 
 CHAINS = [
     {},  # the default language of configs/*markov*.yaml
@@ -114,17 +117,59 @@ def test_entropy_rate_reacts_to_the_transition_matrix():
     assert dense.entropy_rate() > sparse.entropy_rate()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG in MarkovChain: the pair override successor[New] = York cuts the Hamiltonian cycle that is meant to keep the "
-    "chain irreducible, so some words get stationary probability 0 and never occur (default chain: 1 word; "
-    "num_states=16, seed=3: 14 of 16 words, including New/York). Remove this marker once the chain is fixed."))
-@pytest.mark.parametrize("args", [{}, {"num_states": 16, "seed": 3}], ids=["default", "16-states"])
-def test_every_word_occurs_the_chain_is_irreducible(args):
-    chain = MarkovChain(**args)
+def reaches_every_state(chain: MarkovChain) -> bool:
+    """Every state reaches every other through transitions of positive probability (the transitive closure)."""
     reach = (np.eye(chain.num_states) + chain.transition) > 0
     for _ in range(int(math.log2(chain.num_states)) + 1):  # transitive closure by repeated squaring
         reach = (reach.astype(float) @ reach.astype(float)) > 0
-    assert reach.all() and (chain.stationary > 0).all()
+    return bool(reach.all())
+
+
+@pytest.mark.parametrize("args", [{}, {"num_states": 16, "seed": 3}, {"num_states": 10, "seed": 7}, {"num_states": 64, "seed": 11}],
+                         ids=["default", "16-states", "10-states", "64-states"])
+def test_chain_version_2_is_irreducible_every_word_occurs_and_keeps_the_pairs(args):
+    chain = MarkovChain(**args, chain_version=2)
+    assert reaches_every_state(chain) and (chain.stationary > 0).all() and chain.words_that_never_occur() == []
+    for i in range(4):  # New -> York (and the other named pairs) stay deterministic
+        assert chain.transition[2 * i, 2 * i + 1] == 1.0
+    assert np.allclose(chain.stationary @ chain.transition, chain.stationary)
+    rows = chain.sample(2000, 16, seed=0)
+    assert set(np.unique(rows)) == set(range(chain.num_states))  # every word is drawn
+
+
+def test_chain_version_2_has_no_unreachable_word_across_seeds():
+    """Version 1 leaves words that never occur in most chains (its pair override cuts the Hamiltonian cycle);
+    version 2 in none."""
+    counted = {1: 0, 2: 0}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for version in (1, 2):
+            for num_states in (10, 16, 32, 48):
+                for seed in range(10):
+                    counted[version] += bool(MarkovChain(num_states, seed=seed, chain_version=version).words_that_never_occur())
+    assert counted[2] == 0 and counted[1] > 10
+
+
+def test_chain_version_1_is_the_committed_chain_and_warns_of_its_missing_words():
+    """The default stays the chain the committed figures were measured on (its one unreachable word, 'wafe'), and
+    says so; 16 states with seed 3 keep only Los -> Angeles."""
+    with pytest.warns(UserWarning, match=r"1 of its 48 words never occur \(wafe\); chain_version=2"):
+        chain = MarkovChain()
+    assert chain.words_that_never_occur() == ["wafe"] and not reaches_every_state(chain)
+    with pytest.warns(UserWarning, match="14 of its 16 words never occur"):
+        assert len(MarkovChain(num_states=16, seed=3).words_that_never_occur()) == 14
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        MarkovChain(chain_version=2)  # an irreducible chain does not warn
+    with pytest.raises(DataError, match=r"chain_version must be one of \[1, 2\], got 3"):
+        MarkovChain(chain_version=3)
+
+
+def test_the_data_modules_pass_the_chain_version_on():
+    markov = MarkovData(chain_version=2, num_train=8, num_val=8)
+    mirror = MirrorData(chain_version=2, num_train=8, num_val=8)
+    assert markov.chain.chain_version == 2 and mirror.language.chain.chain_version == 2
+    assert markov.chain.words_that_never_occur() == [] == mirror.language.chain.words_that_never_occur()
 
 
 def test_conditional_likelihood_against_enumeration():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import datasets
 import numpy as np
@@ -16,19 +17,32 @@ _SYLLABLES = ["ka", "lo", "mi", "ne", "ru", "sa", "ti", "vo", "ze", "pu", "da", 
 _PAIRS = [("New", "York"), ("San", "Diego"), ("Los", "Angeles"), ("Hong", "Kong")]
 
 
+CHAIN_VERSIONS = (1, 2)
+
+
 class MarkovChain:
-    """A sparse, irreducible chain over ``num_states`` words.
+    """A sparse chain over ``num_states`` words, built on a random Hamiltonian cycle (every state keeps its cycle
+    successor, so the cycle makes the chain irreducible) with extra random successors.
 
     Every state has between 1 and ``max_successors`` successors; states with one successor are
     deterministic pairs ("New" -> "York"). ``transition`` is the (V, V) matrix P(b | a),
     ``stationary`` its stationary law pi, from which the first token is drawn.
+
+    ``chain_version`` 2 puts each named pair's second word right after its first on the cycle, so the chain is
+    irreducible for every seed and every word occurs. Version 1 (the default, the chain every committed figure on
+    ``markov`` and ``mirror`` was measured on) overrides the first word's cycle successor with the second word, which
+    cuts the cycle: most chains then have words of stationary probability 0 that never occur (the default 48-word
+    chain one, "wafe"; the default 32-word ``mirror`` chain one; 16 words with seed 3: 14). A warning names them.
     """
 
-    def __init__(self, num_states: int = 48, max_successors: int = 4, deterministic_share: float = 0.25, seed: int = 0):
+    def __init__(self, num_states: int = 48, max_successors: int = 4, deterministic_share: float = 0.25, seed: int = 0,
+                 chain_version: int = 1):
         if num_states < 2 * len(_PAIRS) + 2:
             raise DataError(f"a Markov language needs at least {2 * len(_PAIRS) + 2} states, got {num_states}")
         if max_successors < 1:
             raise DataError(f"max_successors must be at least 1, got {max_successors}")
+        if chain_version not in CHAIN_VERSIONS:
+            raise DataError(f"chain_version must be one of {list(CHAIN_VERSIONS)}, got {chain_version!r}")
         rng = np.random.default_rng(seed)
         V = num_states
         words = [a for pair in _PAIRS for a in pair]
@@ -37,7 +51,10 @@ class MarkovChain:
             if w not in words:
                 words.append(w)
         P = np.zeros((V, V))
-        order = rng.permutation(V)  # a Hamiltonian cycle keeps the chain irreducible
+        order = [int(a) for a in rng.permutation(V)]  # a Hamiltonian cycle keeps the chain irreducible
+        if chain_version == 2:  # each pair's second word follows its first on the cycle, so the override keeps it whole
+            firsts, seconds = set(range(0, 2 * len(_PAIRS), 2)), set(range(1, 2 * len(_PAIRS), 2))  # pair i: (2i, 2i + 1)
+            order = [b for a in order if a not in seconds for b in ((a, a + 1) if a in firsts else (a,))]
         successor = {int(order[i]): int(order[(i + 1) % V]) for i in range(V)}
         for i in range(len(_PAIRS)):  # the named pairs are deterministic: New -> York
             successor[2 * i] = 2 * i + 1
@@ -55,6 +72,16 @@ class MarkovChain:
         self.words = words
         self.transition = P
         self.stationary = pi / pi.sum()
+        self.chain_version = chain_version
+        never = self.words_that_never_occur()
+        if never:
+            warnings.warn(f"this Markov chain (chain_version={chain_version}, {V} states, seed {seed}) is not irreducible: "
+                          f"{len(never)} of its {V} words never occur ({', '.join(never[:8])}{', ...' if len(never) > 8 else ''}); "
+                          "chain_version=2 builds it irreducible", stacklevel=2)
+
+    def words_that_never_occur(self) -> list[str]:
+        """The words of stationary probability 0 (pi_a = 0): no sequence of the language holds them."""
+        return [self.words[a] for a in np.flatnonzero(self.stationary <= 1e-12)]
 
     @property
     def num_states(self) -> int:
@@ -191,9 +218,10 @@ class MarkovData(SyntheticData):
         batch_size: int = 64,
         num_workers: int = 0,
         metric: str | None = None,
+        chain_version: int = 1,
     ) -> None:
         super().__init__(num_train, num_val, seed, seq_len, batch_size, num_workers, metric)
-        self.chain = MarkovChain(num_states, max_successors, deterministic_share, seed)
+        self.chain = MarkovChain(num_states, max_successors, deterministic_share, seed, chain_version)
 
     @property
     def vocab_size(self) -> int:

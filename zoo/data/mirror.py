@@ -36,12 +36,12 @@ class MirrorLanguage:
     """
 
     def __init__(self, length: int, mode: str = "mirror", num_states: int = 32, max_successors: int = 4,
-                 deterministic_share: float = 0.25, seed: int = 0) -> None:
+                 deterministic_share: float = 0.25, seed: int = 0, chain_version: int = 1) -> None:
         check_choice(mode, MODES, "mirror mode", DataError)
         if length < 4 or length % 2:
             raise DataError(f"a mirror language needs an even sequence length of at least 4, got {length}")
         self.length, self.mode, self.half = length, mode, length // 2
-        self.chain = MarkovChain(num_states, max_successors, deterministic_share, seed)
+        self.chain = MarkovChain(num_states, max_successors, deterministic_share, seed, chain_version)  # (version 1: see its doc)
         h = self.half
         free = np.full(h, -1)
         fixed = np.arange(h - 1, -1, -1) if mode == "mirror" else np.arange(h)
@@ -133,9 +133,10 @@ class MirrorData(SyntheticData):
         batch_size: int = 64,
         num_workers: int = 0,
         metric: str | None = None,
+        chain_version: int = 1,
     ) -> None:
         super().__init__(num_train, num_val, seed, seq_len, batch_size, num_workers, metric)
-        self.language = MirrorLanguage(seq_len, mode, num_states, max_successors, deterministic_share, seed)
+        self.language = MirrorLanguage(seq_len, mode, num_states, max_successors, deterministic_share, seed, chain_version)
 
     @property
     def vocab_size(self) -> int:
