@@ -21,8 +21,8 @@ CHAIN_VERSIONS = (1, 2)
 
 
 class MarkovChain:
-    """A sparse chain over ``num_states`` words, built on a random Hamiltonian cycle (every state keeps its cycle
-    successor, so the cycle makes the chain irreducible) with extra random successors.
+    """A sparse chain over ``num_states`` words: a random Hamiltonian cycle through every word plus extra random
+    successors (a cycle whose every step is kept makes the chain irreducible; see ``chain_version``).
 
     Every state has between 1 and ``max_successors`` successors; states with one successor are
     deterministic pairs ("New" -> "York"). ``transition`` is the (V, V) matrix P(b | a),
@@ -51,7 +51,7 @@ class MarkovChain:
             if w not in words:
                 words.append(w)
         P = np.zeros((V, V))
-        order = [int(a) for a in rng.permutation(V)]  # a Hamiltonian cycle keeps the chain irreducible
+        order = [int(a) for a in rng.permutation(V)]  # the Hamiltonian cycle, in its order
         if chain_version == 2:  # each pair's second word follows its first on the cycle, so the override keeps it whole
             firsts, seconds = set(range(0, 2 * len(_PAIRS), 2)), set(range(1, 2 * len(_PAIRS), 2))  # pair i: (2i, 2i + 1)
             order = [b for a in order if a not in seconds for b in ((a, a + 1) if a in firsts else (a,))]
