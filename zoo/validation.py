@@ -55,4 +55,4 @@ def check_choice(value, choices, what: str, error: type[Exception] = ValueError,
     choices: a, b"."""
     if value not in choices:
         prefix = f"{where}: " if where else ""
-        raise error(f"{prefix}unknown {what} {value!r}; choices: {', '.join(choices)}")
+        raise error(f"{prefix}unknown {what} {value!r}; choices: {', '.join(map(str, choices))}")

@@ -12,6 +12,7 @@ import torch
 from flowzoo.data.base import TokenDataModule
 from flowzoo.errors import DataError
 from flowzoo.registry import register
+from flowzoo.validation import check_choice
 
 _SYLLABLES = ["ka", "lo", "mi", "ne", "ru", "sa", "ti", "vo", "ze", "pu", "da", "fe", "go", "hi", "ju", "wa"]
 _PAIRS = [("New", "York"), ("San", "Diego"), ("Los", "Angeles"), ("Hong", "Kong")]
@@ -41,8 +42,7 @@ class MarkovChain:
             raise DataError(f"a Markov language needs at least {2 * len(_PAIRS) + 2} states, got {num_states}")
         if max_successors < 1:
             raise DataError(f"max_successors must be at least 1, got {max_successors}")
-        if chain_version not in CHAIN_VERSIONS:
-            raise DataError(f"chain_version must be one of {list(CHAIN_VERSIONS)}, got {chain_version!r}")
+        check_choice(chain_version, CHAIN_VERSIONS, "chain_version", DataError)
         rng = np.random.default_rng(seed)
         V = num_states
         words = [a for pair in _PAIRS for a in pair]

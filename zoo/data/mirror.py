@@ -41,7 +41,7 @@ class MirrorLanguage:
         if length < 4 or length % 2:
             raise DataError(f"a mirror language needs an even sequence length of at least 4, got {length}")
         self.length, self.mode, self.half = length, mode, length // 2
-        self.chain = MarkovChain(num_states, max_successors, deterministic_share, seed, chain_version)  # (version 1: see its doc)
+        self.chain = MarkovChain(num_states, max_successors, deterministic_share, seed, chain_version)
         h = self.half
         free = np.full(h, -1)
         fixed = np.arange(h - 1, -1, -1) if mode == "mirror" else np.arange(h)
